@@ -1,0 +1,73 @@
+//! Cgroup discovery and readers: where the hierarchies are mounted, which cgroup a process is
+//! in, and typed snapshots of the controller files the views need.
+//!
+//! Every reader takes paths under a filesystem root (see [`crate::Root`]) so fixture trees
+//! captured from real kernels drive the unit tests through the same code as the live daemon.
+
+pub mod cpu;
+pub mod cpuset;
+pub mod memory;
+pub mod mounts;
+pub mod parse;
+
+pub use mounts::{Hierarchies, ProcCgroup};
+
+use std::path::{Path, PathBuf};
+
+/// Cgroup version of one hierarchy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Version {
+    /// Legacy per-controller hierarchies.
+    V1,
+    /// The unified hierarchy.
+    V2,
+}
+
+/// One cgroup directory of a container, in one hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CgroupDir {
+    /// Version of the hierarchy the directory belongs to.
+    pub version: Version,
+    /// Absolute path of the cgroup directory.
+    pub path: PathBuf,
+    /// Top of the hierarchy as mounted; ancestors are walked up to and including it.
+    pub top: PathBuf,
+}
+
+impl CgroupDir {
+    /// The directory and its ancestors up to the top of the hierarchy, innermost first.
+    pub fn chain(&self) -> impl Iterator<Item = &Path> {
+        let top = self.top.as_path();
+        self.path.ancestors().take_while(move |p| p.starts_with(top))
+    }
+
+    /// Path of a control file in this cgroup.
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+/// The cgroup directories that describe one container, per controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Cgroups {
+    /// Memory controller (v1 `memory` hierarchy or the v2 directory).
+    pub memory: Option<CgroupDir>,
+    /// CPU bandwidth controller (v1 `cpu` hierarchy or the v2 directory).
+    pub cpu: Option<CgroupDir>,
+    /// Cpuset controller (v1 `cpuset` hierarchy or the v2 directory).
+    pub cpuset: Option<CgroupDir>,
+    /// The v2 directory, on pure v2 and on hybrid hosts (cpu.stat, PSI live there).
+    pub unified: Option<CgroupDir>,
+}
+
+impl Cgroups {
+    /// A short name for logs and rate limiting: the first cgroup path known.
+    pub fn name(&self) -> String {
+        [&self.memory, &self.cpu, &self.cpuset, &self.unified]
+            .into_iter()
+            .flatten()
+            .next()
+            .map(|d| d.path.display().to_string())
+            .unwrap_or_else(|| "<no cgroup>".to_string())
+    }
+}

@@ -1,0 +1,164 @@
+//! The subset of the kernel's FUSE ABI (`include/uapi/linux/fuse.h`) a read-only tree with
+//! static inodes needs. Requests are decoded field by field from byte slices and replies
+//! encoded the same way, so no untrusted bytes are ever reinterpreted as Rust structs.
+
+/// Protocol major version spoken.
+pub const KERNEL_VERSION: u32 = 7;
+/// Highest protocol minor version spoken; the kernel and daemon agree on the lower of theirs.
+pub const KERNEL_MINOR_VERSION: u32 = 31;
+/// Size of `fuse_in_header`.
+pub const IN_HEADER_LEN: usize = 40;
+/// Size of `fuse_out_header`.
+pub const OUT_HEADER_LEN: usize = 16;
+/// The largest write the kernel may send; the tree is read-only, so it is the minimum.
+pub const MAX_WRITE: u32 = 4096;
+/// Read buffer per worker: the kernel refuses reads smaller than `FUSE_MIN_READ_BUFFER`.
+pub const READ_BUFFER: usize = 64 * 1024;
+
+/// `FUSE_DEV_IOC_CLONE` = `_IOR(229, 0, uint32_t)`: attach a new `/dev/fuse` fd to a session.
+pub const FUSE_DEV_IOC_CLONE: libc::c_ulong = 0x8004_e500;
+
+/// Opcodes (`enum fuse_opcode`).
+#[allow(missing_docs)]
+pub mod op {
+    pub const LOOKUP: u32 = 1;
+    pub const FORGET: u32 = 2;
+    pub const GETATTR: u32 = 3;
+    pub const SETATTR: u32 = 4;
+    pub const OPEN: u32 = 14;
+    pub const READ: u32 = 15;
+    pub const WRITE: u32 = 16;
+    pub const STATFS: u32 = 17;
+    pub const RELEASE: u32 = 18;
+    pub const GETXATTR: u32 = 22;
+    pub const LISTXATTR: u32 = 23;
+    pub const FLUSH: u32 = 25;
+    pub const INIT: u32 = 26;
+    pub const OPENDIR: u32 = 27;
+    pub const READDIR: u32 = 28;
+    pub const RELEASEDIR: u32 = 29;
+    pub const ACCESS: u32 = 34;
+    pub const CREATE: u32 = 35;
+    pub const INTERRUPT: u32 = 36;
+    pub const DESTROY: u32 = 38;
+    pub const BATCH_FORGET: u32 = 42;
+    pub const READDIRPLUS: u32 = 44;
+    pub const LSEEK: u32 = 46;
+    pub const STATX: u32 = 52;
+}
+
+/// `FUSE_PARALLEL_DIROPS`: lookups and readdirs of one directory may run concurrently.
+pub const FUSE_PARALLEL_DIROPS: u32 = 1 << 18;
+/// `FOPEN_DIRECT_IO`: bypass the page cache; content is per caller and sizes are 0.
+pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
+/// `FOPEN_NOFLUSH`: no FLUSH round trip on close; there is nothing to flush.
+pub const FOPEN_NOFLUSH: u32 = 1 << 5;
+
+/// Decoded `fuse_in_header`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct InHeader {
+    /// Total length of the request.
+    pub len: u32,
+    /// Operation.
+    pub opcode: u32,
+    /// Request id, echoed in the reply.
+    pub unique: u64,
+    /// Inode the request is about.
+    pub nodeid: u64,
+    /// Caller's uid.
+    pub uid: u32,
+    /// Caller's gid.
+    pub gid: u32,
+    /// Caller's thread id in the daemon's pid namespace (0 if not visible there).
+    pub pid: u32,
+}
+
+/// Little helpers over a request body; every read is bounds-checked.
+pub struct Body<'a>(pub &'a [u8]);
+
+impl Body<'_> {
+    /// The `u32` at `off`.
+    pub fn u32(&self, off: usize) -> Option<u32> {
+        self.0.get(off..off + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    /// The `u64` at `off`.
+    pub fn u64(&self, off: usize) -> Option<u64> {
+        let b = self.0.get(off..off + 8)?;
+        let mut a = [0u8; 8];
+        a.copy_from_slice(b);
+        Some(u64::from_ne_bytes(a))
+    }
+}
+
+impl InHeader {
+    /// Decodes the header at the start of `buf`.
+    pub fn parse(buf: &[u8]) -> Option<InHeader> {
+        let b = Body(buf);
+        Some(InHeader {
+            len: b.u32(0)?,
+            opcode: b.u32(4)?,
+            unique: b.u64(8)?,
+            nodeid: b.u64(16)?,
+            uid: b.u32(24)?,
+            gid: b.u32(28)?,
+            pid: b.u32(32)?,
+        })
+    }
+}
+
+/// A reply body under construction.
+#[derive(Default)]
+pub struct Out(pub Vec<u8>);
+
+impl Out {
+    /// Appends a `u32`.
+    pub fn u32(&mut self, v: u32) -> &mut Self {
+        self.0.extend_from_slice(&v.to_ne_bytes());
+        self
+    }
+
+    /// Appends a `u16`.
+    pub fn u16(&mut self, v: u16) -> &mut Self {
+        self.0.extend_from_slice(&v.to_ne_bytes());
+        self
+    }
+
+    /// Appends a `u64`.
+    pub fn u64(&mut self, v: u64) -> &mut Self {
+        self.0.extend_from_slice(&v.to_ne_bytes());
+        self
+    }
+
+    /// Appends `n` zero bytes.
+    pub fn zeros(&mut self, n: usize) -> &mut Self {
+        self.0.resize(self.0.len() + n, 0);
+        self
+    }
+}
+
+/// Attributes of one inode (`struct fuse_attr`).
+#[derive(Debug, Clone, Copy)]
+pub struct Attr {
+    /// Inode number.
+    pub ino: u64,
+    /// File size (0 for generated files, like procfs).
+    pub size: u64,
+    /// `st_mode` with type bits.
+    pub mode: u32,
+    /// Link count.
+    pub nlink: u32,
+    /// Times (seconds since the epoch), all equal.
+    pub time: u64,
+}
+
+impl Attr {
+    /// Encodes `struct fuse_attr` (88 bytes).
+    pub fn encode(&self, o: &mut Out) {
+        o.u64(self.ino).u64(self.size).u64(0); // ino, size, blocks
+        o.u64(self.time).u64(self.time).u64(self.time); // atime, mtime, ctime
+        o.u32(0).u32(0).u32(0); // nsecs
+        o.u32(self.mode).u32(self.nlink).u32(0).u32(0); // mode, nlink, uid, gid
+        o.u32(0).u32(4096).u32(0); // rdev, blksize, flags
+    }
+}

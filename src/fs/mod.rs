@@ -1,0 +1,262 @@
+//! The FUSE adapter: a static inode tree built from [`View::ALL`], per-open handles holding
+//! the rendered bytes, and the mapping of FUSE operations onto [`Service`]. Kept thin: all
+//! content comes from the service; all protocol mechanics live in [`session`].
+
+pub mod abi;
+pub mod session;
+
+use crate::service::Service;
+use crate::view::View;
+use abi::{op, Attr, Body, InHeader, Out};
+use parking_lot::Mutex;
+use session::{Handler, Reply};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Inode number of the mount's root directory (fixed by the kernel).
+const ROOT: u64 = 1;
+/// Open handles allowed at once; beyond it opens fail with ENFILE rather than grow the daemon.
+const MAX_HANDLES: usize = 100_000;
+/// How long the kernel may cache names and attributes; the tree never changes.
+const TTL_SECS: u64 = 1;
+
+#[derive(Debug)]
+enum Kind {
+    Dir(Vec<u64>),
+    File(View),
+}
+
+#[derive(Debug)]
+struct Node {
+    name: String,
+    parent: u64,
+    kind: Kind,
+}
+
+/// The static tree of served files: inode `i` is `nodes[i - 1]`.
+#[derive(Debug)]
+pub struct Tree {
+    nodes: Vec<Node>,
+}
+
+impl Tree {
+    /// Builds the directories and files for `views`.
+    pub fn new(views: &[View]) -> Self {
+        let mut t = Tree { nodes: vec![Node { name: String::new(), parent: ROOT, kind: Kind::Dir(vec![]) }] };
+        for &v in views {
+            let mut dir = ROOT;
+            let parts: Vec<&str> = v.path().split('/').collect();
+            for (i, part) in parts.iter().enumerate() {
+                let last = i + 1 == parts.len();
+                dir = match t.child(dir, part) {
+                    Some(ino) => ino,
+                    None => {
+                        let kind = if last { Kind::File(v) } else { Kind::Dir(vec![]) };
+                        t.nodes.push(Node { name: part.to_string(), parent: dir, kind });
+                        let ino = t.nodes.len() as u64;
+                        if let Some(Node { kind: Kind::Dir(c), .. }) = t.nodes.get_mut(dir as usize - 1) {
+                            c.push(ino);
+                        }
+                        ino
+                    }
+                };
+            }
+        }
+        t
+    }
+
+    fn node(&self, ino: u64) -> Option<&Node> {
+        self.nodes.get((ino as usize).wrapping_sub(1))
+    }
+
+    fn child(&self, dir: u64, name: &str) -> Option<u64> {
+        match &self.node(dir)?.kind {
+            Kind::Dir(c) => c.iter().copied().find(|&i| self.node(i).is_some_and(|n| n.name == name)),
+            Kind::File(_) => None,
+        }
+    }
+
+    fn attr(&self, ino: u64, time: u64) -> Option<Attr> {
+        let n = self.node(ino)?;
+        Some(match &n.kind {
+            Kind::Dir(c) => Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink: 2 + c.len() as u32, time },
+            Kind::File(_) => Attr { ino, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time },
+        })
+    }
+}
+
+/// One open file: the view and the bytes rendered at its last read at offset 0.
+struct Handle {
+    view: View,
+    data: Option<Arc<Vec<u8>>>,
+}
+
+/// The FUSE filesystem: tree + handles + service.
+pub struct ProcFs {
+    tree: Tree,
+    service: Arc<Service>,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_fh: AtomicU64,
+    start: u64,
+}
+
+impl ProcFs {
+    /// A filesystem serving every view of `service`.
+    pub fn new(service: Arc<Service>) -> Self {
+        let start = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        ProcFs {
+            tree: Tree::new(View::ALL),
+            service,
+            handles: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            start,
+        }
+    }
+
+    fn entry(&self, ino: u64) -> Reply {
+        let Some(attr) = self.tree.attr(ino, self.start) else { return Reply::Err(libc::ENOENT) };
+        let mut o = Out::default();
+        o.u64(ino).u64(0).u64(TTL_SECS).u64(TTL_SECS).u32(0).u32(0);
+        attr.encode(&mut o);
+        Reply::Data(o.0)
+    }
+
+    fn lookup(&self, h: &InHeader, body: &[u8]) -> Reply {
+        let name = body.split(|&b| b == 0).next().unwrap_or(&[]);
+        let Ok(name) = std::str::from_utf8(name) else { return Reply::Err(libc::ENOENT) };
+        match self.tree.child(h.nodeid, name) {
+            Some(ino) => self.entry(ino),
+            None => Reply::Err(libc::ENOENT),
+        }
+    }
+
+    fn getattr(&self, h: &InHeader) -> Reply {
+        let Some(attr) = self.tree.attr(h.nodeid, self.start) else { return Reply::Err(libc::ENOENT) };
+        let mut o = Out::default();
+        o.u64(TTL_SECS).u32(0).u32(0);
+        attr.encode(&mut o);
+        Reply::Data(o.0)
+    }
+
+    fn open(&self, h: &InHeader, body: &[u8]) -> Reply {
+        let Some(Node { kind: Kind::File(view), .. }) = self.tree.node(h.nodeid) else {
+            return Reply::Err(libc::EISDIR);
+        };
+        let flags = Body(body).u32(0).unwrap_or(0) as i32;
+        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+            return Reply::Err(libc::EROFS);
+        }
+        let mut handles = self.handles.lock();
+        if handles.len() >= MAX_HANDLES {
+            return Reply::Err(libc::ENFILE);
+        }
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        handles.insert(fh, Handle { view: *view, data: None });
+        let mut o = Out::default();
+        o.u64(fh).u32(abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH).u32(0);
+        Reply::Data(o.0)
+    }
+
+    fn read(&self, h: &InHeader, body: &[u8]) -> Reply {
+        let b = Body(body);
+        let (Some(fh), Some(offset), Some(size)) = (b.u64(0), b.u64(8), b.u32(16)) else {
+            return Reply::Err(libc::EINVAL);
+        };
+        let (view, cached) = match self.handles.lock().get(&fh) {
+            Some(hd) => (hd.view, hd.data.clone()),
+            None => return Reply::Err(libc::EBADF),
+        };
+        // A read at offset 0 renders afresh (top and free lseek to 0 and re-read the same fd);
+        // later offsets continue the same rendering so a file is never torn between samples.
+        let data = match cached {
+            Some(d) if offset > 0 => d,
+            _ => {
+                let d = Arc::new(self.service.render_for(view, h.pid));
+                if let Some(hd) = self.handles.lock().get_mut(&fh) {
+                    hd.data = Some(d.clone());
+                }
+                d
+            }
+        };
+        let start = (offset.min(data.len() as u64)) as usize;
+        let end = start.saturating_add(size as usize).min(data.len());
+        Reply::Data(data[start..end].to_vec())
+    }
+
+    fn readdir(&self, h: &InHeader, body: &[u8]) -> Reply {
+        let b = Body(body);
+        let (Some(offset), Some(size)) = (b.u64(8), b.u32(16)) else { return Reply::Err(libc::EINVAL) };
+        let Some(Node { kind: Kind::Dir(children), parent, .. }) = self.tree.node(h.nodeid) else {
+            return Reply::Err(libc::ENOTDIR);
+        };
+        let mut entries: Vec<(u64, &str, u32)> = vec![(h.nodeid, ".", libc::DT_DIR as u32), (*parent, "..", libc::DT_DIR as u32)];
+        for &c in children {
+            if let Some(n) = self.tree.node(c) {
+                let t = match n.kind {
+                    Kind::Dir(_) => libc::DT_DIR,
+                    Kind::File(_) => libc::DT_REG,
+                };
+                entries.push((c, &n.name, t as u32));
+            }
+        }
+        let mut o = Out::default();
+        for (i, (ino, name, typ)) in entries.iter().enumerate().skip(offset as usize) {
+            let rec = (24 + name.len()).div_ceil(8) * 8;
+            if o.0.len() + rec > size as usize {
+                break;
+            }
+            o.u64(*ino).u64(i as u64 + 1).u32(name.len() as u32).u32(*typ);
+            o.0.extend_from_slice(name.as_bytes());
+            o.zeros(rec - 24 - name.len());
+        }
+        Reply::Data(o.0)
+    }
+
+    fn statfs(&self) -> Reply {
+        let mut o = Out::default();
+        o.u64(0).u64(0).u64(0).u64(self.tree.nodes.len() as u64).u64(0); // blocks.. files, ffree
+        o.u32(4096).u32(255).u32(4096).u32(0).zeros(24); // bsize, namelen, frsize, pad, spare
+        Reply::Data(o.0)
+    }
+}
+
+impl Handler for ProcFs {
+    fn dispatch(&self, h: &InHeader, body: &[u8]) -> Reply {
+        match h.opcode {
+            op::LOOKUP => self.lookup(h, body),
+            op::GETATTR => self.getattr(h),
+            op::OPEN => self.open(h, body),
+            op::READ => self.read(h, body),
+            op::RELEASE => {
+                if let Some(fh) = Body(body).u64(0) {
+                    self.handles.lock().remove(&fh);
+                }
+                Reply::Data(vec![])
+            }
+            op::OPENDIR => match self.tree.node(h.nodeid) {
+                Some(Node { kind: Kind::Dir(_), .. }) => {
+                    let mut o = Out::default();
+                    o.u64(0).u32(0).u32(0);
+                    Reply::Data(o.0)
+                }
+                _ => Reply::Err(libc::ENOTDIR),
+            },
+            op::READDIR => self.readdir(h, body),
+            op::RELEASEDIR | op::FLUSH => Reply::Data(vec![]),
+            op::STATFS => self.statfs(),
+            op::ACCESS => {
+                // default_permissions makes the kernel check modes; refuse writes outright.
+                let mask = Body(body).u32(0).unwrap_or(0) as i32;
+                if mask & libc::W_OK != 0 { Reply::Err(libc::EROFS) } else { Reply::Data(vec![]) }
+            }
+            op::SETATTR | op::WRITE | op::CREATE => Reply::Err(libc::EROFS),
+            op::FORGET | op::BATCH_FORGET | op::INTERRUPT => Reply::None,
+            op::DESTROY => Reply::Data(vec![]),
+            // ENOSYS makes the kernel stop asking for the rest of the connection's life.
+            _ => Reply::Err(libc::ENOSYS),
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! cgprocfs: serves each container the `/proc` and `/sys` files that describe its own cgroup
+//! limits (memory, CPUs) over FUSE, so unmodified programs see their real allotment.
+//!
+//! Data flow of one read: caller tid -> container cgroups ([`caller`]) -> typed snapshots
+//! ([`cgroup`], [`host`]) -> pure renderer ([`view`]) -> bytes kept in the FUSE handle ([`fs`]).
+//! [`service::Service`] ties the first three together and is shared by `serve` and `show`.
+
+#![warn(missing_docs)]
+
+pub mod caller;
+pub mod cgroup;
+pub mod error;
+pub mod fs;
+pub mod host;
+pub mod service;
+pub mod view;
+
+pub use error::{Error, Result};
+
+use std::path::{Path, PathBuf};
+
+/// The filesystem root every reader works under: `/` for the live daemon, a fixture tree in
+/// unit tests. Host paths (`/proc/meminfo`, `/sys/fs/cgroup/...`) are joined onto it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Root {
+    path: PathBuf,
+}
+
+impl Root {
+    /// A root at `path`.
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Root { path: path.into() }
+    }
+
+    /// The root directory itself.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `abs` (an absolute host path) under this root.
+    pub fn join(&self, abs: &str) -> PathBuf {
+        self.path.join(abs.trim_start_matches('/'))
+    }
+
+    /// `<root>/proc`.
+    pub fn proc(&self) -> PathBuf {
+        self.path.join("proc")
+    }
+
+    /// `<root>/sys`.
+    pub fn sys(&self) -> PathBuf {
+        self.path.join("sys")
+    }
+
+    /// `<root>/proc/<pid>`.
+    pub fn proc_pid(&self, pid: u32) -> PathBuf {
+        let mut p = self.proc();
+        p.push(pid.to_string());
+        p
+    }
+}

@@ -1,0 +1,38 @@
+//! One pure renderer per served file. Each takes typed snapshots (host files, the container's
+//! cgroup stats) and returns the bytes the container reads; none does I/O.
+
+pub mod cpu_online;
+pub mod cpuinfo;
+pub mod cpus;
+pub mod meminfo;
+
+/// A file the daemon serves, named by its path under the mount point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum View {
+    /// `proc/meminfo`
+    Meminfo,
+    /// `proc/cpuinfo`
+    Cpuinfo,
+    /// `sys/devices/system/cpu/online`
+    CpuOnline,
+}
+
+impl View {
+    /// Every served file.
+    pub const ALL: &'static [View] = &[View::Meminfo, View::Cpuinfo, View::CpuOnline];
+
+    /// Path under the mount point, which is also the host path under `/`.
+    pub fn path(self) -> &'static str {
+        match self {
+            View::Meminfo => "proc/meminfo",
+            View::Cpuinfo => "proc/cpuinfo",
+            View::CpuOnline => "sys/devices/system/cpu/online",
+        }
+    }
+
+    /// The view served at `path` (leading `/` and a `<mount>/` prefix are not part of it).
+    pub fn from_path(path: &str) -> Option<View> {
+        let p = path.trim_start_matches('/');
+        View::ALL.iter().copied().find(|v| v.path() == p)
+    }
+}
