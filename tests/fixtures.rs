@@ -1,0 +1,220 @@
+//! Renderers and parsers against fixture trees captured from a real hybrid-v1 kernel with
+//! `tests/fixtures/capture.sh`, through the same `Service` the daemon uses; plus every kind of
+//! bad input, which must yield the host's file and a counted fallback, never a panic.
+
+use cgprocfs::service::{Options, Service};
+use cgprocfs::view::cpus::CpuCount;
+use cgprocfs::view::View;
+use cgprocfs::Root;
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+/// The pid the fixture was captured for (the numeric directory under proc/).
+fn captured_pid(root: &Path) -> u32 {
+    std::fs::read_dir(root.join("proc"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .next()
+        .expect("fixture has a proc/<pid>")
+}
+
+fn field(text: &str, label: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{label}:")))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {label} in\n{text}"))
+}
+
+fn stat_key(path: &Path, key: &str) -> u64 {
+    let t = std::fs::read_to_string(path).unwrap();
+    t.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {}", path.display()))
+}
+
+fn read_num(path: &Path) -> u64 {
+    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
+}
+
+fn service(root: &Path) -> Service {
+    Service::new(Root::new(root), Options { cpu_count: CpuCount::Quota }).unwrap()
+}
+
+fn render(svc: &Service, view: View, pid: u32) -> String {
+    String::from_utf8(svc.render_for(view, pid)).unwrap()
+}
+
+/// Copies a fixture tree (files, dirs, symlinks) so a test can corrupt it.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let (src, dst) = (e.path(), to.join(e.file_name()));
+        let ft = e.file_type().unwrap();
+        if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src).unwrap(), &dst).unwrap();
+        } else if ft.is_dir() {
+            copy_tree(&src, &dst);
+        } else {
+            std::fs::copy(&src, &dst).unwrap();
+        }
+    }
+}
+
+struct TempTree(PathBuf);
+
+impl TempTree {
+    fn of(name: &str, tag: &str) -> TempTree {
+        let p = std::env::temp_dir().join(format!("cgprocfs-fixture-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        copy_tree(&fixture(name), &p);
+        TempTree(p)
+    }
+}
+
+impl Drop for TempTree {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+const LEAF: &str = "sys/fs/cgroup/memory/cgp-fix/leaf";
+
+#[test]
+fn meminfo_hybrid_limited_takes_every_field_from_the_cgroup() {
+    let root = fixture("hybrid-limited");
+    let pid = captured_pid(&root);
+    let svc = service(&root);
+    let out = render(&svc, View::Meminfo, pid);
+    let leaf = root.join(LEAF);
+    let stat = leaf.join("memory.stat");
+
+    // The parent's 256 MiB is lower than the leaf's 1 GiB: the chain's minimum wins.
+    assert_eq!(field(&out, "MemTotal"), 256 * 1024);
+    let usage = read_num(&leaf.join("memory.usage_in_bytes"));
+    assert_eq!(field(&out, "MemFree"), (256 * 1024 * 1024 - usage) / 1024);
+    // Keys lxcfs gets wrong by prefix matching: Mapped, AnonHugePages.
+    assert_eq!(field(&out, "Mapped"), stat_key(&stat, "total_mapped_file") / 1024);
+    assert_eq!(field(&out, "AnonHugePages"), stat_key(&stat, "total_rss_huge") / 1024);
+    assert_eq!(field(&out, "AnonPages"), stat_key(&stat, "total_rss") / 1024);
+    assert_eq!(field(&out, "Shmem"), stat_key(&stat, "total_shmem") / 1024);
+    assert_eq!(
+        field(&out, "Cached"),
+        (stat_key(&stat, "total_cache") / 1024).saturating_sub(stat_key(&stat, "total_swapcached") / 1024)
+    );
+    assert_eq!(
+        field(&out, "Active(file)") + field(&out, "Inactive(file)"),
+        stat_key(&stat, "total_active_file") / 1024 + stat_key(&stat, "total_inactive_file") / 1024
+    );
+    // The workload had ~30 MB of page cache and ~20 MB of anon memory: both must show.
+    assert!(field(&out, "Cached") > 20 * 1024, "{out}");
+    assert!(field(&out, "AnonPages") > 15 * 1024, "{out}");
+
+    let (free, avail, total) = (field(&out, "MemFree"), field(&out, "MemAvailable"), field(&out, "MemTotal"));
+    assert!(free <= avail && avail <= total, "{free} {avail} {total}");
+    assert!(field(&out, "SwapFree") <= field(&out, "SwapTotal"));
+
+    // Same labels in the same order as the host, each substituted line in the kernel's format.
+    let host = std::fs::read_to_string(root.join("proc/meminfo")).unwrap();
+    let labels = |t: &str| t.lines().map(|l| l.split(':').next().unwrap().to_string()).collect::<Vec<_>>();
+    assert_eq!(labels(&out), labels(&host));
+    for l in out.lines().filter(|l| l.ends_with(" kB")) {
+        assert!(l.len() >= 27, "short line {l:?}");
+        let value = &l[16..l.len() - 3];
+        assert!(value.len() >= 8 && value.trim_start().chars().all(|c| c.is_ascii_digit()), "{l:?}");
+    }
+}
+
+#[test]
+fn cpu_views_follow_quota_and_cpuset() {
+    let root = fixture("hybrid-limited");
+    let svc = service(&root);
+    let pid = captured_pid(&root);
+    // Quota 0.5 CPU on the parent -> 1 visible CPU.
+    let cpuinfo = render(&svc, View::Cpuinfo, pid);
+    assert_eq!(cpuinfo.matches("processor\t:").count(), 1, "{cpuinfo}");
+    assert!(cpuinfo.contains("processor\t: 0\n") && cpuinfo.contains("siblings\t: 1\n") && cpuinfo.contains("cpu cores\t: 1\n"));
+    assert!(cpuinfo.ends_with("\n\n"));
+    assert_eq!(render(&svc, View::CpuOnline, pid), "0\n");
+
+    // --cpu-count=cpuset ignores the quota: the host's two CPUs.
+    let svc = Service::new(Root::new(&root), Options { cpu_count: CpuCount::Cpuset }).unwrap();
+    assert_eq!(render(&svc, View::CpuOnline, pid), "0-1\n");
+    assert_eq!(render(&svc, View::Cpuinfo, pid).matches("processor\t:").count(), 2);
+
+    // Cpuset {1}, no quota: one CPU, host CPU 1 renumbered 0.
+    let root = fixture("hybrid-cpuset");
+    let svc = service(&root);
+    let pid = captured_pid(&root);
+    let cpuinfo = render(&svc, View::Cpuinfo, pid);
+    assert_eq!(cpuinfo.matches("processor\t:").count(), 1);
+    assert!(cpuinfo.contains("processor\t: 0\n") && cpuinfo.contains("apicid\t\t: 0\n"), "{cpuinfo}");
+    assert_eq!(render(&svc, View::CpuOnline, pid), "0\n");
+    // No memory limit anywhere: the host's meminfo, byte for byte.
+    let host = std::fs::read_to_string(root.join("proc/meminfo")).unwrap();
+    assert_eq!(render(&svc, View::Meminfo, pid), host);
+    assert_eq!(svc.fallbacks.count(), 0);
+}
+
+#[test]
+fn pure_v1_without_unified_tree_resolves_the_same() {
+    let t = TempTree::of("hybrid-limited", "v1");
+    let mi = t.0.join("proc/self/mountinfo");
+    let text = std::fs::read_to_string(&mi).unwrap();
+    std::fs::write(&mi, text.lines().filter(|l| !l.contains(" - cgroup2 ")).map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+    let svc = service(&t.0);
+    assert_eq!(svc.hierarchies().layout(), cgprocfs::cgroup::mounts::Layout::V1);
+    let pid = captured_pid(&t.0);
+    assert_eq!(field(&render(&svc, View::Meminfo, pid), "MemTotal"), 256 * 1024);
+    assert_eq!(render(&svc, View::CpuOnline, pid), "0\n");
+}
+
+/// Each corruption must make the container's file unrenderable: the reader gets the host's
+/// file, the fallback is counted, nothing panics.
+#[test]
+fn bad_cgroup_files_fall_back_to_the_host_file() {
+    let cases: &[(&str, &str, Option<&str>)] = &[
+        ("memstat-garbage", "memory/cgp-fix/leaf/memory.stat", Some("garbage\n\0\u{1}")),
+        ("usage-negative", "memory/cgp-fix/leaf/memory.usage_in_bytes", Some("-1\n")),
+        ("usage-empty", "memory/cgp-fix/leaf/memory.usage_in_bytes", Some("")),
+        ("usage-huge", "memory/cgp-fix/leaf/memory.usage_in_bytes", Some("99999999999999999999999\n")),
+        ("usage-missing", "memory/cgp-fix/leaf/memory.usage_in_bytes", None),
+        ("quota-garbage", "cpu/cgp-fix/cpu.cfs_quota_us", Some("lots\n")),
+        ("period-zero", "cpu/cgp-fix/cpu.cfs_period_us", Some("0\n")),
+        ("cpuset-reversed", "cpuset/cgp-fix/leaf/cpuset.effective_cpus", Some("3-1\n")),
+    ];
+    for (tag, file, content) in cases {
+        let t = TempTree::of("hybrid-limited", tag);
+        let p = t.0.join("sys/fs/cgroup").join(file);
+        match content {
+            Some(c) => std::fs::write(&p, c).unwrap(),
+            None => std::fs::remove_file(&p).unwrap(),
+        }
+        let svc = service(&t.0);
+        let pid = captured_pid(&t.0);
+        let view = if file.starts_with("memory") { View::Meminfo } else { View::CpuOnline };
+        let host = std::fs::read(t.0.join(view.path())).unwrap();
+        assert_eq!(svc.render_for(view, pid), host, "case {tag}");
+        assert_eq!(svc.fallbacks.count(), 1, "case {tag}");
+    }
+}
+
+#[test]
+fn deleted_cgroup_and_vanished_caller_fall_back() {
+    let t = TempTree::of("hybrid-limited", "deleted");
+    let svc = service(&t.0);
+    let pid = captured_pid(&t.0);
+    std::fs::remove_dir_all(t.0.join(LEAF)).unwrap();
+    let host = std::fs::read(t.0.join("proc/meminfo")).unwrap();
+    assert_eq!(svc.render_for(View::Meminfo, pid), host);
+    // A caller that exited before its request was served.
+    std::fs::remove_dir_all(t.0.join(format!("proc/{pid}"))).unwrap();
+    assert_eq!(svc.render_for(View::Cpuinfo, pid), std::fs::read(t.0.join("proc/cpuinfo")).unwrap());
+    assert_eq!(svc.render_for(View::CpuOnline, 0), std::fs::read(t.0.join(View::CpuOnline.path())).unwrap());
+    assert_eq!(svc.fallbacks.count(), 3);
+}
