@@ -224,8 +224,9 @@ pub fn mountpoint_state(mountpoint: &Path, mountinfo: &str) -> MountpointState {
         pre.split(' ').nth(4) == Some(&*mountpoint.to_string_lossy()) && post.starts_with("fuse")
     });
     if mounted_fuse {
-        return match std::fs::metadata(mountpoint) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => MountpointState::Stale,
+        // statfs always reaches the daemon, where stat may be answered from cached attributes.
+        return match nix::sys::statfs::statfs(mountpoint) {
+            Err(nix::errno::Errno::ENOTCONN) => MountpointState::Stale,
             _ => MountpointState::Served,
         };
     }
