@@ -16,7 +16,11 @@ use std::sync::Arc;
 const DEFAULT_MOUNTPOINT: &str = "/var/lib/cgprocfs";
 
 #[derive(Parser)]
-#[command(name = "cgprocfs", version, about = "Container-correct /proc and /sys files over FUSE")]
+#[command(
+    name = "cgprocfs",
+    version,
+    about = "Container-correct /proc and /sys files over FUSE"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -65,7 +69,11 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Serve { mountpoint, threads, view } => serve(&mountpoint, threads, view),
+        Cmd::Serve {
+            mountpoint,
+            threads,
+            view,
+        } => serve(&mountpoint, threads, view),
         Cmd::Show { pid, file, view } => show(pid, &file, view),
     };
     if let Err(e) = r {
@@ -75,7 +83,13 @@ fn main() {
 }
 
 fn service(view: ViewOpts) -> Result<Service> {
-    Service::new(Root::new("/"), Options { cpu_count: view.cpu_count }).context("cannot read the host's cgroup mounts")
+    Service::new(
+        Root::new("/"),
+        Options {
+            cpu_count: view.cpu_count,
+        },
+    )
+    .context("cannot read the host's cgroup mounts")
 }
 
 fn show(pid: Option<u32>, file: &str, view: ViewOpts) -> Result<()> {
@@ -85,24 +99,38 @@ fn show(pid: Option<u32>, file: &str, view: ViewOpts) -> Result<()> {
     };
     let svc = service(view)?;
     let pid = pid.unwrap_or_else(std::process::id);
-    let cg = svc.container_of(pid).with_context(|| format!("cannot find the container of pid {pid}"))?;
-    let text = svc.render(v, &cg).with_context(|| format!("cannot render {file} for pid {pid}"))?;
+    let cg = svc
+        .container_of(pid)
+        .with_context(|| format!("cannot find the container of pid {pid}"))?;
+    let text = svc
+        .render(v, &cg)
+        .with_context(|| format!("cannot render {file} for pid {pid}"))?;
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
 }
 
 fn serve(mountpoint: &Path, threads: usize, view: ViewOpts) -> Result<()> {
-    std::fs::create_dir_all(mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
-    let mountpoint = mountpoint.canonicalize().with_context(|| format!("cannot resolve {}", mountpoint.display()))?;
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
+    std::fs::create_dir_all(mountpoint)
+        .with_context(|| format!("cannot create {}", mountpoint.display()))?;
+    let mountpoint = mountpoint
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", mountpoint.display()))?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
     match mountpoint_state(&mountpoint, &mountinfo) {
         MountpointState::Free => {}
         MountpointState::Stale => {
             tracing::warn!(mountpoint = %mountpoint.display(), "clearing a stale mount left by a dead daemon");
             unmount(&mountpoint).context("cannot clear the stale mount")?;
         }
-        MountpointState::Served => bail!("{} is already served by a running FUSE daemon", mountpoint.display()),
-        MountpointState::NotEmpty => bail!("{} is a non-empty directory; refusing to mount over it", mountpoint.display()),
+        MountpointState::Served => bail!(
+            "{} is already served by a running FUSE daemon",
+            mountpoint.display()
+        ),
+        MountpointState::NotEmpty => bail!(
+            "{} is a non-empty directory; refusing to mount over it",
+            mountpoint.display()
+        ),
     }
 
     // Block the stop signals before any thread starts so only sigwait below receives them.
@@ -113,7 +141,8 @@ fn serve(mountpoint: &Path, threads: usize, view: ViewOpts) -> Result<()> {
 
     let svc = Arc::new(service(view)?);
     tracing::info!(layout = ?svc.hierarchies().layout(), "cgroup hierarchies found");
-    let session = Session::mount(&mountpoint, "cgprocfs").with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
+    let session = Session::mount(&mountpoint, "cgprocfs")
+        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
     let fs = Arc::new(ProcFs::new(svc.clone()));
     session.spawn(fs, threads).context("cannot start workers")?;
     tracing::info!(mountpoint = %mountpoint.display(), threads, minor = session.params.minor, "serving");

@@ -83,7 +83,10 @@ mod tests {
     #[test]
     fn lists() {
         let p = Path::new("l");
-        assert_eq!(parse_list(p, "0-3,5,7-8\n").unwrap(), vec![0, 1, 2, 3, 5, 7, 8]);
+        assert_eq!(
+            parse_list(p, "0-3,5,7-8\n").unwrap(),
+            vec![0, 1, 2, 3, 5, 7, 8]
+        );
         assert_eq!(parse_list(p, "\n").unwrap(), Vec::<u32>::new());
         assert!(parse_list(p, "3-1").is_err());
         assert!(parse_list(p, "x").is_err());

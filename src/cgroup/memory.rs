@@ -55,7 +55,9 @@ impl MemStat {
     pub fn parse_v1(text: &str) -> Self {
         let mut s = MemStat::default();
         for (k, v) in flat_keyed(text) {
-            let Some(k) = k.strip_prefix("total_") else { continue };
+            let Some(k) = k.strip_prefix("total_") else {
+                continue;
+            };
             let v2 = match k {
                 "cache" => "file",
                 "rss" => "anon",
@@ -163,7 +165,10 @@ fn read_v2(dir: &CgroupDir) -> Result<MemoryStats> {
     let Some(eff) = dir.chain().find(|d| d.join("memory.current").exists()) else {
         return Ok(MemoryStats::default());
     };
-    let dir = &CgroupDir { path: eff.to_path_buf(), ..dir.clone() };
+    let dir = &CgroupDir {
+        path: eff.to_path_buf(),
+        ..dir.clone()
+    };
     let stat_path = dir.file("memory.stat");
     let stat = MemStat::parse_v2(&read_file(&stat_path)?);
     let usage = read_u64(&dir.file("memory.current"))?;
@@ -173,7 +178,13 @@ fn read_v2(dir: &CgroupDir) -> Result<MemoryStats> {
         Ok(t) => Some(u64_value(&dir.file("memory.swap.current"), &t)?),
         Err(_) => None,
     };
-    Ok(MemoryStats { limit: min_chain(dir, "memory.max")?, usage, swap_limit, swap_usage, stat })
+    Ok(MemoryStats {
+        limit: min_chain(dir, "memory.max")?,
+        usage,
+        swap_limit,
+        swap_usage,
+        stat,
+    })
 }
 
 fn read_v1(dir: &CgroupDir) -> Result<MemoryStats> {
@@ -199,5 +210,11 @@ fn read_v1(dir: &CgroupDir) -> Result<MemoryStats> {
             .and_then(|t| t.trim().parse::<u64>().ok())
             .map(|sw| sw.saturating_sub(usage)),
     };
-    Ok(MemoryStats { limit, usage, swap_limit, swap_usage, stat })
+    Ok(MemoryStats {
+        limit,
+        usage,
+        swap_limit,
+        swap_usage,
+        stat,
+    })
 }

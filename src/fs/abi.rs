@@ -79,7 +79,9 @@ pub struct Body<'a>(pub &'a [u8]);
 impl Body<'_> {
     /// The `u32` at `off`.
     pub fn u32(&self, off: usize) -> Option<u32> {
-        self.0.get(off..off + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        self.0
+            .get(off..off + 4)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// The `u64` at `off`.

@@ -43,7 +43,13 @@ pub struct Tree {
 impl Tree {
     /// Builds the directories and files for `views`.
     pub fn new(views: &[View]) -> Self {
-        let mut t = Tree { nodes: vec![Node { name: String::new(), parent: ROOT, kind: Kind::Dir(vec![]) }] };
+        let mut t = Tree {
+            nodes: vec![Node {
+                name: String::new(),
+                parent: ROOT,
+                kind: Kind::Dir(vec![]),
+            }],
+        };
         for &v in views {
             let mut dir = ROOT;
             let parts: Vec<&str> = v.path().split('/').collect();
@@ -52,10 +58,21 @@ impl Tree {
                 dir = match t.child(dir, part) {
                     Some(ino) => ino,
                     None => {
-                        let kind = if last { Kind::File(v) } else { Kind::Dir(vec![]) };
-                        t.nodes.push(Node { name: part.to_string(), parent: dir, kind });
+                        let kind = if last {
+                            Kind::File(v)
+                        } else {
+                            Kind::Dir(vec![])
+                        };
+                        t.nodes.push(Node {
+                            name: part.to_string(),
+                            parent: dir,
+                            kind,
+                        });
                         let ino = t.nodes.len() as u64;
-                        if let Some(Node { kind: Kind::Dir(c), .. }) = t.nodes.get_mut(dir as usize - 1) {
+                        if let Some(Node {
+                            kind: Kind::Dir(c), ..
+                        }) = t.nodes.get_mut(dir as usize - 1)
+                        {
                             c.push(ino);
                         }
                         ino
@@ -72,7 +89,10 @@ impl Tree {
 
     fn child(&self, dir: u64, name: &str) -> Option<u64> {
         match &self.node(dir)?.kind {
-            Kind::Dir(c) => c.iter().copied().find(|&i| self.node(i).is_some_and(|n| n.name == name)),
+            Kind::Dir(c) => c
+                .iter()
+                .copied()
+                .find(|&i| self.node(i).is_some_and(|n| n.name == name)),
             Kind::File(_) => None,
         }
     }
@@ -80,8 +100,20 @@ impl Tree {
     fn attr(&self, ino: u64, time: u64) -> Option<Attr> {
         let n = self.node(ino)?;
         Some(match &n.kind {
-            Kind::Dir(c) => Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink: 2 + c.len() as u32, time },
-            Kind::File(_) => Attr { ino, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time },
+            Kind::Dir(c) => Attr {
+                ino,
+                size: 0,
+                mode: libc::S_IFDIR | 0o555,
+                nlink: 2 + c.len() as u32,
+                time,
+            },
+            Kind::File(_) => Attr {
+                ino,
+                size: 0,
+                mode: libc::S_IFREG | 0o444,
+                nlink: 1,
+                time,
+            },
         })
     }
 }
@@ -117,7 +149,9 @@ impl ProcFs {
     }
 
     fn entry(&self, ino: u64) -> Reply {
-        let Some(attr) = self.tree.attr(ino, self.start) else { return Reply::Err(libc::ENOENT) };
+        let Some(attr) = self.tree.attr(ino, self.start) else {
+            return Reply::Err(libc::ENOENT);
+        };
         let mut o = Out::default();
         o.u64(ino).u64(0).u64(TTL_SECS).u64(TTL_SECS).u32(0).u32(0);
         attr.encode(&mut o);
@@ -126,7 +160,9 @@ impl ProcFs {
 
     fn lookup(&self, h: &InHeader, body: &[u8]) -> Reply {
         let name = body.split(|&b| b == 0).next().unwrap_or(&[]);
-        let Ok(name) = std::str::from_utf8(name) else { return Reply::Err(libc::ENOENT) };
+        let Ok(name) = std::str::from_utf8(name) else {
+            return Reply::Err(libc::ENOENT);
+        };
         match self.tree.child(h.nodeid, name) {
             Some(ino) => self.entry(ino),
             None => Reply::Err(libc::ENOENT),
@@ -134,7 +170,9 @@ impl ProcFs {
     }
 
     fn getattr(&self, h: &InHeader) -> Reply {
-        let Some(attr) = self.tree.attr(h.nodeid, self.start) else { return Reply::Err(libc::ENOENT) };
+        let Some(attr) = self.tree.attr(h.nodeid, self.start) else {
+            return Reply::Err(libc::ENOENT);
+        };
         let mut o = Out::default();
         o.u64(TTL_SECS).u32(0).u32(0);
         attr.encode(&mut o);
@@ -142,7 +180,11 @@ impl ProcFs {
     }
 
     fn open(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let Some(Node { kind: Kind::File(view), .. }) = self.tree.node(h.nodeid) else {
+        let Some(Node {
+            kind: Kind::File(view),
+            ..
+        }) = self.tree.node(h.nodeid)
+        else {
             return Reply::Err(libc::EISDIR);
         };
         let flags = Body(body).u32(0).unwrap_or(0) as i32;
@@ -154,9 +196,17 @@ impl ProcFs {
             return Reply::Err(libc::ENFILE);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        handles.insert(fh, Handle { view: *view, data: None });
+        handles.insert(
+            fh,
+            Handle {
+                view: *view,
+                data: None,
+            },
+        );
         let mut o = Out::default();
-        o.u64(fh).u32(abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH).u32(0);
+        o.u64(fh)
+            .u32(abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH)
+            .u32(0);
         Reply::Data(o.0)
     }
 
@@ -188,11 +238,21 @@ impl ProcFs {
 
     fn readdir(&self, h: &InHeader, body: &[u8]) -> Reply {
         let b = Body(body);
-        let (Some(offset), Some(size)) = (b.u64(8), b.u32(16)) else { return Reply::Err(libc::EINVAL) };
-        let Some(Node { kind: Kind::Dir(children), parent, .. }) = self.tree.node(h.nodeid) else {
+        let (Some(offset), Some(size)) = (b.u64(8), b.u32(16)) else {
+            return Reply::Err(libc::EINVAL);
+        };
+        let Some(Node {
+            kind: Kind::Dir(children),
+            parent,
+            ..
+        }) = self.tree.node(h.nodeid)
+        else {
             return Reply::Err(libc::ENOTDIR);
         };
-        let mut entries: Vec<(u64, &str, u32)> = vec![(h.nodeid, ".", libc::DT_DIR as u32), (*parent, "..", libc::DT_DIR as u32)];
+        let mut entries: Vec<(u64, &str, u32)> = vec![
+            (h.nodeid, ".", libc::DT_DIR as u32),
+            (*parent, "..", libc::DT_DIR as u32),
+        ];
         for &c in children {
             if let Some(n) = self.tree.node(c) {
                 let t = match n.kind {
@@ -208,7 +268,10 @@ impl ProcFs {
             if o.0.len() + rec > size as usize {
                 break;
             }
-            o.u64(*ino).u64(i as u64 + 1).u32(name.len() as u32).u32(*typ);
+            o.u64(*ino)
+                .u64(i as u64 + 1)
+                .u32(name.len() as u32)
+                .u32(*typ);
             o.0.extend_from_slice(name.as_bytes());
             o.zeros(rec - 24 - name.len());
         }
@@ -217,7 +280,11 @@ impl ProcFs {
 
     fn statfs(&self) -> Reply {
         let mut o = Out::default();
-        o.u64(0).u64(0).u64(0).u64(self.tree.nodes.len() as u64).u64(0); // blocks.. files, ffree
+        o.u64(0)
+            .u64(0)
+            .u64(0)
+            .u64(self.tree.nodes.len() as u64)
+            .u64(0); // blocks.. files, ffree
         o.u32(4096).u32(255).u32(4096).u32(0).zeros(24); // bsize, namelen, frsize, pad, spare
         Reply::Data(o.0)
     }
@@ -237,7 +304,9 @@ impl Handler for ProcFs {
                 Reply::Data(vec![])
             }
             op::OPENDIR => match self.tree.node(h.nodeid) {
-                Some(Node { kind: Kind::Dir(_), .. }) => {
+                Some(Node {
+                    kind: Kind::Dir(_), ..
+                }) => {
                     let mut o = Out::default();
                     o.u64(0).u32(0).u32(0);
                     Reply::Data(o.0)
@@ -250,7 +319,11 @@ impl Handler for ProcFs {
             op::ACCESS => {
                 // default_permissions makes the kernel check modes; refuse writes outright.
                 let mask = Body(body).u32(0).unwrap_or(0) as i32;
-                if mask & libc::W_OK != 0 { Reply::Err(libc::EROFS) } else { Reply::Data(vec![]) }
+                if mask & libc::W_OK != 0 {
+                    Reply::Err(libc::EROFS)
+                } else {
+                    Reply::Data(vec![])
+                }
             }
             op::SETATTR | op::WRITE | op::CREATE => Reply::Err(libc::EROFS),
             op::FORGET | op::BATCH_FORGET | op::INTERRUPT => Reply::None,

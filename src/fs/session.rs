@@ -50,7 +50,11 @@ impl Session {
     /// Opens `/dev/fuse`, mounts it read-only at `mountpoint` for all users and answers
     /// the kernel's FUSE_INIT.
     pub fn mount(mountpoint: &Path, fsname: &str) -> io::Result<Session> {
-        let dev = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open("/dev/fuse")?;
+        let dev = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/fuse")?;
         let dev = OwnedFd::from(dev);
         let opts = format!(
             "fd={},rootmode=40000,user_id={},group_id={},allow_other,default_permissions",
@@ -59,18 +63,35 @@ impl Session {
             unsafe { libc::getuid() },
             unsafe { libc::getgid() },
         );
-        let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-        let (src, target, fstype, data) =
-            (c(fsname.as_bytes())?, c(mountpoint.as_os_str().as_bytes())?, c(b"fuse.cgprocfs")?, c(opts.as_bytes())?);
+        let c =
+            |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+        let (src, target, fstype, data) = (
+            c(fsname.as_bytes())?,
+            c(mountpoint.as_os_str().as_bytes())?,
+            c(b"fuse.cgprocfs")?,
+            c(opts.as_bytes())?,
+        );
         let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
         // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-        let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
+        let r = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                data.as_ptr().cast(),
+            )
+        };
         if r != 0 {
             return Err(io::Error::last_os_error());
         }
         let dev = Arc::new(dev);
         match init(dev.as_raw_fd()) {
-            Ok(params) => Ok(Session { dev, mountpoint: mountpoint.to_path_buf(), params }),
+            Ok(params) => Ok(Session {
+                dev,
+                mountpoint: mountpoint.to_path_buf(),
+                params,
+            }),
             Err(e) => {
                 let _ = unmount(mountpoint);
                 Err(e)
@@ -85,12 +106,24 @@ impl Session {
 
     /// Starts `threads` workers serving `handler`. The first uses the session's fd, the
     /// others fds cloned from it, so the kernel spreads requests without a shared lock.
-    pub fn spawn<H: Handler>(&self, handler: Arc<H>, threads: usize) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    pub fn spawn<H: Handler>(
+        &self,
+        handler: Arc<H>,
+        threads: usize,
+    ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
         let mut out = Vec::new();
         for i in 0..threads.max(1) {
-            let fd: Arc<OwnedFd> = if i == 0 { self.dev.clone() } else { Arc::new(clone_fd(self.dev.as_raw_fd())?) };
+            let fd: Arc<OwnedFd> = if i == 0 {
+                self.dev.clone()
+            } else {
+                Arc::new(clone_fd(self.dev.as_raw_fd())?)
+            };
             let h = handler.clone();
-            out.push(std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || worker(&fd, &*h))?);
+            out.push(
+                std::thread::Builder::new()
+                    .name(format!("fuse-{i}"))
+                    .spawn(move || worker(&fd, &*h))?,
+            );
         }
         Ok(out)
     }
@@ -99,7 +132,8 @@ impl Session {
 /// Detaches the mount at `mountpoint`. Bind mounts made from it elsewhere keep the
 /// connection until they go too.
 pub fn unmount(mountpoint: &Path) -> io::Result<()> {
-    let target = CString::new(mountpoint.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let target = CString::new(mountpoint.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: valid NUL-terminated path.
     if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
         return Err(io::Error::last_os_error());
@@ -108,10 +142,21 @@ pub fn unmount(mountpoint: &Path) -> io::Result<()> {
 }
 
 fn clone_fd(master: RawFd) -> io::Result<OwnedFd> {
-    let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open("/dev/fuse")?;
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")?;
     let m: u32 = master as u32;
     // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the session fd) from the pointer.
-    if unsafe { libc::ioctl(f.as_raw_fd(), abi::FUSE_DEV_IOC_CLONE as _, &m as *const u32) } != 0 {
+    if unsafe {
+        libc::ioctl(
+            f.as_raw_fd(),
+            abi::FUSE_DEV_IOC_CLONE as _,
+            &m as *const u32,
+        )
+    } != 0
+    {
         return Err(io::Error::last_os_error());
     }
     Ok(OwnedFd::from(f))
@@ -143,7 +188,9 @@ fn write_reply(fd: RawFd, unique: u64, reply: Reply) {
         Reply::Err(e) => (-e, Vec::new()),
     };
     let mut o = Out(Vec::with_capacity(abi::OUT_HEADER_LEN + body.len()));
-    o.u32((abi::OUT_HEADER_LEN + body.len()) as u32).u32(err as u32).u64(unique);
+    o.u32((abi::OUT_HEADER_LEN + body.len()) as u32)
+        .u32(err as u32)
+        .u64(unique);
     o.0.extend_from_slice(&body);
     // SAFETY: the buffer is valid for reads of its length.
     let n = unsafe { libc::write(fd, o.0.as_ptr().cast(), o.0.len()) };
@@ -160,23 +207,41 @@ fn init(fd: RawFd) -> io::Result<InitParams> {
     let mut buf = vec![0u8; abi::READ_BUFFER];
     loop {
         let Some(n) = read_request(fd, &mut buf)? else {
-            return Err(io::Error::new(io::ErrorKind::NotConnected, "connection closed before FUSE_INIT"));
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "connection closed before FUSE_INIT",
+            ));
         };
-        let Some(h) = InHeader::parse(&buf[..n]) else { continue };
+        let Some(h) = InHeader::parse(&buf[..n]) else {
+            continue;
+        };
         let body = abi::Body(&buf[abi::IN_HEADER_LEN.min(n)..n]);
         if h.opcode != abi::op::INIT {
             write_reply(fd, h.unique, Reply::Err(libc::EIO));
             continue;
         }
-        let (major, minor, readahead, flags) =
-            (body.u32(0).unwrap_or(0), body.u32(4).unwrap_or(0), body.u32(8).unwrap_or(0), body.u32(12).unwrap_or(0));
+        let (major, minor, readahead, flags) = (
+            body.u32(0).unwrap_or(0),
+            body.u32(4).unwrap_or(0),
+            body.u32(8).unwrap_or(0),
+            body.u32(12).unwrap_or(0),
+        );
         if major != abi::KERNEL_VERSION {
             write_reply(fd, h.unique, Reply::Err(libc::EPROTO));
-            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("FUSE protocol {major}.{minor}")));
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!("FUSE protocol {major}.{minor}"),
+            ));
         }
-        let params = InitParams { minor: minor.min(abi::KERNEL_MINOR_VERSION), flags: flags & abi::FUSE_PARALLEL_DIROPS };
+        let params = InitParams {
+            minor: minor.min(abi::KERNEL_MINOR_VERSION),
+            flags: flags & abi::FUSE_PARALLEL_DIROPS,
+        };
         let mut o = Out::default();
-        o.u32(abi::KERNEL_VERSION).u32(params.minor).u32(readahead).u32(params.flags);
+        o.u32(abi::KERNEL_VERSION)
+            .u32(params.minor)
+            .u32(readahead)
+            .u32(params.flags);
         o.u16(16).u16(12).u32(abi::MAX_WRITE).u32(1); // max_background, congestion, max_write, time_gran
         o.u16(0).u16(0).u32(0).u32(0).u16(0).zeros(22); // max_pages, map_alignment, flags2, stack depth, timeout, unused
         write_reply(fd, h.unique, Reply::Data(o.0));
@@ -196,7 +261,9 @@ fn worker(fd: &OwnedFd, handler: &dyn Handler) {
                 return;
             }
         };
-        let Some(h) = InHeader::parse(&buf[..n]) else { continue };
+        let Some(h) = InHeader::parse(&buf[..n]) else {
+            continue;
+        };
         let end = (h.len as usize).min(n);
         let body = &buf[abi::IN_HEADER_LEN.min(end)..end];
         let reply = handler.dispatch(&h, body);
@@ -220,7 +287,9 @@ pub enum MountpointState {
 /// Classifies `mountpoint` from `mountinfo` text and the directory itself.
 pub fn mountpoint_state(mountpoint: &Path, mountinfo: &str) -> MountpointState {
     let mounted_fuse = mountinfo.lines().any(|l| {
-        let Some((pre, post)) = l.split_once(" - ") else { return false };
+        let Some((pre, post)) = l.split_once(" - ") else {
+            return false;
+        };
         pre.split(' ').nth(4) == Some(&*mountpoint.to_string_lossy()) && post.starts_with("fuse")
     });
     if mounted_fuse {

@@ -35,7 +35,11 @@ impl HostMeminfo {
                     .next()
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                Line { label: label.to_string(), value, raw: l.to_string() }
+                Line {
+                    label: label.to_string(),
+                    value,
+                    raw: l.to_string(),
+                }
             })
             .collect();
         if !lines.iter().any(|l| l.label == "MemTotal") {
@@ -51,7 +55,10 @@ impl HostMeminfo {
 
     /// Value of `label` in KiB, 0 when the kernel does not print it.
     pub fn get(&self, label: &str) -> u64 {
-        self.lines.iter().find(|l| l.label == label).map_or(0, |l| l.value)
+        self.lines
+            .iter()
+            .find(|l| l.label == label)
+            .map_or(0, |l| l.value)
     }
 
     /// The file as the host kernel wrote it.

@@ -11,7 +11,9 @@ pub fn render(host: &HostCpuinfo, cpus: &[u32]) -> String {
     for (i, &cpu) in cpus.iter().enumerate() {
         // A CPU missing from the host's file (hot-unplugged since the cpuset was read) borrows
         // the first block, so the count stays right.
-        let Some(block) = host.block(cpu).or(host.blocks.first()) else { break };
+        let Some(block) = host.block(cpu).or(host.blocks.first()) else {
+            break;
+        };
         for line in &block.lines {
             let new = match key(line) {
                 "processor" | "core id" | "apicid" | "initial apicid" => Some(i),

@@ -16,7 +16,10 @@ pub struct Values {
 impl Values {
     /// Value of `label`, if the container has one.
     pub fn get(&self, label: &str) -> Option<u64> {
-        self.fields.iter().find(|(l, _)| *l == label).map(|(_, v)| *v)
+        self.fields
+            .iter()
+            .find(|(l, _)| *l == label)
+            .map(|(_, v)| *v)
     }
 }
 
@@ -40,7 +43,9 @@ pub fn compute(host: &HostMeminfo, m: &MemoryStats) -> Option<Values> {
 
     // Swap: the chain's swap limit, capped at the host's swap; no limit -> the host's swap.
     let host_swap = host.get("SwapTotal");
-    let swap_total = m.swap_limit.map_or(host_swap, |l| (l / 1024).min(host_swap));
+    let swap_total = m
+        .swap_limit
+        .map_or(host_swap, |l| (l / 1024).min(host_swap));
     let swap_free = match m.swap_usage {
         Some(u) => swap_total - (u / 1024).min(swap_total),
         None => host.get("SwapFree").min(swap_total),
