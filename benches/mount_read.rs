@@ -1,0 +1,139 @@
+//! Reads through a real mount, side by side with the kernel's own files and lxcfs (when the
+//! `lxcfs` binary is installed): open + read to EOF + close, from inside a limited cgroup,
+//! with 1 reader thread and 2 x cores reader threads. Prints median and p99 per read, reads/s
+//! and ratios.   cargo bench --bench mount_read [-- SECONDS]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::{Daemon, Limits, TestCgroup};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Row {
+    name: String,
+    threads: usize,
+    median_us: f64,
+    p99_us: f64,
+    per_sec: f64,
+}
+
+fn read_once(p: &Path, buf: &mut Vec<u8>) {
+    buf.clear();
+    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
+    f.read_to_end(buf).unwrap();
+}
+
+fn measure(name: &str, path: &Path, threads: usize, secs: f64) -> Row {
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let p = path.to_path_buf();
+            std::thread::spawn(move || {
+                let mut buf = Vec::with_capacity(64 * 1024);
+                let mut lat = Vec::with_capacity(1 << 16);
+                for _ in 0..100 {
+                    read_once(&p, &mut buf); // warm-up: dentry and attribute caches
+                }
+                while Instant::now() < stop {
+                    let t = Instant::now();
+                    read_once(&p, &mut buf);
+                    lat.push(t.elapsed().as_nanos() as u64);
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    all.sort_unstable();
+    let q = |f: f64| all[((all.len() as f64 * f) as usize).min(all.len() - 1)] as f64 / 1000.0;
+    Row { name: name.to_string(), threads, median_us: q(0.5), p99_us: q(0.99), per_sec: all.len() as f64 / secs }
+}
+
+/// Starts lxcfs on a temporary mount point when it is installed.
+fn start_lxcfs() -> Option<(Child, PathBuf)> {
+    let bin = ["/usr/bin/lxcfs", "/bin/lxcfs"].into_iter().find(|p| Path::new(p).exists())?;
+    let mnt = std::env::temp_dir().join(common::unique("lxcfs"));
+    std::fs::create_dir_all(&mnt).ok()?;
+    let child = Command::new(bin).arg("-f").arg(&mnt).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
+    let t = Instant::now();
+    while std::fs::read(mnt.join("proc/meminfo")).map(|b| b.is_empty()).unwrap_or(true) {
+        if t.elapsed() > Duration::from_secs(10) {
+            eprintln!("lxcfs did not come up; comparing without it");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Some((child, mnt))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; an optional number is the seconds per measurement.
+    let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2.0);
+    if !common::live_ready("mount_read bench") {
+        return;
+    }
+    let d = Daemon::start("bench");
+    let lxcfs = start_lxcfs();
+    let cg = TestCgroup::new("bench", &Limits { memory: Some(256 << 20), cpu: Some((150_000, 100_000)), ..Default::default() });
+    // Move this process (all its threads) into the limited cgroup; remember where it was.
+    let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    for (_, dir) in &cg.dirs {
+        std::fs::write(dir.join("cgroup.procs"), std::process::id().to_string()).unwrap();
+    }
+    // Not available_parallelism(): inside the quota it reports the quota, not the cores.
+    let cores = common::host_cpus();
+    let mut targets: Vec<(String, PathBuf)> = vec![
+        ("kernel /proc/meminfo".into(), "/proc/meminfo".into()),
+        ("cgprocfs online (small file)".into(), d.path("sys/devices/system/cpu/online")),
+        ("cgprocfs meminfo".into(), d.path("proc/meminfo")),
+        ("cgprocfs cpuinfo".into(), d.path("proc/cpuinfo")),
+    ];
+    if let Some((_, m)) = &lxcfs {
+        targets.push(("lxcfs meminfo".into(), m.join("proc/meminfo")));
+        targets.push(("lxcfs cpuinfo".into(), m.join("proc/cpuinfo")));
+    }
+    let mut rows = Vec::new();
+    for threads in [1, 2 * cores] {
+        for (name, p) in &targets {
+            rows.push(measure(name, p, threads, secs));
+        }
+    }
+    // Back to the original cgroups so the test cgroup can be removed.
+    for line in before.lines() {
+        let mut it = line.splitn(3, ':');
+        let (_, ctrl, path) = (it.next(), it.next().unwrap_or(""), it.next().unwrap_or("/"));
+        for (c, dir) in &cg.dirs {
+            if *c == ctrl || (c.is_empty() && ctrl.is_empty()) {
+                let top = dir.parent().unwrap();
+                let _ = std::fs::write(top.join(path.trim_start_matches('/')).join("cgroup.procs"), std::process::id().to_string());
+            }
+        }
+    }
+    if let Some((mut child, mnt)) = lxcfs {
+        // SAFETY: signal to the lxcfs we started, by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let _ = child.wait();
+        let c = std::ffi::CString::new(mnt.to_string_lossy().as_bytes()).unwrap();
+        // SAFETY: valid path string.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        let _ = std::fs::remove_dir(&mnt);
+    }
+    drop(cg);
+    drop(d);
+
+    let find = |name: &str, t: usize| rows.iter().find(|r| r.name == name && r.threads == t).map(|r| r.median_us);
+    println!("\nopen+read+close from a 256 MiB / 1.5 CPU cgroup, {secs} s per row, {cores} cores");
+    println!("{:<30} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9}", "file", "threads", "median us", "p99 us", "reads/s", "x kernel", "x lxcfs");
+    for r in &rows {
+        let k = find("kernel /proc/meminfo", r.threads).map_or(String::new(), |k| format!("{:.1}", r.median_us / k));
+        let lx_name = if r.name.contains("cpuinfo") { "lxcfs cpuinfo" } else { "lxcfs meminfo" };
+        let l = find(lx_name, r.threads).map_or("-".to_string(), |l| format!("{:.2}", r.median_us / l));
+        println!(
+            "{:<30} {:>7} {:>10.1} {:>10.1} {:>12.0} {:>9} {:>9}",
+            r.name, r.threads, r.median_us, r.p99_us, r.per_sec, k, l
+        );
+    }
+}
