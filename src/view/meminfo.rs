@@ -152,7 +152,12 @@ mod tests {
 
     #[test]
     fn kb_lines_match_the_kernel_format() {
-        for (label, v) in [("MemTotal", 0u64), ("Active(anon)", 123), ("Zswap", 12345678), ("SReclaimable", 123456789012)] {
+        for (label, v) in [
+            ("MemTotal", 0u64),
+            ("Active(anon)", 123),
+            ("Zswap", 12345678),
+            ("SReclaimable", 123456789012),
+        ] {
             let mut s = String::new();
             push_kb_line(&mut s, label, v);
             assert_eq!(s, format!("{:<16}{:>8} kB\n", format!("{label}:"), v));
