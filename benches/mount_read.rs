@@ -46,40 +46,20 @@ fn measure(name: &str, path: &Path, threads: usize, secs: f64) -> Row {
             })
         })
         .collect();
-    let mut all: Vec<u64> = handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect();
+    let mut all: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
     all.sort_unstable();
     let q = |f: f64| all[((all.len() as f64 * f) as usize).min(all.len() - 1)] as f64 / 1000.0;
-    Row {
-        name: name.to_string(),
-        threads,
-        median_us: q(0.5),
-        p99_us: q(0.99),
-        per_sec: all.len() as f64 / secs,
-    }
+    Row { name: name.to_string(), threads, median_us: q(0.5), p99_us: q(0.99), per_sec: all.len() as f64 / secs }
 }
 
 /// Starts lxcfs on a temporary mount point when it is installed.
 fn start_lxcfs() -> Option<(Child, PathBuf)> {
-    let bin = ["/usr/bin/lxcfs", "/bin/lxcfs"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())?;
+    let bin = ["/usr/bin/lxcfs", "/bin/lxcfs"].into_iter().find(|p| Path::new(p).exists())?;
     let mnt = std::env::temp_dir().join(common::unique("lxcfs"));
     std::fs::create_dir_all(&mnt).ok()?;
-    let child = Command::new(bin)
-        .arg("-f")
-        .arg(&mnt)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
+    let child = Command::new(bin).arg("-f").arg(&mnt).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
     let t = Instant::now();
-    while std::fs::read(mnt.join("proc/meminfo"))
-        .map(|b| b.is_empty())
-        .unwrap_or(true)
-    {
+    while std::fs::read(mnt.join("proc/meminfo")).map(|b| b.is_empty()).unwrap_or(true) {
         if t.elapsed() > Duration::from_secs(10) {
             eprintln!("lxcfs did not come up; comparing without it");
             return None;
@@ -91,10 +71,7 @@ fn start_lxcfs() -> Option<(Child, PathBuf)> {
 
 fn main() {
     // `cargo bench` passes `--bench`; an optional number is the seconds per measurement.
-    let secs: f64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(2.0);
+    let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2.0);
     if !common::live_ready("mount_read bench") {
         return;
     }
@@ -102,11 +79,7 @@ fn main() {
     let lxcfs = start_lxcfs();
     let cg = TestCgroup::new(
         "bench",
-        &Limits {
-            memory: Some(256 << 20),
-            cpu: Some((150_000, 100_000)),
-            ..Default::default()
-        },
+        &Limits { memory: Some(256 << 20), cpu: Some((150_000, 100_000)), ..Default::default() },
     );
     // Move this process (all its threads) into the limited cgroup; remember where it was.
     let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
@@ -117,10 +90,7 @@ fn main() {
     let cores = common::host_cpus();
     let mut targets: Vec<(String, PathBuf)> = vec![
         ("kernel /proc/meminfo".into(), "/proc/meminfo".into()),
-        (
-            "cgprocfs online (small file)".into(),
-            d.path("sys/devices/system/cpu/online"),
-        ),
+        ("cgprocfs online (small file)".into(), d.path("sys/devices/system/cpu/online")),
         ("cgprocfs meminfo".into(), d.path("proc/meminfo")),
         ("cgprocfs cpuinfo".into(), d.path("proc/cpuinfo")),
     ];
@@ -160,26 +130,16 @@ fn main() {
     drop(cg);
     drop(d);
 
-    let find = |name: &str, t: usize| {
-        rows.iter()
-            .find(|r| r.name == name && r.threads == t)
-            .map(|r| r.median_us)
-    };
+    let find = |name: &str, t: usize| rows.iter().find(|r| r.name == name && r.threads == t).map(|r| r.median_us);
     println!("\nopen+read+close from a 256 MiB / 1.5 CPU cgroup, {secs} s per row, {cores} cores");
     println!(
         "{:<30} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9}",
         "file", "threads", "median us", "p99 us", "reads/s", "x kernel", "x lxcfs"
     );
     for r in &rows {
-        let k = find("kernel /proc/meminfo", r.threads)
-            .map_or(String::new(), |k| format!("{:.1}", r.median_us / k));
-        let lx_name = if r.name.contains("cpuinfo") {
-            "lxcfs cpuinfo"
-        } else {
-            "lxcfs meminfo"
-        };
-        let l =
-            find(lx_name, r.threads).map_or("-".to_string(), |l| format!("{:.2}", r.median_us / l));
+        let k = find("kernel /proc/meminfo", r.threads).map_or(String::new(), |k| format!("{:.1}", r.median_us / k));
+        let lx_name = if r.name.contains("cpuinfo") { "lxcfs cpuinfo" } else { "lxcfs meminfo" };
+        let l = find(lx_name, r.threads).map_or("-".to_string(), |l| format!("{:.2}", r.median_us / l));
         println!(
             "{:<30} {:>7} {:>10.1} {:>10.1} {:>12.0} {:>9} {:>9}",
             r.name, r.threads, r.median_us, r.p99_us, r.per_sec, k, l

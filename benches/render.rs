@@ -23,21 +23,15 @@ fn captured_pid(root: &Path) -> u32 {
 
 fn benches(c: &mut Criterion) {
     let root = fixture();
-    let host_mem =
-        HostMeminfo::parse(&std::fs::read_to_string(root.join("proc/meminfo")).unwrap()).unwrap();
-    let host_cpu =
-        HostCpuinfo::parse(&std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap()).unwrap();
+    let host_mem = HostMeminfo::parse(&std::fs::read_to_string(root.join("proc/meminfo")).unwrap()).unwrap();
+    let host_cpu = HostCpuinfo::parse(&std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap()).unwrap();
     let svc = Service::new(Root::new(&root), Options::default()).unwrap();
     let pid = captured_pid(&root);
     let cg = svc.container_of(pid).unwrap();
     let mem = MemoryStats::read(cg.memory.as_ref().unwrap()).unwrap();
 
-    c.bench_function("render/meminfo (pure)", |b| {
-        b.iter(|| meminfo::render(black_box(&host_mem), black_box(&mem)))
-    });
-    c.bench_function("render/cpuinfo 2 cpus (pure)", |b| {
-        b.iter(|| cpuinfo::render(black_box(&host_cpu), &[0, 1]))
-    });
+    c.bench_function("render/meminfo (pure)", |b| b.iter(|| meminfo::render(black_box(&host_mem), black_box(&mem))));
+    c.bench_function("render/cpuinfo 2 cpus (pure)", |b| b.iter(|| cpuinfo::render(black_box(&host_cpu), &[0, 1])));
     c.bench_function("parse/host meminfo", |b| {
         let t = std::fs::read_to_string(root.join("proc/meminfo")).unwrap();
         b.iter(|| HostMeminfo::parse(black_box(&t)).unwrap())
@@ -45,12 +39,8 @@ fn benches(c: &mut Criterion) {
     c.bench_function("sample/memory v1 (fixture files)", |b| {
         b.iter(|| MemoryStats::read(cg.memory.as_ref().unwrap()).unwrap())
     });
-    c.bench_function("service/meminfo for a caller (fixture)", |b| {
-        b.iter(|| svc.render_for(View::Meminfo, pid))
-    });
-    c.bench_function("service/online for a caller (fixture)", |b| {
-        b.iter(|| svc.render_for(View::CpuOnline, pid))
-    });
+    c.bench_function("service/meminfo for a caller (fixture)", |b| b.iter(|| svc.render_for(View::Meminfo, pid)));
+    c.bench_function("service/online for a caller (fixture)", |b| b.iter(|| svc.render_for(View::CpuOnline, pid)));
 }
 
 criterion_group!(render, benches);

@@ -26,21 +26,14 @@ impl Resolver {
     /// A resolver for a daemon running in the pid namespace of `<root>/proc/self`.
     pub fn new(root: Root) -> Result<Self> {
         let own_pidns = pidns_of(&root, "self")?;
-        Ok(Resolver {
-            root,
-            own_pidns,
-            inits: Mutex::new(HashMap::new()),
-        })
+        Ok(Resolver { root, own_pidns, inits: Mutex::new(HashMap::new()) })
     }
 
     /// The cgroup membership that defines `tid`'s container.
     pub fn container_of(&self, tid: u32) -> Result<ProcCgroup> {
         if tid == 0 {
             // The kernel sends 0 for callers not visible in the daemon's pid namespace.
-            return Err(Error::Caller {
-                pid: 0,
-                why: "not visible in the daemon's pid namespace".into(),
-            });
+            return Err(Error::Caller { pid: 0, why: "not visible in the daemon's pid namespace".into() });
         }
         let ns = pidns_of(&self.root, &tid.to_string())?;
         if ns == self.own_pidns {
@@ -71,45 +64,28 @@ impl Resolver {
         let nsfile = self.root.proc_pid(tid).join("ns/pid");
         if let Ok(f) = std::fs::File::open(&nsfile) {
             // SAFETY: ioctl on a valid fd with an integer argument; no memory is passed.
-            let r = unsafe {
-                libc::ioctl(
-                    f.as_raw_fd(),
-                    NS_GET_PID_FROM_PIDNS as _,
-                    1 as libc::c_ulong,
-                )
-            };
+            let r = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_PID_FROM_PIDNS as _, 1 as libc::c_ulong) };
             if r > 0 {
                 return Ok(r as u32);
             }
         }
         // Older kernels: the init is the process whose innermost NSpid is 1 in that namespace.
-        let dir =
-            std::fs::read_dir(self.root.proc()).map_err(|e| Error::io(self.root.proc(), e))?;
+        let dir = std::fs::read_dir(self.root.proc()).map_err(|e| Error::io(self.root.proc(), e))?;
         for entry in dir.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
             if pidns_of(&self.root, &pid.to_string()).ok() != Some(ns) {
                 continue;
             }
-            let status =
-                std::fs::read_to_string(self.root.proc_pid(pid).join("status")).unwrap_or_default();
-            let innermost = status
-                .lines()
-                .find_map(|l| l.strip_prefix("NSpid:"))
-                .and_then(|l| l.split_ascii_whitespace().last());
+            let status = std::fs::read_to_string(self.root.proc_pid(pid).join("status")).unwrap_or_default();
+            let innermost =
+                status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_ascii_whitespace().last());
             if innermost == Some("1") {
                 return Ok(pid);
             }
         }
-        Err(Error::Caller {
-            pid: tid,
-            why: format!("no init found for pid namespace {ns}"),
-        })
+        Err(Error::Caller { pid: tid, why: format!("no init found for pid namespace {ns}") })
     }
 }
 

@@ -37,18 +37,12 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     /// A content error for `path`.
     pub fn malformed(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
-        Error::Malformed {
-            path: path.into(),
-            what: what.into(),
-        }
+        Error::Malformed { path: path.into(), what: what.into() }
     }
 }
 

@@ -9,6 +9,7 @@
 
 pub mod caller;
 pub mod cgroup;
+pub mod daemon;
 pub mod error;
 pub mod fs;
 pub mod host;

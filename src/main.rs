@@ -1,26 +1,21 @@
 //! The `cgprocfs` command: `serve` mounts the views, `show` prints one as a container reads it.
 
 use anyhow::{bail, Context, Result};
-use cgprocfs::fs::session::{mountpoint_state, unmount, MountpointState, Session};
-use cgprocfs::fs::ProcFs;
+use cgprocfs::daemon::{default_pidfile, keeper, Adopted, KeeperConfig};
+use cgprocfs::fs::session::{mountpoint_state, unmount, InitParams, MountpointState};
 use cgprocfs::service::{Options, Service};
 use cgprocfs::view::cpus::CpuCount;
 use cgprocfs::view::View;
 use cgprocfs::Root;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// Default mount point, lxcfs-compatible layout under it.
 const DEFAULT_MOUNTPOINT: &str = "/var/lib/cgprocfs";
 
 #[derive(Parser)]
-#[command(
-    name = "cgprocfs",
-    version,
-    about = "Container-correct /proc and /sys files over FUSE"
-)]
+#[command(name = "cgprocfs", version, about = "Container-correct /proc and /sys files over FUSE")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -36,7 +31,8 @@ struct ViewOpts {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Mount the views at MOUNTPOINT and serve them until SIGTERM or SIGINT.
+    /// Mount the views at MOUNTPOINT and serve them until SIGTERM or SIGINT. SIGHUP upgrades to
+    /// the binary now on disk without dropping the connection.
     Serve {
         /// Where to mount (created if missing).
         #[arg(default_value = DEFAULT_MOUNTPOINT)]
@@ -44,8 +40,20 @@ enum Cmd {
         /// Worker threads reading /dev/fuse, each on its own cloned fd.
         #[arg(long, default_value_t = 2)]
         threads: usize,
+        /// Pid file for `cgprocfs upgrade` (default: under /run/cgprocfs, named after MOUNTPOINT).
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
         #[command(flatten)]
         view: ViewOpts,
+        /// Internal, set by an upgrade: the inherited /dev/fuse fds of the live connection.
+        #[arg(long, hide = true, value_delimiter = ',', requires_all = ["init_minor", "init_flags"])]
+        adopt: Vec<i32>,
+        /// Internal, set by an upgrade: the protocol minor negotiated at FUSE_INIT.
+        #[arg(long, hide = true)]
+        init_minor: Option<u32>,
+        /// Internal, set by an upgrade: the flags negotiated at FUSE_INIT.
+        #[arg(long, hide = true)]
+        init_flags: Option<u32>,
     },
     /// Print FILE (e.g. proc/meminfo) exactly as PID's container reads it through the mount.
     Show {
@@ -54,6 +62,24 @@ enum Cmd {
         pid: Option<u32>,
         /// Path of the served file, relative to the mount point.
         file: String,
+        #[command(flatten)]
+        view: ViewOpts,
+    },
+    /// Hand the live connection of a running `serve` to the binary now on disk. Running
+    /// containers keep reading throughout.
+    Upgrade {
+        /// The mount point the daemon serves.
+        #[arg(default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+        /// The keeper's pid, instead of reading it from the pid file.
+        #[arg(long)]
+        pid: Option<i32>,
+    },
+    /// Internal: the serving process started by `serve` on inherited /dev/fuse fds.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long, value_delimiter = ',', required = true)]
+        fds: Vec<i32>,
         #[command(flatten)]
         view: ViewOpts,
     },
@@ -69,12 +95,18 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Serve {
-            mountpoint,
-            threads,
-            view,
-        } => serve(&mountpoint, threads, view),
+        Cmd::Serve { mountpoint, threads, pidfile, view, adopt, init_minor, init_flags } => {
+            let adopted = match (adopt.is_empty(), init_minor, init_flags) {
+                (false, Some(minor), Some(flags)) => Some(Adopted { fds: adopt, params: InitParams { minor, flags } }),
+                _ => None,
+            };
+            serve(&mountpoint, threads, pidfile, view, adopted)
+        }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
+        Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
+        Cmd::Worker { fds, view } => {
+            cgprocfs::daemon::worker(&fds, Options { cpu_count: view.cpu_count }).context("worker failed")
+        }
     };
     if let Err(e) = r {
         eprintln!("cgprocfs: {e:#}");
@@ -83,13 +115,7 @@ fn main() {
 }
 
 fn service(view: ViewOpts) -> Result<Service> {
-    Service::new(
-        Root::new("/"),
-        Options {
-            cpu_count: view.cpu_count,
-        },
-    )
-    .context("cannot read the host's cgroup mounts")
+    Service::new(Root::new("/"), Options { cpu_count: view.cpu_count }).context("cannot read the host's cgroup mounts")
 }
 
 fn show(pid: Option<u32>, file: &str, view: ViewOpts) -> Result<()> {
@@ -99,56 +125,67 @@ fn show(pid: Option<u32>, file: &str, view: ViewOpts) -> Result<()> {
     };
     let svc = service(view)?;
     let pid = pid.unwrap_or_else(std::process::id);
-    let cg = svc
-        .container_of(pid)
-        .with_context(|| format!("cannot find the container of pid {pid}"))?;
-    let text = svc
-        .render(v, &cg)
-        .with_context(|| format!("cannot render {file} for pid {pid}"))?;
+    let cg = svc.container_of(pid).with_context(|| format!("cannot find the container of pid {pid}"))?;
+    let text = svc.render(v, &cg).with_context(|| format!("cannot render {file} for pid {pid}"))?;
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
 }
 
-fn serve(mountpoint: &Path, threads: usize, view: ViewOpts) -> Result<()> {
-    std::fs::create_dir_all(mountpoint)
-        .with_context(|| format!("cannot create {}", mountpoint.display()))?;
-    let mountpoint = mountpoint
-        .canonicalize()
-        .with_context(|| format!("cannot resolve {}", mountpoint.display()))?;
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
-    match mountpoint_state(&mountpoint, &mountinfo) {
-        MountpointState::Free => {}
-        MountpointState::Stale => {
-            tracing::warn!(mountpoint = %mountpoint.display(), "clearing a stale mount left by a dead daemon");
-            unmount(&mountpoint).context("cannot clear the stale mount")?;
+fn serve(
+    mountpoint: &Path,
+    threads: usize,
+    pidfile: Option<PathBuf>,
+    view: ViewOpts,
+    adopted: Option<Adopted>,
+) -> Result<()> {
+    // An adopting keeper must not touch the mount point: no worker serves it until this
+    // process starts one, so even a stat would wait forever. The path it gets is canonical.
+    let mountpoint = match adopted {
+        Some(_) => mountpoint.to_path_buf(),
+        None => {
+            std::fs::create_dir_all(mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
+            mountpoint.canonicalize().with_context(|| format!("cannot resolve {}", mountpoint.display()))?
         }
-        MountpointState::Served => bail!(
-            "{} is already served by a running FUSE daemon",
-            mountpoint.display()
-        ),
-        MountpointState::NotEmpty => bail!(
-            "{} is a non-empty directory; refusing to mount over it",
-            mountpoint.display()
-        ),
+    };
+    if adopted.is_none() {
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
+        match mountpoint_state(&mountpoint, &mountinfo) {
+            MountpointState::Free => {}
+            MountpointState::Stale => {
+                tracing::warn!(mountpoint = %mountpoint.display(), "clearing a stale mount left by a dead daemon");
+                unmount(&mountpoint).context("cannot clear the stale mount")?;
+            }
+            MountpointState::Served => bail!("{} is already served by a running FUSE daemon", mountpoint.display()),
+            MountpointState::NotEmpty => {
+                bail!("{} is a non-empty directory; refusing to mount over it", mountpoint.display())
+            }
+        }
+        // Fail here, not in a worker restart loop, when the host's cgroups cannot be read.
+        service(view)?;
     }
+    // The path on disk, so that an upgrade which replaced the file runs the new binary.
+    let binary = std::env::current_exe().context("cannot find this binary")?;
+    let binary = PathBuf::from(binary.to_string_lossy().trim_end_matches(" (deleted)"));
+    let mut view_args = vec!["--cpu-count".to_string()];
+    view_args.push(view.cpu_count.to_possible_value().map_or("quota".into(), |v| v.get_name().to_string()));
+    let pidfile = pidfile.unwrap_or_else(|| default_pidfile(&mountpoint));
+    let cfg = KeeperConfig { mountpoint: mountpoint.clone(), binary, view_args, threads, pidfile };
+    keeper(cfg, adopted).with_context(|| format!("serving {} failed", mountpoint.display()))
+}
 
-    // Block the stop signals before any thread starts so only sigwait below receives them.
-    let mut stop = nix::sys::signal::SigSet::empty();
-    stop.add(nix::sys::signal::Signal::SIGTERM);
-    stop.add(nix::sys::signal::Signal::SIGINT);
-    stop.thread_block().context("cannot block signals")?;
-
-    let svc = Arc::new(service(view)?);
-    tracing::info!(layout = ?svc.hierarchies().layout(), "cgroup hierarchies found");
-    let session = Session::mount(&mountpoint, "cgprocfs")
-        .with_context(|| format!("cannot mount at {}", mountpoint.display()))?;
-    let fs = Arc::new(ProcFs::new(svc.clone()));
-    session.spawn(fs, threads).context("cannot start workers")?;
-    tracing::info!(mountpoint = %mountpoint.display(), threads, minor = session.params.minor, "serving");
-
-    let sig = stop.wait().context("waiting for a signal")?;
-    tracing::info!(signal = ?sig, fallbacks = svc.fallbacks.count(), "stopping");
-    unmount(session.mountpoint()).context("cannot unmount")?;
+fn upgrade(mountpoint: &Path, pid: Option<i32>) -> Result<()> {
+    let pid = match pid {
+        Some(p) => p,
+        None => {
+            let mnt = mountpoint.canonicalize().with_context(|| format!("cannot resolve {}", mountpoint.display()))?;
+            let file = default_pidfile(&mnt);
+            let text =
+                std::fs::read_to_string(&file).with_context(|| format!("no daemon pid file {}", file.display()))?;
+            text.trim().parse().with_context(|| format!("bad pid file {}", file.display()))?
+        }
+    };
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGHUP)
+        .with_context(|| format!("cannot signal the daemon (pid {pid})"))?;
+    println!("upgrade requested from pid {pid}");
     Ok(())
 }

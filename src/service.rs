@@ -34,10 +34,7 @@ struct Ttl<T> {
 
 impl<T> Ttl<T> {
     fn new(ttl: Duration) -> Self {
-        Ttl {
-            ttl,
-            slot: Mutex::new(None),
-        }
+        Ttl { ttl, slot: Mutex::new(None) }
     }
 
     fn get(&self, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
@@ -66,10 +63,7 @@ impl Fallbacks {
         self.count.fetch_add(1, Ordering::Relaxed);
         let mut last = self.last_warned.lock();
         let now = Instant::now();
-        if last
-            .get(key)
-            .is_some_and(|t| now.duration_since(*t) < Self::WARN_EVERY)
-        {
+        if last.get(key).is_some_and(|t| now.duration_since(*t) < Self::WARN_EVERY) {
             return;
         }
         if last.len() > 10_000 {
@@ -178,12 +172,7 @@ impl Service {
             Some(d) => effective_quota(d)?,
             None => None,
         };
-        Ok(visible_cpus(
-            &online,
-            cpuset.as_deref(),
-            quota,
-            self.opts.cpu_count,
-        ))
+        Ok(visible_cpus(&online, cpuset.as_deref(), quota, self.opts.cpu_count))
     }
 
     /// The host's own file, read fresh; empty if even that fails (the reader then sees an

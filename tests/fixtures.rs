@@ -9,9 +9,7 @@ use cgprocfs::Root;
 use std::path::{Path, PathBuf};
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// The pid the fixture was captured for (the numeric directory under proc/).
@@ -40,21 +38,11 @@ fn stat_key(path: &Path, key: &str) -> u64 {
 }
 
 fn read_num(path: &Path) -> u64 {
-    std::fs::read_to_string(path)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
+    std::fs::read_to_string(path).unwrap().trim().parse().unwrap()
 }
 
 fn service(root: &Path) -> Service {
-    Service::new(
-        Root::new(root),
-        Options {
-            cpu_count: CpuCount::Quota,
-        },
-    )
-    .unwrap()
+    Service::new(Root::new(root), Options { cpu_count: CpuCount::Quota }).unwrap()
 }
 
 fn render(svc: &Service, view: View, pid: u32) -> String {
@@ -111,23 +99,13 @@ fn meminfo_hybrid_limited_takes_every_field_from_the_cgroup() {
     let usage = read_num(&leaf.join("memory.usage_in_bytes"));
     assert_eq!(field(&out, "MemFree"), (256 * 1024 * 1024 - usage) / 1024);
     // Keys lxcfs gets wrong by prefix matching: Mapped, AnonHugePages.
-    assert_eq!(
-        field(&out, "Mapped"),
-        stat_key(&stat, "total_mapped_file") / 1024
-    );
-    assert_eq!(
-        field(&out, "AnonHugePages"),
-        stat_key(&stat, "total_rss_huge") / 1024
-    );
-    assert_eq!(
-        field(&out, "AnonPages"),
-        stat_key(&stat, "total_rss") / 1024
-    );
+    assert_eq!(field(&out, "Mapped"), stat_key(&stat, "total_mapped_file") / 1024);
+    assert_eq!(field(&out, "AnonHugePages"), stat_key(&stat, "total_rss_huge") / 1024);
+    assert_eq!(field(&out, "AnonPages"), stat_key(&stat, "total_rss") / 1024);
     assert_eq!(field(&out, "Shmem"), stat_key(&stat, "total_shmem") / 1024);
     assert_eq!(
         field(&out, "Cached"),
-        (stat_key(&stat, "total_cache") / 1024)
-            .saturating_sub(stat_key(&stat, "total_swapcached") / 1024)
+        (stat_key(&stat, "total_cache") / 1024).saturating_sub(stat_key(&stat, "total_swapcached") / 1024)
     );
     assert_eq!(
         field(&out, "Active(file)") + field(&out, "Inactive(file)"),
@@ -137,29 +115,18 @@ fn meminfo_hybrid_limited_takes_every_field_from_the_cgroup() {
     assert!(field(&out, "Cached") > 20 * 1024, "{out}");
     assert!(field(&out, "AnonPages") > 15 * 1024, "{out}");
 
-    let (free, avail, total) = (
-        field(&out, "MemFree"),
-        field(&out, "MemAvailable"),
-        field(&out, "MemTotal"),
-    );
+    let (free, avail, total) = (field(&out, "MemFree"), field(&out, "MemAvailable"), field(&out, "MemTotal"));
     assert!(free <= avail && avail <= total, "{free} {avail} {total}");
     assert!(field(&out, "SwapFree") <= field(&out, "SwapTotal"));
 
     // Same labels in the same order as the host, each substituted line in the kernel's format.
     let host = std::fs::read_to_string(root.join("proc/meminfo")).unwrap();
-    let labels = |t: &str| {
-        t.lines()
-            .map(|l| l.split(':').next().unwrap().to_string())
-            .collect::<Vec<_>>()
-    };
+    let labels = |t: &str| t.lines().map(|l| l.split(':').next().unwrap().to_string()).collect::<Vec<_>>();
     assert_eq!(labels(&out), labels(&host));
     for l in out.lines().filter(|l| l.ends_with(" kB")) {
         assert!(l.len() >= 27, "short line {l:?}");
         let value = &l[16..l.len() - 3];
-        assert!(
-            value.len() >= 8 && value.trim_start().chars().all(|c| c.is_ascii_digit()),
-            "{l:?}"
-        );
+        assert!(value.len() >= 8 && value.trim_start().chars().all(|c| c.is_ascii_digit()), "{l:?}");
     }
 }
 
@@ -180,20 +147,9 @@ fn cpu_views_follow_quota_and_cpuset() {
     assert_eq!(render(&svc, View::CpuOnline, pid), "0\n");
 
     // --cpu-count=cpuset ignores the quota: the host's two CPUs.
-    let svc = Service::new(
-        Root::new(&root),
-        Options {
-            cpu_count: CpuCount::Cpuset,
-        },
-    )
-    .unwrap();
+    let svc = Service::new(Root::new(&root), Options { cpu_count: CpuCount::Cpuset }).unwrap();
     assert_eq!(render(&svc, View::CpuOnline, pid), "0-1\n");
-    assert_eq!(
-        render(&svc, View::Cpuinfo, pid)
-            .matches("processor\t:")
-            .count(),
-        2
-    );
+    assert_eq!(render(&svc, View::Cpuinfo, pid).matches("processor\t:").count(), 2);
 
     // Cpuset {1}, no quota: one CPU, host CPU 1 renumbered 0.
     let root = fixture("hybrid-cpuset");
@@ -201,10 +157,7 @@ fn cpu_views_follow_quota_and_cpuset() {
     let pid = captured_pid(&root);
     let cpuinfo = render(&svc, View::Cpuinfo, pid);
     assert_eq!(cpuinfo.matches("processor\t:").count(), 1);
-    assert!(
-        cpuinfo.contains("processor\t: 0\n") && cpuinfo.contains("apicid\t\t: 0\n"),
-        "{cpuinfo}"
-    );
+    assert!(cpuinfo.contains("processor\t: 0\n") && cpuinfo.contains("apicid\t\t: 0\n"), "{cpuinfo}");
     assert_eq!(render(&svc, View::CpuOnline, pid), "0\n");
     // No memory limit anywhere: the host's meminfo, byte for byte.
     let host = std::fs::read_to_string(root.join("proc/meminfo")).unwrap();
@@ -219,22 +172,13 @@ fn pure_v1_without_unified_tree_resolves_the_same() {
     let text = std::fs::read_to_string(&mi).unwrap();
     std::fs::write(
         &mi,
-        text.lines()
-            .filter(|l| !l.contains(" - cgroup2 "))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>(),
+        text.lines().filter(|l| !l.contains(" - cgroup2 ")).map(|l| format!("{l}\n")).collect::<String>(),
     )
     .unwrap();
     let svc = service(&t.0);
-    assert_eq!(
-        svc.hierarchies().layout(),
-        cgprocfs::cgroup::mounts::Layout::V1
-    );
+    assert_eq!(svc.hierarchies().layout(), cgprocfs::cgroup::mounts::Layout::V1);
     let pid = captured_pid(&t.0);
-    assert_eq!(
-        field(&render(&svc, View::Meminfo, pid), "MemTotal"),
-        256 * 1024
-    );
+    assert_eq!(field(&render(&svc, View::Meminfo, pid), "MemTotal"), 256 * 1024);
     assert_eq!(render(&svc, View::CpuOnline, pid), "0\n");
 }
 
@@ -243,42 +187,14 @@ fn pure_v1_without_unified_tree_resolves_the_same() {
 #[test]
 fn bad_cgroup_files_fall_back_to_the_host_file() {
     let cases: &[(&str, &str, Option<&str>)] = &[
-        (
-            "memstat-garbage",
-            "memory/cgp-fix/leaf/memory.stat",
-            Some("garbage\n\0\u{1}"),
-        ),
-        (
-            "usage-negative",
-            "memory/cgp-fix/leaf/memory.usage_in_bytes",
-            Some("-1\n"),
-        ),
-        (
-            "usage-empty",
-            "memory/cgp-fix/leaf/memory.usage_in_bytes",
-            Some(""),
-        ),
-        (
-            "usage-huge",
-            "memory/cgp-fix/leaf/memory.usage_in_bytes",
-            Some("99999999999999999999999\n"),
-        ),
-        (
-            "usage-missing",
-            "memory/cgp-fix/leaf/memory.usage_in_bytes",
-            None,
-        ),
-        (
-            "quota-garbage",
-            "cpu/cgp-fix/cpu.cfs_quota_us",
-            Some("lots\n"),
-        ),
+        ("memstat-garbage", "memory/cgp-fix/leaf/memory.stat", Some("garbage\n\0\u{1}")),
+        ("usage-negative", "memory/cgp-fix/leaf/memory.usage_in_bytes", Some("-1\n")),
+        ("usage-empty", "memory/cgp-fix/leaf/memory.usage_in_bytes", Some("")),
+        ("usage-huge", "memory/cgp-fix/leaf/memory.usage_in_bytes", Some("99999999999999999999999\n")),
+        ("usage-missing", "memory/cgp-fix/leaf/memory.usage_in_bytes", None),
+        ("quota-garbage", "cpu/cgp-fix/cpu.cfs_quota_us", Some("lots\n")),
         ("period-zero", "cpu/cgp-fix/cpu.cfs_period_us", Some("0\n")),
-        (
-            "cpuset-reversed",
-            "cpuset/cgp-fix/leaf/cpuset.effective_cpus",
-            Some("3-1\n"),
-        ),
+        ("cpuset-reversed", "cpuset/cgp-fix/leaf/cpuset.effective_cpus", Some("3-1\n")),
     ];
     for (tag, file, content) in cases {
         let t = TempTree::of("hybrid-limited", tag);
@@ -289,11 +205,7 @@ fn bad_cgroup_files_fall_back_to_the_host_file() {
         }
         let svc = service(&t.0);
         let pid = captured_pid(&t.0);
-        let view = if file.starts_with("memory") {
-            View::Meminfo
-        } else {
-            View::CpuOnline
-        };
+        let view = if file.starts_with("memory") { View::Meminfo } else { View::CpuOnline };
         let host = std::fs::read(t.0.join(view.path())).unwrap();
         assert_eq!(svc.render_for(view, pid), host, "case {tag}");
         assert_eq!(svc.fallbacks.count(), 1, "case {tag}");
@@ -310,13 +222,7 @@ fn deleted_cgroup_and_vanished_caller_fall_back() {
     assert_eq!(svc.render_for(View::Meminfo, pid), host);
     // A caller that exited before its request was served.
     std::fs::remove_dir_all(t.0.join(format!("proc/{pid}"))).unwrap();
-    assert_eq!(
-        svc.render_for(View::Cpuinfo, pid),
-        std::fs::read(t.0.join("proc/cpuinfo")).unwrap()
-    );
-    assert_eq!(
-        svc.render_for(View::CpuOnline, 0),
-        std::fs::read(t.0.join(View::CpuOnline.path())).unwrap()
-    );
+    assert_eq!(svc.render_for(View::Cpuinfo, pid), std::fs::read(t.0.join("proc/cpuinfo")).unwrap());
+    assert_eq!(svc.render_for(View::CpuOnline, 0), std::fs::read(t.0.join(View::CpuOnline.path())).unwrap());
     assert_eq!(svc.fallbacks.count(), 3);
 }

@@ -10,10 +10,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 const MIB: u64 = 1024 * 1024;
 
 fn count_processors(cpuinfo: &str) -> usize {
-    cpuinfo
-        .lines()
-        .filter(|l| l.starts_with("processor"))
-        .count()
+    cpuinfo.lines().filter(|l| l.starts_with("processor")).count()
 }
 
 #[test]
@@ -22,13 +19,7 @@ fn memory_limit_is_memtotal() {
         return;
     }
     let d = Daemon::start("mem");
-    let cg = TestCgroup::new(
-        "mem",
-        &Limits {
-            memory: Some(256 * MIB),
-            ..Default::default()
-        },
-    );
+    let cg = TestCgroup::new("mem", &Limits { memory: Some(256 * MIB), ..Default::default() });
     let out = cg.run(&format!("cat {}", d.path("proc/meminfo").display()));
     assert_eq!(field(&out, "MemTotal"), 262_144, "{out}");
     let (free, avail) = (field(&out, "MemFree"), field(&out, "MemAvailable"));
@@ -44,19 +35,9 @@ fn parent_limit_lower_than_child_wins() {
     let d = Daemon::start("nested");
     let parent = TestCgroup::new(
         "parent",
-        &Limits {
-            memory: Some(128 * MIB),
-            cpu: Some((50_000, 100_000)),
-            ..Default::default()
-        },
+        &Limits { memory: Some(128 * MIB), cpu: Some((50_000, 100_000)), ..Default::default() },
     );
-    let child = parent.child(
-        "child",
-        &Limits {
-            memory: Some(512 * MIB),
-            ..Default::default()
-        },
-    );
+    let child = parent.child("child", &Limits { memory: Some(512 * MIB), ..Default::default() });
     let out = child.run(&format!("cat {}", d.path("proc/meminfo").display()));
     assert_eq!(field(&out, "MemTotal"), 131_072, "{out}");
     // The parent's half CPU limits the child too.
@@ -72,28 +53,12 @@ fn quota_sets_the_cpu_count() {
     let d = Daemon::start("quota");
     let host = host_cpus();
     for (quota, want) in [(150_000u64, host.min(2)), (50_000, 1)] {
-        let cg = TestCgroup::new(
-            "quota",
-            &Limits {
-                cpu: Some((quota, 100_000)),
-                ..Default::default()
-            },
-        );
+        let cg = TestCgroup::new("quota", &Limits { cpu: Some((quota, 100_000)), ..Default::default() });
         let cpuinfo = cg.run(&format!("cat {}", d.path("proc/cpuinfo").display()));
         assert_eq!(count_processors(&cpuinfo), want, "quota {quota}: {cpuinfo}");
-        assert!(
-            cpuinfo.contains(&format!("siblings\t: {want}\n")),
-            "{cpuinfo}"
-        );
-        let online = cg.run(&format!(
-            "cat {}",
-            d.path("sys/devices/system/cpu/online").display()
-        ));
-        let expect = if want == 1 {
-            "0\n".to_string()
-        } else {
-            format!("0-{}\n", want - 1)
-        };
+        assert!(cpuinfo.contains(&format!("siblings\t: {want}\n")), "{cpuinfo}");
+        let online = cg.run(&format!("cat {}", d.path("sys/devices/system/cpu/online").display()));
+        let expect = if want == 1 { "0\n".to_string() } else { format!("0-{}\n", want - 1) };
         assert_eq!(online, expect);
         // glibc's _SC_NPROCESSORS_ONLN reads the same file once it is bound over /sys.
         let n = cg.run(&format!(
@@ -111,23 +76,11 @@ fn cpuset_of_one_cpu() {
     }
     let d = Daemon::start("cpuset");
     let last = host_cpus() - 1;
-    let cg = TestCgroup::new(
-        "cpuset",
-        &Limits {
-            cpuset: Some(last.to_string()),
-            ..Default::default()
-        },
-    );
+    let cg = TestCgroup::new("cpuset", &Limits { cpuset: Some(last.to_string()), ..Default::default() });
     let cpuinfo = cg.run(&format!("cat {}", d.path("proc/cpuinfo").display()));
     assert_eq!(count_processors(&cpuinfo), 1, "{cpuinfo}");
     assert!(cpuinfo.starts_with("processor\t: 0\n"), "{cpuinfo}");
-    assert_eq!(
-        cg.run(&format!(
-            "cat {}",
-            d.path("sys/devices/system/cpu/online").display()
-        )),
-        "0\n"
-    );
+    assert_eq!(cg.run(&format!("cat {}", d.path("sys/devices/system/cpu/online").display())), "0\n");
 }
 
 #[test]
@@ -137,10 +90,7 @@ fn reader_outside_any_limit_sees_the_host() {
     }
     let d = Daemon::start("host");
     let cg = TestCgroup::new("unlimited", &Limits::default());
-    let out = cg.run(&format!(
-        "cat {} /proc/meminfo",
-        d.path("proc/meminfo").display()
-    ));
+    let out = cg.run(&format!("cat {} /proc/meminfo", d.path("proc/meminfo").display()));
     let (ours, host) = out.split_at(out.len() / 2);
     assert_eq!(field(ours, "MemTotal"), field(host, "MemTotal"));
     let cpuinfo = cg.run(&format!("cat {}", d.path("proc/cpuinfo").display()));
@@ -156,27 +106,16 @@ fn concurrent_readers_each_see_their_own() {
     let sizes = [64u64, 96, 160, 224];
     let cgs: Vec<_> = sizes
         .iter()
-        .map(|m| {
-            TestCgroup::new(
-                "conc",
-                &Limits {
-                    memory: Some(m * MIB),
-                    ..Default::default()
-                },
-            )
-        })
+        .map(|m| TestCgroup::new("conc", &Limits { memory: Some(m * MIB), ..Default::default() }))
         .collect();
     let path = d.path("proc/meminfo");
     let children: Vec<_> = cgs
         .iter()
         .map(|cg| {
-            cg.command(&format!(
-                "sh -c 'for i in $(seq 200); do grep MemTotal {}; done'",
-                path.display()
-            ))
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
+            cg.command(&format!("sh -c 'for i in $(seq 200); do grep MemTotal {}; done'", path.display()))
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
         })
         .collect();
     for (child, m) in children.into_iter().zip(sizes) {
@@ -200,11 +139,7 @@ fn show_agrees_with_the_mount_byte_for_byte() {
     let d = Daemon::start("show");
     let cg = TestCgroup::new(
         "show",
-        &Limits {
-            memory: Some(200 * MIB),
-            cpu: Some((50_000, 100_000)),
-            ..Default::default()
-        },
+        &Limits { memory: Some(200 * MIB), cpu: Some((50_000, 100_000)), ..Default::default() },
     );
     let mut unshare = cg.command("unshare -p -f sleep 30").spawn().unwrap();
     let children = format!("/proc/{0}/task/{0}/children", unshare.id());
@@ -214,17 +149,10 @@ fn show_agrees_with_the_mount_byte_for_byte() {
         if let Some(pid) = c.split_whitespace().next() {
             break pid.to_string();
         }
-        assert!(
-            t.elapsed().as_secs() < 10,
-            "no init in the new pid namespace"
-        );
+        assert!(t.elapsed().as_secs() < 10, "no init in the new pid namespace");
         std::thread::sleep(std::time::Duration::from_millis(10));
     };
-    for file in [
-        "proc/meminfo",
-        "proc/cpuinfo",
-        "sys/devices/system/cpu/online",
-    ] {
+    for file in ["proc/meminfo", "proc/cpuinfo", "sys/devices/system/cpu/online"] {
         // meminfo moves with the container's and the host's page cache: retry a few times
         // before calling a difference a mismatch.
         let mut last = None;
@@ -235,15 +163,8 @@ fn show_agrees_with_the_mount_byte_for_byte() {
                 .output()
                 .unwrap();
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-            let shown = std::process::Command::new(bin())
-                .args(["show", "--pid", &init, file])
-                .output()
-                .unwrap();
-            assert!(
-                shown.status.success(),
-                "{}",
-                String::from_utf8_lossy(&shown.stderr)
-            );
+            let shown = std::process::Command::new(bin()).args(["show", "--pid", &init, file]).output().unwrap();
+            assert!(shown.status.success(), "{}", String::from_utf8_lossy(&shown.stderr));
             if comparable(file, &o.stdout) == comparable(file, &shown.stdout) {
                 last = None;
                 break;
@@ -262,10 +183,7 @@ fn show_agrees_with_the_mount_byte_for_byte() {
                 .arg(d.path(file))
                 .output()
                 .unwrap();
-            assert_eq!(
-                field(&String::from_utf8_lossy(&o.stdout), "MemTotal"),
-                200 * 1024
-            );
+            assert_eq!(field(&String::from_utf8_lossy(&o.stdout), "MemTotal"), 200 * 1024);
         }
     }
     // The namespace's init is ours too: end it by pid so the cgroup can be removed.
@@ -284,10 +202,7 @@ fn comparable(file: &str, bytes: &[u8]) -> Vec<String> {
         return vec![text.into_owned()];
     }
     let host = cgprocfs::host::HostMeminfo::parse(&text).unwrap();
-    let probe = cgprocfs::cgroup::memory::MemoryStats {
-        limit: Some(1),
-        ..Default::default()
-    };
+    let probe = cgprocfs::cgroup::memory::MemoryStats { limit: Some(1), ..Default::default() };
     let ours = cgprocfs::view::meminfo::compute(&host, &probe).unwrap();
     text.lines()
         .map(|l| {
@@ -309,43 +224,17 @@ fn writes_and_unknown_names_get_errors() {
     let d = Daemon::start("errno");
     let err = |r: std::io::Result<std::fs::File>| r.err().and_then(|e| e.raw_os_error());
     let p = d.path("proc/meminfo");
-    assert_eq!(
-        err(std::fs::OpenOptions::new().write(true).open(&p)),
-        Some(libc::EROFS)
-    );
-    assert_eq!(
-        err(std::fs::OpenOptions::new()
-            .read(true)
-            .truncate(true)
-            .write(true)
-            .open(&p)),
-        Some(libc::EROFS)
-    );
-    assert_eq!(
-        err(std::fs::File::create(d.path("proc/new"))),
-        Some(libc::EROFS)
-    );
-    assert_eq!(
-        err(std::fs::File::open(d.path("proc/nonexistent"))),
-        Some(libc::ENOENT)
-    );
-    assert_eq!(
-        std::fs::create_dir(d.path("proc/dir"))
-            .unwrap_err()
-            .raw_os_error(),
-        Some(libc::EROFS)
-    );
-    assert_eq!(
-        std::fs::remove_file(&p).unwrap_err().raw_os_error(),
-        Some(libc::EROFS)
-    );
+    assert_eq!(err(std::fs::OpenOptions::new().write(true).open(&p)), Some(libc::EROFS));
+    assert_eq!(err(std::fs::OpenOptions::new().read(true).truncate(true).write(true).open(&p)), Some(libc::EROFS));
+    assert_eq!(err(std::fs::File::create(d.path("proc/new"))), Some(libc::EROFS));
+    assert_eq!(err(std::fs::File::open(d.path("proc/nonexistent"))), Some(libc::ENOENT));
+    assert_eq!(std::fs::create_dir(d.path("proc/dir")).unwrap_err().raw_os_error(), Some(libc::EROFS));
+    assert_eq!(std::fs::remove_file(&p).unwrap_err().raw_os_error(), Some(libc::EROFS));
     let perm = std::fs::metadata(&p).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(perm.permissions().mode() & 0o7777, 0o444);
     assert_eq!(
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666))
-            .unwrap_err()
-            .raw_os_error(),
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o666)).unwrap_err().raw_os_error(),
         Some(libc::EROFS)
     );
     // Odd offsets: past the end reads nothing; a seek back to 0 re-renders the whole file.
@@ -363,10 +252,8 @@ fn writes_and_unknown_names_get_errors() {
     assert!(tail.starts_with("Total:"), "{tail}");
     assert!(f.write_all(b"x").is_err());
     // The listing shows exactly the served tree.
-    let names: Vec<_> = std::fs::read_dir(d.path("proc"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
+    let names: Vec<_> =
+        std::fs::read_dir(d.path("proc")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     let mut names = names;
     names.sort();
     assert_eq!(names, ["cpuinfo", "meminfo"]);
@@ -379,30 +266,24 @@ fn daemon_lifecycle_refuses_busy_and_clears_stale_mounts() {
     }
     let mut d = Daemon::start("life");
     // A second daemon on a served mount point is refused.
-    let second = std::process::Command::new(bin())
-        .arg("serve")
-        .arg(&d.mnt)
-        .output()
-        .unwrap();
+    let second = std::process::Command::new(bin()).arg("serve").arg(&d.mnt).output().unwrap();
     assert!(!second.status.success());
-    assert!(
-        String::from_utf8_lossy(&second.stderr).contains("already served"),
-        "{second:?}"
-    );
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already served"), "{second:?}");
 
-    // SIGKILL leaves a dead mount (ENOTCONN); the next start clears it and serves again.
+    // SIGKILL of the keeper takes its worker along (parent-death signal) and leaves a dead
+    // mount (ENOTCONN); the next start clears it and serves again.
     d.signal_and_wait(libc::SIGKILL);
     assert!(is_mounted(&d.mnt));
-    assert_eq!(
-        std::fs::File::open(d.path("proc/meminfo"))
-            .unwrap_err()
-            .raw_os_error(),
-        Some(libc::ENOTCONN)
-    );
+    let t = std::time::Instant::now();
+    loop {
+        match std::fs::File::open(d.path("proc/meminfo")) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => break,
+            r => assert!(t.elapsed().as_secs() < 10, "mount still answers after the keeper died: {r:?}"),
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     d.spawn(&[]);
-    assert!(std::fs::read_to_string(d.path("proc/meminfo"))
-        .unwrap()
-        .starts_with("MemTotal:"));
+    assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
 
     // SIGTERM: unmount and exit 0.
     let st = d.signal_and_wait(libc::SIGTERM);
@@ -412,15 +293,8 @@ fn daemon_lifecycle_refuses_busy_and_clears_stale_mounts() {
     // A non-empty directory is refused.
     let busy = std::env::temp_dir().join(unique("nonempty"));
     std::fs::create_dir_all(busy.join("x")).unwrap();
-    let out = std::process::Command::new(bin())
-        .arg("serve")
-        .arg(&busy)
-        .output()
-        .unwrap();
+    let out = std::process::Command::new(bin()).arg("serve").arg(&busy).output().unwrap();
     std::fs::remove_dir_all(&busy).unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("non-empty"),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("non-empty"), "{out:?}");
 }

@@ -22,8 +22,7 @@ impl Quota {
 
     /// `self` is tighter than `other` (compared as quota/period without rounding).
     fn tighter_than(&self, other: &Quota) -> bool {
-        (self.quota as u128) * (other.period as u128)
-            < (other.quota as u128) * (self.period as u128)
+        (self.quota as u128) * (other.period as u128) < (other.quota as u128) * (self.period as u128)
     }
 }
 
@@ -31,10 +30,7 @@ impl Quota {
 pub fn parse_cpu_max(path: &Path, text: &str) -> Result<Option<Quota>> {
     let mut it = text.split_ascii_whitespace();
     let (Some(q), Some(p)) = (it.next(), it.next()) else {
-        return Err(Error::malformed(
-            path,
-            format!("expected \"QUOTA PERIOD\", got {text:?}"),
-        ));
+        return Err(Error::malformed(path, format!("expected \"QUOTA PERIOD\", got {text:?}")));
     };
     if q == "max" {
         return Ok(None);
@@ -82,9 +78,7 @@ pub fn effective_quota(dir: &CgroupDir) -> Result<Option<Quota>> {
                 let pp = d.join("cpu.cfs_period_us");
                 match (std::fs::read_to_string(&qp), std::fs::read_to_string(&pp)) {
                     (Ok(q), Ok(p)) => parse_v1(&qp, &q, &p)?,
-                    (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                        continue
-                    }
+                    (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     (Err(e), _) | (_, Err(e)) => return Err(Error::io(qp, e)),
                 }
             }
@@ -108,22 +102,8 @@ mod tests {
         assert_eq!(parse_cpu_max(p, "max 100000\n").unwrap(), None);
         let q = parse_cpu_max(p, "150000 100000\n").unwrap().unwrap();
         assert_eq!(q.cpus_ceil(), 2);
-        assert_eq!(
-            Quota {
-                quota: 1000,
-                period: 100000
-            }
-            .cpus_ceil(),
-            1
-        );
-        assert_eq!(
-            Quota {
-                quota: 200000,
-                period: 100000
-            }
-            .cpus_ceil(),
-            2
-        );
+        assert_eq!(Quota { quota: 1000, period: 100000 }.cpus_ceil(), 1);
+        assert_eq!(Quota { quota: 200000, period: 100000 }.cpus_ceil(), 2);
         assert!(parse_cpu_max(p, "").is_err());
         assert!(parse_cpu_max(p, "-5 100000").is_err());
         assert!(parse_cpu_max(p, "5 0").is_err());
@@ -133,13 +113,7 @@ mod tests {
     fn v1_quota() {
         let p = Path::new("q");
         assert_eq!(parse_v1(p, "-1\n", "100000\n").unwrap(), None);
-        assert_eq!(
-            parse_v1(p, "50000\n", "100000\n")
-                .unwrap()
-                .unwrap()
-                .cpus_ceil(),
-            1
-        );
+        assert_eq!(parse_v1(p, "50000\n", "100000\n").unwrap().unwrap().cpus_ceil(), 1);
         assert!(parse_v1(p, "-2\n", "100000\n").is_err());
     }
 }

@@ -30,6 +30,10 @@ pub fn parse_list(path: &Path, text: &str) -> Result<Vec<u32>> {
 }
 
 /// Formats CPU numbers the way the kernel prints a cpumask list (`%*pbl`), with a newline.
+///
+/// ```
+/// assert_eq!(cgprocfs::cgroup::cpuset::format_list(&[0, 1, 2, 5]), "0-2,5\n");
+/// ```
 pub fn format_list(cpus: &[u32]) -> String {
     let mut s = String::new();
     let mut i = 0;
@@ -83,10 +87,7 @@ mod tests {
     #[test]
     fn lists() {
         let p = Path::new("l");
-        assert_eq!(
-            parse_list(p, "0-3,5,7-8\n").unwrap(),
-            vec![0, 1, 2, 3, 5, 7, 8]
-        );
+        assert_eq!(parse_list(p, "0-3,5,7-8\n").unwrap(), vec![0, 1, 2, 3, 5, 7, 8]);
         assert_eq!(parse_list(p, "\n").unwrap(), Vec::<u32>::new());
         assert!(parse_list(p, "3-1").is_err());
         assert!(parse_list(p, "x").is_err());

@@ -65,8 +65,8 @@ impl MemStat {
                 "mapped_file" => "file_mapped",
                 "dirty" => "file_dirty",
                 "writeback" => "file_writeback",
-                "shmem" | "swapcached" | "inactive_anon" | "active_anon" | "inactive_file"
-                | "active_file" | "unevictable" => k,
+                "shmem" | "swapcached" | "inactive_anon" | "active_anon" | "inactive_file" | "active_file"
+                | "unevictable" => k,
                 _ => continue,
             };
             if let Some(f) = s.field_mut(v2) {
@@ -165,10 +165,7 @@ fn read_v2(dir: &CgroupDir) -> Result<MemoryStats> {
     let Some(eff) = dir.chain().find(|d| d.join("memory.current").exists()) else {
         return Ok(MemoryStats::default());
     };
-    let dir = &CgroupDir {
-        path: eff.to_path_buf(),
-        ..dir.clone()
-    };
+    let dir = &CgroupDir { path: eff.to_path_buf(), ..dir.clone() };
     let stat_path = dir.file("memory.stat");
     let stat = MemStat::parse_v2(&read_file(&stat_path)?);
     let usage = read_u64(&dir.file("memory.current"))?;
@@ -178,13 +175,7 @@ fn read_v2(dir: &CgroupDir) -> Result<MemoryStats> {
         Ok(t) => Some(u64_value(&dir.file("memory.swap.current"), &t)?),
         Err(_) => None,
     };
-    Ok(MemoryStats {
-        limit: min_chain(dir, "memory.max")?,
-        usage,
-        swap_limit,
-        swap_usage,
-        stat,
-    })
+    Ok(MemoryStats { limit: min_chain(dir, "memory.max")?, usage, swap_limit, swap_usage, stat })
 }
 
 fn read_v1(dir: &CgroupDir) -> Result<MemoryStats> {
@@ -193,8 +184,8 @@ fn read_v1(dir: &CgroupDir) -> Result<MemoryStats> {
     let stat = MemStat::parse_v1(&text);
     let key = |k: &str| flat_keyed(&text).find(|(x, _)| *x == k).map(|(_, v)| v);
     // The kernel already folds the ancestors into the hierarchical limits.
-    let mem_limit = key("hierarchical_memory_limit")
-        .ok_or_else(|| Error::malformed(&stat_path, "no hierarchical_memory_limit"))?;
+    let mem_limit =
+        key("hierarchical_memory_limit").ok_or_else(|| Error::malformed(&stat_path, "no hierarchical_memory_limit"))?;
     let limit = (mem_limit < super::parse::V1_UNLIMITED).then_some(mem_limit);
     let usage = read_u64(&dir.file("memory.usage_in_bytes"))?;
     let memsw_limit = key("hierarchical_memsw_limit");
@@ -210,11 +201,5 @@ fn read_v1(dir: &CgroupDir) -> Result<MemoryStats> {
             .and_then(|t| t.trim().parse::<u64>().ok())
             .map(|sw| sw.saturating_sub(usage)),
     };
-    Ok(MemoryStats {
-        limit,
-        usage,
-        swap_limit,
-        swap_usage,
-        stat,
-    })
+    Ok(MemoryStats { limit, usage, swap_limit, swap_usage, stat })
 }

@@ -38,9 +38,7 @@ impl CgroupDir {
     /// The directory and its ancestors up to the top of the hierarchy, innermost first.
     pub fn chain(&self) -> impl Iterator<Item = &Path> {
         let top = self.top.as_path();
-        self.path
-            .ancestors()
-            .take_while(move |p| p.starts_with(top))
+        self.path.ancestors().take_while(move |p| p.starts_with(top))
     }
 
     /// Path of a control file in this cgroup.

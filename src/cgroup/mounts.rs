@@ -79,11 +79,7 @@ impl ProcCgroup {
     pub fn without_init_scope(mut self) -> Self {
         let strip = |p: &mut String| {
             if let Some(s) = p.strip_suffix("/init.scope") {
-                *p = if s.is_empty() {
-                    "/".to_string()
-                } else {
-                    s.to_string()
-                };
+                *p = if s.is_empty() { "/".to_string() } else { s.to_string() };
             }
         };
         if let Some(p) = self.v2.as_mut() {
@@ -96,10 +92,7 @@ impl ProcCgroup {
     }
 
     fn v1_path(&self, controller: &str) -> Option<&str> {
-        self.v1
-            .iter()
-            .find(|(c, _)| c.split(',').any(|x| x == controller))
-            .map(|(_, p)| p.as_str())
+        self.v1.iter().find(|(c, _)| c.split(',').any(|x| x == controller)).map(|(_, p)| p.as_str())
     }
 }
 
@@ -123,11 +116,7 @@ impl Hierarchies {
             if pre.len() < 5 || post.len() < 3 {
                 continue;
             }
-            let m = Mount {
-                point: root.join(&unescape(pre[4])),
-                root: unescape(pre[3]),
-                controllers: Vec::new(),
-            };
+            let m = Mount { point: root.join(&unescape(pre[4])), root: unescape(pre[3]), controllers: Vec::new() };
             match post[0] {
                 "cgroup2" if h.v2.is_none() => h.v2 = Some(m),
                 "cgroup" => {
@@ -137,10 +126,7 @@ impl Hierarchies {
                         .map(str::to_string)
                         .collect::<Vec<_>>();
                     if !ctrls.is_empty() && !h.v1.iter().any(|x| x.controllers == ctrls) {
-                        h.v1.push(Mount {
-                            controllers: ctrls,
-                            ..m
-                        });
+                        h.v1.push(Mount { controllers: ctrls, ..m });
                     }
                 }
                 _ => {}
@@ -170,9 +156,7 @@ impl Hierarchies {
     }
 
     fn v1_entry(&self, controller: &str) -> Option<&Mount> {
-        self.v1
-            .iter()
-            .find(|m| m.controllers.iter().any(|c| c == controller))
+        self.v1.iter().find(|m| m.controllers.iter().any(|c| c == controller))
     }
 
     /// Whether the unified hierarchy has `controller` enabled at its top.
@@ -200,12 +184,7 @@ impl Hierarchies {
             }
             None
         };
-        Cgroups {
-            memory: pick("memory"),
-            cpu: pick("cpu"),
-            cpuset: pick("cpuset"),
-            unified,
-        }
+        Cgroups { memory: pick("memory"), cpu: pick("cpu"), cpuset: pick("cpuset"), unified }
     }
 }
 
@@ -226,16 +205,8 @@ fn dir(m: &Mount, cg_path: &str, version: Version) -> Option<CgroupDir> {
     if rel.split('/').any(|c| c == "..") {
         return None;
     }
-    let path = if rel.is_empty() {
-        m.point.clone()
-    } else {
-        m.point.join(rel)
-    };
-    Some(CgroupDir {
-        version,
-        path,
-        top: m.point.clone(),
-    })
+    let path = if rel.is_empty() { m.point.clone() } else { m.point.join(rel) };
+    Some(CgroupDir { version, path, top: m.point.clone() })
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for space and friends).
@@ -247,10 +218,7 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -279,10 +247,7 @@ mod tests {
         let root = Root::new("/");
         let h = Hierarchies::parse(&root, HYBRID);
         assert_eq!(h.layout(), Layout::Hybrid);
-        assert_eq!(
-            h.v1_mount("memory"),
-            Some(Path::new("/sys/fs/cgroup/memory"))
-        );
+        assert_eq!(h.v1_mount("memory"), Some(Path::new("/sys/fs/cgroup/memory")));
         let pc = ProcCgroup::parse(
             Path::new("c"),
             "9:name=systemd:/\n4:memory:/a/b/init.scope\n2:cpuset:/\n1:cpu:/a\n0::/a/b\n",
@@ -297,10 +262,7 @@ mod tests {
         assert_eq!(chain.len(), 3);
         assert_eq!(cg.cpu.unwrap().path, Path::new("/sys/fs/cgroup/cpu/a"));
         assert_eq!(cg.cpuset.unwrap().path, Path::new("/sys/fs/cgroup/cpuset"));
-        assert_eq!(
-            cg.unified.unwrap().path,
-            Path::new("/sys/fs/cgroup/unified/a/b")
-        );
+        assert_eq!(cg.unified.unwrap().path, Path::new("/sys/fs/cgroup/unified/a/b"));
     }
 
     #[test]
@@ -311,22 +273,11 @@ mod tests {
 
     #[test]
     fn dotdot_and_foreign_paths_are_refused() {
-        let m = Mount {
-            point: "/cg".into(),
-            root: "/sub".into(),
-            controllers: vec![],
-        };
+        let m = Mount { point: "/cg".into(), root: "/sub".into(), controllers: vec![] };
         assert!(dir(&m, "/other/x", Version::V2).is_none());
         assert!(dir(&m, "/subx", Version::V2).is_none());
-        assert_eq!(
-            dir(&m, "/sub/x", Version::V2).unwrap().path,
-            Path::new("/cg/x")
-        );
-        let m = Mount {
-            point: "/cg".into(),
-            root: "/".into(),
-            controllers: vec![],
-        };
+        assert_eq!(dir(&m, "/sub/x", Version::V2).unwrap().path, Path::new("/cg/x"));
+        let m = Mount { point: "/cg".into(), root: "/".into(), controllers: vec![] };
         assert!(dir(&m, "/a/../..", Version::V2).is_none());
     }
 

@@ -19,9 +19,7 @@ pub fn limit(path: &Path, text: &str) -> Result<Option<u64>> {
 
 /// Parses one unsigned decimal, rejecting negatives, garbage and values above `u64::MAX`.
 pub fn u64_value(path: &Path, t: &str) -> Result<u64> {
-    t.trim()
-        .parse::<u64>()
-        .map_err(|e| Error::malformed(path, format!("{t:?} is not an unsigned integer ({e})")))
+    t.trim().parse::<u64>().map_err(|e| Error::malformed(path, format!("{t:?} is not an unsigned integer ({e})")))
 }
 
 /// Iterates `key value` pairs of a flat-keyed file (`memory.stat`, `cpu.stat`). Lines that do

@@ -47,6 +47,8 @@ pub mod op {
     pub const STATX: u32 = 52;
 }
 
+/// `FUSE_NOTIFY_RESEND` notification code (protocol 7.40, Linux 6.9).
+pub const FUSE_NOTIFY_RESEND: u32 = 7;
 /// `FUSE_PARALLEL_DIROPS`: lookups and readdirs of one directory may run concurrently.
 pub const FUSE_PARALLEL_DIROPS: u32 = 1 << 18;
 /// `FOPEN_DIRECT_IO`: bypass the page cache; content is per caller and sizes are 0.
@@ -79,9 +81,7 @@ pub struct Body<'a>(pub &'a [u8]);
 impl Body<'_> {
     /// The `u32` at `off`.
     pub fn u32(&self, off: usize) -> Option<u32> {
-        self.0
-            .get(off..off + 4)
-            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        self.0.get(off..off + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
     }
 
     /// The `u64` at `off`.

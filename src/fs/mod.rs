@@ -10,6 +10,7 @@ use crate::view::View;
 use abi::{op, Attr, Body, InHeader, Out};
 use parking_lot::Mutex;
 use session::{Handler, Reply};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,13 +44,7 @@ pub struct Tree {
 impl Tree {
     /// Builds the directories and files for `views`.
     pub fn new(views: &[View]) -> Self {
-        let mut t = Tree {
-            nodes: vec![Node {
-                name: String::new(),
-                parent: ROOT,
-                kind: Kind::Dir(vec![]),
-            }],
-        };
+        let mut t = Tree { nodes: vec![Node { name: String::new(), parent: ROOT, kind: Kind::Dir(vec![]) }] };
         for &v in views {
             let mut dir = ROOT;
             let parts: Vec<&str> = v.path().split('/').collect();
@@ -58,21 +53,10 @@ impl Tree {
                 dir = match t.child(dir, part) {
                     Some(ino) => ino,
                     None => {
-                        let kind = if last {
-                            Kind::File(v)
-                        } else {
-                            Kind::Dir(vec![])
-                        };
-                        t.nodes.push(Node {
-                            name: part.to_string(),
-                            parent: dir,
-                            kind,
-                        });
+                        let kind = if last { Kind::File(v) } else { Kind::Dir(vec![]) };
+                        t.nodes.push(Node { name: part.to_string(), parent: dir, kind });
                         let ino = t.nodes.len() as u64;
-                        if let Some(Node {
-                            kind: Kind::Dir(c), ..
-                        }) = t.nodes.get_mut(dir as usize - 1)
-                        {
+                        if let Some(Node { kind: Kind::Dir(c), .. }) = t.nodes.get_mut(dir as usize - 1) {
                             c.push(ino);
                         }
                         ino
@@ -89,10 +73,7 @@ impl Tree {
 
     fn child(&self, dir: u64, name: &str) -> Option<u64> {
         match &self.node(dir)?.kind {
-            Kind::Dir(c) => c
-                .iter()
-                .copied()
-                .find(|&i| self.node(i).is_some_and(|n| n.name == name)),
+            Kind::Dir(c) => c.iter().copied().find(|&i| self.node(i).is_some_and(|n| n.name == name)),
             Kind::File(_) => None,
         }
     }
@@ -100,20 +81,8 @@ impl Tree {
     fn attr(&self, ino: u64, time: u64) -> Option<Attr> {
         let n = self.node(ino)?;
         Some(match &n.kind {
-            Kind::Dir(c) => Attr {
-                ino,
-                size: 0,
-                mode: libc::S_IFDIR | 0o555,
-                nlink: 2 + c.len() as u32,
-                time,
-            },
-            Kind::File(_) => Attr {
-                ino,
-                size: 0,
-                mode: libc::S_IFREG | 0o444,
-                nlink: 1,
-                time,
-            },
+            Kind::Dir(c) => Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink: 2 + c.len() as u32, time },
+            Kind::File(_) => Attr { ino, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time },
         })
     }
 }
@@ -136,14 +105,14 @@ pub struct ProcFs {
 impl ProcFs {
     /// A filesystem serving every view of `service`.
     pub fn new(service: Arc<Service>) -> Self {
-        let start = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         ProcFs {
             tree: Tree::new(View::ALL),
             service,
             handles: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            // Handle numbers must not repeat a predecessor's still open in some reader: start
+            // from this process's pid in the high half.
+            next_fh: AtomicU64::new(((std::process::id() as u64) << 32) | 1),
             start,
         }
     }
@@ -180,11 +149,7 @@ impl ProcFs {
     }
 
     fn open(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let Some(Node {
-            kind: Kind::File(view),
-            ..
-        }) = self.tree.node(h.nodeid)
-        else {
+        let Some(Node { kind: Kind::File(view), .. }) = self.tree.node(h.nodeid) else {
             return Reply::Err(libc::EISDIR);
         };
         let flags = Body(body).u32(0).unwrap_or(0) as i32;
@@ -196,17 +161,9 @@ impl ProcFs {
             return Reply::Err(libc::ENFILE);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        handles.insert(
-            fh,
-            Handle {
-                view: *view,
-                data: None,
-            },
-        );
+        handles.insert(fh, Handle { view: *view, data: None });
         let mut o = Out::default();
-        o.u64(fh)
-            .u32(abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH)
-            .u32(0);
+        o.u64(fh).u32(abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH).u32(0);
         Reply::Data(o.0)
     }
 
@@ -217,7 +174,12 @@ impl ProcFs {
         };
         let (view, cached) = match self.handles.lock().get(&fh) {
             Some(hd) => (hd.view, hd.data.clone()),
-            None => return Reply::Err(libc::EBADF),
+            // A handle opened before this process took over the connection: the inode says
+            // which file it is; its earlier bytes are gone, so it is rendered afresh.
+            None => match self.tree.node(h.nodeid) {
+                Some(Node { kind: Kind::File(v), .. }) => (*v, None),
+                _ => return Reply::Err(libc::EBADF),
+            },
         };
         // A read at offset 0 renders afresh (top and free lseek to 0 and re-read the same fd);
         // later offsets continue the same rendering so a file is never torn between samples.
@@ -225,8 +187,15 @@ impl ProcFs {
             Some(d) if offset > 0 => d,
             _ => {
                 let d = Arc::new(self.service.render_for(view, h.pid));
-                if let Some(hd) = self.handles.lock().get_mut(&fh) {
-                    hd.data = Some(d.clone());
+                let mut handles = self.handles.lock();
+                let room = handles.len() < MAX_HANDLES;
+                match handles.entry(fh) {
+                    Entry::Occupied(mut e) => e.get_mut().data = Some(d.clone()),
+                    // Adopt the predecessor's handle, within the same bound as opens.
+                    Entry::Vacant(e) if room => {
+                        e.insert(Handle { view, data: Some(d.clone()) });
+                    }
+                    Entry::Vacant(_) => {}
                 }
                 d
             }
@@ -241,18 +210,11 @@ impl ProcFs {
         let (Some(offset), Some(size)) = (b.u64(8), b.u32(16)) else {
             return Reply::Err(libc::EINVAL);
         };
-        let Some(Node {
-            kind: Kind::Dir(children),
-            parent,
-            ..
-        }) = self.tree.node(h.nodeid)
-        else {
+        let Some(Node { kind: Kind::Dir(children), parent, .. }) = self.tree.node(h.nodeid) else {
             return Reply::Err(libc::ENOTDIR);
         };
-        let mut entries: Vec<(u64, &str, u32)> = vec![
-            (h.nodeid, ".", libc::DT_DIR as u32),
-            (*parent, "..", libc::DT_DIR as u32),
-        ];
+        let mut entries: Vec<(u64, &str, u32)> =
+            vec![(h.nodeid, ".", libc::DT_DIR as u32), (*parent, "..", libc::DT_DIR as u32)];
         for &c in children {
             if let Some(n) = self.tree.node(c) {
                 let t = match n.kind {
@@ -268,10 +230,7 @@ impl ProcFs {
             if o.0.len() + rec > size as usize {
                 break;
             }
-            o.u64(*ino)
-                .u64(i as u64 + 1)
-                .u32(name.len() as u32)
-                .u32(*typ);
+            o.u64(*ino).u64(i as u64 + 1).u32(name.len() as u32).u32(*typ);
             o.0.extend_from_slice(name.as_bytes());
             o.zeros(rec - 24 - name.len());
         }
@@ -280,11 +239,7 @@ impl ProcFs {
 
     fn statfs(&self) -> Reply {
         let mut o = Out::default();
-        o.u64(0)
-            .u64(0)
-            .u64(0)
-            .u64(self.tree.nodes.len() as u64)
-            .u64(0); // blocks.. files, ffree
+        o.u64(0).u64(0).u64(0).u64(self.tree.nodes.len() as u64).u64(0); // blocks.. files, ffree
         o.u32(4096).u32(255).u32(4096).u32(0).zeros(24); // bsize, namelen, frsize, pad, spare
         Reply::Data(o.0)
     }
@@ -304,9 +259,7 @@ impl Handler for ProcFs {
                 Reply::Data(vec![])
             }
             op::OPENDIR => match self.tree.node(h.nodeid) {
-                Some(Node {
-                    kind: Kind::Dir(_), ..
-                }) => {
+                Some(Node { kind: Kind::Dir(_), .. }) => {
                     let mut o = Out::default();
                     o.u64(0).u32(0).u32(0);
                     Reply::Data(o.0)

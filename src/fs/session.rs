@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 /// What a handler answers to one request.
@@ -29,7 +29,8 @@ pub trait Handler: Send + Sync + 'static {
     fn dispatch(&self, header: &InHeader, body: &[u8]) -> Reply;
 }
 
-/// Parameters agreed with the kernel at FUSE_INIT.
+/// Parameters agreed with the kernel at FUSE_INIT; a server taking over a live connection
+/// needs them instead of a second INIT, which the kernel never sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InitParams {
     /// Protocol minor version in use.
@@ -38,128 +39,90 @@ pub struct InitParams {
     pub flags: u32,
 }
 
-/// A mounted, initialised FUSE connection.
-pub struct Session {
-    dev: Arc<OwnedFd>,
-    mountpoint: PathBuf,
-    /// What was negotiated at FUSE_INIT.
-    pub params: InitParams,
-}
-
-impl Session {
-    /// Opens `/dev/fuse`, mounts it read-only at `mountpoint` for all users and answers
-    /// the kernel's FUSE_INIT.
-    pub fn mount(mountpoint: &Path, fsname: &str) -> io::Result<Session> {
-        let dev = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_CLOEXEC)
-            .open("/dev/fuse")?;
-        let dev = OwnedFd::from(dev);
-        let opts = format!(
-            "fd={},rootmode=40000,user_id={},group_id={},allow_other,default_permissions",
-            dev.as_raw_fd(),
-            // SAFETY: getuid/getgid cannot fail.
-            unsafe { libc::getuid() },
-            unsafe { libc::getgid() },
-        );
-        let c =
-            |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
-        let (src, target, fstype, data) = (
-            c(fsname.as_bytes())?,
-            c(mountpoint.as_os_str().as_bytes())?,
-            c(b"fuse.cgprocfs")?,
-            c(opts.as_bytes())?,
-        );
-        let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
-        // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
-        let r = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                target.as_ptr(),
-                fstype.as_ptr(),
-                flags,
-                data.as_ptr().cast(),
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let dev = Arc::new(dev);
-        match init(dev.as_raw_fd()) {
-            Ok(params) => Ok(Session {
-                dev,
-                mountpoint: mountpoint.to_path_buf(),
-                params,
-            }),
-            Err(e) => {
-                let _ = unmount(mountpoint);
-                Err(e)
-            }
-        }
+/// Opens `/dev/fuse`, mounts it read-only at `mountpoint` for all users, and answers the
+/// kernel's FUSE_INIT. Returns the session fd and the negotiated parameters.
+pub fn mount(mountpoint: &Path, fsname: &str) -> io::Result<(OwnedFd, InitParams)> {
+    let dev = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open("/dev/fuse")?;
+    let dev = OwnedFd::from(dev);
+    let opts = format!(
+        "fd={},rootmode=40000,user_id={},group_id={},allow_other,default_permissions",
+        dev.as_raw_fd(),
+        // SAFETY: getuid/getgid cannot fail.
+        unsafe { libc::getuid() },
+        unsafe { libc::getgid() },
+    );
+    let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
+    let (src, target, fstype, data) =
+        (c(fsname.as_bytes())?, c(mountpoint.as_os_str().as_bytes())?, c(b"fuse.cgprocfs")?, c(opts.as_bytes())?);
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
+    let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
     }
-
-    /// The mount point.
-    pub fn mountpoint(&self) -> &Path {
-        &self.mountpoint
-    }
-
-    /// Starts `threads` workers serving `handler`. The first uses the session's fd, the
-    /// others fds cloned from it, so the kernel spreads requests without a shared lock.
-    pub fn spawn<H: Handler>(
-        &self,
-        handler: Arc<H>,
-        threads: usize,
-    ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
-        let mut out = Vec::new();
-        for i in 0..threads.max(1) {
-            let fd: Arc<OwnedFd> = if i == 0 {
-                self.dev.clone()
-            } else {
-                Arc::new(clone_fd(self.dev.as_raw_fd())?)
-            };
-            let h = handler.clone();
-            out.push(
-                std::thread::Builder::new()
-                    .name(format!("fuse-{i}"))
-                    .spawn(move || worker(&fd, &*h))?,
-            );
+    match init(dev.as_raw_fd()) {
+        Ok(params) => Ok((dev, params)),
+        Err(e) => {
+            let _ = unmount(mountpoint);
+            Err(e)
         }
-        Ok(out)
     }
 }
 
-/// Detaches the mount at `mountpoint`. Bind mounts made from it elsewhere keep the
-/// connection until they go too.
-pub fn unmount(mountpoint: &Path) -> io::Result<()> {
-    let target = CString::new(mountpoint.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: valid NUL-terminated path.
-    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
+/// A new `/dev/fuse` fd attached to the session of `master` (`FUSE_DEV_IOC_CLONE`): the
+/// kernel hands requests to whichever fd's reader is free, and each fd keeps its own list of
+/// requests read but not yet answered.
+pub fn clone_fd(master: &OwnedFd) -> io::Result<OwnedFd> {
+    let f = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open("/dev/fuse")?;
+    let m: u32 = master.as_raw_fd() as u32;
+    // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the session fd) from the pointer.
+    if unsafe { libc::ioctl(f.as_raw_fd(), abi::FUSE_DEV_IOC_CLONE as _, &m as *const u32) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(f))
+}
+
+/// Asks the kernel to queue again every request that was read from this connection but not
+/// answered (`FUSE_NOTIFY_RESEND`, Linux 6.9+). A server that takes over from a dead one calls
+/// it so the dead one's in-flight requests are answered instead of hanging. All requests this
+/// tree serves are idempotent, so a duplicate is harmless. Fails with `EINVAL` on kernels
+/// without it.
+pub fn notify_resend(fd: &OwnedFd) -> io::Result<()> {
+    let mut o = Out::default();
+    o.u32(abi::OUT_HEADER_LEN as u32).u32(abi::FUSE_NOTIFY_RESEND).u64(0);
+    // SAFETY: the buffer is valid for reads of its length.
+    let n = unsafe { libc::write(fd.as_raw_fd(), o.0.as_ptr().cast(), o.0.len()) };
+    if n < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
 }
 
-fn clone_fd(master: RawFd) -> io::Result<OwnedFd> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_CLOEXEC)
-        .open("/dev/fuse")?;
-    let m: u32 = master as u32;
-    // SAFETY: FUSE_DEV_IOC_CLONE reads one u32 (the session fd) from the pointer.
-    if unsafe {
-        libc::ioctl(
-            f.as_raw_fd(),
-            abi::FUSE_DEV_IOC_CLONE as _,
-            &m as *const u32,
-        )
-    } != 0
-    {
+/// Starts one worker thread per fd, each reading requests from its fd and answering them with
+/// `handler`. The fds are shared, not consumed: the keeper process holds them too, so the
+/// connection survives this process.
+pub fn spawn_workers<H: Handler>(
+    fds: &[Arc<OwnedFd>],
+    handler: Arc<H>,
+) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut out = Vec::new();
+    for (i, fd) in fds.iter().enumerate() {
+        let (fd, h) = (fd.clone(), handler.clone());
+        out.push(std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || worker(&fd, &*h))?);
+    }
+    Ok(out)
+}
+
+/// Detaches the mount at `mountpoint`. Bind mounts made from it elsewhere keep the
+/// connection until they go too.
+pub fn unmount(mountpoint: &Path) -> io::Result<()> {
+    let target =
+        CString::new(mountpoint.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: valid NUL-terminated path.
+    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(OwnedFd::from(f))
+    Ok(())
 }
 
 /// Reads one request into `buf`; `Ok(None)` when the connection is gone.
@@ -188,9 +151,7 @@ fn write_reply(fd: RawFd, unique: u64, reply: Reply) {
         Reply::Err(e) => (-e, Vec::new()),
     };
     let mut o = Out(Vec::with_capacity(abi::OUT_HEADER_LEN + body.len()));
-    o.u32((abi::OUT_HEADER_LEN + body.len()) as u32)
-        .u32(err as u32)
-        .u64(unique);
+    o.u32((abi::OUT_HEADER_LEN + body.len()) as u32).u32(err as u32).u64(unique);
     o.0.extend_from_slice(&body);
     // SAFETY: the buffer is valid for reads of its length.
     let n = unsafe { libc::write(fd, o.0.as_ptr().cast(), o.0.len()) };
@@ -207,10 +168,7 @@ fn init(fd: RawFd) -> io::Result<InitParams> {
     let mut buf = vec![0u8; abi::READ_BUFFER];
     loop {
         let Some(n) = read_request(fd, &mut buf)? else {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                "connection closed before FUSE_INIT",
-            ));
+            return Err(io::Error::new(io::ErrorKind::NotConnected, "connection closed before FUSE_INIT"));
         };
         let Some(h) = InHeader::parse(&buf[..n]) else {
             continue;
@@ -220,28 +178,16 @@ fn init(fd: RawFd) -> io::Result<InitParams> {
             write_reply(fd, h.unique, Reply::Err(libc::EIO));
             continue;
         }
-        let (major, minor, readahead, flags) = (
-            body.u32(0).unwrap_or(0),
-            body.u32(4).unwrap_or(0),
-            body.u32(8).unwrap_or(0),
-            body.u32(12).unwrap_or(0),
-        );
+        let (major, minor, readahead, flags) =
+            (body.u32(0).unwrap_or(0), body.u32(4).unwrap_or(0), body.u32(8).unwrap_or(0), body.u32(12).unwrap_or(0));
         if major != abi::KERNEL_VERSION {
             write_reply(fd, h.unique, Reply::Err(libc::EPROTO));
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                format!("FUSE protocol {major}.{minor}"),
-            ));
+            return Err(io::Error::new(io::ErrorKind::Unsupported, format!("FUSE protocol {major}.{minor}")));
         }
-        let params = InitParams {
-            minor: minor.min(abi::KERNEL_MINOR_VERSION),
-            flags: flags & abi::FUSE_PARALLEL_DIROPS,
-        };
+        let params =
+            InitParams { minor: minor.min(abi::KERNEL_MINOR_VERSION), flags: flags & abi::FUSE_PARALLEL_DIROPS };
         let mut o = Out::default();
-        o.u32(abi::KERNEL_VERSION)
-            .u32(params.minor)
-            .u32(readahead)
-            .u32(params.flags);
+        o.u32(abi::KERNEL_VERSION).u32(params.minor).u32(readahead).u32(params.flags);
         o.u16(16).u16(12).u32(abi::MAX_WRITE).u32(1); // max_background, congestion, max_write, time_gran
         o.u16(0).u16(0).u32(0).u32(0).u16(0).zeros(22); // max_pages, map_alignment, flags2, stack depth, timeout, unused
         write_reply(fd, h.unique, Reply::Data(o.0));

@@ -30,16 +30,8 @@ impl HostMeminfo {
             .filter(|l| !l.is_empty())
             .map(|l| {
                 let (label, rest) = l.split_once(':').unwrap_or((l, ""));
-                let value = rest
-                    .split_ascii_whitespace()
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .unwrap_or(0);
-                Line {
-                    label: label.to_string(),
-                    value,
-                    raw: l.to_string(),
-                }
+                let value = rest.split_ascii_whitespace().next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                Line { label: label.to_string(), value, raw: l.to_string() }
             })
             .collect();
         if !lines.iter().any(|l| l.label == "MemTotal") {
@@ -55,10 +47,7 @@ impl HostMeminfo {
 
     /// Value of `label` in KiB, 0 when the kernel does not print it.
     pub fn get(&self, label: &str) -> u64 {
-        self.lines
-            .iter()
-            .find(|l| l.label == label)
-            .map_or(0, |l| l.value)
+        self.lines.iter().find(|l| l.label == label).map_or(0, |l| l.value)
     }
 
     /// The file as the host kernel wrote it.

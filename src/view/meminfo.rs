@@ -15,10 +15,7 @@ pub struct Values {
 impl Values {
     /// Value of `label`, if the container has one.
     pub fn get(&self, label: &str) -> Option<u64> {
-        self.fields
-            .iter()
-            .find(|(l, _)| *l == label)
-            .map(|(_, v)| *v)
+        self.fields.iter().find(|(l, _)| *l == label).map(|(_, v)| *v)
     }
 }
 
@@ -42,9 +39,7 @@ pub fn compute(host: &HostMeminfo, m: &MemoryStats) -> Option<Values> {
 
     // Swap: the chain's swap limit, capped at the host's swap; no limit -> the host's swap.
     let host_swap = host.get("SwapTotal");
-    let swap_total = m
-        .swap_limit
-        .map_or(host_swap, |l| (l / 1024).min(host_swap));
+    let swap_total = m.swap_limit.map_or(host_swap, |l| (l / 1024).min(host_swap));
     let swap_free = match m.swap_usage {
         Some(u) => swap_total - (u / 1024).min(swap_total),
         None => host.get("SwapFree").min(swap_total),
@@ -152,12 +147,9 @@ mod tests {
 
     #[test]
     fn kb_lines_match_the_kernel_format() {
-        for (label, v) in [
-            ("MemTotal", 0u64),
-            ("Active(anon)", 123),
-            ("Zswap", 12345678),
-            ("SReclaimable", 123456789012),
-        ] {
+        for (label, v) in
+            [("MemTotal", 0u64), ("Active(anon)", 123), ("Zswap", 12345678), ("SReclaimable", 123456789012)]
+        {
             let mut s = String::new();
             push_kb_line(&mut s, label, v);
             assert_eq!(s, format!("{:<16}{:>8} kB\n", format!("{label}:"), v));

@@ -17,18 +17,10 @@ pub fn live_ready(test: &str) -> bool {
     if unsafe { libc::geteuid() } != 0 {
         missing.push("root");
     }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_err()
-    {
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/fuse").is_err() {
         missing.push("/dev/fuse");
     }
-    if !std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap_or_default()
-        .contains(" - cgroup")
-    {
+    if !std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(" - cgroup") {
         missing.push("cgroups");
     }
     if missing.is_empty() {
@@ -45,11 +37,7 @@ pub fn live_ready(test: &str) -> bool {
 /// A name unique to this test process and call.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "cgprocfs-test-{}-{tag}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("cgprocfs-test-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 pub fn bin() -> &'static str {
@@ -76,11 +64,7 @@ impl Daemon {
         let dir = std::env::temp_dir().join(unique(tag));
         let mnt = dir.join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
-        let mut d = Daemon {
-            child: None,
-            mnt,
-            dir,
-        };
+        let mut d = Daemon { child: None, mnt, dir };
         d.spawn(&[]);
         d
     }
@@ -102,25 +86,30 @@ impl Daemon {
         while !(is_mounted(&self.mnt) && std::fs::read(self.mnt.join("proc/meminfo")).is_ok()) {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 let out = self.child.take().unwrap().wait_with_output().unwrap();
-                panic!(
-                    "daemon exited with {st}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                panic!("daemon exited with {st}: {}", String::from_utf8_lossy(&out.stderr));
             }
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "daemon did not mount {}",
-                self.mnt.display()
-            );
+            assert!(t.elapsed() < Duration::from_secs(10), "daemon did not mount {}", self.mnt.display());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
+    /// Pid of the keeper's current worker, waiting up to 10 s for one to be running.
+    pub fn worker_pid(&self) -> i32 {
+        let children = format!("/proc/{0}/task/{0}/children", self.pid());
+        let t = Instant::now();
+        loop {
+            let c = std::fs::read_to_string(&children).unwrap_or_default();
+            if let Some(p) = c.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                return p;
+            }
+            assert!(t.elapsed() < Duration::from_secs(10), "no worker under keeper {}", self.pid());
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Pid of the keeper (the process `serve` runs as).
     pub fn pid(&self) -> i32 {
-        self.child
-            .as_ref()
-            .map(|c| c.id() as i32)
-            .expect("daemon running")
+        self.child.as_ref().map(|c| c.id() as i32).expect("daemon running")
     }
 
     /// Sends `sig` to the daemon (only the process this test started) and waits for it.
@@ -185,10 +174,8 @@ impl TestCgroup {
     pub fn new(tag: &str, limits: &Limits) -> TestCgroup {
         let h = Hierarchies::discover(&Root::new("/")).unwrap();
         let name = unique(tag);
-        let mut dirs: Vec<(&'static str, PathBuf)> = ["memory", "cpu", "cpuset"]
-            .into_iter()
-            .filter_map(|c| h.v1_mount(c).map(|m| (c, m.join(&name))))
-            .collect();
+        let mut dirs: Vec<(&'static str, PathBuf)> =
+            ["memory", "cpu", "cpuset"].into_iter().filter_map(|c| h.v1_mount(c).map(|m| (c, m.join(&name)))).collect();
         if dirs.is_empty() {
             let top = h.v2_mount().expect("a cgroup hierarchy").to_path_buf();
             let _ = std::fs::write(top.join("cgroup.subtree_control"), "+memory +cpu +cpuset");
@@ -206,9 +193,7 @@ impl TestCgroup {
                 write(&d.join("cgroup.subtree_control"), "+memory +cpu +cpuset");
             }
         }
-        let cg = TestCgroup {
-            dirs: self.dirs.iter().map(|(c, d)| (*c, d.join(&name))).collect(),
-        };
+        let cg = TestCgroup { dirs: self.dirs.iter().map(|(c, d)| (*c, d.join(&name))).collect() };
         cg.create(limits);
         cg
     }
@@ -226,14 +211,7 @@ impl TestCgroup {
                 }
             }
             if let (Some(m), true) = (l.memory, v2 || *c == "memory") {
-                write(
-                    &d.join(if v2 {
-                        "memory.max"
-                    } else {
-                        "memory.limit_in_bytes"
-                    }),
-                    &m.to_string(),
-                );
+                write(&d.join(if v2 { "memory.max" } else { "memory.limit_in_bytes" }), &m.to_string());
             }
             if let (Some((q, p)), true) = (l.cpu, v2 || *c == "cpu") {
                 if v2 {
@@ -251,11 +229,8 @@ impl TestCgroup {
 
     /// `cmd` run inside the cgroup via a shell that joins it first, then execs.
     pub fn command(&self, cmd: &str) -> Command {
-        let joins: String = self
-            .dirs
-            .iter()
-            .map(|(_, d)| format!("echo $$ > {}/cgroup.procs && ", d.display()))
-            .collect();
+        let joins: String =
+            self.dirs.iter().map(|(_, d)| format!("echo $$ > {}/cgroup.procs && ", d.display())).collect();
         let mut c = Command::new("sh");
         c.arg("-c").arg(format!("{joins}exec {cmd}"));
         c
@@ -264,12 +239,7 @@ impl TestCgroup {
     /// Runs `cmd` inside the cgroup and returns its stdout, failing on a non-zero exit.
     pub fn run(&self, cmd: &str) -> String {
         let out: Output = self.command(cmd).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{cmd}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{cmd}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
 }
@@ -280,9 +250,7 @@ impl Drop for TestCgroup {
             // Tasks just exited may keep a cgroup busy for a moment.
             for _ in 0..100 {
                 match std::fs::remove_dir(d) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
                     _ => break,
                 }
             }
@@ -301,7 +269,5 @@ pub fn field(text: &str, label: &str) -> u64 {
 
 pub fn host_cpus() -> usize {
     let t = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
-    cgprocfs::cgroup::cpuset::parse_list(Path::new("online"), &t)
-        .unwrap()
-        .len()
+    cgprocfs::cgroup::cpuset::parse_list(Path::new("online"), &t).unwrap().len()
 }
