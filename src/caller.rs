@@ -29,18 +29,19 @@ impl Resolver {
         Ok(Resolver { root, own_pidns, inits: Mutex::new(HashMap::new()) })
     }
 
-    /// The cgroup membership that defines `tid`'s container.
-    pub fn container_of(&self, tid: u32) -> Result<ProcCgroup> {
+    /// The cgroup membership that defines `tid`'s container, and the host pid of its pid
+    /// namespace's init when it is not the daemon's namespace.
+    pub fn container_of(&self, tid: u32) -> Result<(ProcCgroup, Option<u32>)> {
         if tid == 0 {
             // The kernel sends 0 for callers not visible in the daemon's pid namespace.
             return Err(Error::Caller { pid: 0, why: "not visible in the daemon's pid namespace".into() });
         }
         let ns = pidns_of(&self.root, &tid.to_string())?;
         if ns == self.own_pidns {
-            return ProcCgroup::of_pid(&self.root, tid);
+            return Ok((ProcCgroup::of_pid(&self.root, tid)?, None));
         }
         let init = self.init_of(tid, ns)?;
-        Ok(ProcCgroup::of_pid(&self.root, init)?.without_init_scope())
+        Ok((ProcCgroup::of_pid(&self.root, init)?.without_init_scope(), Some(init)))
     }
 
     /// Host pid of the init of pid namespace `ns`, which `tid` belongs to.

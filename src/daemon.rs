@@ -35,7 +35,8 @@ pub struct KeeperConfig {
     pub view_args: Vec<String>,
     /// Worker threads, one cloned fd each.
     pub threads: usize,
-    /// Where the keeper writes its pid for `cgprocfs upgrade`.
+    /// Where the keeper writes its pid for `cgprocfs upgrade`; the workers' state file is
+    /// beside it (`.state`).
     pub pidfile: PathBuf,
 }
 
@@ -226,7 +227,8 @@ fn command_with_fds(cfg: &KeeperConfig, fds: &[OwnedFd]) -> Command {
 
 fn spawn_worker(cfg: &KeeperConfig, fds: &[OwnedFd]) -> io::Result<Child> {
     let mut cmd = command_with_fds(cfg, fds);
-    cmd.arg("worker").arg("--fds").arg(fd_list(fds)).args(&cfg.view_args);
+    cmd.arg("worker").arg("--fds").arg(fd_list(fds)).arg("--state").arg(cfg.pidfile.with_extension("state"));
+    cmd.args(&cfg.view_args);
     let child = cmd.spawn()?;
     tracing::info!(pid = child.id(), "worker started");
     Ok(child)
@@ -254,7 +256,7 @@ fn exec_upgrade(cfg: &KeeperConfig, fds: &[OwnedFd], params: InitParams) -> io::
 }
 
 /// Runs a worker on inherited fds until SIGTERM/SIGINT or the keeper's death.
-pub fn worker(fds: &[RawFd], opts: Options) -> io::Result<()> {
+pub fn worker(fds: &[RawFd], opts: Options, state_file: Option<PathBuf>) -> io::Result<()> {
     // Die with the keeper: the pair is one service from the outside.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -268,8 +270,9 @@ pub fn worker(fds: &[RawFd], opts: Options) -> io::Result<()> {
         owned.push(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }));
     }
     let first = owned.first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no fds"))?;
-    let svc = Arc::new(Service::new(Root::new("/"), opts).map_err(io::Error::other)?);
+    let svc = Arc::new(Service::with_state(Root::new("/"), opts, state_file).map_err(io::Error::other)?);
     tracing::info!(layout = ?svc.hierarchies().layout(), "cgroup hierarchies found");
+    svc.start_sampler()?;
     let fs = Arc::new(ProcFs::new(svc.clone()));
     spawn_workers(&owned, fs)?;
     // Only now, with readers in place: requests a dead predecessor read are queued again.

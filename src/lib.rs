@@ -14,6 +14,7 @@ pub mod error;
 pub mod fs;
 pub mod host;
 pub mod service;
+pub mod state;
 pub mod view;
 
 pub use error::{Error, Result};

@@ -80,6 +80,9 @@ enum Cmd {
     Worker {
         #[arg(long, value_delimiter = ',', required = true)]
         fds: Vec<i32>,
+        /// File keeping per-container counters across worker restarts.
+        #[arg(long)]
+        state: Option<PathBuf>,
         #[command(flatten)]
         view: ViewOpts,
     },
@@ -104,8 +107,8 @@ fn main() {
         }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
         Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
-        Cmd::Worker { fds, view } => {
-            cgprocfs::daemon::worker(&fds, Options { cpu_count: view.cpu_count }).context("worker failed")
+        Cmd::Worker { fds, state, view } => {
+            cgprocfs::daemon::worker(&fds, Options { cpu_count: view.cpu_count }, state).context("worker failed")
         }
     };
     if let Err(e) = r {
@@ -125,8 +128,8 @@ fn show(pid: Option<u32>, file: &str, view: ViewOpts) -> Result<()> {
     };
     let svc = service(view)?;
     let pid = pid.unwrap_or_else(std::process::id);
-    let cg = svc.container_of(pid).with_context(|| format!("cannot find the container of pid {pid}"))?;
-    let text = svc.render(v, &cg).with_context(|| format!("cannot render {file} for pid {pid}"))?;
+    let c = svc.container_of(pid).with_context(|| format!("cannot find the container of pid {pid}"))?;
+    let text = svc.render(v, &c).with_context(|| format!("cannot render {file} for pid {pid}"))?;
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())
 }

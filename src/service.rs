@@ -4,13 +4,15 @@
 
 use crate::caller::Resolver;
 use crate::cgroup::cpu::effective_quota;
+use crate::cgroup::cpuacct;
 use crate::cgroup::cpuset::effective_cpus;
 use crate::cgroup::memory::MemoryStats;
 use crate::cgroup::{Cgroups, Hierarchies, ProcCgroup};
 use crate::error::Result;
-use crate::host::{self, HostCpuinfo, HostMeminfo};
+use crate::host::{self, HostCpuinfo, HostMeminfo, HostStat};
+use crate::state::{self, Store, Tracked};
 use crate::view::cpus::{visible_cpus, CpuCount};
-use crate::view::{cpu_online, cpuinfo, meminfo, View};
+use crate::view::{cpu_online, cpuinfo, loadavg, meminfo, stat, uptime, View};
 use crate::Root;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -79,6 +81,15 @@ impl Fallbacks {
     }
 }
 
+/// The container a request comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// Its cgroup directories.
+    pub cgroups: Cgroups,
+    /// Host pid of the init of its pid namespace, when it has its own.
+    pub init: Option<u32>,
+}
+
 /// Everything a request needs: where cgroups are, how to find a caller's container, and the
 /// host files cached briefly.
 pub struct Service {
@@ -89,6 +100,9 @@ pub struct Service {
     meminfo: Ttl<HostMeminfo>,
     cpuinfo: Ttl<HostCpuinfo>,
     online: Ttl<Vec<u32>>,
+    stat: Ttl<HostStat>,
+    /// Per-container CPU accounts and load averages.
+    pub store: Store,
     /// Requests answered with the host's file.
     pub fallbacks: Fallbacks,
 }
@@ -96,6 +110,11 @@ pub struct Service {
 impl Service {
     /// Discovers the cgroup hierarchies under `root` and prepares the caches.
     pub fn new(root: Root, opts: Options) -> Result<Self> {
+        Self::with_state(root, opts, None)
+    }
+
+    /// Like [`Service::new`], keeping per-container state in `state_file` across restarts.
+    pub fn with_state(root: Root, opts: Options, state_file: Option<std::path::PathBuf>) -> Result<Self> {
         let hierarchies = Hierarchies::discover(&root)?;
         let resolver = Resolver::new(root.clone())?;
         Ok(Service {
@@ -107,6 +126,8 @@ impl Service {
             meminfo: Ttl::new(Duration::from_millis(100)),
             cpuinfo: Ttl::new(Duration::from_secs(10)),
             online: Ttl::new(Duration::from_secs(1)),
+            stat: Ttl::new(Duration::from_millis(100)),
+            store: Store::new(state_file),
             fallbacks: Fallbacks::default(),
         })
     }
@@ -116,33 +137,34 @@ impl Service {
         &self.hierarchies
     }
 
-    /// The container cgroups of caller `tid`.
-    pub fn container_of(&self, tid: u32) -> Result<Cgroups> {
-        let pc: ProcCgroup = self.resolver.container_of(tid)?;
-        Ok(self.hierarchies.resolve(&pc))
+    /// The container of caller `tid`.
+    pub fn container_of(&self, tid: u32) -> Result<Container> {
+        let (pc, init): (ProcCgroup, Option<u32>) = self.resolver.container_of(tid)?;
+        Ok(Container { cgroups: self.hierarchies.resolve(&pc), init })
     }
 
     /// The bytes `tid` reads from `view`. Never fails: when the container's file cannot be
     /// computed the host's file is returned, the fallback counted and logged (rate-limited).
     pub fn render_for(&self, view: View, tid: u32) -> Vec<u8> {
-        let cg = match self.container_of(tid) {
+        let c = match self.container_of(tid) {
             Ok(cg) => cg,
             Err(e) => {
                 self.fallbacks.record("<caller>", view, &e);
                 return self.host_file(view);
             }
         };
-        match self.render(view, &cg) {
+        match self.render(view, &c) {
             Ok(s) => s.into_bytes(),
             Err(e) => {
-                self.fallbacks.record(&cg.name(), view, &e);
+                self.fallbacks.record(&c.cgroups.name(), view, &e);
                 self.host_file(view)
             }
         }
     }
 
-    /// Renders `view` for the container with cgroups `cg`.
-    pub fn render(&self, view: View, cg: &Cgroups) -> Result<String> {
+    /// Renders `view` for container `c`.
+    pub fn render(&self, view: View, c: &Container) -> Result<String> {
+        let cg = &c.cgroups;
         match view {
             View::Meminfo => {
                 let host = self.meminfo.get(|| HostMeminfo::read(&self.root))?;
@@ -158,7 +180,72 @@ impl Service {
                 Ok(cpuinfo::render(&host, &cpus))
             }
             View::CpuOnline => Ok(cpu_online::render(self.visible_cpus(cg)?.len())),
+            View::Stat | View::Uptime | View::Loadavg if cg.cpu_accounting().is_none() => {
+                // Not in a CPU cgroup of its own: the host's file.
+                Ok(String::from_utf8_lossy(&self.host_file(view)).into_owned())
+            }
+            View::Stat | View::Uptime => {
+                let now = host::boottime_ns();
+                let age = self.age_ns(c, now)?;
+                let n = self.visible_cpus(cg)?.len();
+                let (Some(usage), Some(k)) = (cpuacct::read(cg)?, state::key(cg)) else {
+                    return Err(crate::Error::NoMount("cpuacct"));
+                };
+                let (vcpus, total) = self.store.cpu(&k, now, age, usage, n);
+                if view == View::Uptime {
+                    return Ok(uptime::render(age, total.idle));
+                }
+                let (_, tasks) = self.store.load(&self.root, &k, self.tracked(c), now);
+                let host = self.stat.get(|| HostStat::read(&self.root))?;
+                Ok(stat::render(&host, &vcpus, &total, &tasks))
+            }
+            View::Loadavg => {
+                let k = state::key(cg).ok_or(crate::Error::NoMount("cpu"))?;
+                let (load, tasks) = self.store.load(&self.root, &k, self.tracked(c), host::boottime_ns());
+                let last_pid = match (c.init, tasks.last_pid) {
+                    (Some(_), Some(p)) => p,
+                    // Same pid namespace as the host: the host's last pid is the container's.
+                    _ => host_last_pid(&self.root),
+                };
+                Ok(loadavg::render(&load, &tasks, last_pid))
+            }
         }
+    }
+
+    fn tracked(&self, c: &Container) -> Tracked {
+        Tracked { cgroups: c.cgroups.clone(), init: c.init }
+    }
+
+    /// Age of the container: since its init started, or for a container sharing the host's
+    /// pid namespace, since the oldest process of its cgroup started.
+    fn age_ns(&self, c: &Container, now: u64) -> Result<u64> {
+        let start = match c.init {
+            Some(pid) => host::start_ns(&self.root, pid)?,
+            None => {
+                let dir = c.cgroups.cpu_accounting().ok_or(crate::Error::NoMount("cpuacct"))?;
+                let procs = crate::error::read_file(&dir.file("cgroup.procs"))?;
+                procs
+                    .lines()
+                    .take(1024)
+                    .filter_map(|l| l.trim().parse::<u32>().ok())
+                    .filter_map(|p| host::start_ns(&self.root, p).ok())
+                    .min()
+                    .unwrap_or(now)
+            }
+        };
+        Ok(now.saturating_sub(start))
+    }
+
+    /// Starts the thread that samples load averages every 5 s and saves the state.
+    pub fn start_sampler(self: &Arc<Self>) -> std::io::Result<()> {
+        let svc = Arc::clone(self);
+        std::thread::Builder::new().name("sampler".into()).spawn(move || loop {
+            let now = host::boottime_ns();
+            let next = (now / state::load::LOAD_FREQ_NS + 1) * state::load::LOAD_FREQ_NS;
+            std::thread::sleep(Duration::from_nanos(next - now));
+            svc.store.sample_all(&svc.root, host::boottime_ns());
+        })?;
+        Ok(())
     }
 
     /// The host CPUs the container sees.
@@ -180,4 +267,12 @@ impl Service {
     pub fn host_file(&self, view: View) -> Vec<u8> {
         std::fs::read(self.root.join(view.path())).unwrap_or_default()
     }
+}
+
+/// The last pid allocated in the host's pid namespace (field 5 of the host's loadavg).
+fn host_last_pid(root: &Root) -> u64 {
+    std::fs::read_to_string(root.proc().join("loadavg"))
+        .ok()
+        .and_then(|t| t.split_ascii_whitespace().nth(4)?.parse().ok())
+        .unwrap_or(0)
 }

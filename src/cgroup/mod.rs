@@ -5,10 +5,12 @@
 //! captured from real kernels drive the unit tests through the same code as the live daemon.
 
 pub mod cpu;
+pub mod cpuacct;
 pub mod cpuset;
 pub mod memory;
 pub mod mounts;
 pub mod parse;
+pub mod tasks;
 
 pub use mounts::{Hierarchies, ProcCgroup};
 
@@ -54,6 +56,8 @@ pub struct Cgroups {
     pub memory: Option<CgroupDir>,
     /// CPU bandwidth controller (v1 `cpu` hierarchy or the v2 directory).
     pub cpu: Option<CgroupDir>,
+    /// CPU accounting (v1 `cpuacct` hierarchy; on v2 the accounting is in `unified`).
+    pub cpuacct: Option<CgroupDir>,
     /// Cpuset controller (v1 `cpuset` hierarchy or the v2 directory).
     pub cpuset: Option<CgroupDir>,
     /// The v2 directory, on pure v2 and on hybrid hosts (cpu.stat, PSI live there).
@@ -61,6 +65,13 @@ pub struct Cgroups {
 }
 
 impl Cgroups {
+    /// The directory the container's CPU time is accounted in (v1 `cpuacct`, else the unified
+    /// tree), if it is not the top of its hierarchy: a process in a top-level cgroup is not in
+    /// a container as far as CPU time goes, and sees the host's CPU files.
+    pub fn cpu_accounting(&self) -> Option<&CgroupDir> {
+        self.cpuacct.as_ref().or(self.unified.as_ref()).filter(|d| d.path != d.top)
+    }
+
     /// A short name for logs and rate limiting: the first cgroup path known.
     pub fn name(&self) -> String {
         [&self.memory, &self.cpu, &self.cpuset, &self.unified]

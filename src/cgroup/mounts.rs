@@ -184,7 +184,13 @@ impl Hierarchies {
             }
             None
         };
-        Cgroups { memory: pick("memory"), cpu: pick("cpu"), cpuset: pick("cpuset"), unified }
+        Cgroups {
+            memory: pick("memory"),
+            cpu: pick("cpu"),
+            cpuacct: self.v1_entry("cpuacct").and_then(|m| pc.v1_path("cpuacct").and_then(|p| dir(m, p, Version::V1))),
+            cpuset: pick("cpuset"),
+            unified,
+        }
     }
 }
 

@@ -4,7 +4,10 @@
 pub mod cpu_online;
 pub mod cpuinfo;
 pub mod cpus;
+pub mod loadavg;
 pub mod meminfo;
+pub mod stat;
+pub mod uptime;
 
 /// A file the daemon serves, named by its path under the mount point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -15,11 +18,18 @@ pub enum View {
     Cpuinfo,
     /// `sys/devices/system/cpu/online`
     CpuOnline,
+    /// `proc/stat`
+    Stat,
+    /// `proc/uptime`
+    Uptime,
+    /// `proc/loadavg`
+    Loadavg,
 }
 
 impl View {
     /// Every served file.
-    pub const ALL: &'static [View] = &[View::Meminfo, View::Cpuinfo, View::CpuOnline];
+    pub const ALL: &'static [View] =
+        &[View::Meminfo, View::Cpuinfo, View::Stat, View::Uptime, View::Loadavg, View::CpuOnline];
 
     /// Path under the mount point, which is also the host path under `/`.
     pub fn path(self) -> &'static str {
@@ -27,6 +37,9 @@ impl View {
             View::Meminfo => "proc/meminfo",
             View::Cpuinfo => "proc/cpuinfo",
             View::CpuOnline => "sys/devices/system/cpu/online",
+            View::Stat => "proc/stat",
+            View::Uptime => "proc/uptime",
+            View::Loadavg => "proc/loadavg",
         }
     }
 

@@ -174,12 +174,21 @@ impl TestCgroup {
     pub fn new(tag: &str, limits: &Limits) -> TestCgroup {
         let h = Hierarchies::discover(&Root::new("/")).unwrap();
         let name = unique(tag);
-        let mut dirs: Vec<(&'static str, PathBuf)> =
-            ["memory", "cpu", "cpuset"].into_iter().filter_map(|c| h.v1_mount(c).map(|m| (c, m.join(&name)))).collect();
-        if dirs.is_empty() {
-            let top = h.v2_mount().expect("a cgroup hierarchy").to_path_buf();
-            let _ = std::fs::write(top.join("cgroup.subtree_control"), "+memory +cpu +cpuset");
-            dirs.push(("", top.join(name)));
+        let mut dirs: Vec<(&'static str, PathBuf)> = Vec::new();
+        for c in ["memory", "cpu", "cpuacct", "cpuset"] {
+            // Controllers co-mounted in one hierarchy (cpu,cpuacct) get one directory.
+            if let Some(m) = h.v1_mount(c).filter(|m| !dirs.iter().any(|(_, d)| d.parent() == Some(*m))) {
+                dirs.push((c, m.join(&name)));
+            }
+        }
+        match h.v2_mount() {
+            Some(top) if dirs.is_empty() => {
+                let _ = std::fs::write(top.join("cgroup.subtree_control"), "+memory +cpu +cpuset");
+                dirs.push(("", top.join(&name)));
+            }
+            // Hybrid: runtimes also give the container its own v2 cgroup (cpu.stat, PSI).
+            Some(top) => dirs.push(("unified", top.join(&name))),
+            None => {}
         }
         let cg = TestCgroup { dirs };
         cg.create(limits);

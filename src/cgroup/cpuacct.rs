@@ -1,0 +1,89 @@
+//! CPU time a cgroup used and waited for: v2 `cpu.stat` (usage/user/system µs, throttled µs),
+//! v1 `cpuacct.usage` + `cpuacct.stat` and `cpu.stat` (throttled ns), and the PSI `cpu.pressure`
+//! `some` total wherever the unified tree carries it (v2, and hybrid hosts).
+
+use super::parse::{flat_keyed, u64_value};
+use super::{CgroupDir, Cgroups, Version};
+use crate::error::{read_file, Error, Result};
+
+/// Cumulative CPU counters of a cgroup, in nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuUsage {
+    /// CPU time spent in user mode.
+    pub user_ns: u64,
+    /// CPU time spent in the kernel.
+    pub system_ns: u64,
+    /// Time runnable tasks waited: the larger of CFS throttled time and the PSI `some` stall
+    /// total (they measure overlapping things and are never added).
+    pub wait_ns: u64,
+}
+
+/// Reads the CPU counters of a container. `None` when no hierarchy accounts its CPU time.
+pub fn read(cg: &Cgroups) -> Result<Option<CpuUsage>> {
+    let (user_ns, system_ns) = match cg.cpu_accounting() {
+        Some(d) if d.version == Version::V1 => v1_usage(d)?,
+        Some(d) => v2_usage(d)?,
+        None => return Ok(None),
+    };
+    let throttled = match &cg.cpu {
+        Some(d) => throttled_ns(d)?,
+        None => 0,
+    };
+    // PSI of the unified tree: on a hybrid host only when the container has its own v2 cgroup
+    // (runc creates one), never the root's, which is the whole host's.
+    let psi = match &cg.unified {
+        Some(d) if d.path != d.top => psi_some_ns(d).unwrap_or(0),
+        _ => 0,
+    };
+    Ok(Some(CpuUsage { user_ns, system_ns, wait_ns: throttled.max(psi) }))
+}
+
+fn v2_usage(d: &CgroupDir) -> Result<(u64, u64)> {
+    let p = d.file("cpu.stat");
+    let t = read_file(&p)?;
+    let key = |k: &str| flat_keyed(&t).find(|(x, _)| *x == k).map(|(_, v)| v.saturating_mul(1000));
+    match (key("user_usec"), key("system_usec")) {
+        (Some(u), Some(s)) => Ok((u, s)),
+        _ => Err(Error::malformed(p, "no user_usec/system_usec")),
+    }
+}
+
+fn v1_usage(d: &CgroupDir) -> Result<(u64, u64)> {
+    let usage = u64_value(&d.file("cpuacct.usage"), &read_file(&d.file("cpuacct.usage"))?)?;
+    let p = d.file("cpuacct.stat");
+    let t = read_file(&p)?;
+    let key = |k: &str| flat_keyed(&t).find(|(x, _)| *x == k).map(|(_, v)| v);
+    let (Some(u), Some(s)) = (key("user"), key("system")) else {
+        return Err(Error::malformed(p, "no user/system"));
+    };
+    // cpuacct.usage is precise, cpuacct.stat tick-sampled: split the precise total by the
+    // sampled ratio, as the kernel's cputime_adjust() does for v2.
+    let user = if u + s == 0 { usage } else { ((usage as u128 * u as u128) / (u + s) as u128) as u64 };
+    Ok((user, usage - user))
+}
+
+/// Throttled time of the cgroup, including throttling by ancestors where the kernel reports
+/// it (`cpu.stat.local`, 6.6+), in ns.
+fn throttled_ns(d: &CgroupDir) -> Result<u64> {
+    let (key, scale) = match d.version {
+        Version::V2 => ("throttled_usec", 1000),
+        Version::V1 => ("throttled_time", 1),
+    };
+    let mut best = 0u64;
+    for name in ["cpu.stat.local", "cpu.stat"] {
+        if let Ok(t) = std::fs::read_to_string(d.file(name)) {
+            if let Some((_, v)) = flat_keyed(&t).find(|(k, _)| *k == key) {
+                best = best.max(v.saturating_mul(scale));
+            }
+        }
+    }
+    Ok(best)
+}
+
+/// The `some total=` of `cpu.pressure`, in ns.
+fn psi_some_ns(d: &CgroupDir) -> Option<u64> {
+    let t = std::fs::read_to_string(d.file("cpu.pressure")).ok()?;
+    let line = t.lines().find(|l| l.starts_with("some "))?;
+    let total = line.split_ascii_whitespace().find_map(|f| f.strip_prefix("total="))?;
+    total.parse::<u64>().ok().map(|us| us.saturating_mul(1000))
+}

@@ -1,0 +1,236 @@
+//! What must persist between reads: each container's CPU account (for `/proc/stat` and
+//! `/proc/uptime`) and load averages (`/proc/loadavg`). Kept in memory, written to a state file
+//! every sampling period and read back when a worker starts, so neither a worker restart nor an
+//! upgrade moves a counter backwards. Without a state file (`cgprocfs show`, or a lost file),
+//! the CPU account is rebuilt from the kernel's cumulative counters.
+
+pub mod cpu;
+pub mod load;
+
+use crate::cgroup::cpuacct::CpuUsage;
+use crate::cgroup::tasks::{self, TaskCounts};
+use crate::cgroup::Cgroups;
+use crate::Root;
+use cpu::{CpuAccount, VCpu};
+use load::LoadAvg;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Containers not read for this long are forgotten (their cgroup is usually gone).
+const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
+/// Containers tracked at most; the least recently read are dropped beyond it.
+const MAX_CONTAINERS: usize = 100_000;
+
+/// A container as the sampler needs it.
+#[derive(Debug, Clone)]
+pub struct Tracked {
+    /// Its cgroups.
+    pub cgroups: Cgroups,
+    /// Host pid of its pid namespace's init, if it has its own namespace.
+    pub init: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    cpu: Option<CpuAccount>,
+    load: LoadAvg,
+    tasks: Option<TaskCounts>,
+    tracked: Option<Tracked>,
+    last_read: Instant,
+}
+
+impl Entry {
+    fn new() -> Self {
+        Entry { cpu: None, load: LoadAvg::default(), tasks: None, tracked: None, last_read: Instant::now() }
+    }
+}
+
+/// Per-container state, keyed by [`key`].
+pub struct Store {
+    map: Mutex<HashMap<String, Entry>>,
+    file: Option<PathBuf>,
+}
+
+/// The state key of a container: the cgroup directory its CPU time is accounted in, with that
+/// directory's inode, so a cgroup recreated under the same name starts afresh.
+pub fn key(cg: &Cgroups) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let d = cg.cpu_accounting()?;
+    let ino = std::fs::metadata(&d.path).ok()?.ino();
+    let path: String = d.path.to_string_lossy().chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect();
+    Some(format!("{ino}:{path}"))
+}
+
+impl Store {
+    /// A store persisted to `file` (read now if it exists).
+    pub fn new(file: Option<PathBuf>) -> Self {
+        let mut map = HashMap::new();
+        if let Some(f) = &file {
+            if let Ok(text) = std::fs::read_to_string(f) {
+                map = parse(&text);
+                tracing::info!(containers = map.len(), file = %f.display(), "state loaded");
+            }
+        }
+        Store { map: Mutex::new(map), file }
+    }
+
+    /// Advances the CPU account of container `k` and returns its visible vCPUs (the first
+    /// `n`) and the aggregate over all it has had.
+    pub fn cpu(&self, k: &str, now_ns: u64, age_ns: u64, usage: CpuUsage, n: usize) -> (Vec<VCpu>, VCpu) {
+        let mut map = self.map.lock();
+        let e = entry(&mut map, k);
+        let acc = match &mut e.cpu {
+            Some(a) => {
+                a.advance(now_ns, usage, n);
+                a
+            }
+            None => e.cpu.insert(CpuAccount::new(now_ns, age_ns, usage, n)),
+        };
+        (acc.vcpus[..n.max(1).min(acc.vcpus.len())].to_vec(), acc.total())
+    }
+
+    /// The load average and task counts of container `k`, registering it with the sampler.
+    /// A container never sampled is sampled now.
+    pub fn load(&self, root: &Root, k: &str, t: Tracked, now_ns: u64) -> (LoadAvg, TaskCounts) {
+        {
+            let mut map = self.map.lock();
+            let e = entry(&mut map, k);
+            e.tracked = Some(t.clone());
+            if let Some(c) = e.tasks {
+                return (e.load, c);
+            }
+        }
+        let c = count(root, &t);
+        let mut map = self.map.lock();
+        let e = entry(&mut map, k);
+        e.load.sample(now_ns, c.running + c.blocked);
+        e.tasks = Some(c);
+        (e.load, c)
+    }
+
+    /// One sampling pass over every registered container (the kernel's 5-second tick), then
+    /// forgets idle containers and saves the state file.
+    pub fn sample_all(&self, root: &Root, now_ns: u64) {
+        let todo: Vec<(String, Tracked)> = {
+            let mut map = self.map.lock();
+            map.retain(|_, e| e.last_read.elapsed() < FORGET_AFTER);
+            map.iter().filter_map(|(k, e)| Some((k.clone(), e.tracked.clone()?))).collect()
+        };
+        // The thread walk happens without the lock: reads are never held up by sampling.
+        for (k, t) in todo {
+            let c = count(root, &t);
+            if let Some(e) = self.map.lock().get_mut(&k) {
+                e.load.sample(now_ns, c.running + c.blocked);
+                e.tasks = Some(c);
+            }
+        }
+        self.save();
+    }
+
+    /// Writes the state file (atomically: a temporary file renamed over it).
+    pub fn save(&self) {
+        let Some(f) = &self.file else { return };
+        let text = serialize(&self.map.lock());
+        let tmp = f.with_extension("tmp");
+        let r = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, f));
+        if let Err(e) = r {
+            tracing::warn!(file = %f.display(), error = %e, "cannot save state");
+        }
+    }
+}
+
+fn entry<'a>(map: &'a mut HashMap<String, Entry>, k: &str) -> &'a mut Entry {
+    if !map.contains_key(k) && map.len() >= MAX_CONTAINERS {
+        if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last_read).map(|(k, _)| k.clone()) {
+            map.remove(&oldest);
+        }
+    }
+    let e = map.entry(k.to_string()).or_insert_with(Entry::new);
+    e.last_read = Instant::now();
+    e
+}
+
+fn count(root: &Root, t: &Tracked) -> TaskCounts {
+    let cg = &t.cgroups;
+    match [&cg.unified, &cg.cpu, &cg.cpuacct, &cg.memory].into_iter().flatten().find(|d| d.path != d.top) {
+        Some(d) => tasks::count(root, d, t.init.is_some()),
+        None => TaskCounts::default(),
+    }
+}
+
+/// State file format, one line per record, whitespace-separated:
+/// `cpu KEY AT USER SYSTEM WAIT N (U S I ST){N}` and `load KEY AT A1 A5 A15`.
+fn serialize(map: &HashMap<String, Entry>) -> String {
+    let mut s = String::from("cgprocfs-state 1\n");
+    for (k, e) in map {
+        if let Some(a) = &e.cpu {
+            s.push_str(&format!(
+                "cpu {k} {} {} {} {} {}",
+                a.at_ns,
+                a.last.user_ns,
+                a.last.system_ns,
+                a.last.wait_ns,
+                a.vcpus.len()
+            ));
+            for v in &a.vcpus {
+                s.push_str(&format!(" {} {} {} {}", v.user, v.system, v.idle, v.steal));
+            }
+            s.push('\n');
+        }
+        if e.load.at_ns != 0 {
+            let l = &e.load;
+            s.push_str(&format!("load {k} {} {} {} {}\n", l.at_ns, l.avenrun[0], l.avenrun[1], l.avenrun[2]));
+        }
+    }
+    s
+}
+
+/// Reads a state file; malformed lines are skipped (a partial state only loses history).
+fn parse(text: &str) -> HashMap<String, Entry> {
+    let mut map: HashMap<String, Entry> = HashMap::new();
+    let mut lines = text.lines();
+    if lines.next() != Some("cgprocfs-state 1") {
+        return map;
+    }
+    for line in lines {
+        let f: Vec<&str> = line.split_ascii_whitespace().collect();
+        let nums: Option<Vec<u64>> = f.iter().skip(2).map(|x| x.parse().ok()).collect();
+        let (Some(kind), Some(k), Some(n)) = (f.first(), f.get(1), nums) else { continue };
+        match (*kind, n.as_slice()) {
+            ("cpu", [at, u, s, w, count, rest @ ..]) if rest.len() as u64 == count * 4 && *count <= 4096 => {
+                let vcpus =
+                    rest.chunks(4).map(|c| VCpu { user: c[0], system: c[1], idle: c[2], steal: c[3] }).collect();
+                let last = CpuUsage { user_ns: *u, system_ns: *s, wait_ns: *w };
+                map.entry(k.to_string()).or_insert_with(Entry::new).cpu = Some(CpuAccount { at_ns: *at, last, vcpus });
+            }
+            ("load", [at, a, b, c]) => {
+                map.entry(k.to_string()).or_insert_with(Entry::new).load =
+                    LoadAvg { avenrun: [*a, *b, *c], at_ns: *at };
+            }
+            _ => {}
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_file_round_trips_and_tolerates_garbage() {
+        let store = Store::new(None);
+        let u = CpuUsage { user_ns: 5, system_ns: 6, wait_ns: 7 };
+        store.cpu("1:/a", 1_000_000_000, 500_000_000, u, 2);
+        store.map.lock().get_mut("1:/a").unwrap().load = LoadAvg { avenrun: [1, 2, 3], at_ns: 9 };
+        let text = serialize(&store.map.lock());
+        let back = parse(&format!("{text}cpu broken 1 2\nload x y\n\u{0}\n"));
+        let e = &back["1:/a"];
+        assert_eq!(e.cpu.as_ref(), store.map.lock()["1:/a"].cpu.as_ref());
+        assert_eq!(e.load.avenrun, [1, 2, 3]);
+        assert_eq!(back.len(), 1);
+        assert!(parse("other format\ncpu a 1").is_empty());
+    }
+}
