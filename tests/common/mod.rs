@@ -255,6 +255,16 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
+        // Whatever still runs in the cgroup was started by this test (a namespace's init left
+        // behind by a killed unshare, say): end it so the cgroup can go.
+        for (_, d) in &self.dirs {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: kill by pid of a process this test started.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
         for (_, d) in &self.dirs {
             // Tasks just exited may keep a cgroup busy for a moment.
             for _ in 0..100 {
