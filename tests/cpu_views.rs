@@ -164,7 +164,7 @@ fn top_and_uptime_see_the_container() {
     ));
     eprintln!("{out}");
     // The second %Cpu line reflects the last second: the spinner at ~20 %, most of the rest steal.
-    let cpu = out.lines().filter(|l| l.starts_with("%Cpu")).last().expect("top printed a %Cpu line");
+    let cpu = out.lines().rfind(|l| l.starts_with("%Cpu")).expect("top printed a %Cpu line");
     let field = |name: &str| -> f64 {
         let i = cpu.find(&format!(" {name}")).unwrap_or_else(|| panic!("no {name} in {cpu}"));
         cpu[..i].rsplit([',', ':']).next().unwrap().trim().parse().unwrap()
