@@ -27,7 +27,7 @@ fn benches(c: &mut Criterion) {
     let host_cpu = HostCpuinfo::parse(&std::fs::read_to_string(root.join("proc/cpuinfo")).unwrap()).unwrap();
     let svc = Service::new(Root::new(&root), Options::default()).unwrap();
     let pid = captured_pid(&root);
-    let cg = svc.container_of(pid).unwrap();
+    let cg = svc.container_of(pid).unwrap().cgroups;
     let mem = MemoryStats::read(cg.memory.as_ref().unwrap()).unwrap();
 
     c.bench_function("render/meminfo (pure)", |b| b.iter(|| meminfo::render(black_box(&host_mem), black_box(&mem))));
