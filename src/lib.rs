@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod error;
 pub mod fs;
 pub mod host;
+pub mod launch;
 pub mod service;
 pub mod state;
 pub mod view;

@@ -3,6 +3,7 @@
 use anyhow::{bail, Context, Result};
 use cgprocfs::daemon::{default_pidfile, keeper, Adopted, KeeperConfig};
 use cgprocfs::fs::session::{mountpoint_state, unmount, InitParams, MountpointState};
+use cgprocfs::launch::{bind_pairs, enter, RunLimits, Transient};
 use cgprocfs::service::{Options, Service};
 use cgprocfs::view::cpus::CpuCount;
 use cgprocfs::view::View;
@@ -75,6 +76,29 @@ enum Cmd {
         #[arg(long)]
         pid: Option<i32>,
     },
+    /// Run CMD in a transient cgroup with these limits, with the views bound over its /proc
+    /// and /sys; uses the daemon serving MOUNTPOINT or starts one for the duration. Exits
+    /// with CMD's status.
+    Run {
+        /// Memory limit (bytes, or with K/M/G suffix).
+        #[arg(long, value_parser = cgprocfs::launch::parse_size)]
+        memory: Option<u64>,
+        /// CPU quota in CPUs, e.g. 1.5.
+        #[arg(long)]
+        cpus: Option<f64>,
+        /// CPUs the command may run on, e.g. 0-1.
+        #[arg(long)]
+        cpuset: Option<String>,
+        /// Maximum number of tasks.
+        #[arg(long)]
+        pids: Option<u64>,
+        /// Mount point of the daemon to use.
+        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        cmd: Vec<String>,
+    },
     /// Internal: the serving process started by `serve` on inherited /dev/fuse fds.
     #[command(hide = true)]
     Worker {
@@ -107,6 +131,12 @@ fn main() {
         }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
         Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
+        Cmd::Run { memory, cpus, cpuset, pids, mountpoint, cmd } => {
+            match run(RunLimits { memory, cpus, cpuset, pids }, &mountpoint, &cmd) {
+                Ok(code) => std::process::exit(code),
+                Err(e) => Err(e),
+            }
+        }
         Cmd::Worker { fds, state, view } => {
             cgprocfs::daemon::worker(&fds, Options { cpu_count: view.cpu_count }, state).context("worker failed")
         }
@@ -191,4 +221,66 @@ fn upgrade(mountpoint: &Path, pid: Option<i32>) -> Result<()> {
         .with_context(|| format!("cannot signal the daemon (pid {pid})"))?;
     println!("upgrade requested from pid {pid}");
     Ok(())
+}
+
+/// A daemon `run` started for its own duration; stopped on drop.
+struct OwnDaemon {
+    child: std::process::Child,
+    dir: PathBuf,
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir(self.dir.join("mnt"));
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn run(limits: RunLimits, mountpoint: &Path, cmd: &[String]) -> Result<i32> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
+    let canonical = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
+    let mut own = None;
+    let mnt = if mountpoint_state(&canonical, &mountinfo) == MountpointState::Served {
+        canonical
+    } else {
+        // No daemon there: start one on a private mount point for the duration.
+        let dir = std::env::temp_dir().join(format!("cgprocfs-run-{}", std::process::id()));
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt)?;
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .arg("serve")
+            .arg(&mnt)
+            .arg("--pidfile")
+            .arg(dir.join("keeper.pid"))
+            .env("CGPROCFS_LOG", std::env::var("CGPROCFS_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start a daemon")?;
+        own = Some(OwnDaemon { child, dir });
+        let t = std::time::Instant::now();
+        while std::fs::read(mnt.join("proc/meminfo")).map(|b| b.is_empty()).unwrap_or(true) {
+            if t.elapsed() > std::time::Duration::from_secs(10) {
+                bail!("the daemon started for this run did not come up");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        mnt
+    };
+    let cg = Transient::create(&format!("cgprocfs-run-{}", std::process::id()), &limits)
+        .context("cannot create the transient cgroup")?;
+    let (procs, binds) = (cg.procs_files(), bind_pairs(&mnt));
+    let mut command = std::process::Command::new(&cmd[0]);
+    command.args(&cmd[1..]);
+    // SAFETY: `enter` makes only async-signal-safe system calls on strings built before fork.
+    unsafe { command.pre_exec(move || enter(&procs, &binds)) };
+    let status = command.status().with_context(|| format!("cannot run {:?}", cmd[0]))?;
+    drop(cg);
+    drop(own);
+    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
