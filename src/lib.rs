@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod daemon;
 pub mod error;
 pub mod fs;
+pub mod hook;
 pub mod host;
 pub mod launch;
 pub mod service;

@@ -99,6 +99,18 @@ enum Cmd {
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
     },
+    /// OCI runtime hook (stage createContainer): bind the served files over the container's
+    /// own. Reads the runtime state JSON on stdin. Never fails a container: exits 0 and logs
+    /// why when it cannot bind.
+    OciHook {
+        /// Mount point of the daemon.
+        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+        /// File the hook appends its one-line report to (runtimes discard a successful hook's
+        /// output); also written to stderr.
+        #[arg(long, default_value = "/run/cgprocfs/oci-hook.log")]
+        log: PathBuf,
+    },
     /// Internal: the serving process started by `serve` on inherited /dev/fuse fds.
     #[command(hide = true)]
     Worker {
@@ -131,6 +143,22 @@ fn main() {
         }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
         Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
+        Cmd::OciHook { mountpoint, log } => {
+            let line = match cgprocfs::hook::run(std::io::stdin(), &mountpoint) {
+                Ok(o) => format!("{}: bound {:?}; skipped {:?}", o.id, o.bound, o.skipped),
+                Err(e) => e,
+            };
+            eprintln!("cgprocfs oci-hook: {line}");
+            if let Some(dir) = log.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                let _ = writeln!(f, "{now} {line}");
+            }
+            // Never fail a container.
+            Ok(())
+        }
         Cmd::Run { memory, cpus, cpuset, pids, mountpoint, cmd } => {
             match run(RunLimits { memory, cpus, cpuset, pids }, &mountpoint, &cmd) {
                 Ok(code) => std::process::exit(code),

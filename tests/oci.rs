@@ -1,0 +1,150 @@
+//! Live: real runc (Debian's) running a busybox-static rootfs built by the test, with
+//! `cgprocfs oci-hook` as its createContainer hook and limits in `linux.resources`.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn have(p: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {p}")]).output().is_ok_and(|o| o.status.success())
+}
+
+fn tools_ready(test: &str) -> bool {
+    if !live_ready(test) {
+        return false;
+    }
+    for p in ["runc", "busybox"] {
+        if !have(p) {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{p} is missing (CI installs runc and busybox-static)"
+            );
+            eprintln!("SKIPPED: {test} needs {p}");
+            return false;
+        }
+    }
+    true
+}
+
+/// A bundle directory with a busybox rootfs and a config.json; removed on drop.
+struct Bundle {
+    dir: PathBuf,
+    id: String,
+}
+
+impl Bundle {
+    /// What the hook logged for this container.
+    fn hook_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("hook.log")).unwrap_or_default()
+    }
+}
+
+impl Bundle {
+    fn new(tag: &str, script: &str, mountpoint: &Path, annotations: Value) -> Bundle {
+        let id = unique(tag);
+        let dir = std::env::temp_dir().join(&id);
+        let rootfs = dir.join("rootfs");
+        for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+            std::fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        let busybox =
+            String::from_utf8(Command::new("sh").args(["-c", "command -v busybox"]).output().unwrap().stdout).unwrap();
+        std::fs::copy(busybox.trim(), rootfs.join("bin/busybox")).unwrap();
+        for a in ["sh", "cat", "head", "grep", "free", "uptime", "sleep", "wc"] {
+            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+        }
+        let st = Command::new("runc").args(["spec", "--bundle"]).arg(&dir).status().unwrap();
+        assert!(st.success(), "runc spec failed");
+        let path = dir.join("config.json");
+        let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        c["process"]["terminal"] = json!(false);
+        c["process"]["args"] = json!(["sh", "-c", script]);
+        c["root"]["readonly"] = json!(false);
+        c["linux"]["resources"] =
+            json!({"memory": {"limit": 256u64 << 20}, "cpu": {"quota": 150000, "period": 100000}});
+        c["annotations"] = annotations;
+        c["hooks"] = json!({"createContainer": [{
+            "path": bin(),
+            "args": ["cgprocfs", "oci-hook", "--mountpoint", mountpoint.to_string_lossy(),
+                     "--log", dir.join("hook.log").to_string_lossy()]
+        }]});
+        std::fs::write(&path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
+        Bundle { dir, id }
+    }
+
+    fn run(&self) -> (bool, String, String) {
+        let out = Command::new("runc").args(["run", "--bundle"]).arg(&self.dir).arg(&self.id).output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Bundle {
+    fn drop(&mut self) {
+        let _ = Command::new("runc").args(["delete", "-f", &self.id]).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// BusyBox `cat` uses sendfile(2), which Linux 6.5 - 6.18 route through the page cache for
+// FUSE direct-I/O files, so size-0 files read empty (docs/operations.md); `head` reads.
+const SCRIPT: &str =
+    "head -n 1 /proc/meminfo; grep -c ^processor /proc/cpuinfo; head -n 1 /sys/devices/system/cpu/online; \
+                      head -n 1 /proc/uptime; grep -c ^cpu[0-9] /proc/stat; head -n 1 /proc/loadavg";
+
+#[test]
+fn runc_container_sees_its_limits_through_the_hook() {
+    if !tools_ready("runc_container_sees_its_limits_through_the_hook") {
+        return;
+    }
+    let d = Daemon::start("runc");
+    let b = Bundle::new("runc", SCRIPT, &d.mnt, json!({}));
+    let (ok, out, err) = b.run();
+    assert!(ok, "runc failed: {err}");
+    eprintln!("{out}{err}");
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(field(l[0], "MemTotal"), 262_144, "{out}");
+    let n = host_cpus().min(2);
+    assert_eq!(l[1], n.to_string(), "{out}");
+    assert_eq!(l[2], if n == 1 { "0".to_string() } else { format!("0-{}", n - 1) });
+    let uptime: f64 = l[3].split_whitespace().next().unwrap().parse().unwrap();
+    assert!(uptime < 10.0, "container uptime {}", l[3]);
+    assert_eq!(l[4], n.to_string(), "cpuN lines of /proc/stat: {out}");
+    let load: Vec<&str> = l[5].split_whitespace().collect();
+    assert_eq!(load.len(), 5, "{}", l[5]);
+    // The container's pid namespace is small: its last pid is too.
+    assert!(load[4].parse::<u64>().unwrap() < 100, "{}", l[5]);
+    assert!(b.hook_log().contains("bound [\"proc/meminfo\""), "{}", b.hook_log());
+}
+
+#[test]
+fn container_starts_without_a_daemon_and_can_opt_out() {
+    if !tools_ready("container_starts_without_a_daemon_and_can_opt_out") {
+        return;
+    }
+    let host_total = field(&std::fs::read_to_string("/proc/meminfo").unwrap(), "MemTotal");
+    // Nothing serves this mount point: the hook logs why and the container runs unchanged.
+    let nowhere = std::env::temp_dir().join(unique("nodaemon"));
+    std::fs::create_dir_all(&nowhere).unwrap();
+    let b = Bundle::new("nodaemon", SCRIPT, &nowhere, json!({}));
+    let (ok, out, err) = b.run();
+    let _ = std::fs::remove_dir(&nowhere);
+    assert!(ok, "the container must start without the daemon: {err}");
+    assert_eq!(field(out.lines().next().unwrap(), "MemTotal"), host_total);
+    assert!(b.hook_log().contains("no cgprocfs daemon is serving"), "the hook says why: {}", b.hook_log());
+    assert!(!nowhere.join("proc").exists(), "the hook must not create anything");
+
+    // Opted out by annotation: the daemon serves, the container keeps its own files.
+    let d = Daemon::start("optout");
+    let b = Bundle::new("optout", SCRIPT, &d.mnt, json!({"io.cgprocfs.disable": "true"}));
+    let (ok, out, err) = b.run();
+    assert!(ok, "{err}");
+    assert_eq!(field(out.lines().next().unwrap(), "MemTotal"), host_total);
+    assert!(b.hook_log().contains("opted out"), "{}", b.hook_log());
+}
