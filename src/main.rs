@@ -44,6 +44,10 @@ enum Cmd {
         /// Pid file for `cgprocfs upgrade` (default: under /run/cgprocfs, named after MOUNTPOINT).
         #[arg(long)]
         pidfile: Option<PathBuf>,
+        /// Enter the cgroup namespace of pid 1 first: for a daemon in a container (a Kubernetes
+        /// DaemonSet with hostPID) whose own cgroup namespace hides the other containers.
+        #[arg(long)]
+        host_cgroupns: bool,
         #[command(flatten)]
         view: ViewOpts,
         /// Internal, set by an upgrade: the inherited /dev/fuse fds of the live connection.
@@ -111,6 +115,12 @@ enum Cmd {
         #[arg(long, default_value = "/run/cgprocfs/oci-hook.log")]
         log: PathBuf,
     },
+    /// Print the `docker run` options that bind every served file over the container's own.
+    DockerArgs {
+        /// Mount point of the daemon.
+        #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+    },
     /// Internal: the serving process started by `serve` on inherited /dev/fuse fds.
     #[command(hide = true)]
     Worker {
@@ -134,7 +144,13 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Serve { mountpoint, threads, pidfile, view, adopt, init_minor, init_flags } => {
+        Cmd::Serve { mountpoint, threads, pidfile, host_cgroupns, view, adopt, init_minor, init_flags } => {
+            if host_cgroupns {
+                if let Err(e) = enter_host_cgroupns() {
+                    eprintln!("cgprocfs: {e:#}");
+                    std::process::exit(1);
+                }
+            }
             let adopted = match (adopt.is_empty(), init_minor, init_flags) {
                 (false, Some(minor), Some(flags)) => Some(Adopted { fds: adopt, params: InitParams { minor, flags } }),
                 _ => None,
@@ -143,6 +159,14 @@ fn main() {
         }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
         Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
+        Cmd::DockerArgs { mountpoint } => {
+            let args: Vec<String> = View::ALL
+                .iter()
+                .map(|v| format!("-v {}:/{}:ro", mountpoint.join(v.path()).display(), v.path()))
+                .collect();
+            println!("{}", args.join(" "));
+            Ok(())
+        }
         Cmd::OciHook { mountpoint, log } => {
             let line = match cgprocfs::hook::run(std::io::stdin(), &mountpoint) {
                 Ok(o) => format!("{}: bound {:?}; skipped {:?}", o.id, o.bound, o.skipped),
@@ -311,4 +335,12 @@ fn run(limits: RunLimits, mountpoint: &Path, cmd: &[String]) -> Result<i32> {
     drop(cg);
     drop(own);
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Joins the cgroup namespace of the host's init (needs hostPID and CAP_SYS_ADMIN).
+fn enter_host_cgroupns() -> Result<()> {
+    let f = std::fs::File::open("/proc/1/ns/cgroup").context("cannot open /proc/1/ns/cgroup (is hostPID set?)")?;
+    nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWCGROUP)
+        .context("cannot enter the host's cgroup namespace")?;
+    Ok(())
 }

@@ -148,3 +148,86 @@ fn container_starts_without_a_daemon_and_can_opt_out() {
     assert_eq!(field(out.lines().next().unwrap(), "MemTotal"), host_total);
     assert!(b.hook_log().contains("opted out"), "{}", b.hook_log());
 }
+
+/// Real podman (`--runtime runc`) with `--hooks-dir` holding the packaged hooks.d file (its
+/// binary path and mount point pointed at this build and this test's daemon).
+#[test]
+fn podman_with_the_packaged_hook() {
+    if !tools_ready("podman_with_the_packaged_hook") {
+        return;
+    }
+    if !have("podman") {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "podman is missing (CI installs it)");
+        eprintln!("SKIPPED: podman not installed");
+        return;
+    }
+    let d = Daemon::start("podman");
+    let dir = std::env::temp_dir().join(unique("podman"));
+    let rootfs = dir.join("rootfs");
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let busybox =
+        String::from_utf8(Command::new("sh").args(["-c", "command -v busybox"]).output().unwrap().stdout).unwrap();
+    std::fs::copy(busybox.trim(), rootfs.join("bin/busybox")).unwrap();
+    for a in ["sh", "head", "grep"] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+    let image = format!("localhost/{}:1", unique("img"));
+    struct Cleanup(PathBuf, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("podman").args(["rmi", "-f", &self.1]).output();
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone(), image.clone());
+    let tar = dir.join("rootfs.tar");
+    assert!(Command::new("tar").arg("-C").arg(&rootfs).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+    let imp = Command::new("podman").arg("import").arg(&tar).arg(&image).output().unwrap();
+    assert!(imp.status.success(), "{}", String::from_utf8_lossy(&imp.stderr));
+
+    let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/oci-hooks.d/cgprocfs.json");
+    let mut hook: Value = serde_json::from_str(&std::fs::read_to_string(packaged).unwrap()).unwrap();
+    assert_eq!(hook["stages"], json!(["createContainer"]));
+    hook["hook"]["path"] = json!(bin());
+    hook["hook"]["args"] = json!([
+        "cgprocfs",
+        "oci-hook",
+        "--mountpoint",
+        d.mnt.to_string_lossy(),
+        "--log",
+        dir.join("hook.log").to_string_lossy()
+    ]);
+    let hooks = dir.join("hooks.d");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join("cgprocfs.json"), serde_json::to_string(&hook).unwrap()).unwrap();
+
+    let run = |extra: &[&str]| {
+        let out = Command::new("podman")
+            .args(["--runtime", "runc", "--hooks-dir"])
+            .arg(&hooks)
+            .args(["run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
+            .args(["--memory", "256m", "--cpus", "1.5"])
+            .args(extra)
+            .args([&image, "sh", "-c", SCRIPT])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run(&[]);
+    assert!(ok, "podman failed: {err}");
+    let l: Vec<&str> = out.lines().collect();
+    assert_eq!(field(l[0], "MemTotal"), 262_144, "{out}");
+    assert_eq!(l[1], host_cpus().min(2).to_string(), "{out}");
+    assert!(l[3].split_whitespace().next().unwrap().parse::<f64>().unwrap() < 10.0, "{out}");
+
+    // With the daemon stopped the container still starts, with its own files.
+    drop(d);
+    let (ok, out, err) = run(&[]);
+    assert!(ok, "podman must start the container without the daemon: {err}");
+    let host_total = field(&std::fs::read_to_string("/proc/meminfo").unwrap(), "MemTotal");
+    assert_eq!(field(out.lines().next().unwrap(), "MemTotal"), host_total);
+}
