@@ -76,6 +76,7 @@ fn main() {
         return;
     }
     let d = Daemon::start("bench");
+    let nospin = Daemon::start_with("bench-nospin", &["--spin-us", "0"]);
     let lxcfs = start_lxcfs();
     let cg = TestCgroup::new(
         "bench",
@@ -92,6 +93,7 @@ fn main() {
         ("kernel /proc/meminfo".into(), "/proc/meminfo".into()),
         ("cgprocfs online (small file)".into(), d.path("sys/devices/system/cpu/online")),
         ("cgprocfs meminfo".into(), d.path("proc/meminfo")),
+        ("cgprocfs meminfo, --spin-us 0".into(), nospin.path("proc/meminfo")),
         ("cgprocfs cpuinfo".into(), d.path("proc/cpuinfo")),
     ];
     if let Some((_, m)) = &lxcfs {
@@ -109,7 +111,7 @@ fn main() {
         let mut it = line.splitn(3, ':');
         let (_, ctrl, path) = (it.next(), it.next().unwrap_or(""), it.next().unwrap_or("/"));
         for (c, dir) in &cg.dirs {
-            if *c == ctrl || (c.is_empty() && ctrl.is_empty()) {
+            if *c == ctrl || ((c.is_empty() || *c == "unified") && ctrl.is_empty()) {
                 let top = dir.parent().unwrap();
                 let _ = std::fs::write(
                     top.join(path.trim_start_matches('/')).join("cgroup.procs"),
@@ -129,6 +131,7 @@ fn main() {
     }
     drop(cg);
     drop(d);
+    drop(nospin);
 
     let find = |name: &str, t: usize| rows.iter().find(|r| r.name == name && r.threads == t).map(|r| r.median_us);
     println!("\nopen+read+close from a 256 MiB / 1.5 CPU cgroup, {secs} s per row, {cores} cores");

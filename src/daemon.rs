@@ -256,7 +256,7 @@ fn exec_upgrade(cfg: &KeeperConfig, fds: &[OwnedFd], params: InitParams) -> io::
 }
 
 /// Runs a worker on inherited fds until SIGTERM/SIGINT or the keeper's death.
-pub fn worker(fds: &[RawFd], opts: Options, state_file: Option<PathBuf>) -> io::Result<()> {
+pub fn worker(fds: &[RawFd], opts: Options, state_file: Option<PathBuf>, spin: Duration) -> io::Result<()> {
     // Die with the keeper: the pair is one service from the outside.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -274,7 +274,7 @@ pub fn worker(fds: &[RawFd], opts: Options, state_file: Option<PathBuf>) -> io::
     tracing::info!(layout = ?svc.hierarchies().layout(), "cgroup hierarchies found");
     svc.start_sampler()?;
     let fs = Arc::new(ProcFs::new(svc.clone()));
-    spawn_workers(&owned, fs)?;
+    spawn_workers(&owned, fs, spin)?;
     // Only now, with readers in place: requests a dead predecessor read are queued again.
     if let Err(e) = notify_resend(first) {
         tracing::warn!(error = %e, "kernel cannot resend requests (needs Linux 6.9); a predecessor's in-flight requests are lost");

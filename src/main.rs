@@ -24,6 +24,11 @@ struct Cli {
 
 #[derive(clap::Args, Clone, Copy)]
 struct ViewOpts {
+    /// After answering a request, a worker keeps polling for the next one this many
+    /// microseconds before it sleeps: waking a sleeping thread costs more than the request.
+    /// 0 disables it.
+    #[arg(long, default_value_t = 50)]
+    spin_us: u64,
     /// How many CPUs a container sees: `quota` = min(cpuset, ceil(quota/period)); `cpuset`
     /// ignores the CFS quota.
     #[arg(long, value_enum, default_value_t = CpuCount::Quota)]
@@ -190,7 +195,8 @@ fn main() {
             }
         }
         Cmd::Worker { fds, state, view } => {
-            cgprocfs::daemon::worker(&fds, Options { cpu_count: view.cpu_count }, state).context("worker failed")
+            let spin = std::time::Duration::from_micros(view.spin_us);
+            cgprocfs::daemon::worker(&fds, Options { cpu_count: view.cpu_count }, state, spin).context("worker failed")
         }
     };
     if let Err(e) = r {
@@ -253,6 +259,7 @@ fn serve(
     let binary = PathBuf::from(binary.to_string_lossy().trim_end_matches(" (deleted)"));
     let mut view_args = vec!["--cpu-count".to_string()];
     view_args.push(view.cpu_count.to_possible_value().map_or("quota".into(), |v| v.get_name().to_string()));
+    view_args.extend(["--spin-us".to_string(), view.spin_us.to_string()]);
     let pidfile = pidfile.unwrap_or_else(|| default_pidfile(&mountpoint));
     let cfg = KeeperConfig { mountpoint: mountpoint.clone(), binary, view_args, threads, pidfile };
     keeper(cfg, adopted).with_context(|| format!("serving {} failed", mountpoint.display()))

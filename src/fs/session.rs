@@ -104,11 +104,12 @@ pub fn notify_resend(fd: &OwnedFd) -> io::Result<()> {
 pub fn spawn_workers<H: Handler>(
     fds: &[Arc<OwnedFd>],
     handler: Arc<H>,
+    spin: std::time::Duration,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut out = Vec::new();
     for (i, fd) in fds.iter().enumerate() {
         let (fd, h) = (fd.clone(), handler.clone());
-        out.push(std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || worker(&fd, &*h))?);
+        out.push(std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || worker(&fd, &*h, spin))?);
     }
     Ok(out)
 }
@@ -136,7 +137,7 @@ fn read_request(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
             // ENOENT: the request was interrupted before we read it.
-            Some(libc::EINTR) | Some(libc::EAGAIN) | Some(libc::ENOENT) => continue,
+            Some(libc::EINTR) | Some(libc::ENOENT) => continue,
             Some(libc::ENODEV) => return Ok(None),
             _ => return Err(e),
         }
@@ -195,13 +196,32 @@ fn init(fd: RawFd) -> io::Result<InitParams> {
     }
 }
 
-fn worker(fd: &OwnedFd, handler: &dyn Handler) {
+fn worker(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
     let fd = fd.as_raw_fd();
     let mut buf = vec![0u8; abi::READ_BUFFER];
+    if !spin.is_zero() {
+        // SAFETY: fcntl on an fd we hold.
+        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK) };
+    }
+    let mut last = std::time::Instant::now();
     loop {
         let n = match read_request(fd, &mut buf) {
             Ok(Some(n)) => n,
             Ok(None) => return,
+            Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
+                // Nothing queued: keep polling for a moment after the last request (the same
+                // reader's next request usually follows within microseconds, and waking a
+                // sleeping thread costs far more), then sleep until the fd is readable.
+                if last.elapsed() < spin {
+                    std::hint::spin_loop();
+                } else {
+                    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut p, 1, -1) };
+                    last = std::time::Instant::now();
+                }
+                continue;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "reading /dev/fuse failed; worker stops");
                 return;
@@ -214,6 +234,7 @@ fn worker(fd: &OwnedFd, handler: &dyn Handler) {
         let body = &buf[abi::IN_HEADER_LEN.min(end)..end];
         let reply = handler.dispatch(&h, body);
         write_reply(fd, h.unique, reply);
+        last = std::time::Instant::now();
     }
 }
 

@@ -61,11 +61,16 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(tag: &str) -> Daemon {
+        Self::start_with(tag, &[])
+    }
+
+    /// A daemon started with extra `serve` options.
+    pub fn start_with(tag: &str, extra: &[&str]) -> Daemon {
         let dir = std::env::temp_dir().join(unique(tag));
         let mnt = dir.join("mnt");
         std::fs::create_dir_all(&mnt).unwrap();
         let mut d = Daemon { child: None, mnt, dir };
-        d.spawn(&[]);
+        d.spawn(extra);
         d
     }
 
@@ -77,7 +82,8 @@ impl Daemon {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            // A file, not a pipe nobody drains: a chatty daemon must never block on its log.
+            .stderr(std::fs::File::create(self.dir.join("daemon.log")).unwrap())
             .spawn()
             .expect("spawn cgprocfs serve");
         self.child = Some(child);
@@ -85,8 +91,9 @@ impl Daemon {
         // Open the file rather than stat it: a stale mount's attributes may still be cached.
         while !(is_mounted(&self.mnt) && std::fs::read(self.mnt.join("proc/meminfo")).is_ok()) {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                let out = self.child.take().unwrap().wait_with_output().unwrap();
-                panic!("daemon exited with {st}: {}", String::from_utf8_lossy(&out.stderr));
+                self.child = None;
+                let log = std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default();
+                panic!("daemon exited with {st}: {log}");
             }
             assert!(t.elapsed() < Duration::from_secs(10), "daemon did not mount {}", self.mnt.display());
             std::thread::sleep(Duration::from_millis(20));
@@ -146,6 +153,7 @@ impl Drop for Daemon {
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
         let _ = std::fs::remove_dir(&self.mnt);
+        let _ = std::fs::remove_file(self.dir.join("daemon.log"));
         let _ = std::fs::remove_dir(&self.dir);
     }
 }
