@@ -75,7 +75,7 @@ fn main() {
     if !common::live_ready("mount_read bench") {
         return;
     }
-    let d = Daemon::start("bench");
+    let d = Daemon::start_with("bench", &["--bench-floor"]);
     let nospin = Daemon::start_with("bench-nospin", &["--spin-us", "0"]);
     let lxcfs = start_lxcfs();
     let cg = TestCgroup::new(
@@ -91,6 +91,7 @@ fn main() {
     let cores = common::host_cpus();
     let mut targets: Vec<(String, PathBuf)> = vec![
         ("kernel /proc/meminfo".into(), "/proc/meminfo".into()),
+        ("cgprocfs FUSE floor (constant)".into(), d.path(".bench/floor")),
         ("cgprocfs online (small file)".into(), d.path("sys/devices/system/cpu/online")),
         ("cgprocfs meminfo".into(), d.path("proc/meminfo")),
         ("cgprocfs meminfo, --spin-us 0".into(), nospin.path("proc/meminfo")),
@@ -101,7 +102,7 @@ fn main() {
         targets.push(("lxcfs cpuinfo".into(), m.join("proc/cpuinfo")));
     }
     let mut rows = Vec::new();
-    for threads in [1, 2 * cores] {
+    for threads in [1, 2, 2 * cores] {
         for (name, p) in &targets {
             rows.push(measure(name, p, threads, secs));
         }
@@ -136,16 +137,18 @@ fn main() {
     let find = |name: &str, t: usize| rows.iter().find(|r| r.name == name && r.threads == t).map(|r| r.median_us);
     println!("\nopen+read+close from a 256 MiB / 1.5 CPU cgroup, {secs} s per row, {cores} cores");
     println!(
-        "{:<30} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9}",
-        "file", "threads", "median us", "p99 us", "reads/s", "x kernel", "x lxcfs"
+        "{:<30} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>9}",
+        "file", "threads", "median us", "p99 us", "reads/s", "x kernel", "x floor", "x lxcfs"
     );
     for r in &rows {
         let k = find("kernel /proc/meminfo", r.threads).map_or(String::new(), |k| format!("{:.1}", r.median_us / k));
+        let fl = find("cgprocfs FUSE floor (constant)", r.threads)
+            .map_or(String::new(), |f| format!("{:.2}", r.median_us / f));
         let lx_name = if r.name.contains("cpuinfo") { "lxcfs cpuinfo" } else { "lxcfs meminfo" };
         let l = find(lx_name, r.threads).map_or("-".to_string(), |l| format!("{:.2}", r.median_us / l));
         println!(
-            "{:<30} {:>7} {:>10.1} {:>10.1} {:>12.0} {:>9} {:>9}",
-            r.name, r.threads, r.median_us, r.p99_us, r.per_sec, k, l
+            "{:<30} {:>7} {:>10.1} {:>10.1} {:>12.0} {:>9} {:>9} {:>9}",
+            r.name, r.threads, r.median_us, r.p99_us, r.per_sec, k, fl, l
         );
     }
 }

@@ -41,6 +41,14 @@ fn benches(c: &mut Criterion) {
     });
     c.bench_function("service/meminfo for a caller (fixture)", |b| b.iter(|| svc.render_for(View::Meminfo, pid)));
     c.bench_function("service/online for a caller (fixture)", |b| b.iter(|| svc.render_for(View::CpuOnline, pid)));
+
+    // The same on this machine's real /proc and cgroupfs, for this process.
+    let live = Service::new(Root::new("/"), Options::default()).unwrap();
+    let me = std::process::id();
+    c.bench_function("live/resolve caller", |b| b.iter(|| live.container_of(me).unwrap()));
+    c.bench_function("live/online", |b| b.iter(|| live.render_for(View::CpuOnline, me)));
+    c.bench_function("live/meminfo", |b| b.iter(|| live.render_for(View::Meminfo, me)));
+    c.bench_function("live/stat", |b| b.iter(|| live.render_for(View::Stat, me)));
 }
 
 criterion_group!(render, benches);

@@ -29,14 +29,24 @@ impl Resolver {
         Ok(Resolver { root, own_pidns, inits: Mutex::new(HashMap::new()) })
     }
 
-    /// The cgroup membership that defines `tid`'s container, and the host pid of its pid
-    /// namespace's init when it is not the daemon's namespace.
-    pub fn container_of(&self, tid: u32) -> Result<(ProcCgroup, Option<u32>)> {
+    /// The inode of `tid`'s pid namespace.
+    pub fn pidns(&self, tid: u32) -> Result<u64> {
         if tid == 0 {
             // The kernel sends 0 for callers not visible in the daemon's pid namespace.
             return Err(Error::Caller { pid: 0, why: "not visible in the daemon's pid namespace".into() });
         }
-        let ns = pidns_of(&self.root, &tid.to_string())?;
+        pidns_of(&self.root, &tid.to_string())
+    }
+
+    /// The cgroup membership that defines `tid`'s container, and the host pid of its pid
+    /// namespace's init when it is not the daemon's namespace.
+    pub fn container_of(&self, tid: u32) -> Result<(ProcCgroup, Option<u32>)> {
+        let ns = self.pidns(tid)?;
+        self.container_in(tid, ns)
+    }
+
+    /// [`Resolver::container_of`] for a caller whose pid namespace `ns` is already known.
+    pub fn container_in(&self, tid: u32, ns: u64) -> Result<(ProcCgroup, Option<u32>)> {
         if ns == self.own_pidns {
             return Ok((ProcCgroup::of_pid(&self.root, tid)?, None));
         }

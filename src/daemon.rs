@@ -256,7 +256,13 @@ fn exec_upgrade(cfg: &KeeperConfig, fds: &[OwnedFd], params: InitParams) -> io::
 }
 
 /// Runs a worker on inherited fds until SIGTERM/SIGINT or the keeper's death.
-pub fn worker(fds: &[RawFd], opts: Options, state_file: Option<PathBuf>, spin: Duration) -> io::Result<()> {
+pub fn worker(
+    fds: &[RawFd],
+    opts: Options,
+    state_file: Option<PathBuf>,
+    spin: Duration,
+    floor: bool,
+) -> io::Result<()> {
     // Die with the keeper: the pair is one service from the outside.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -273,7 +279,7 @@ pub fn worker(fds: &[RawFd], opts: Options, state_file: Option<PathBuf>, spin: D
     let svc = Arc::new(Service::with_state(Root::new("/"), opts, state_file).map_err(io::Error::other)?);
     tracing::info!(layout = ?svc.hierarchies().layout(), "cgroup hierarchies found");
     svc.start_sampler()?;
-    let fs = Arc::new(ProcFs::new(svc.clone()));
+    let fs = Arc::new(ProcFs::with_floor(svc.clone(), floor));
     spawn_workers(&owned, fs, spin)?;
     // Only now, with readers in place: requests a dead predecessor read are queued again.
     if let Err(e) = notify_resend(first) {

@@ -29,6 +29,9 @@ struct ViewOpts {
     /// 0 disables it.
     #[arg(long, default_value_t = 50)]
     spin_us: u64,
+    /// Also serve `.bench/floor`, a constant file, for the benchmark's FUSE-floor figure.
+    #[arg(long, hide = true)]
+    bench_floor: bool,
     /// How many CPUs a container sees: `quota` = min(cpuset, ceil(quota/period)); `cpuset`
     /// ignores the CFS quota.
     #[arg(long, value_enum, default_value_t = CpuCount::Quota)]
@@ -196,7 +199,8 @@ fn main() {
         }
         Cmd::Worker { fds, state, view } => {
             let spin = std::time::Duration::from_micros(view.spin_us);
-            cgprocfs::daemon::worker(&fds, Options { cpu_count: view.cpu_count }, state, spin).context("worker failed")
+            cgprocfs::daemon::worker(&fds, Options { cpu_count: view.cpu_count }, state, spin, view.bench_floor)
+                .context("worker failed")
         }
     };
     if let Err(e) = r {
@@ -260,6 +264,9 @@ fn serve(
     let mut view_args = vec!["--cpu-count".to_string()];
     view_args.push(view.cpu_count.to_possible_value().map_or("quota".into(), |v| v.get_name().to_string()));
     view_args.extend(["--spin-us".to_string(), view.spin_us.to_string()]);
+    if view.bench_floor {
+        view_args.push("--bench-floor".to_string());
+    }
     let pidfile = pidfile.unwrap_or_else(|| default_pidfile(&mountpoint));
     let cfg = KeeperConfig { mountpoint: mountpoint.clone(), binary, view_args, threads, pidfile };
     keeper(cfg, adopted).with_context(|| format!("serving {} failed", mountpoint.display()))

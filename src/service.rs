@@ -20,6 +20,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// How long a caller's container is remembered.
+pub const CALLER_TTL: Duration = Duration::from_secs(1);
+/// How long a container's visible CPUs (cpuset and quota chain) are reused: a changed limit
+/// (`docker update`) shows within this.
+pub const LIMITS_TTL: Duration = Duration::from_millis(50);
+
+type LimitsKey = (Option<std::path::PathBuf>, Option<std::path::PathBuf>);
+
 /// Daemon-wide settings that change what is rendered.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Options {
@@ -101,6 +109,9 @@ pub struct Service {
     cpuinfo: Ttl<HostCpuinfo>,
     online: Ttl<Vec<u32>>,
     stat: Ttl<HostStat>,
+    callers: Mutex<HashMap<(u32, u64), (Instant, Container)>>,
+    limits: Mutex<HashMap<LimitsKey, (Instant, Vec<u32>)>>,
+    mem_limits: Mutex<HashMap<std::path::PathBuf, (Instant, Option<u64>)>>,
     /// Per-container CPU accounts and load averages.
     pub store: Store,
     /// Requests answered with the host's file.
@@ -127,6 +138,9 @@ impl Service {
             cpuinfo: Ttl::new(Duration::from_secs(10)),
             online: Ttl::new(Duration::from_secs(1)),
             stat: Ttl::new(Duration::from_millis(100)),
+            callers: Mutex::new(HashMap::new()),
+            limits: Mutex::new(HashMap::new()),
+            mem_limits: Mutex::new(HashMap::new()),
             store: Store::new(state_file),
             fallbacks: Fallbacks::default(),
         })
@@ -137,15 +151,32 @@ impl Service {
         &self.hierarchies
     }
 
-    /// The container of caller `tid`.
+    /// The container of caller `tid`. Cached for [`CALLER_TTL`] per (thread, pid namespace):
+    /// a thread's container changes rarely, and a thread id reused by another container's
+    /// process comes with another pid namespace.
     pub fn container_of(&self, tid: u32) -> Result<Container> {
-        let (pc, init): (ProcCgroup, Option<u32>) = self.resolver.container_of(tid)?;
-        Ok(Container { cgroups: self.hierarchies.resolve(&pc), init })
+        let ns = self.resolver.pidns(tid)?;
+        if let Some((at, c)) = self.callers.lock().get(&(tid, ns)) {
+            if at.elapsed() < CALLER_TTL {
+                return Ok(c.clone());
+            }
+        }
+        let (pc, init): (ProcCgroup, Option<u32>) = self.resolver.container_in(tid, ns)?;
+        let c = Container { cgroups: self.hierarchies.resolve(&pc), init };
+        let mut callers = self.callers.lock();
+        if callers.len() >= 65_536 {
+            callers.retain(|_, (at, _)| at.elapsed() < CALLER_TTL);
+        }
+        callers.insert((tid, ns), (Instant::now(), c.clone()));
+        Ok(c)
     }
 
     /// The bytes `tid` reads from `view`. Never fails: when the container's file cannot be
     /// computed the host's file is returned, the fallback counted and logged (rate-limited).
     pub fn render_for(&self, view: View, tid: u32) -> Vec<u8> {
+        if view == View::Floor {
+            return View::floor_content().into_bytes();
+        }
         let c = match self.container_of(tid) {
             Ok(cg) => cg,
             Err(e) => {
@@ -169,8 +200,10 @@ impl Service {
             View::Meminfo => {
                 let host = self.meminfo.get(|| HostMeminfo::read(&self.root))?;
                 let mem = match &cg.memory {
-                    Some(d) => MemoryStats::read(d)?,
-                    None => MemoryStats::default(),
+                    // Unlimited (the common case for host processes): the host's file, without
+                    // the cost of memory.stat.
+                    Some(d) if self.memory_limit(d)?.is_some() => MemoryStats::read(d)?,
+                    _ => MemoryStats::default(),
                 };
                 Ok(meminfo::render(&host, &mem))
             }
@@ -180,6 +213,7 @@ impl Service {
                 Ok(cpuinfo::render(&host, &cpus))
             }
             View::CpuOnline => Ok(cpu_online::render(self.visible_cpus(cg)?.len())),
+            View::Floor => Ok(View::floor_content()),
             View::Stat | View::Uptime | View::Loadavg if cg.cpu_accounting().is_none() => {
                 // Not in a CPU cgroup of its own: the host's file.
                 Ok(String::from_utf8_lossy(&self.host_file(view)).into_owned())
@@ -250,6 +284,38 @@ impl Service {
 
     /// The host CPUs the container sees.
     pub fn visible_cpus(&self, cg: &Cgroups) -> Result<Vec<u32>> {
+        let key = (cg.cpuset.as_ref().map(|d| d.path.clone()), cg.cpu.as_ref().map(|d| d.path.clone()));
+        if let Some((at, v)) = self.limits.lock().get(&key) {
+            if at.elapsed() < LIMITS_TTL {
+                return Ok(v.clone());
+            }
+        }
+        let v = self.read_visible_cpus(cg)?;
+        let mut limits = self.limits.lock();
+        if limits.len() >= 65_536 {
+            limits.retain(|_, (at, _)| at.elapsed() < LIMITS_TTL);
+        }
+        limits.insert(key, (Instant::now(), v.clone()));
+        Ok(v)
+    }
+
+    /// The memory limit of the chain ending at `d`, cached like the CPU limits.
+    fn memory_limit(&self, d: &crate::cgroup::CgroupDir) -> Result<Option<u64>> {
+        if let Some((at, v)) = self.mem_limits.lock().get(&d.path) {
+            if at.elapsed() < LIMITS_TTL {
+                return Ok(*v);
+            }
+        }
+        let v = crate::cgroup::memory::limit_of(d)?;
+        let mut m = self.mem_limits.lock();
+        if m.len() >= 65_536 {
+            m.retain(|_, (at, _)| at.elapsed() < LIMITS_TTL);
+        }
+        m.insert(d.path.clone(), (Instant::now(), v));
+        Ok(v)
+    }
+
+    fn read_visible_cpus(&self, cg: &Cgroups) -> Result<Vec<u32>> {
         let online = self.online.get(|| host::online_cpus(&self.root))?;
         let cpuset = match &cg.cpuset {
             Some(d) => effective_cpus(d)?,

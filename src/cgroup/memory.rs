@@ -134,6 +134,19 @@ impl MemoryStats {
     }
 }
 
+/// The lowest memory limit of the cgroup and its ancestors, from the small limit files only
+/// (`memory.max` on v2, `memory.limit_in_bytes` on v1): cheap enough to decide, before reading
+/// `memory.stat`, whether the container is limited at all.
+pub fn limit_of(dir: &CgroupDir) -> Result<Option<u64>> {
+    if !dir.path.is_dir() {
+        return Err(Error::io(&dir.path, std::io::ErrorKind::NotFound.into()));
+    }
+    match dir.version {
+        Version::V2 => min_chain(dir, "memory.max"),
+        Version::V1 => min_chain(dir, "memory.limit_in_bytes"),
+    }
+}
+
 /// Lowest limit found in `name` over the chain; directories without the file are skipped
 /// (the top of the hierarchy has no limit files).
 fn min_chain(dir: &CgroupDir, name: &str) -> Result<Option<u64>> {

@@ -105,9 +105,18 @@ pub struct ProcFs {
 impl ProcFs {
     /// A filesystem serving every view of `service`.
     pub fn new(service: Arc<Service>) -> Self {
+        Self::with_floor(service, false)
+    }
+
+    /// Like [`ProcFs::new`], adding the constant `.bench/floor` file when `floor` is set.
+    pub fn with_floor(service: Arc<Service>, floor: bool) -> Self {
+        let mut views = View::ALL.to_vec();
+        if floor {
+            views.push(View::Floor);
+        }
         let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         ProcFs {
-            tree: Tree::new(View::ALL),
+            tree: Tree::new(&views),
             service,
             handles: Mutex::new(HashMap::new()),
             // Handle numbers must not repeat a predecessor's still open in some reader: start

@@ -11,6 +11,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// What a handler answers to one request.
@@ -196,6 +197,9 @@ fn init(fd: RawFd) -> io::Result<InitParams> {
     }
 }
 
+/// Set while a worker is spinning, so the others sleep instead of contending for the queue.
+static SPINNING: AtomicBool = AtomicBool::new(false);
+
 fn worker(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
     let fd = fd.as_raw_fd();
     let mut buf = vec![0u8; abi::READ_BUFFER];
@@ -212,8 +216,14 @@ fn worker(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
                 // Nothing queued: keep polling for a moment after the last request (the same
                 // reader's next request usually follows within microseconds, and waking a
                 // sleeping thread costs far more), then sleep until the fd is readable.
-                if last.elapsed() < spin {
-                    std::hint::spin_loop();
+                if last.elapsed() < spin && !SPINNING.swap(true, Ordering::Acquire) {
+                    // One spinner at a time, re-reading every ~2 µs: each read takes the
+                    // queue's lock, which the kernel also needs to queue the next request.
+                    let t = std::time::Instant::now();
+                    while t.elapsed() < std::time::Duration::from_micros(2) {
+                        std::hint::spin_loop();
+                    }
+                    SPINNING.store(false, Ordering::Release);
                 } else {
                     let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
                     // SAFETY: one valid pollfd.

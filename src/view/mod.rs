@@ -24,6 +24,9 @@ pub enum View {
     Uptime,
     /// `proc/loadavg`
     Loadavg,
+    /// `.bench/floor`: a constant file, served only with `serve --bench-floor`, to measure the
+    /// cost of the FUSE round trips alone (the floor every other file is compared with).
+    Floor,
 }
 
 impl View {
@@ -40,7 +43,14 @@ impl View {
             View::Stat => "proc/stat",
             View::Uptime => "proc/uptime",
             View::Loadavg => "proc/loadavg",
+            View::Floor => ".bench/floor",
         }
+    }
+
+    /// The constant content of [`View::Floor`]: meminfo-sized (1.4 KiB).
+    pub fn floor_content() -> String {
+        let line = "Floor:          12345678 kB\n";
+        line.repeat(1434 / line.len() + 1)
     }
 
     /// The view served at `path` (leading `/` and a `<mount>/` prefix are not part of it).
