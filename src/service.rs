@@ -26,6 +26,9 @@ pub const CALLER_TTL: Duration = Duration::from_secs(1);
 /// (`docker update`) shows within this.
 pub const LIMITS_TTL: Duration = Duration::from_millis(50);
 
+/// How old the memory counters of a read may be (the issue allows "a few ms").
+pub const COUNTERS_TTL: Duration = Duration::from_millis(5);
+
 type LimitsKey = (Option<std::path::PathBuf>, Option<std::path::PathBuf>);
 
 /// Daemon-wide settings that change what is rendered.
@@ -112,6 +115,7 @@ pub struct Service {
     callers: Mutex<HashMap<(u32, u64), (Instant, Container)>>,
     limits: Mutex<HashMap<LimitsKey, (Instant, Vec<u32>)>>,
     mem_limits: Mutex<HashMap<std::path::PathBuf, (Instant, Option<u64>)>>,
+    mem_stats: Mutex<HashMap<std::path::PathBuf, (Instant, MemoryStats)>>,
     /// Per-container CPU accounts and load averages.
     pub store: Store,
     /// Requests answered with the host's file.
@@ -141,6 +145,7 @@ impl Service {
             callers: Mutex::new(HashMap::new()),
             limits: Mutex::new(HashMap::new()),
             mem_limits: Mutex::new(HashMap::new()),
+            mem_stats: Mutex::new(HashMap::new()),
             store: Store::new(state_file),
             fallbacks: Fallbacks::default(),
         })
@@ -202,7 +207,7 @@ impl Service {
                 let mem = match &cg.memory {
                     // Unlimited (the common case for host processes): the host's file, without
                     // the cost of memory.stat.
-                    Some(d) if self.memory_limit(d)?.is_some() => MemoryStats::read(d)?,
+                    Some(d) if self.memory_limit(d)?.is_some() => self.memory_stats(d)?,
                     _ => MemoryStats::default(),
                 };
                 Ok(meminfo::render(&host, &mem))
@@ -296,6 +301,24 @@ impl Service {
             limits.retain(|_, (at, _)| at.elapsed() < LIMITS_TTL);
         }
         limits.insert(key, (Instant::now(), v.clone()));
+        Ok(v)
+    }
+
+    /// The memory counters of `d`, at most [`COUNTERS_TTL`] old: memory.stat is the most
+    /// expensive file the kernel generates for us, and readers polling in a loop need not
+    /// make it generate it more often than that.
+    fn memory_stats(&self, d: &crate::cgroup::CgroupDir) -> Result<MemoryStats> {
+        if let Some((at, v)) = self.mem_stats.lock().get(&d.path) {
+            if at.elapsed() < COUNTERS_TTL {
+                return Ok(v.clone());
+            }
+        }
+        let v = MemoryStats::read(d)?;
+        let mut m = self.mem_stats.lock();
+        if m.len() >= 65_536 {
+            m.retain(|_, (at, _)| at.elapsed() < COUNTERS_TTL);
+        }
+        m.insert(d.path.clone(), (Instant::now(), v.clone()));
         Ok(v)
     }
 
