@@ -7,7 +7,7 @@ use crate::cgroup::cpu::effective_quota;
 use crate::cgroup::cpuacct;
 use crate::cgroup::cpuset::effective_cpus;
 use crate::cgroup::memory::MemoryStats;
-use crate::cgroup::{Cgroups, Hierarchies, ProcCgroup};
+use crate::cgroup::{CgroupDir, Cgroups, Hierarchies, ProcCgroup};
 use crate::error::Result;
 use crate::host::{self, HostCpuinfo, HostMeminfo, HostStat};
 use crate::state::{self, Store, Tracked};
@@ -16,6 +16,7 @@ use crate::view::{cpu_online, cpuinfo, loadavg, meminfo, stat, uptime, View};
 use crate::Root;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +30,7 @@ pub const LIMITS_TTL: Duration = Duration::from_millis(50);
 /// How old the memory counters of a read may be (the issue allows "a few ms").
 pub const COUNTERS_TTL: Duration = Duration::from_millis(5);
 
-type LimitsKey = (Option<std::path::PathBuf>, Option<std::path::PathBuf>);
+type LimitsKey = (Option<PathBuf>, Option<PathBuf>);
 
 /// Daemon-wide settings that change what is rendered.
 #[derive(Debug, Clone, Copy, Default)]
@@ -58,6 +59,37 @@ impl<T> Ttl<T> {
         }
         let v = Arc::new(load()?);
         *self.slot.lock() = Some((Instant::now(), v.clone()));
+        Ok(v)
+    }
+}
+
+/// Values computed per key (a caller, a cgroup) and reused for `ttl`; bounded, so no
+/// container can grow it without limit.
+struct TtlMap<K, V> {
+    ttl: Duration,
+    map: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> TtlMap<K, V> {
+    const MAX: usize = 65_536;
+
+    fn new(ttl: Duration) -> Self {
+        TtlMap { ttl, map: Mutex::new(HashMap::new()) }
+    }
+
+    fn get(&self, key: K, load: impl FnOnce() -> Result<V>) -> Result<V> {
+        if let Some((at, v)) = self.map.lock().get(&key) {
+            if at.elapsed() < self.ttl {
+                return Ok(v.clone());
+            }
+        }
+        let v = load()?;
+        let mut map = self.map.lock();
+        if map.len() >= Self::MAX {
+            let ttl = self.ttl;
+            map.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        map.insert(key, (Instant::now(), v.clone()));
         Ok(v)
     }
 }
@@ -112,10 +144,10 @@ pub struct Service {
     cpuinfo: Ttl<HostCpuinfo>,
     online: Ttl<Vec<u32>>,
     stat: Ttl<HostStat>,
-    callers: Mutex<HashMap<(u32, u64), (Instant, Container)>>,
-    limits: Mutex<HashMap<LimitsKey, (Instant, Vec<u32>)>>,
-    mem_limits: Mutex<HashMap<std::path::PathBuf, (Instant, Option<u64>)>>,
-    mem_stats: Mutex<HashMap<std::path::PathBuf, (Instant, MemoryStats)>>,
+    callers: TtlMap<(u32, u64), Container>,
+    cpu_limits: TtlMap<LimitsKey, Vec<u32>>,
+    mem_limits: TtlMap<PathBuf, Option<u64>>,
+    mem_stats: TtlMap<PathBuf, MemoryStats>,
     /// Per-container CPU accounts and load averages.
     pub store: Store,
     /// Requests answered with the host's file.
@@ -129,7 +161,7 @@ impl Service {
     }
 
     /// Like [`Service::new`], keeping per-container state in `state_file` across restarts.
-    pub fn with_state(root: Root, opts: Options, state_file: Option<std::path::PathBuf>) -> Result<Self> {
+    pub fn with_state(root: Root, opts: Options, state_file: Option<PathBuf>) -> Result<Self> {
         let hierarchies = Hierarchies::discover(&root)?;
         let resolver = Resolver::new(root.clone())?;
         Ok(Service {
@@ -142,10 +174,10 @@ impl Service {
             cpuinfo: Ttl::new(Duration::from_secs(10)),
             online: Ttl::new(Duration::from_secs(1)),
             stat: Ttl::new(Duration::from_millis(100)),
-            callers: Mutex::new(HashMap::new()),
-            limits: Mutex::new(HashMap::new()),
-            mem_limits: Mutex::new(HashMap::new()),
-            mem_stats: Mutex::new(HashMap::new()),
+            callers: TtlMap::new(CALLER_TTL),
+            cpu_limits: TtlMap::new(LIMITS_TTL),
+            mem_limits: TtlMap::new(LIMITS_TTL),
+            mem_stats: TtlMap::new(COUNTERS_TTL),
             store: Store::new(state_file),
             fallbacks: Fallbacks::default(),
         })
@@ -161,19 +193,10 @@ impl Service {
     /// process comes with another pid namespace.
     pub fn container_of(&self, tid: u32) -> Result<Container> {
         let ns = self.resolver.pidns(tid)?;
-        if let Some((at, c)) = self.callers.lock().get(&(tid, ns)) {
-            if at.elapsed() < CALLER_TTL {
-                return Ok(c.clone());
-            }
-        }
-        let (pc, init): (ProcCgroup, Option<u32>) = self.resolver.container_in(tid, ns)?;
-        let c = Container { cgroups: self.hierarchies.resolve(&pc), init };
-        let mut callers = self.callers.lock();
-        if callers.len() >= 65_536 {
-            callers.retain(|_, (at, _)| at.elapsed() < CALLER_TTL);
-        }
-        callers.insert((tid, ns), (Instant::now(), c.clone()));
-        Ok(c)
+        self.callers.get((tid, ns), || {
+            let (pc, init): (ProcCgroup, Option<u32>) = self.resolver.container_in(tid, ns)?;
+            Ok(Container { cgroups: self.hierarchies.resolve(&pc), init })
+        })
     }
 
     /// The bytes `tid` reads from `view`. Never fails: when the container's file cannot be
@@ -290,52 +313,19 @@ impl Service {
     /// The host CPUs the container sees.
     pub fn visible_cpus(&self, cg: &Cgroups) -> Result<Vec<u32>> {
         let key = (cg.cpuset.as_ref().map(|d| d.path.clone()), cg.cpu.as_ref().map(|d| d.path.clone()));
-        if let Some((at, v)) = self.limits.lock().get(&key) {
-            if at.elapsed() < LIMITS_TTL {
-                return Ok(v.clone());
-            }
-        }
-        let v = self.read_visible_cpus(cg)?;
-        let mut limits = self.limits.lock();
-        if limits.len() >= 65_536 {
-            limits.retain(|_, (at, _)| at.elapsed() < LIMITS_TTL);
-        }
-        limits.insert(key, (Instant::now(), v.clone()));
-        Ok(v)
+        self.cpu_limits.get(key, || self.read_visible_cpus(cg))
     }
 
     /// The memory counters of `d`, at most [`COUNTERS_TTL`] old: memory.stat is the most
     /// expensive file the kernel generates for us, and readers polling in a loop need not
     /// make it generate it more often than that.
-    fn memory_stats(&self, d: &crate::cgroup::CgroupDir) -> Result<MemoryStats> {
-        if let Some((at, v)) = self.mem_stats.lock().get(&d.path) {
-            if at.elapsed() < COUNTERS_TTL {
-                return Ok(v.clone());
-            }
-        }
-        let v = MemoryStats::read(d)?;
-        let mut m = self.mem_stats.lock();
-        if m.len() >= 65_536 {
-            m.retain(|_, (at, _)| at.elapsed() < COUNTERS_TTL);
-        }
-        m.insert(d.path.clone(), (Instant::now(), v.clone()));
-        Ok(v)
+    fn memory_stats(&self, d: &CgroupDir) -> Result<MemoryStats> {
+        self.mem_stats.get(d.path.clone(), || MemoryStats::read(d))
     }
 
     /// The memory limit of the chain ending at `d`, cached like the CPU limits.
-    fn memory_limit(&self, d: &crate::cgroup::CgroupDir) -> Result<Option<u64>> {
-        if let Some((at, v)) = self.mem_limits.lock().get(&d.path) {
-            if at.elapsed() < LIMITS_TTL {
-                return Ok(*v);
-            }
-        }
-        let v = crate::cgroup::memory::limit_of(d)?;
-        let mut m = self.mem_limits.lock();
-        if m.len() >= 65_536 {
-            m.retain(|_, (at, _)| at.elapsed() < LIMITS_TTL);
-        }
-        m.insert(d.path.clone(), (Instant::now(), v));
-        Ok(v)
+    fn memory_limit(&self, d: &CgroupDir) -> Result<Option<u64>> {
+        self.mem_limits.get(d.path.clone(), || crate::cgroup::memory::limit_of(d))
     }
 
     fn read_visible_cpus(&self, cg: &Cgroups) -> Result<Vec<u32>> {
