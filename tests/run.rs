@@ -40,9 +40,12 @@ fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
     let have = |p: &str| {
         Command::new("sh").args(["-c", &format!("command -v {p}")]).output().is_ok_and(|o| o.status.success())
     };
-    for p in ["free", "top", "uptime", "vmstat", "getconf", "python3"] {
+    for p in ["free", "top", "uptime", "vmstat", "mpstat", "getconf", "python3"] {
         if !have(p) {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{p} is missing (CI installs procps, python3)");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{p} is missing (CI installs procps, sysstat, python3)"
+            );
             eprintln!("SKIPPED: {p} not installed");
             return;
         }
@@ -50,6 +53,7 @@ fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
     // A mount point nothing serves: run starts a daemon for its duration.
     let unserved = std::env::temp_dir().join(unique("run-unserved"));
     let script = "free -m; top -bn1 -1 | grep '^%Cpu'; uptime; vmstat 1 2 >/dev/null && echo vmstat-ok; \
+                  mpstat -P ALL 1 1 | grep -E '^Average: +[0-9]+ ' | wc -l | sed 's/^/mpstat-cpus /'; \
                   getconf _NPROCESSORS_ONLN; python3 -c 'import os; print(\"py\", os.cpu_count())'; exit 7";
     // One CPU of quota: procps top here prints one %Cpu line per CPU only up to a limit
     // it also applies on the host, so the count is checked where it is unambiguous.
@@ -63,6 +67,8 @@ fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
     assert!(out.contains("%Cpu0 ") && !out.contains("%Cpu1"), "{out}");
     assert!(out.lines().any(|l| l.contains("up 0 min")), "{out}");
     assert!(out.contains("vmstat-ok"), "{out}{err}");
+    // sysstat's mpstat lists only the container's CPUs.
+    assert!(out.contains(&format!("mpstat-cpus {n}")), "{out}");
     assert!(out.lines().any(|l| l.trim() == n.to_string()), "getconf: {out}");
     assert!(out.contains(&format!("py {n}")), "{out}");
     // Nothing left behind: no cgroup, no mount, no daemon directory.
