@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::host::{self, HostCpuinfo, HostMeminfo, HostStat};
 use crate::state::{self, Store, Tracked};
 use crate::view::cpus::{visible_cpus, CpuCount};
-use crate::view::{cpu_online, cpuinfo, loadavg, meminfo, stat, uptime, View};
+use crate::view::{cpu_online, cpuinfo, diskstats, loadavg, meminfo, stat, swaps, uptime, View};
 use crate::Root;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -199,24 +199,26 @@ impl Service {
         })
     }
 
-    /// The bytes `tid` reads from `view`. Never fails: when the container's file cannot be
-    /// computed the host's file is returned, the fallback counted and logged (rate-limited).
-    pub fn render_for(&self, view: View, tid: u32) -> Vec<u8> {
+    /// The bytes `tid` reads from `view`. When the container's file cannot be computed the
+    /// host's file is returned, the fallback counted and logged (rate-limited); only when the
+    /// host's file cannot be read either (no PSI in the kernel: `EOPNOTSUPP`) is it the errno
+    /// the kernel gave for it.
+    pub fn render_for(&self, view: View, tid: u32) -> std::result::Result<Vec<u8>, i32> {
         if view == View::Floor {
-            return View::floor_content().into_bytes();
+            return Ok(View::floor_content().into_bytes());
         }
         let c = match self.container_of(tid) {
             Ok(cg) => cg,
             Err(e) => {
                 self.fallbacks.record("<caller>", view, &e);
-                return self.host_file(view);
+                return self.host_file(view).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
             }
         };
         match self.render(view, &c) {
-            Ok(s) => s.into_bytes(),
+            Ok(s) => Ok(s.into_bytes()),
             Err(e) => {
                 self.fallbacks.record(&c.cgroups.name(), view, &e);
-                self.host_file(view)
+                self.host_file(view).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
             }
         }
     }
@@ -242,9 +244,42 @@ impl Service {
             }
             View::CpuOnline => Ok(cpu_online::render(self.visible_cpus(cg)?.len())),
             View::Floor => Ok(View::floor_content()),
+            View::Diskstats => match &cg.blkio {
+                Some(d) if d.path != d.top => {
+                    let io = crate::cgroup::io::read(d)?;
+                    Ok(diskstats::render(&io, &host::diskstats::read(&self.root)?))
+                }
+                // Not in an I/O cgroup of its own: the host's devices are its devices.
+                _ => Ok(String::from_utf8_lossy(&self.host_file_lib(view)?).into_owned()),
+            },
+            View::Swaps => {
+                let host = self.meminfo.get(|| HostMeminfo::read(&self.root))?;
+                let mem = match &cg.memory {
+                    Some(d) if self.memory_limit(d)?.is_some() => self.memory_stats(d)?,
+                    _ => MemoryStats::default(),
+                };
+                // The same SwapTotal/SwapFree as the container's meminfo.
+                match meminfo::compute(&host, &mem) {
+                    Some(v) => Ok(swaps::render(v.get("SwapTotal").unwrap_or(0), v.get("SwapFree").unwrap_or(0))),
+                    None => Ok(String::from_utf8_lossy(&self.host_file_lib(view)?).into_owned()),
+                }
+            }
+            View::PressureCpu | View::PressureMemory | View::PressureIo => {
+                let file = match view {
+                    View::PressureCpu => "cpu.pressure",
+                    View::PressureMemory => "memory.pressure",
+                    _ => "io.pressure",
+                };
+                match &cg.unified {
+                    // The cgroup file has the kernel's /proc/pressure format.
+                    Some(d) if d.path != d.top => crate::error::read_file(&d.file(file)),
+                    // No cgroup of its own in the unified tree: the host's pressure.
+                    _ => Ok(String::from_utf8_lossy(&self.host_file_lib(view)?).into_owned()),
+                }
+            }
             View::Stat | View::Uptime | View::Loadavg if cg.cpu_accounting().is_none() => {
                 // Not in a CPU cgroup of its own: the host's file.
-                Ok(String::from_utf8_lossy(&self.host_file(view)).into_owned())
+                Ok(String::from_utf8_lossy(&self.host_file_lib(view)?).into_owned())
             }
             View::Stat | View::Uptime => {
                 let now = host::boottime_ns();
@@ -341,10 +376,14 @@ impl Service {
         Ok(visible_cpus(&online, cpuset.as_deref(), quota, self.opts.cpu_count))
     }
 
-    /// The host's own file, read fresh; empty if even that fails (the reader then sees an
-    /// empty file rather than an error, and the failure has been logged by the caller).
-    pub fn host_file(&self, view: View) -> Vec<u8> {
-        std::fs::read(self.root.join(view.path())).unwrap_or_default()
+    /// The host's own file, read fresh.
+    pub fn host_file(&self, view: View) -> std::io::Result<Vec<u8>> {
+        std::fs::read(self.root.join(view.path()))
+    }
+
+    fn host_file_lib(&self, view: View) -> Result<Vec<u8>> {
+        let p = self.root.join(view.path());
+        std::fs::read(&p).map_err(|e| crate::Error::io(p, e))
     }
 }
 

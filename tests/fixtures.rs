@@ -46,7 +46,7 @@ fn service(root: &Path) -> Service {
 }
 
 fn render(svc: &Service, view: View, pid: u32) -> String {
-    String::from_utf8(svc.render_for(view, pid)).unwrap()
+    String::from_utf8(svc.render_for(view, pid).unwrap()).unwrap()
 }
 
 /// Copies a fixture tree (files, dirs, symlinks) so a test can corrupt it.
@@ -207,7 +207,7 @@ fn bad_cgroup_files_fall_back_to_the_host_file() {
         let pid = captured_pid(&t.0);
         let view = if file.starts_with("memory") { View::Meminfo } else { View::CpuOnline };
         let host = std::fs::read(t.0.join(view.path())).unwrap();
-        assert_eq!(svc.render_for(view, pid), host, "case {tag}");
+        assert_eq!(svc.render_for(view, pid), Ok(host), "case {tag}");
         assert_eq!(svc.fallbacks.count(), 1, "case {tag}");
     }
 }
@@ -219,10 +219,13 @@ fn deleted_cgroup_and_vanished_caller_fall_back() {
     let pid = captured_pid(&t.0);
     std::fs::remove_dir_all(t.0.join(LEAF)).unwrap();
     let host = std::fs::read(t.0.join("proc/meminfo")).unwrap();
-    assert_eq!(svc.render_for(View::Meminfo, pid), host);
+    assert_eq!(svc.render_for(View::Meminfo, pid), Ok(host));
     // A caller that exited before its request was served.
     std::fs::remove_dir_all(t.0.join(format!("proc/{pid}"))).unwrap();
-    assert_eq!(svc.render_for(View::Cpuinfo, pid), std::fs::read(t.0.join("proc/cpuinfo")).unwrap());
-    assert_eq!(svc.render_for(View::CpuOnline, 0), std::fs::read(t.0.join(View::CpuOnline.path())).unwrap());
-    assert_eq!(svc.fallbacks.count(), 3);
+    assert_eq!(svc.render_for(View::Cpuinfo, pid), Ok(std::fs::read(t.0.join("proc/cpuinfo")).unwrap()));
+    assert_eq!(svc.render_for(View::CpuOnline, 0), Ok(std::fs::read(t.0.join(View::CpuOnline.path())).unwrap()));
+    // A file the host cannot give either answers with the host's errno (no PSI: EOPNOTSUPP
+    // in the kernel; here the fixture simply has no pressure files: ENOENT).
+    assert_eq!(svc.render_for(View::PressureIo, 0), Err(libc::ENOENT));
+    assert_eq!(svc.fallbacks.count(), 4);
 }

@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod cpuacct;
 pub mod cpuset;
+pub mod io;
 pub mod memory;
 pub mod mounts;
 pub mod parse;
@@ -60,6 +61,8 @@ pub struct Cgroups {
     pub cpuacct: Option<CgroupDir>,
     /// Cpuset controller (v1 `cpuset` hierarchy or the v2 directory).
     pub cpuset: Option<CgroupDir>,
+    /// Block I/O controller (v1 `blkio` hierarchy or the v2 directory with `io`).
+    pub blkio: Option<CgroupDir>,
     /// The v2 directory, on pure v2 and on hybrid hosts (cpu.stat, PSI live there).
     pub unified: Option<CgroupDir>,
 }

@@ -189,6 +189,11 @@ impl Hierarchies {
             cpu: pick("cpu"),
             cpuacct: self.v1_entry("cpuacct").and_then(|m| pc.v1_path("cpuacct").and_then(|p| dir(m, p, Version::V1))),
             cpuset: pick("cpuset"),
+            blkio: match self.v1_entry("blkio") {
+                Some(m) => pc.v1_path("blkio").and_then(|p| dir(m, p, Version::V1)),
+                None if self.v2_has("io") => unified.clone(),
+                None => None,
+            },
             unified,
         }
     }

@@ -195,7 +195,10 @@ impl ProcFs {
         let data = match cached {
             Some(d) if offset > 0 => d,
             _ => {
-                let d = Arc::new(self.service.render_for(view, h.pid));
+                let d = match self.service.render_for(view, h.pid) {
+                    Ok(d) => Arc::new(d),
+                    Err(errno) => return Reply::Err(errno),
+                };
                 let mut handles = self.handles.lock();
                 let room = handles.len() < MAX_HANDLES;
                 match handles.entry(fh) {

@@ -2,6 +2,7 @@
 //! renderers copy lines from.
 
 pub mod cpuinfo;
+pub mod diskstats;
 pub mod meminfo;
 pub mod stat;
 

@@ -4,9 +4,11 @@
 pub mod cpu_online;
 pub mod cpuinfo;
 pub mod cpus;
+pub mod diskstats;
 pub mod loadavg;
 pub mod meminfo;
 pub mod stat;
+pub mod swaps;
 pub mod uptime;
 
 /// A file the daemon serves, named by its path under the mount point.
@@ -24,6 +26,16 @@ pub enum View {
     Uptime,
     /// `proc/loadavg`
     Loadavg,
+    /// `proc/diskstats`
+    Diskstats,
+    /// `proc/swaps`
+    Swaps,
+    /// `proc/pressure/cpu`
+    PressureCpu,
+    /// `proc/pressure/memory`
+    PressureMemory,
+    /// `proc/pressure/io`
+    PressureIo,
     /// `.bench/floor`: a constant file, served only with `serve --bench-floor`, to measure the
     /// cost of the FUSE round trips alone (the floor every other file is compared with).
     Floor,
@@ -31,8 +43,19 @@ pub enum View {
 
 impl View {
     /// Every served file.
-    pub const ALL: &'static [View] =
-        &[View::Meminfo, View::Cpuinfo, View::Stat, View::Uptime, View::Loadavg, View::CpuOnline];
+    pub const ALL: &'static [View] = &[
+        View::Meminfo,
+        View::Cpuinfo,
+        View::Stat,
+        View::Uptime,
+        View::Loadavg,
+        View::Diskstats,
+        View::Swaps,
+        View::PressureCpu,
+        View::PressureMemory,
+        View::PressureIo,
+        View::CpuOnline,
+    ];
 
     /// Path under the mount point, which is also the host path under `/`.
     pub fn path(self) -> &'static str {
@@ -43,6 +66,11 @@ impl View {
             View::Stat => "proc/stat",
             View::Uptime => "proc/uptime",
             View::Loadavg => "proc/loadavg",
+            View::Diskstats => "proc/diskstats",
+            View::Swaps => "proc/swaps",
+            View::PressureCpu => "proc/pressure/cpu",
+            View::PressureMemory => "proc/pressure/memory",
+            View::PressureIo => "proc/pressure/io",
             View::Floor => ".bench/floor",
         }
     }

@@ -183,7 +183,7 @@ impl TestCgroup {
         let h = Hierarchies::discover(&Root::new("/")).unwrap();
         let name = unique(tag);
         let mut dirs: Vec<(&'static str, PathBuf)> = Vec::new();
-        for c in ["memory", "cpu", "cpuacct", "cpuset"] {
+        for c in ["memory", "cpu", "cpuacct", "cpuset", "blkio"] {
             // Controllers co-mounted in one hierarchy (cpu,cpuacct) get one directory.
             if let Some(m) = h.v1_mount(c).filter(|m| !dirs.iter().any(|(_, d)| d.parent() == Some(*m))) {
                 dirs.push((c, m.join(&name)));
