@@ -168,8 +168,11 @@ fn main() {
         Cmd::Show { pid, file, view } => show(pid, &file, view),
         Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
         Cmd::DockerArgs { mountpoint } => {
+            // runc refuses spec mounts under /proc other than a fixed list, which excludes
+            // /proc/pressure: those only the OCI hook can bind.
             let args: Vec<String> = View::ALL
                 .iter()
+                .filter(|v| !v.path().starts_with("proc/pressure/"))
                 .map(|v| format!("-v {}:/{}:ro", mountpoint.join(v.path()).display(), v.path()))
                 .collect();
             println!("{}", args.join(" "));
