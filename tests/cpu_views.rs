@@ -64,8 +64,11 @@ fn throttled_spinner_shows_busy_and_steal_idle_container_shows_idle() {
     let (busy_share, steal_share) = ((db[0] + db[2]) as f64 / total as f64, db[7] as f64 / total as f64);
     eprintln!("throttled spinner: {db:?}: busy {busy_share:.2}, steal {steal_share:.2}");
     // About USER_HZ per second on the one vCPU.
-    assert!((250..=360).contains(&total), "vCPU advanced {total} ticks in ~3 s");
-    assert!((0.12..=0.30).contains(&busy_share), "busy {busy_share}");
+    // ~3 s between the reads, plus the reads themselves on a possibly busy machine.
+    assert!((250..=450).contains(&total), "vCPU advanced {total} ticks in ~3 s");
+    // At most its 20 % quota; less when the host's other work keeps it off the CPU (which
+    // is steal too).
+    assert!((0.03..=0.30).contains(&busy_share), "busy {busy_share}");
     assert!(steal_share > 0.5, "steal {steal_share}");
     let di = delta(&i0, &i1);
     let total: i64 = di[..8].iter().sum();
