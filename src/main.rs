@@ -305,8 +305,11 @@ impl Drop for OwnDaemon {
             nix::sys::signal::Signal::SIGTERM,
         );
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir(self.dir.join("mnt"));
-        let _ = std::fs::remove_dir(&self.dir);
+        // The daemon has unmounted; its pid, state and record files are in `dir` too.
+        let mnt = self.dir.join("mnt");
+        if std::fs::read_dir(&mnt).is_ok_and(|mut d| d.next().is_none()) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 

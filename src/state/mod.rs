@@ -70,8 +70,20 @@ impl Store {
         if let Some(f) = &file {
             if let Ok(text) = std::fs::read_to_string(f) {
                 map = parse(&text);
-                tracing::info!(containers = map.len(), file = %f.display(), "state loaded");
             }
+            // The per-container records written at every read are newer than the periodic file.
+            if let Ok(rd) = std::fs::read_dir(accounts_dir(f)) {
+                for e in rd.flatten() {
+                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+                    for (k, v) in parse(&format!("{HEADER}{text}")) {
+                        if let Some(cpu) = v.cpu {
+                            map.entry(k).or_insert_with(Entry::new).cpu = Some(cpu);
+                        }
+                    }
+                }
+            }
+            tracing::info!(containers = map.len(), file = %f.display(), "state loaded");
+            let _ = std::fs::create_dir_all(accounts_dir(f));
         }
         Store { map: Mutex::new(map), file }
     }
@@ -88,7 +100,22 @@ impl Store {
             }
             None => e.cpu.insert(CpuAccount::new(now_ns, age_ns, usage, n)),
         };
-        (acc.vcpus[..n.max(1).min(acc.vcpus.len())].to_vec(), acc.total())
+        let out = (acc.vcpus[..n.max(1).min(acc.vcpus.len())].to_vec(), acc.total());
+        // Record what is about to be shown before showing it (under the lock, so records of
+        // one container are written in order): a worker that dies after this read restarts
+        // from exactly these counters and can only move them forward.
+        if let Some(f) = &self.file {
+            let text = cpu_line(k, acc);
+            let path = accounts_dir(f).join(record_name(k));
+            let tmp = path.with_extension("tmp");
+            let r = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path));
+            if let Err(e) = r {
+                // The directory may be missing (first use, or removed): create it once more.
+                let _ = std::fs::create_dir_all(accounts_dir(f));
+                tracing::debug!(error = %e, "cannot record the CPU account");
+            }
+        }
+        out
     }
 
     /// The load average and task counts of container `k`, registering it with the sampler.
@@ -115,7 +142,14 @@ impl Store {
     pub fn sample_all(&self, root: &Root, now_ns: u64) {
         let todo: Vec<(String, Tracked)> = {
             let mut map = self.map.lock();
-            map.retain(|_, e| e.last_read.elapsed() < FORGET_AFTER);
+            let file = self.file.clone();
+            map.retain(|k, e| {
+                let keep = e.last_read.elapsed() < FORGET_AFTER;
+                if let (false, Some(f)) = (keep, &file) {
+                    let _ = std::fs::remove_file(accounts_dir(f).join(record_name(k)));
+                }
+                keep
+            });
             map.iter().filter_map(|(k, e)| Some((k.clone(), e.tracked.clone()?))).collect()
         };
         // The thread walk happens without the lock: reads are never held up by sampling.
@@ -160,6 +194,32 @@ fn count(root: &Root, t: &Tracked) -> TaskCounts {
     }
 }
 
+const HEADER: &str = "cgprocfs-state 1\n";
+
+/// The directory of per-container CPU records beside the state file.
+fn accounts_dir(state_file: &std::path::Path) -> PathBuf {
+    state_file.with_extension("accounts")
+}
+
+/// A file name for container key `k` (keys hold paths): FNV-1a of the key.
+fn record_name(k: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in k.bytes() {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+fn cpu_line(k: &str, a: &CpuAccount) -> String {
+    let mut s =
+        format!("cpu {k} {} {} {} {} {}", a.at_ns, a.last.user_ns, a.last.system_ns, a.last.wait_ns, a.vcpus.len());
+    for v in &a.vcpus {
+        s.push_str(&format!(" {} {} {} {}", v.user, v.system, v.idle, v.steal));
+    }
+    s.push('\n');
+    s
+}
+
 /// State file format, one line per record, whitespace-separated:
 /// `cpu KEY AT USER SYSTEM WAIT N (U S I ST){N}` and `load KEY AT A1 A5 A15`.
 fn serialize(map: &HashMap<String, Entry>) -> String {
@@ -191,7 +251,7 @@ fn serialize(map: &HashMap<String, Entry>) -> String {
 fn parse(text: &str) -> HashMap<String, Entry> {
     let mut map: HashMap<String, Entry> = HashMap::new();
     let mut lines = text.lines();
-    if lines.next() != Some("cgprocfs-state 1") {
+    if lines.next() != Some(HEADER.trim_end()) {
         return map;
     }
     for line in lines {
@@ -218,6 +278,27 @@ fn parse(text: &str) -> HashMap<String, Entry> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_store_resumes_from_what_was_last_shown() {
+        let dir = std::env::temp_dir().join(format!("cgprocfs-state-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("x.state");
+        let s = 1_000_000_000u64;
+        let a = Store::new(Some(file.clone()));
+        let u = |w: u64| CpuUsage { user_ns: s, system_ns: 0, wait_ns: w };
+        a.cpu("1:/c", 10 * s, 5 * s, u(0), 1);
+        // Wait outruns the headroom: this read shows steal clamped to what was left.
+        let (_, shown) = a.cpu("1:/c", 11 * s, 0, u(5 * s), 1);
+        drop(a); // "crash": no periodic save ever happened
+        let b = Store::new(Some(file));
+        let (_, resumed) = b.cpu("1:/c", 11 * s, 0, u(5 * s), 1);
+        assert_eq!(resumed, shown);
+        let (_, later) = b.cpu("1:/c", 12 * s, 0, u(6 * s), 1);
+        assert!(later.idle >= shown.idle && later.steal >= shown.steal && later.user >= shown.user);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn state_file_round_trips_and_tolerates_garbage() {

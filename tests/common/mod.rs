@@ -79,6 +79,9 @@ impl Daemon {
         let child = Command::new(bin())
             .arg("serve")
             .arg(&self.mnt)
+            // Pid file, state file and CPU records in this test's directory, removed with it.
+            .arg("--pidfile")
+            .arg(self.dir.join("keeper.pid"))
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -152,9 +155,9 @@ impl Drop for Daemon {
             // SAFETY: valid path string.
             unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
         }
-        let _ = std::fs::remove_dir(&self.mnt);
-        let _ = std::fs::remove_file(self.dir.join("daemon.log"));
-        let _ = std::fs::remove_dir(&self.dir);
+        if !is_mounted(&self.mnt) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
