@@ -242,7 +242,10 @@ impl Service {
                 let host = self.cpuinfo.get(|| HostCpuinfo::read(&self.root))?;
                 Ok(cpuinfo::render(&host, &cpus))
             }
-            View::CpuOnline => Ok(cpu_online::render(self.visible_cpus(cg)?.len())),
+            // online, possible and present are the same list for a container: its N CPUs.
+            View::CpuOnline | View::CpuPossible | View::CpuPresent => {
+                Ok(cpu_online::render(self.visible_cpus(cg)?.len()))
+            }
             View::Floor => Ok(View::floor_content()),
             View::Diskstats => match &cg.blkio {
                 Some(d) if d.path != d.top => {

@@ -54,7 +54,8 @@ fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
     let unserved = std::env::temp_dir().join(unique("run-unserved"));
     let script = "free -m; top -bn1 -1 | grep '^%Cpu'; uptime; vmstat 1 2 >/dev/null && echo vmstat-ok; \
                   mpstat -P ALL 1 1 | grep -E '^Average: +[0-9]+ ' | wc -l | sed 's/^/mpstat-cpus /'; \
-                  getconf _NPROCESSORS_ONLN; python3 -c 'import os; print(\"py\", os.cpu_count())'; exit 7";
+                  getconf _NPROCESSORS_ONLN; echo conf $(getconf _NPROCESSORS_CONF); \
+                  python3 -c 'import os; print(\"py\", os.cpu_count())'; exit 7";
     // One CPU of quota: procps top here prints one %Cpu line per CPU only up to a limit
     // it also applies on the host, so the count is checked where it is unambiguous.
     let (code, out, err) = run(&unserved, &["--memory", "256M", "--cpus", "0.5"], script);
@@ -71,6 +72,8 @@ fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
     assert!(out.contains(&format!("mpstat-cpus {n}")), "{out}");
     assert!(out.lines().any(|l| l.trim() == n.to_string()), "getconf: {out}");
     assert!(out.contains(&format!("py {n}")), "{out}");
+    // glibc's _SC_NPROCESSORS_CONF reads `possible`.
+    assert!(out.contains(&format!("conf {n}")), "{out}");
     // Nothing left behind: no cgroup, no mount, no daemon directory.
     assert!(leftovers("cgprocfs-run-").is_empty(), "{:?}", leftovers("cgprocfs-run-"));
     assert!(!std::fs::read_to_string("/proc/self/mountinfo").unwrap().contains("cgprocfs-run-"));

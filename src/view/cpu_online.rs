@@ -1,5 +1,5 @@
-//! `/sys/devices/system/cpu/online`: the container's CPUs renumbered `0..N-1`
-//! (`drivers/base/cpu.c`, printed with `%*pbl`).
+//! `/sys/devices/system/cpu/{online,possible,present}`: the container's CPUs renumbered
+//! `0..N-1` (`drivers/base/cpu.c`, printed with `%*pbl`).
 
 use crate::cgroup::cpuset::format_list;
 

@@ -20,6 +20,10 @@ pub enum View {
     Cpuinfo,
     /// `sys/devices/system/cpu/online`
     CpuOnline,
+    /// `sys/devices/system/cpu/possible` (glibc's `_SC_NPROCESSORS_CONF`)
+    CpuPossible,
+    /// `sys/devices/system/cpu/present`
+    CpuPresent,
     /// `proc/stat`
     Stat,
     /// `proc/uptime`
@@ -55,6 +59,8 @@ impl View {
         View::PressureMemory,
         View::PressureIo,
         View::CpuOnline,
+        View::CpuPossible,
+        View::CpuPresent,
     ];
 
     /// Path under the mount point, which is also the host path under `/`.
@@ -63,6 +69,8 @@ impl View {
             View::Meminfo => "proc/meminfo",
             View::Cpuinfo => "proc/cpuinfo",
             View::CpuOnline => "sys/devices/system/cpu/online",
+            View::CpuPossible => "sys/devices/system/cpu/possible",
+            View::CpuPresent => "sys/devices/system/cpu/present",
             View::Stat => "proc/stat",
             View::Uptime => "proc/uptime",
             View::Loadavg => "proc/loadavg",
