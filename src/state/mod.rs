@@ -266,8 +266,10 @@ fn parse(text: &str) -> HashMap<String, Entry> {
                 map.entry(k.to_string()).or_insert_with(Entry::new).cpu = Some(CpuAccount { at_ns: *at, last, vcpus });
             }
             ("load", [at, a, b, c]) => {
+                // A load average above 2^20 runnable threads is not one the kernel can have.
+                let cap = |v: u64| v.min((1 << 20) * load::FIXED_1);
                 map.entry(k.to_string()).or_insert_with(Entry::new).load =
-                    LoadAvg { avenrun: [*a, *b, *c], at_ns: *at };
+                    LoadAvg { avenrun: [cap(*a), cap(*b), cap(*c)], at_ns: *at };
             }
             _ => {}
         }
