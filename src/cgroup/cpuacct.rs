@@ -59,7 +59,7 @@ fn v1_usage(d: &CgroupDir) -> Result<(u64, u64)> {
     // cpuacct.usage is precise, cpuacct.stat tick-sampled: split the precise total by the
     // sampled ratio, as the kernel's cputime_adjust() does for v2.
     let total = u as u128 + s as u128;
-    let user = if total == 0 { usage } else { (usage as u128 * u as u128 / total) as u64 };
+    let user = (usage as u128 * u as u128).checked_div(total).map_or(usage, |v| v as u64);
     Ok((user, usage - user))
 }
 
