@@ -229,13 +229,7 @@ impl Service {
         match view {
             View::Meminfo => {
                 let host = self.meminfo.get(|| HostMeminfo::read(&self.root))?;
-                let mem = match &cg.memory {
-                    // Unlimited (the common case for host processes): the host's file, without
-                    // the cost of memory.stat.
-                    Some(d) if self.memory_limit(d)?.is_some() => self.memory_stats(d)?,
-                    _ => MemoryStats::default(),
-                };
-                Ok(meminfo::render(&host, &mem))
+                Ok(meminfo::render(&host, &self.container_memory(cg)?))
             }
             View::Cpuinfo => {
                 let cpus = self.visible_cpus(cg)?;
@@ -257,12 +251,8 @@ impl Service {
             },
             View::Swaps => {
                 let host = self.meminfo.get(|| HostMeminfo::read(&self.root))?;
-                let mem = match &cg.memory {
-                    Some(d) if self.memory_limit(d)?.is_some() => self.memory_stats(d)?,
-                    _ => MemoryStats::default(),
-                };
                 // The same SwapTotal/SwapFree as the container's meminfo.
-                match meminfo::compute(&host, &mem) {
+                match meminfo::compute(&host, &self.container_memory(cg)?) {
                     Some(v) => Ok(swaps::render(v.get("SwapTotal").unwrap_or(0), v.get("SwapFree").unwrap_or(0))),
                     None => Ok(String::from_utf8_lossy(&self.host_file_lib(view)?).into_owned()),
                 }
@@ -352,6 +342,15 @@ impl Service {
     pub fn visible_cpus(&self, cg: &Cgroups) -> Result<Vec<u32>> {
         let key = (cg.cpuset.as_ref().map(|d| d.path.clone()), cg.cpu.as_ref().map(|d| d.path.clone()));
         self.cpu_limits.get(key, || self.read_visible_cpus(cg))
+    }
+
+    /// The container's memory snapshot; for an unlimited container (the common case for host
+    /// processes) an empty one, without the cost of memory.stat, which renders as the host's.
+    fn container_memory(&self, cg: &Cgroups) -> Result<MemoryStats> {
+        match &cg.memory {
+            Some(d) if self.memory_limit(d)?.is_some() => self.memory_stats(d),
+            _ => Ok(MemoryStats::default()),
+        }
     }
 
     /// The memory counters of `d`, at most [`COUNTERS_TTL`] old: memory.stat is the most
