@@ -40,6 +40,11 @@ fn thread_ids(dir: &CgroupDir, limit: usize) -> (Vec<u32>, u64) {
                 }
             }
         }
+        // cgroupfs keeps a directory's link count at 2 + its subdirectories: a leaf (most
+        // containers) needs no directory listing.
+        if std::fs::metadata(&d).is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) <= 2) {
+            continue;
+        }
         if let Ok(rd) = std::fs::read_dir(&d) {
             stack.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
         }

@@ -140,13 +140,17 @@ impl Store {
     /// One sampling pass over every registered container (the kernel's 5-second tick), then
     /// forgets idle containers and saves the state file.
     pub fn sample_all(&self, root: &Root, now_ns: u64) {
+        let mut changed = false;
         let todo: Vec<(String, Tracked)> = {
             let mut map = self.map.lock();
             let file = self.file.clone();
             map.retain(|k, e| {
                 let keep = e.last_read.elapsed() < FORGET_AFTER;
-                if let (false, Some(f)) = (keep, &file) {
-                    let _ = std::fs::remove_file(accounts_dir(f).join(record_name(k)));
+                if !keep {
+                    changed = true;
+                    if let Some(f) = &file {
+                        let _ = std::fs::remove_file(accounts_dir(f).join(record_name(k)));
+                    }
                 }
                 keep
             });
@@ -156,11 +160,17 @@ impl Store {
         for (k, t) in todo {
             let c = count(root, &t);
             if let Some(e) = self.map.lock().get_mut(&k) {
+                let before = e.load.avenrun;
                 e.load.sample(now_ns, c.running + c.blocked);
                 e.tasks = Some(c);
+                changed |= e.load.avenrun != before;
             }
         }
-        self.save();
+        // Idle containers' averages stay at 0: no need to rewrite the file for them (a
+        // restart folds the missed periods at once, with the same result).
+        if changed {
+            self.save();
+        }
     }
 
     /// Writes the state file (atomically: a temporary file renamed over it).
