@@ -38,15 +38,10 @@ impl Resolver {
         pidns_of(&self.root, &tid.to_string())
     }
 
-    /// The cgroup membership that defines `tid`'s container, and the host pid of its pid
-    /// namespace's init when it is not the daemon's namespace.
-    pub fn container_of(&self, tid: u32) -> Result<(ProcCgroup, Option<u32>)> {
-        let ns = self.pidns(tid)?;
-        self.container_in(tid, ns)
-    }
-
-    /// [`Resolver::container_of`] for a caller whose pid namespace `ns` is already known.
-    pub fn container_in(&self, tid: u32, ns: u64) -> Result<(ProcCgroup, Option<u32>)> {
+    /// The cgroup membership that defines the container of `tid`, whose pid namespace is `ns`
+    /// ([`Resolver::pidns`]), and the host pid of that namespace's init when it is not the
+    /// daemon's namespace.
+    pub fn container_of(&self, tid: u32, ns: u64) -> Result<(ProcCgroup, Option<u32>)> {
         if ns == self.own_pidns {
             return Ok((ProcCgroup::of_pid(&self.root, tid)?, None));
         }

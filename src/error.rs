@@ -40,6 +40,14 @@ impl Error {
         Error::Io { path: path.into(), source }
     }
 
+    /// The errno a reader gets for this error: the OS error for I/O, else `EIO`.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            _ => libc::EIO,
+        }
+    }
+
     /// A content error for `path`.
     pub fn malformed(path: impl Into<PathBuf>, what: impl Into<String>) -> Self {
         Error::Malformed { path: path.into(), what: what.into() }

@@ -7,10 +7,11 @@ use crate::cgroup::cpu::effective_quota;
 use crate::cgroup::cpuacct;
 use crate::cgroup::cpuset::effective_cpus;
 use crate::cgroup::memory::MemoryStats;
+pub use crate::cgroup::Container;
 use crate::cgroup::{CgroupDir, Cgroups, Hierarchies, ProcCgroup};
 use crate::error::Result;
 use crate::host::{self, HostCpuinfo, HostMeminfo, HostStat};
-use crate::state::{self, Store, Tracked};
+use crate::state::{self, Store};
 use crate::view::cpus::{visible_cpus, CpuCount};
 use crate::view::{cpu_online, cpuinfo, diskstats, loadavg, meminfo, stat, swaps, uptime, View};
 use crate::Root;
@@ -124,15 +125,6 @@ impl Fallbacks {
     }
 }
 
-/// The container a request comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Container {
-    /// Its cgroup directories.
-    pub cgroups: Cgroups,
-    /// Host pid of the init of its pid namespace, when it has its own.
-    pub init: Option<u32>,
-}
-
 /// Everything a request needs: where cgroups are, how to find a caller's container, and the
 /// host files cached briefly.
 pub struct Service {
@@ -148,6 +140,7 @@ pub struct Service {
     cpu_limits: TtlMap<LimitsKey, Vec<u32>>,
     mem_limits: TtlMap<PathBuf, Option<u64>>,
     mem_stats: TtlMap<PathBuf, MemoryStats>,
+    starts: TtlMap<(Option<u32>, PathBuf), u64>,
     /// Per-container CPU accounts and load averages.
     pub store: Store,
     /// Requests answered with the host's file.
@@ -178,6 +171,7 @@ impl Service {
             cpu_limits: TtlMap::new(LIMITS_TTL),
             mem_limits: TtlMap::new(LIMITS_TTL),
             mem_stats: TtlMap::new(COUNTERS_TTL),
+            starts: TtlMap::new(CALLER_TTL),
             store: Store::new(state_file),
             fallbacks: Fallbacks::default(),
         })
@@ -194,7 +188,7 @@ impl Service {
     pub fn container_of(&self, tid: u32) -> Result<Container> {
         let ns = self.resolver.pidns(tid)?;
         self.callers.get((tid, ns), || {
-            let (pc, init): (ProcCgroup, Option<u32>) = self.resolver.container_in(tid, ns)?;
+            let (pc, init): (ProcCgroup, Option<u32>) = self.resolver.container_of(tid, ns)?;
             Ok(Container { cgroups: self.hierarchies.resolve(&pc), init })
         })
     }
@@ -211,14 +205,14 @@ impl Service {
             Ok(cg) => cg,
             Err(e) => {
                 self.fallbacks.record("<caller>", view, &e);
-                return self.host_file(view).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+                return self.host_file(view).map_err(|e| e.errno());
             }
         };
         match self.render(view, &c) {
             Ok(s) => Ok(s.into_bytes()),
             Err(e) => {
                 self.fallbacks.record(&c.cgroups.name(), view, &e);
-                self.host_file(view).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))
+                self.host_file(view).map_err(|e| e.errno())
             }
         }
     }
@@ -247,14 +241,14 @@ impl Service {
                     Ok(diskstats::render(&io, &host::diskstats::read(&self.root)?))
                 }
                 // Not in an I/O cgroup of its own: the host's devices are its devices.
-                _ => Ok(String::from_utf8_lossy(&self.host_file_lib(view)?).into_owned()),
+                _ => self.host_text(view),
             },
             View::Swaps => {
                 let host = self.meminfo.get(|| HostMeminfo::read(&self.root))?;
                 // The same SwapTotal/SwapFree as the container's meminfo.
                 match meminfo::compute(&host, &self.container_memory(cg)?) {
                     Some(v) => Ok(swaps::render(v.get("SwapTotal").unwrap_or(0), v.get("SwapFree").unwrap_or(0))),
-                    None => Ok(String::from_utf8_lossy(&self.host_file_lib(view)?).into_owned()),
+                    None => self.host_text(view),
                 }
             }
             View::PressureCpu | View::PressureMemory | View::PressureIo => {
@@ -267,12 +261,12 @@ impl Service {
                     // The cgroup file has the kernel's /proc/pressure format.
                     Some(d) if d.path != d.top => crate::error::read_file(&d.file(file)),
                     // No cgroup of its own in the unified tree: the host's pressure.
-                    _ => Ok(String::from_utf8_lossy(&self.host_file_lib(view)?).into_owned()),
+                    _ => self.host_text(view),
                 }
             }
             View::Stat | View::Uptime | View::Loadavg if cg.cpu_accounting().is_none() => {
                 // Not in a CPU cgroup of its own: the host's file.
-                Ok(String::from_utf8_lossy(&self.host_file_lib(view)?).into_owned())
+                self.host_text(view)
             }
             View::Stat | View::Uptime => {
                 let now = host::boottime_ns();
@@ -285,13 +279,13 @@ impl Service {
                 if view == View::Uptime {
                     return Ok(uptime::render(age, total.idle));
                 }
-                let (_, tasks) = self.store.load(&self.root, &k, self.tracked(c), now);
+                let (_, tasks) = self.store.load(&self.root, &k, c.clone(), now);
                 let host = self.stat.get(|| HostStat::read(&self.root))?;
                 Ok(stat::render(&host, &vcpus, &total, &tasks))
             }
             View::Loadavg => {
                 let k = state::key(cg).ok_or(crate::Error::NoMount("cpu"))?;
-                let (load, tasks) = self.store.load(&self.root, &k, self.tracked(c), host::boottime_ns());
+                let (load, tasks) = self.store.load(&self.root, &k, c.clone(), host::boottime_ns());
                 let last_pid = match (c.init, tasks.last_pid) {
                     (Some(_), Some(p)) => p,
                     // Same pid namespace as the host: the host's last pid is the container's.
@@ -302,27 +296,24 @@ impl Service {
         }
     }
 
-    fn tracked(&self, c: &Container) -> Tracked {
-        Tracked { cgroups: c.cgroups.clone(), init: c.init }
-    }
-
     /// Age of the container: since its init started, or for a container sharing the host's
     /// pid namespace, since the oldest process of its cgroup started.
+    /// Cached like the caller: finding it may take a file per process of the container.
     fn age_ns(&self, c: &Container, now: u64) -> Result<u64> {
-        let start = match c.init {
-            Some(pid) => host::start_ns(&self.root, pid)?,
+        let dir = c.cgroups.cpu_accounting().ok_or(crate::Error::NoMount("cpuacct"))?;
+        let start = self.starts.get((c.init, dir.path.clone()), || match c.init {
+            Some(pid) => host::start_ns(&self.root, pid),
             None => {
-                let dir = c.cgroups.cpu_accounting().ok_or(crate::Error::NoMount("cpuacct"))?;
                 let procs = crate::error::read_file(&dir.file("cgroup.procs"))?;
-                procs
+                Ok(procs
                     .lines()
                     .take(1024)
                     .filter_map(|l| l.trim().parse::<u32>().ok())
                     .filter_map(|p| host::start_ns(&self.root, p).ok())
                     .min()
-                    .unwrap_or(now)
+                    .unwrap_or(now))
             }
-        };
+        })?;
         Ok(now.saturating_sub(start))
     }
 
@@ -379,13 +370,14 @@ impl Service {
     }
 
     /// The host's own file, read fresh.
-    pub fn host_file(&self, view: View) -> std::io::Result<Vec<u8>> {
-        std::fs::read(self.root.join(view.path()))
-    }
-
-    fn host_file_lib(&self, view: View) -> Result<Vec<u8>> {
+    pub fn host_file(&self, view: View) -> Result<Vec<u8>> {
         let p = self.root.join(view.path());
         std::fs::read(&p).map_err(|e| crate::Error::io(p, e))
+    }
+
+    /// The host's own file as the answer for a container that has no cgroup of its own for it.
+    fn host_text(&self, view: View) -> Result<String> {
+        Ok(String::from_utf8_lossy(&self.host_file(view)?).into_owned())
     }
 }
 

@@ -67,6 +67,16 @@ pub struct Cgroups {
     pub unified: Option<CgroupDir>,
 }
 
+/// A container as the daemon sees it: its cgroups, and the host pid of the init of its pid
+/// namespace when it has its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    /// Its cgroup directories.
+    pub cgroups: Cgroups,
+    /// Host pid of the init of its pid namespace, when it has its own.
+    pub init: Option<u32>,
+}
+
 impl Cgroups {
     /// The directory the container's CPU time is accounted in (v1 `cpuacct`, else the unified
     /// tree), if it is not the top of its hierarchy: a process in a top-level cgroup is not in

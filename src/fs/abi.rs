@@ -30,8 +30,6 @@ pub mod op {
     pub const WRITE: u32 = 16;
     pub const STATFS: u32 = 17;
     pub const RELEASE: u32 = 18;
-    pub const GETXATTR: u32 = 22;
-    pub const LISTXATTR: u32 = 23;
     pub const FLUSH: u32 = 25;
     pub const INIT: u32 = 26;
     pub const OPENDIR: u32 = 27;
@@ -42,9 +40,6 @@ pub mod op {
     pub const INTERRUPT: u32 = 36;
     pub const DESTROY: u32 = 38;
     pub const BATCH_FORGET: u32 = 42;
-    pub const READDIRPLUS: u32 = 44;
-    pub const LSEEK: u32 = 46;
-    pub const STATX: u32 = 52;
 }
 
 /// `FUSE_NOTIFY_RESEND` notification code (protocol 7.40, Linux 6.9).

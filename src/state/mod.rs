@@ -9,7 +9,7 @@ pub mod load;
 
 use crate::cgroup::cpuacct::CpuUsage;
 use crate::cgroup::tasks::{self, TaskCounts};
-use crate::cgroup::Cgroups;
+use crate::cgroup::{Cgroups, Container};
 use crate::Root;
 use cpu::{CpuAccount, VCpu};
 use load::LoadAvg;
@@ -23,21 +23,12 @@ const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Containers tracked at most; the least recently read are dropped beyond it.
 const MAX_CONTAINERS: usize = 100_000;
 
-/// A container as the sampler needs it.
-#[derive(Debug, Clone)]
-pub struct Tracked {
-    /// Its cgroups.
-    pub cgroups: Cgroups,
-    /// Host pid of its pid namespace's init, if it has its own namespace.
-    pub init: Option<u32>,
-}
-
 #[derive(Debug, Clone)]
 struct Entry {
     cpu: Option<CpuAccount>,
     load: LoadAvg,
     tasks: Option<TaskCounts>,
-    tracked: Option<Tracked>,
+    tracked: Option<Container>,
     last_read: Instant,
 }
 
@@ -120,7 +111,7 @@ impl Store {
 
     /// The load average and task counts of container `k`, registering it with the sampler.
     /// A container never sampled is sampled now.
-    pub fn load(&self, root: &Root, k: &str, t: Tracked, now_ns: u64) -> (LoadAvg, TaskCounts) {
+    pub fn load(&self, root: &Root, k: &str, t: Container, now_ns: u64) -> (LoadAvg, TaskCounts) {
         {
             let mut map = self.map.lock();
             let e = entry(&mut map, k);
@@ -141,7 +132,7 @@ impl Store {
     /// forgets idle containers and saves the state file.
     pub fn sample_all(&self, root: &Root, now_ns: u64) {
         let mut changed = false;
-        let todo: Vec<(String, Tracked)> = {
+        let todo: Vec<(String, Container)> = {
             let mut map = self.map.lock();
             let file = self.file.clone();
             map.retain(|k, e| {
@@ -196,7 +187,7 @@ fn entry<'a>(map: &'a mut HashMap<String, Entry>, k: &str) -> &'a mut Entry {
     e
 }
 
-fn count(root: &Root, t: &Tracked) -> TaskCounts {
+fn count(root: &Root, t: &Container) -> TaskCounts {
     let cg = &t.cgroups;
     match [&cg.unified, &cg.cpu, &cg.cpuacct, &cg.memory].into_iter().flatten().find(|d| d.path != d.top) {
         Some(d) => tasks::count(root, d, t.init.is_some()),
