@@ -5,13 +5,8 @@
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use common::{Daemon, Limits, TestCgroup};
+use common::{status_kib, Daemon, Limits, TestCgroup};
 use std::time::{Duration, Instant};
-
-fn status_kib(pid: i32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
-}
 
 /// utime + stime of all threads of `pid`, in ticks.
 fn cpu_ticks(pid: i32) -> u64 {

@@ -39,83 +39,79 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult).ok_or_else(|| format!("size {s:?} is too large"))
 }
 
-/// A transient cgroup in every hierarchy the views read; removed on drop.
+/// A transient cgroup in every hierarchy the views read (v1 memory, cpu, cpuacct, cpuset,
+/// pids, blkio and, on a hybrid host, the unified tree; or the v2 tree with the controllers
+/// enabled), with limits; nested ones with [`Transient::child`]. Removed on drop: whatever
+/// still runs in it is ended first (it was started through it), so drop children first.
 pub struct Transient {
-    /// Directories created, innermost first is not needed: they are siblings of the tops.
-    pub dirs: Vec<PathBuf>,
+    /// (hierarchy, directory): a v1 controller's name, `unified` for the v2 tree of a hybrid
+    /// host, or empty on a pure v2 host, where the directory carries every controller.
+    pub dirs: Vec<(&'static str, PathBuf)>,
 }
 
 fn write(p: &Path, v: &str) -> io::Result<()> {
     std::fs::write(p, v).map_err(|e| io::Error::new(e.kind(), format!("cannot write {v:?} to {}: {e}", p.display())))
 }
 
+/// v2 controllers enabled for the children of a cgroup that holds transient ones.
+const V2_CONTROLLERS: &str = "+memory +cpu +cpuset +pids +io";
+
 impl Transient {
     /// Creates `name` under the top of each hierarchy and applies `l`.
     pub fn create(name: &str, l: &RunLimits) -> io::Result<Transient> {
         let h = Hierarchies::discover(&Root::new("/")).map_err(io::Error::other)?;
-        let mut t = Transient { dirs: Vec::new() };
-        let v1: Vec<(&str, &Path)> = ["memory", "cpu", "cpuacct", "cpuset", "pids"]
-            .into_iter()
-            .filter_map(|c| h.v1_mount(c).map(|m| (c, m)))
-            .collect();
-        for (c, m) in &v1 {
-            let d = m.join(name);
-            if t.dirs.contains(&d) {
-                continue; // co-mounted controllers share one directory
-            }
-            std::fs::create_dir(&d)?;
-            t.dirs.push(d.clone());
-            match *c {
-                "memory" => {
-                    if let Some(b) = l.memory {
-                        write(&d.join("memory.limit_in_bytes"), &b.to_string())?;
-                    }
-                }
-                "cpu" => {
-                    if let Some(c) = l.cpus {
-                        write(&d.join("cpu.cfs_period_us"), "100000")?;
-                        write(&d.join("cpu.cfs_quota_us"), &((c * 100_000.0).round().max(1000.0) as u64).to_string())?;
-                    }
-                }
-                "cpuset" => {
-                    // v1 cpusets refuse tasks until cpus and mems are set.
-                    for f in ["cpuset.cpus", "cpuset.mems"] {
-                        let v = std::fs::read_to_string(m.join(f))?;
-                        write(&d.join(f), v.trim())?;
-                    }
-                    if let Some(s) = &l.cpuset {
-                        write(&d.join("cpuset.cpus"), s)?;
-                    }
-                }
-                "pids" => {
-                    if let Some(p) = l.pids {
-                        write(&d.join("pids.max"), &p.to_string())?;
-                    }
-                }
-                _ => {}
+        let mut tops: Vec<(&'static str, PathBuf)> = Vec::new();
+        for c in ["memory", "cpu", "cpuacct", "cpuset", "pids", "blkio"] {
+            // Co-mounted controllers (cpu,cpuacct) share one directory.
+            if let Some(m) = h.v1_mount(c).filter(|m| !tops.iter().any(|(_, t)| t == m)) {
+                tops.push((c, m.to_path_buf()));
             }
         }
         if let Some(top) = h.v2_mount() {
-            let d = top.join(name);
-            if v1.is_empty() {
-                // Pure v2: enable the controllers for children of the top, then set limits.
-                let _ = std::fs::write(top.join("cgroup.subtree_control"), "+memory +cpu +cpuset +pids");
+            tops.push((if tops.is_empty() { "" } else { "unified" }, top.to_path_buf()));
+        }
+        Self::make(tops.into_iter().map(|(c, t)| (c, t.join(name))).collect(), l)
+    }
+
+    /// A cgroup `name` nested in this one, with its own limits.
+    pub fn child(&self, name: &str, l: &RunLimits) -> io::Result<Transient> {
+        Self::make(self.dirs.iter().map(|(c, d)| (*c, d.join(name))).collect(), l)
+    }
+
+    fn make(dirs: Vec<(&'static str, PathBuf)>, l: &RunLimits) -> io::Result<Transient> {
+        let mut t = Transient { dirs: Vec::new() };
+        for (c, d) in dirs {
+            let parent = d.parent().ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+            if c.is_empty() {
+                // Pure v2: the parent must hand the controllers down first.
+                let _ = std::fs::write(parent.join("cgroup.subtree_control"), V2_CONTROLLERS);
             }
-            std::fs::create_dir(&d)?;
-            t.dirs.push(d.clone());
-            if v1.is_empty() {
-                if let Some(b) = l.memory {
-                    write(&d.join("memory.max"), &b.to_string())?;
+            std::fs::create_dir(&d).map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", d.display())))?;
+            t.dirs.push((c, d.clone()));
+            if c == "cpuset" {
+                // v1 cpusets refuse tasks until cpus and mems are set.
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    write(&d.join(f), std::fs::read_to_string(parent.join(f))?.trim())?;
                 }
-                if let Some(c) = l.cpus {
-                    write(&d.join("cpu.max"), &format!("{} 100000", (c * 100_000.0).round().max(1000.0) as u64))?;
+            }
+            let v2 = c.is_empty();
+            if let (Some(b), true) = (l.memory, v2 || c == "memory") {
+                write(&d.join(if v2 { "memory.max" } else { "memory.limit_in_bytes" }), &b.to_string())?;
+            }
+            if let (Some(cpus), true) = (l.cpus, v2 || c == "cpu") {
+                let quota = (cpus * 100_000.0).round().max(1000.0) as u64;
+                if v2 {
+                    write(&d.join("cpu.max"), &format!("{quota} 100000"))?;
+                } else {
+                    write(&d.join("cpu.cfs_period_us"), "100000")?;
+                    write(&d.join("cpu.cfs_quota_us"), &quota.to_string())?;
                 }
-                if let Some(s) = &l.cpuset {
-                    write(&d.join("cpuset.cpus"), s)?;
-                }
-                if let Some(p) = l.pids {
-                    write(&d.join("pids.max"), &p.to_string())?;
-                }
+            }
+            if let (Some(set), true) = (&l.cpuset, v2 || c == "cpuset") {
+                write(&d.join("cpuset.cpus"), set)?;
+            }
+            if let (Some(p), true) = (l.pids, v2 || c == "pids") {
+                write(&d.join("pids.max"), &p.to_string())?;
             }
         }
         Ok(t)
@@ -123,7 +119,7 @@ impl Transient {
 
     /// `cgroup.procs` of every directory, for a child to join before exec.
     pub fn procs_files(&self) -> Vec<CString> {
-        self.dirs.iter().filter_map(|d| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok()).collect()
+        self.dirs.iter().filter_map(|(_, d)| CString::new(d.join("cgroup.procs").as_os_str().as_bytes()).ok()).collect()
     }
 }
 
@@ -131,7 +127,7 @@ impl Drop for Transient {
     fn drop(&mut self) {
         // Processes the command left behind are its own descendants: end them so the cgroup
         // can be removed.
-        for d in &self.dirs {
+        for (_, d) in &self.dirs {
             for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
                 if let Ok(pid) = pid.trim().parse::<i32>() {
                     // SAFETY: plain kill(2) of a process inside the cgroup this run created.
@@ -139,7 +135,8 @@ impl Drop for Transient {
                 }
             }
         }
-        for d in &self.dirs {
+        for (_, d) in &self.dirs {
+            // Tasks just exited may keep a cgroup busy for a moment.
             for _ in 0..200 {
                 match std::fs::remove_dir(d) {
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {

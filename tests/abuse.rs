@@ -25,14 +25,6 @@ print("ready", flush=True)
 time.sleep(float(sys.argv[3]))
 "#;
 
-fn rss_kib(pid: i32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn bystander_survives_handle_hoarding_and_tight_loops() {
     if !live_ready("bystander_survives_handle_hoarding_and_tight_loops") {
@@ -52,7 +44,7 @@ fn bystander_survives_handle_hoarding_and_tight_loops() {
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()), &mut line).unwrap();
     assert_eq!(line.trim(), "ready", "the holder could not open its handles");
-    let rss_handles = rss_kib(d.worker_pid());
+    let rss_handles = status_kib(d.worker_pid(), "VmRSS:");
 
     let spin_cmd = format!("sh -c 'while :; do cat {} >/dev/null; done'", meminfo.display());
     let mut spinners: Vec<_> = (0..2 * host_cpus()).map(|_| spinner.command(&spin_cmd).spawn().unwrap()).collect();
@@ -132,7 +124,7 @@ fn deep_hierarchy_and_many_cgroups() {
         }
     }
     let mut many = Cleanup(top.clone(), 0);
-    let rss_before = rss_kib(d.worker_pid());
+    let rss_before = status_kib(d.worker_pid(), "VmRSS:");
     let t = Instant::now();
     for i in 0..10_000 {
         std::fs::create_dir(top.join(i.to_string())).unwrap();
@@ -151,7 +143,7 @@ fn deep_hierarchy_and_many_cgroups() {
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(field(&String::from_utf8_lossy(&out.stdout), "MemTotal"), 131_072);
-    let rss_after = rss_kib(d.worker_pid());
+    let rss_after = status_kib(d.worker_pid(), "VmRSS:");
     eprintln!("many cgroups: created in {created:?}; worker RSS {rss_before} KiB before, {rss_after} KiB after");
     drop(many);
     // Innermost first, so every parent is empty when its turn comes.

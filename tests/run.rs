@@ -37,18 +37,11 @@ fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
     if !live_ready("run_starts_its_own_daemon_and_real_programs_see_the_limits") {
         return;
     }
-    let have = |p: &str| {
-        Command::new("sh").args(["-c", &format!("command -v {p}")]).output().is_ok_and(|o| o.status.success())
-    };
-    for p in ["free", "top", "uptime", "vmstat", "mpstat", "getconf", "python3"] {
-        if !have(p) {
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{p} is missing (CI installs procps, sysstat, python3)"
-            );
-            eprintln!("SKIPPED: {p} not installed");
-            return;
-        }
+    if !programs_ready(
+        "run_starts_its_own_daemon_and_real_programs_see_the_limits",
+        &["free", "top", "uptime", "vmstat", "mpstat", "getconf", "python3"],
+    ) {
+        return;
     }
     // A mount point nothing serves: run starts a daemon for its duration.
     let unserved = std::env::temp_dir().join(unique("run-unserved"));

@@ -2,8 +2,7 @@
 //! throwaway cgroups, all removed on drop even when the test fails.
 #![allow(dead_code)]
 
-use cgprocfs::cgroup::Hierarchies;
-use cgprocfs::Root;
+use cgprocfs::launch::{RunLimits, Transient};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,6 +31,30 @@ pub fn live_ready(test: &str) -> bool {
     }
     eprintln!("SKIPPED: {msg}");
     false
+}
+
+/// Whether program `p` is on the PATH.
+pub fn have(p: &str) -> bool {
+    Command::new("sh").args(["-c", &format!("command -v {p}")]).output().is_ok_and(|o| o.status.success())
+}
+
+/// Whether every program of `programs` is installed. Under `CI=true` a missing one fails the
+/// test (`.ci/run` installs them); elsewhere the test is skipped, saying so on stderr.
+pub fn programs_ready(test: &str, programs: &[&str]) -> bool {
+    for p in programs {
+        if !have(p) {
+            assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs {p}, which .ci/run installs");
+            eprintln!("SKIPPED: {test} needs {p}");
+            return false;
+        }
+    }
+    true
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), 0 if unreadable.
+pub fn status_kib(pid: i32, key: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
 /// A name unique to this test process and call.
@@ -170,81 +193,28 @@ pub struct Limits {
     pub cpuset: Option<String>,
 }
 
-/// A cgroup created in every hierarchy the views read (v1 memory/cpu/cpuset, or v2), with
-/// optional limits; children can be nested in it. Removed on drop, innermost first.
-pub struct TestCgroup {
-    /// (controller, directory) created, one per hierarchy; controller "" on v2.
-    pub dirs: Vec<(&'static str, PathBuf)>,
+/// A throwaway cgroup: the daemon's own `cgprocfs run` cgroup ([`Transient`]) under a name
+/// unique to the test, plus ways to run commands in it. Removed on drop (children first).
+pub struct TestCgroup(Transient);
+
+impl std::ops::Deref for TestCgroup {
+    type Target = Transient;
+    fn deref(&self) -> &Transient {
+        &self.0
+    }
 }
 
-fn write(p: &Path, v: &str) {
-    std::fs::write(p, v).unwrap_or_else(|e| panic!("write {v:?} to {}: {e}", p.display()));
+fn run_limits(l: &Limits) -> RunLimits {
+    RunLimits { memory: l.memory, cpus: l.cpu.map(|(q, p)| q as f64 / p as f64), cpuset: l.cpuset.clone(), pids: None }
 }
 
 impl TestCgroup {
     pub fn new(tag: &str, limits: &Limits) -> TestCgroup {
-        let h = Hierarchies::discover(&Root::new("/")).unwrap();
-        let name = unique(tag);
-        let mut dirs: Vec<(&'static str, PathBuf)> = Vec::new();
-        for c in ["memory", "cpu", "cpuacct", "cpuset", "blkio"] {
-            // Controllers co-mounted in one hierarchy (cpu,cpuacct) get one directory.
-            if let Some(m) = h.v1_mount(c).filter(|m| !dirs.iter().any(|(_, d)| d.parent() == Some(*m))) {
-                dirs.push((c, m.join(&name)));
-            }
-        }
-        match h.v2_mount() {
-            Some(top) if dirs.is_empty() => {
-                let _ = std::fs::write(top.join("cgroup.subtree_control"), "+memory +cpu +cpuset");
-                dirs.push(("", top.join(&name)));
-            }
-            // Hybrid: runtimes also give the container its own v2 cgroup (cpu.stat, PSI).
-            Some(top) => dirs.push(("unified", top.join(&name))),
-            None => {}
-        }
-        let cg = TestCgroup { dirs };
-        cg.create(limits);
-        cg
+        TestCgroup(Transient::create(&unique(tag), &run_limits(limits)).unwrap_or_else(|e| panic!("cgroup {tag}: {e}")))
     }
 
     pub fn child(&self, tag: &str, limits: &Limits) -> TestCgroup {
-        let name = unique(tag);
-        for (c, d) in &self.dirs {
-            if c.is_empty() {
-                write(&d.join("cgroup.subtree_control"), "+memory +cpu +cpuset");
-            }
-        }
-        let cg = TestCgroup { dirs: self.dirs.iter().map(|(c, d)| (*c, d.join(&name))).collect() };
-        cg.create(limits);
-        cg
-    }
-
-    fn create(&self, l: &Limits) {
-        for (c, d) in &self.dirs {
-            std::fs::create_dir(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
-            let v2 = c.is_empty();
-            let parent = d.parent().unwrap();
-            if *c == "cpuset" {
-                // v1 cpusets start empty and refuse tasks until cpus and mems are set.
-                for f in ["cpuset.cpus", "cpuset.mems"] {
-                    let v = std::fs::read_to_string(parent.join(f)).unwrap();
-                    write(&d.join(f), v.trim());
-                }
-            }
-            if let (Some(m), true) = (l.memory, v2 || *c == "memory") {
-                write(&d.join(if v2 { "memory.max" } else { "memory.limit_in_bytes" }), &m.to_string());
-            }
-            if let (Some((q, p)), true) = (l.cpu, v2 || *c == "cpu") {
-                if v2 {
-                    write(&d.join("cpu.max"), &format!("{q} {p}"));
-                } else {
-                    write(&d.join("cpu.cfs_period_us"), &p.to_string());
-                    write(&d.join("cpu.cfs_quota_us"), &q.to_string());
-                }
-            }
-            if let (Some(s), true) = (&l.cpuset, v2 || *c == "cpuset") {
-                write(&d.join("cpuset.cpus"), s);
-            }
-        }
+        TestCgroup(self.0.child(&unique(tag), &run_limits(limits)).unwrap_or_else(|e| panic!("cgroup {tag}: {e}")))
     }
 
     /// `cmd` run inside the cgroup via a shell that joins it first, then execs.
@@ -261,30 +231,6 @@ impl TestCgroup {
         let out: Output = self.command(cmd).output().unwrap();
         assert!(out.status.success(), "{cmd}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        // Whatever still runs in the cgroup was started by this test (a namespace's init left
-        // behind by a killed unshare, say): end it so the cgroup can go.
-        for (_, d) in &self.dirs {
-            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
-                if let Ok(pid) = pid.trim().parse::<i32>() {
-                    // SAFETY: kill by pid of a process this test started.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        for (_, d) in &self.dirs {
-            // Tasks just exited may keep a cgroup busy for a moment.
-            for _ in 0..100 {
-                match std::fs::remove_dir(d) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(20)),
-                    _ => break,
-                }
-            }
-        }
     }
 }
 
