@@ -13,6 +13,7 @@
 
 use crate::fs::session::{self, clone_fd, notify_resend, spawn_workers, InitParams};
 use crate::fs::ProcFs;
+use crate::seccomp::{self, agent::Agent};
 use crate::service::{Options, Service};
 use crate::Root;
 use std::io;
@@ -38,6 +39,8 @@ pub struct KeeperConfig {
     /// Where the keeper writes its pid for `cgprocfs upgrade`; the workers' state file is
     /// beside it (`.state`).
     pub pidfile: PathBuf,
+    /// The socket runtimes hand seccomp notification fds to; `None` disables it.
+    pub seccomp_socket: Option<PathBuf>,
 }
 
 /// A live connection handed over by a previous keeper through `exec`.
@@ -47,6 +50,19 @@ pub struct Adopted {
     pub fds: Vec<RawFd>,
     /// The parameters negotiated at the original FUSE_INIT.
     pub params: InitParams,
+    /// The seccomp listener socket and the notification fds held, if any.
+    pub seccomp: Option<(RawFd, Vec<RawFd>)>,
+}
+
+/// What a worker gets for answering seccomp notifications.
+#[derive(Debug, Clone)]
+pub struct WorkerSeccomp {
+    /// Its end of the socket pair the keeper sends new notification fds over.
+    pub chan: RawFd,
+    /// The notification fds of running containers.
+    pub fds: Vec<RawFd>,
+    /// Also answer `sched_getaffinity`.
+    pub affinity: bool,
 }
 
 /// The pid file of the keeper serving `mountpoint`.
@@ -69,6 +85,14 @@ fn check_fuse_fd(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {fd} is not /dev/fuse")));
     }
     Ok(())
+}
+
+/// Marks an inherited fd close-on-exec again: an upgrade clears the flag to pass it on, and
+/// the new keeper must not leak it into every process it starts (a drain holding the FUSE fd
+/// would keep the connection alive with nobody answering).
+pub fn cloexec(fd: RawFd) {
+    // SAFETY: fcntl on an fd number; a bad one only returns EBADF.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
 }
 
 fn signal_set(sigs: &[libc::c_int]) -> libc::sigset_t {
@@ -100,11 +124,13 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
     // SAFETY: blocking signals in this (single) thread so sigtimedwait receives them.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
+    let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
     let (fds, params) = match adopted {
         Some(a) => {
             let mut fds = Vec::new();
             for fd in &a.fds {
                 check_fuse_fd(*fd)?;
+                cloexec(*fd);
                 // SAFETY: the fd was inherited across exec for us to own.
                 fds.push(unsafe { OwnedFd::from_raw_fd(*fd) });
             }
@@ -127,8 +153,10 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
         tracing::warn!(pidfile = %cfg.pidfile.display(), error = %e, "cannot write the pid file");
     }
     tracing::info!(mountpoint = %cfg.mountpoint.display(), threads = fds.len(), minor = params.minor, "serving");
+    let agent = start_agent(&cfg, adopted_seccomp)?;
+    let agent = agent.as_deref();
 
-    let mut worker = Some(spawn_worker(&cfg, &fds)?);
+    let mut worker = Some(spawn_worker(&cfg, &fds, agent)?);
     let mut started = Instant::now();
     let mut backoff = Duration::ZERO;
     let mut respawn_at: Option<Instant> = None;
@@ -155,6 +183,9 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
                 if let Some(w) = worker.take() {
                     stop_child(w, libc::SIGTERM);
                 }
+                if let Some(a) = agent {
+                    start_drain(&cfg, a.close());
+                }
                 let _ = std::fs::remove_file(&cfg.pidfile);
                 r?;
                 tracing::info!("stopped");
@@ -162,11 +193,16 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
             }
             Some(libc::SIGHUP) => {
                 tracing::info!(binary = %cfg.binary.display(), "upgrading");
-                // The old worker goes first; whatever it had read is resent to the next one.
+                // The old worker goes first; whatever FUSE request it had read is resent to the
+                // next one (SIGTERM: it finishes a seccomp answer it is writing, which the kernel
+                // would not resend).
                 if let Some(w) = worker.take() {
-                    stop_child(w, libc::SIGKILL);
+                    stop_child(w, libc::SIGTERM);
                 }
-                let err = exec_upgrade(&cfg, &fds, params);
+                let err = match agent {
+                    Some(a) => a.with_fds(|l, n| exec_upgrade(&cfg, &fds, params, Some((l, n)))),
+                    None => exec_upgrade(&cfg, &fds, params, None),
+                };
                 tracing::error!(error = %err, "upgrade failed; continuing with this binary");
                 respawn_at = Some(Instant::now());
             }
@@ -174,7 +210,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
         }
         if respawn_at.is_some_and(|t| t <= Instant::now()) && worker.is_none() {
             respawn_at = None;
-            match spawn_worker(&cfg, &fds) {
+            match spawn_worker(&cfg, &fds, agent) {
                 Ok(w) => {
                     worker = Some(w);
                     started = Instant::now();
@@ -203,14 +239,14 @@ fn stop_child(mut c: Child, sig: libc::c_int) {
     let _ = c.wait();
 }
 
-fn fd_list(fds: &[OwnedFd]) -> String {
-    fds.iter().map(|f| f.as_raw_fd().to_string()).collect::<Vec<_>>().join(",")
+fn raw_fds(fds: &[OwnedFd]) -> Vec<RawFd> {
+    fds.iter().map(|f| f.as_raw_fd()).collect()
 }
 
-/// A command that keeps `fds` open across exec.
-fn command_with_fds(cfg: &KeeperConfig, fds: &[OwnedFd]) -> Command {
+/// A command that keeps `raw` open across exec.
+fn command_with_fds(cfg: &KeeperConfig, raw: &[RawFd]) -> Command {
     let mut cmd = Command::new(&cfg.binary);
-    let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+    let raw = raw.to_vec();
     // SAFETY: only fcntl, which is async-signal-safe, runs between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
@@ -225,19 +261,91 @@ fn command_with_fds(cfg: &KeeperConfig, fds: &[OwnedFd]) -> Command {
     cmd
 }
 
-fn spawn_worker(cfg: &KeeperConfig, fds: &[OwnedFd]) -> io::Result<Child> {
-    let mut cmd = command_with_fds(cfg, fds);
-    cmd.arg("worker").arg("--fds").arg(fd_list(fds)).arg("--state").arg(cfg.pidfile.with_extension("state"));
-    cmd.args(&cfg.view_args);
-    let child = cmd.spawn()?;
+/// The seccomp listener: adopted from the previous keeper, or bound now. A socket another
+/// daemon listens on only disables the feature for this one.
+fn start_agent(cfg: &KeeperConfig, adopted: Option<(RawFd, Vec<RawFd>)>) -> io::Result<Option<Arc<Agent>>> {
+    let Some(path) = &cfg.seccomp_socket else { return Ok(None) };
+    let agent = match adopted {
+        Some((l, n)) => Agent::adopt(path, l, &n)?,
+        None => match Agent::bind(path) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(socket = %path.display(), error = %e, "seccomp listener disabled");
+                return Ok(None);
+            }
+        },
+    };
+    let agent = Arc::new(agent);
+    agent.start()?;
+    tracing::info!(socket = %path.display(), "seccomp listener ready");
+    Ok(Some(agent))
+}
+
+fn spawn_worker(cfg: &KeeperConfig, fds: &[OwnedFd], agent: Option<&Agent>) -> io::Result<Child> {
+    let fuse = raw_fds(fds);
+    let spawn = |sec: Option<(RawFd, &[RawFd])>| {
+        let mut inherit = fuse.clone();
+        if let Some((chan, notify)) = sec {
+            inherit.push(chan);
+            inherit.extend_from_slice(notify);
+        }
+        let mut cmd = command_with_fds(cfg, &inherit);
+        cmd.arg("worker").arg("--fds").arg(seccomp::agent::raw_list(&fuse));
+        cmd.arg("--state").arg(cfg.pidfile.with_extension("state"));
+        if let Some((chan, notify)) = sec {
+            cmd.arg("--seccomp-chan").arg(chan.to_string());
+            if !notify.is_empty() {
+                cmd.arg("--seccomp-fds").arg(seccomp::agent::raw_list(notify));
+            }
+        }
+        cmd.args(&cfg.view_args);
+        cmd.spawn()
+    };
+    let child = match agent {
+        Some(a) => a.with_worker(|chan, notify| spawn(Some((chan, notify))))?,
+        None => spawn(None)?,
+    };
     tracing::info!(pid = child.id(), "worker started");
     Ok(child)
 }
 
+/// Leaves a process answering "run the real call" to the notifications of containers still
+/// running, so that their sysinfo returns the host's values rather than `ENOSYS`.
+fn start_drain(cfg: &KeeperConfig, left: Vec<OwnedFd>) {
+    if left.is_empty() {
+        return;
+    }
+    let raw = raw_fds(&left);
+    let mut cmd = command_with_fds(cfg, &raw);
+    cmd.arg("seccomp-drain").arg("--fds").arg(seccomp::agent::raw_list(&raw));
+    cmd.stdin(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe; the drain must outlive this process group.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        Ok(c) => tracing::info!(pid = c.id(), containers = left.len(), "seccomp: drain started"),
+        Err(e) => tracing::error!(error = %e, "seccomp: cannot start the drain; those containers' sysinfo fails"),
+    }
+}
+
 /// Replaces this process with the binary on disk, handing over the connection. Returns only
 /// on failure.
-fn exec_upgrade(cfg: &KeeperConfig, fds: &[OwnedFd], params: InitParams) -> io::Error {
-    let mut cmd = command_with_fds(cfg, fds);
+fn exec_upgrade(
+    cfg: &KeeperConfig,
+    fds: &[OwnedFd],
+    params: InitParams,
+    seccomp: Option<(RawFd, &[RawFd])>,
+) -> io::Error {
+    let mut inherit = raw_fds(fds);
+    if let Some((l, n)) = seccomp {
+        inherit.push(l);
+        inherit.extend_from_slice(n);
+    }
+    let mut cmd = command_with_fds(cfg, &inherit);
     cmd.arg("serve")
         .arg(&cfg.mountpoint)
         .arg("--threads")
@@ -246,11 +354,24 @@ fn exec_upgrade(cfg: &KeeperConfig, fds: &[OwnedFd], params: InitParams) -> io::
         .arg(&cfg.pidfile)
         .args(&cfg.view_args)
         .arg("--adopt")
-        .arg(fd_list(fds))
+        .arg(seccomp::agent::raw_list(&raw_fds(fds)))
         .arg("--init-minor")
         .arg(params.minor.to_string())
         .arg("--init-flags")
         .arg(params.flags.to_string());
+    match (&cfg.seccomp_socket, seccomp) {
+        (Some(path), Some((l, n))) => {
+            let mut all = vec![l];
+            all.extend_from_slice(n);
+            cmd.arg("--seccomp-socket").arg(path).arg("--seccomp-adopt").arg(seccomp::agent::raw_list(&all));
+        }
+        (Some(path), None) => {
+            cmd.arg("--seccomp-socket").arg(path);
+        }
+        (None, _) => {
+            cmd.arg("--no-seccomp");
+        }
+    }
     // The signals stay blocked across exec, as the new keeper expects.
     cmd.exec()
 }
@@ -262,6 +383,7 @@ pub fn worker(
     state_file: Option<PathBuf>,
     spin: Duration,
     floor: bool,
+    sec: Option<WorkerSeccomp>,
 ) -> io::Result<()> {
     // Die with the keeper: the pair is one service from the outside.
     // SAFETY: prctl with integer arguments.
@@ -272,6 +394,7 @@ pub fn worker(
     let mut owned = Vec::new();
     for &fd in fds {
         check_fuse_fd(fd)?;
+        cloexec(fd);
         // SAFETY: inherited for this process to own.
         owned.push(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }));
     }
@@ -279,6 +402,13 @@ pub fn worker(
     let svc = Arc::new(Service::with_state(Root::new("/"), opts, state_file).map_err(io::Error::other)?);
     tracing::info!(layout = ?svc.hierarchies().layout(), "cgroup hierarchies found");
     svc.start_sampler()?;
+    if let Some(sec) = sec {
+        cloexec(sec.chan);
+        // SAFETY: inherited for this process to own.
+        let chan = unsafe { OwnedFd::from_raw_fd(sec.chan) };
+        let policy = seccomp::Policy::Serve { svc: svc.clone(), affinity: sec.affinity };
+        seccomp::spawn(policy, seccomp::adopt_fds(&sec.fds), Some(chan))?;
+    }
     let fs = Arc::new(ProcFs::with_floor(svc.clone(), floor));
     spawn_workers(&owned, fs, spin)?;
     // Only now, with readers in place: requests a dead predecessor read are queued again.
@@ -287,6 +417,8 @@ pub fn worker(
     }
     let sig = wait_signal(&set, None);
     tracing::info!(signal = ?sig, fallbacks = svc.fallbacks.count(), "worker stopping");
+    // A seccomp answer being written is finished first (held until exit).
+    let _busy = seccomp::BUSY.lock();
     // Exit without unwinding the reader threads, which are blocked in read(2).
     std::process::exit(0);
 }

@@ -15,6 +15,7 @@ pub mod fs;
 pub mod hook;
 pub mod host;
 pub mod launch;
+pub mod seccomp;
 pub mod service;
 pub mod state;
 pub mod view;

@@ -1,7 +1,7 @@
 //! The `cgprocfs` command: `serve` mounts the views, `show` prints one as a container reads it.
 
 use anyhow::{bail, Context, Result};
-use cgprocfs::daemon::{default_pidfile, keeper, Adopted, KeeperConfig};
+use cgprocfs::daemon::{default_pidfile, keeper, Adopted, KeeperConfig, WorkerSeccomp};
 use cgprocfs::fs::session::{mountpoint_state, unmount, InitParams, MountpointState};
 use cgprocfs::launch::{bind_pairs, enter, RunLimits, Transient};
 use cgprocfs::service::{Options, Service};
@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 /// Default mount point, lxcfs-compatible layout under it.
 const DEFAULT_MOUNTPOINT: &str = "/var/lib/cgprocfs";
+/// Default seccomp listener socket of the daemon on the default mount point.
+const DEFAULT_SECCOMP_SOCKET: &str = "/run/cgprocfs/seccomp.sock";
 
 #[derive(Parser)]
 #[command(name = "cgprocfs", version, about = "Container-correct /proc and /sys files over FUSE")]
@@ -36,6 +38,12 @@ struct ViewOpts {
     /// ignores the CFS quota.
     #[arg(long, value_enum, default_value_t = CpuCount::Quota)]
     cpu_count: CpuCount,
+    /// Also answer sched_getaffinity(2) for containers whose seccomp profile notifies it: a
+    /// mask of their visible CPUs, so programs that size thread pools from the affinity mask
+    /// (JVMs without container support, Go, .NET, nproc) follow the quota. Off by default:
+    /// the mask then no longer says where a thread may run (docs/operations.md).
+    #[arg(long)]
+    seccomp_affinity: bool,
 }
 
 #[derive(Subcommand)]
@@ -56,6 +64,14 @@ enum Cmd {
         /// DaemonSet with hostPID) whose own cgroup namespace hides the other containers.
         #[arg(long)]
         host_cgroupns: bool,
+        /// The unix socket container runtimes hand seccomp notification fds to (OCI
+        /// `linux.seccomp.listenerPath`). Default: /run/cgprocfs/seccomp.sock for the default
+        /// mount point, else beside the pid file.
+        #[arg(long)]
+        seccomp_socket: Option<PathBuf>,
+        /// Do not listen for seccomp notification fds.
+        #[arg(long, conflicts_with = "seccomp_socket")]
+        no_seccomp: bool,
         #[command(flatten)]
         view: ViewOpts,
         /// Internal, set by an upgrade: the inherited /dev/fuse fds of the live connection.
@@ -67,6 +83,9 @@ enum Cmd {
         /// Internal, set by an upgrade: the flags negotiated at FUSE_INIT.
         #[arg(long, hide = true)]
         init_flags: Option<u32>,
+        /// Internal, set by an upgrade: the seccomp listener fd, then the notification fds.
+        #[arg(long, hide = true, value_delimiter = ',')]
+        seccomp_adopt: Vec<i32>,
     },
     /// Print FILE (e.g. proc/meminfo) exactly as PID's container reads it through the mount.
     Show {
@@ -137,8 +156,35 @@ enum Cmd {
         /// File keeping per-container counters across worker restarts.
         #[arg(long)]
         state: Option<PathBuf>,
+        /// The keeper's socket for new seccomp notification fds.
+        #[arg(long)]
+        seccomp_chan: Option<i32>,
+        /// Inherited seccomp notification fds.
+        #[arg(long, value_delimiter = ',')]
+        seccomp_fds: Vec<i32>,
         #[command(flatten)]
         view: ViewOpts,
+    },
+    /// Internal: started by a stopping daemon; lets containers' notified calls run for real
+    /// until those containers exit.
+    #[command(hide = true)]
+    SeccompDrain {
+        #[arg(long, value_delimiter = ',', required = true)]
+        fds: Vec<i32>,
+    },
+    /// Print a seccomp profile for runc/podman/CRI-O: BASE (the runtime's default profile,
+    /// JSON) with sysinfo (and with --affinity sched_getaffinity) notified to the daemon's
+    /// socket. Without BASE: allow everything else.
+    SeccompProfile {
+        /// The profile to extend (e.g. /usr/share/containers/seccomp.json).
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// The daemon's socket.
+        #[arg(long, default_value = DEFAULT_SECCOMP_SOCKET)]
+        listener: PathBuf,
+        /// Also notify sched_getaffinity (the daemon answers it with `--seccomp-affinity`).
+        #[arg(long)]
+        affinity: bool,
     },
 }
 
@@ -152,7 +198,19 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Serve { mountpoint, threads, pidfile, host_cgroupns, view, adopt, init_minor, init_flags } => {
+        Cmd::Serve {
+            mountpoint,
+            threads,
+            pidfile,
+            host_cgroupns,
+            seccomp_socket,
+            no_seccomp,
+            view,
+            adopt,
+            init_minor,
+            init_flags,
+            seccomp_adopt,
+        } => {
             if host_cgroupns {
                 if let Err(e) = enter_host_cgroupns() {
                     eprintln!("cgprocfs: {e:#}");
@@ -160,10 +218,15 @@ fn main() {
                 }
             }
             let adopted = match (adopt.is_empty(), init_minor, init_flags) {
-                (false, Some(minor), Some(flags)) => Some(Adopted { fds: adopt, params: InitParams { minor, flags } }),
+                (false, Some(minor), Some(flags)) => Some(Adopted {
+                    fds: adopt,
+                    params: InitParams { minor, flags },
+                    seccomp: seccomp_adopt.split_first().map(|(l, n)| (*l, n.to_vec())),
+                }),
                 _ => None,
             };
-            serve(&mountpoint, threads, pidfile, view, adopted)
+            let seccomp = Seccomp { socket: seccomp_socket, disabled: no_seccomp };
+            serve(&mountpoint, threads, pidfile, view, seccomp, adopted)
         }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
         Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
@@ -200,11 +263,18 @@ fn main() {
                 Err(e) => Err(e),
             }
         }
-        Cmd::Worker { fds, state, view } => {
+        Cmd::Worker { fds, state, seccomp_chan, seccomp_fds, view } => {
             let spin = std::time::Duration::from_micros(view.spin_us);
-            cgprocfs::daemon::worker(&fds, Options { cpu_count: view.cpu_count }, state, spin, view.bench_floor)
-                .context("worker failed")
+            let sec =
+                seccomp_chan.map(|chan| WorkerSeccomp { chan, fds: seccomp_fds, affinity: view.seccomp_affinity });
+            let opts = Options { cpu_count: view.cpu_count };
+            cgprocfs::daemon::worker(&fds, opts, state, spin, view.bench_floor, sec).context("worker failed")
         }
+        Cmd::SeccompDrain { fds } => {
+            cgprocfs::seccomp::agent::drain(cgprocfs::seccomp::adopt_fds(&fds));
+            Ok(())
+        }
+        Cmd::SeccompProfile { base, listener, affinity } => seccomp_profile(base.as_deref(), &listener, affinity),
     };
     if let Err(e) = r {
         eprintln!("cgprocfs: {e:#}");
@@ -229,11 +299,18 @@ fn show(pid: Option<u32>, file: &str, view: ViewOpts) -> Result<()> {
     Ok(())
 }
 
+/// `serve`'s seccomp listener options.
+struct Seccomp {
+    socket: Option<PathBuf>,
+    disabled: bool,
+}
+
 fn serve(
     mountpoint: &Path,
     threads: usize,
     pidfile: Option<PathBuf>,
     view: ViewOpts,
+    seccomp: Seccomp,
     adopted: Option<Adopted>,
 ) -> Result<()> {
     // An adopting keeper must not touch the mount point: no worker serves it until this
@@ -270,8 +347,17 @@ fn serve(
     if view.bench_floor {
         view_args.push("--bench-floor".to_string());
     }
+    if view.seccomp_affinity {
+        view_args.push("--seccomp-affinity".to_string());
+    }
     let pidfile = pidfile.unwrap_or_else(|| default_pidfile(&mountpoint));
-    let cfg = KeeperConfig { mountpoint: mountpoint.clone(), binary, view_args, threads, pidfile };
+    let seccomp_socket = match seccomp {
+        Seccomp { disabled: true, .. } => None,
+        Seccomp { socket: Some(s), .. } => Some(s),
+        _ if mountpoint == Path::new(DEFAULT_MOUNTPOINT) => Some(PathBuf::from(DEFAULT_SECCOMP_SOCKET)),
+        _ => Some(pidfile.with_extension("sock")),
+    };
+    let cfg = KeeperConfig { mountpoint: mountpoint.clone(), binary, view_args, threads, pidfile, seccomp_socket };
     keeper(cfg, adopted).with_context(|| format!("serving {} failed", mountpoint.display()))
 }
 
@@ -362,5 +448,36 @@ fn enter_host_cgroupns() -> Result<()> {
     let f = std::fs::File::open("/proc/1/ns/cgroup").context("cannot open /proc/1/ns/cgroup (is hostPID set?)")?;
     nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWCGROUP)
         .context("cannot enter the host's cgroup namespace")?;
+    Ok(())
+}
+
+/// Prints `base` (or an allow-all profile) with the calls the daemon answers set to
+/// `SCMP_ACT_NOTIFY` and `listenerPath` pointing at it. Those calls are removed from every other
+/// rule first: a profile cannot give one call two actions.
+fn seccomp_profile(base: Option<&Path>, listener: &Path, affinity: bool) -> Result<()> {
+    use serde_json::{json, Value};
+    let mut p: Value = match base {
+        Some(b) => {
+            serde_json::from_str(&std::fs::read_to_string(b).with_context(|| format!("cannot read {}", b.display()))?)
+                .with_context(|| format!("{} is not a JSON seccomp profile", b.display()))?
+        }
+        None => json!({"defaultAction": "SCMP_ACT_ALLOW"}),
+    };
+    let mut names = vec!["sysinfo"];
+    if affinity {
+        names.push("sched_getaffinity");
+    }
+    let obj = p.as_object_mut().context("the profile is not a JSON object")?;
+    let mut rules: Vec<Value> = obj.get("syscalls").and_then(Value::as_array).cloned().unwrap_or_default();
+    for r in &mut rules {
+        if let Some(list) = r.get_mut("names").and_then(Value::as_array_mut) {
+            list.retain(|n| !n.as_str().is_some_and(|n| names.contains(&n)));
+        }
+    }
+    rules.retain(|r| r.get("names").and_then(Value::as_array).is_none_or(|l| !l.is_empty()));
+    rules.push(json!({"names": names, "action": "SCMP_ACT_NOTIFY"}));
+    obj.insert("syscalls".into(), Value::Array(rules));
+    obj.insert("listenerPath".into(), json!(listener));
+    println!("{}", serde_json::to_string_pretty(&p)?);
     Ok(())
 }

@@ -13,6 +13,7 @@ use crate::error::Result;
 use crate::host::{self, HostCpuinfo, HostMeminfo, HostStat};
 use crate::state::{self, Store};
 use crate::view::cpus::{visible_cpus, CpuCount};
+use crate::view::sysinfo::Sysinfo;
 use crate::view::{cpu_online, cpuinfo, diskstats, loadavg, meminfo, stat, swaps, uptime, View};
 use crate::Root;
 use parking_lot::Mutex;
@@ -294,6 +295,32 @@ impl Service {
                 Ok(loadavg::render(&load, &tasks, last_pid))
             }
         }
+    }
+
+    /// `struct sysinfo` for container `c`: the host's values (this process's own sysinfo)
+    /// with every field the container has a source for replaced by the number its meminfo,
+    /// uptime and loadavg show.
+    pub fn sysinfo(&self, c: &Container) -> Result<Sysinfo> {
+        let mut s = Sysinfo::host().map_err(|e| crate::Error::io("sysinfo(2)", e))?;
+        let cg = &c.cgroups;
+        let host = self.meminfo.get(|| HostMeminfo::read(&self.root))?;
+        if let Some(v) = meminfo::compute(&host, &self.container_memory(cg)?) {
+            let b = |l: &str, or: u64| v.get(l).map_or(or, |k| k * 1024);
+            s.totalram = b("MemTotal", s.totalram);
+            s.freeram = b("MemFree", s.freeram);
+            s.sharedram = b("Shmem", s.sharedram);
+            s.bufferram = b("Buffers", s.bufferram);
+            s.totalswap = b("SwapTotal", s.totalswap);
+            s.freeswap = b("SwapFree", s.freeswap);
+        }
+        if let (Some(_), Some(k)) = (cg.cpu_accounting(), state::key(cg)) {
+            let now = host::boottime_ns();
+            s.set_uptime_ns(self.age_ns(c, now)?);
+            let (load, tasks) = self.store.load(&self.root, &k, c.clone(), now);
+            s.set_loads(load.avenrun);
+            s.procs = tasks.total.min(u64::from(u16::MAX)) as u16;
+        }
+        Ok(s)
     }
 
     /// Age of the container: since its init started, or for a container sharing the host's

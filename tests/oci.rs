@@ -3,6 +3,7 @@
 
 mod common;
 
+use common::bundle::Bundle;
 use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -10,69 +11,6 @@ use std::process::Command;
 
 fn tools_ready(test: &str) -> bool {
     live_ready(test) && programs_ready(test, &["runc", "busybox"])
-}
-
-/// A bundle directory with a busybox rootfs and a config.json; removed on drop.
-struct Bundle {
-    dir: PathBuf,
-    id: String,
-}
-
-impl Bundle {
-    /// What the hook logged for this container.
-    fn hook_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("hook.log")).unwrap_or_default()
-    }
-}
-
-impl Bundle {
-    fn new(tag: &str, script: &str, mountpoint: &Path, annotations: Value) -> Bundle {
-        let id = unique(tag);
-        let dir = std::env::temp_dir().join(&id);
-        let rootfs = dir.join("rootfs");
-        for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
-            std::fs::create_dir_all(rootfs.join(d)).unwrap();
-        }
-        let busybox =
-            String::from_utf8(Command::new("sh").args(["-c", "command -v busybox"]).output().unwrap().stdout).unwrap();
-        std::fs::copy(busybox.trim(), rootfs.join("bin/busybox")).unwrap();
-        for a in ["sh", "cat", "head", "grep", "free", "uptime", "sleep", "wc"] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-        }
-        let st = Command::new("runc").args(["spec", "--bundle"]).arg(&dir).status().unwrap();
-        assert!(st.success(), "runc spec failed");
-        let path = dir.join("config.json");
-        let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        c["process"]["terminal"] = json!(false);
-        c["process"]["args"] = json!(["sh", "-c", script]);
-        c["root"]["readonly"] = json!(false);
-        c["linux"]["resources"] =
-            json!({"memory": {"limit": 256u64 << 20}, "cpu": {"quota": 150000, "period": 100000}});
-        c["annotations"] = annotations;
-        c["hooks"] = json!({"createContainer": [{
-            "path": bin(),
-            "args": ["cgprocfs", "oci-hook", "--mountpoint", mountpoint.to_string_lossy(),
-                     "--log", dir.join("hook.log").to_string_lossy()]
-        }]});
-        std::fs::write(&path, serde_json::to_string_pretty(&c).unwrap()).unwrap();
-        Bundle { dir, id }
-    }
-
-    fn run(&self) -> (bool, String, String) {
-        let out = Command::new("runc").args(["run", "--bundle"]).arg(&self.dir).arg(&self.id).output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-}
-
-impl Drop for Bundle {
-    fn drop(&mut self) {
-        let _ = Command::new("runc").args(["delete", "-f", &self.id]).output();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 // BusyBox `cat` uses sendfile(2), which Linux 6.5 - 6.18 route through the page cache for
@@ -87,7 +25,7 @@ fn runc_container_sees_its_limits_through_the_hook() {
         return;
     }
     let d = Daemon::start("runc");
-    let b = Bundle::new("runc", SCRIPT, &d.mnt, json!({}));
+    let b = Bundle::new("runc", SCRIPT).with_hook(&d.mnt).write();
     let (ok, out, err) = b.run();
     assert!(ok, "runc failed: {err}");
     eprintln!("{out}{err}");
@@ -115,7 +53,7 @@ fn container_starts_without_a_daemon_and_can_opt_out() {
     // Nothing serves this mount point: the hook logs why and the container runs unchanged.
     let nowhere = std::env::temp_dir().join(unique("nodaemon"));
     std::fs::create_dir_all(&nowhere).unwrap();
-    let b = Bundle::new("nodaemon", SCRIPT, &nowhere, json!({}));
+    let b = Bundle::new("nodaemon", SCRIPT).with_hook(&nowhere).write();
     let (ok, out, err) = b.run();
     let _ = std::fs::remove_dir(&nowhere);
     assert!(ok, "the container must start without the daemon: {err}");
@@ -125,7 +63,7 @@ fn container_starts_without_a_daemon_and_can_opt_out() {
 
     // Opted out by annotation: the daemon serves, the container keeps its own files.
     let d = Daemon::start("optout");
-    let b = Bundle::new("optout", SCRIPT, &d.mnt, json!({"io.cgprocfs.disable": "true"}));
+    let b = Bundle::new("optout", SCRIPT).with_hook(&d.mnt).annotate(json!({"io.cgprocfs.disable": "true"})).write();
     let (ok, out, err) = b.run();
     assert!(ok, "{err}");
     assert_eq!(field(out.lines().next().unwrap(), "MemTotal"), host_total);

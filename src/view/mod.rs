@@ -9,6 +9,7 @@ pub mod loadavg;
 pub mod meminfo;
 pub mod stat;
 pub mod swaps;
+pub mod sysinfo;
 pub mod uptime;
 
 /// A file the daemon serves, named by its path under the mount point.

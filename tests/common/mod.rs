@@ -2,6 +2,8 @@
 //! throwaway cgroups, all removed on drop even when the test fails.
 #![allow(dead_code)]
 
+pub mod bundle;
+
 use cgprocfs::launch::{RunLimits, Transient};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -165,6 +167,16 @@ impl Daemon {
 
     pub fn path(&self, file: &str) -> PathBuf {
         self.mnt.join(file)
+    }
+
+    /// The socket the daemon takes seccomp notification fds on (beside its pid file).
+    pub fn seccomp_socket(&self) -> PathBuf {
+        self.dir.join("keeper.sock")
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
     }
 }
 

@@ -1,0 +1,233 @@
+//! The keeper's side of seccomp notification: the unix socket a runtime connects to at
+//! container start (OCI `linux.seccomp.listenerPath`), and the notification fds it hands over.
+//!
+//! runc's protocol (`libcontainer/process_linux.go`, 1.1+): connect, one message with the
+//! container process state as JSON (`{"ociVersion", "fds": ["seccompFd"], "pid", "metadata",
+//! "state": {...}}`) and the fds named in `fds` as SCM_RIGHTS, then close. crun speaks the same.
+//!
+//! The keeper, not the worker, holds the received fds: when the last holder closes one, the
+//! kernel fails every notified call of that container with `ENOSYS`, so they must outlive a
+//! worker crash exactly like the FUSE fds. Each worker gets them all at start and new ones over
+//! a socket pair; fds whose container has exited (`POLLHUP`) are closed here.
+
+use super::{is_notify_fd, recv_fds, send_fds};
+use parking_lot::Mutex;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The runtime's state message is a few KiB; refuse to buffer more than this.
+const MAX_STATE: usize = 1 << 20;
+
+struct State {
+    notify: Vec<OwnedFd>,
+    /// The keeper's end of the current worker's socket pair.
+    worker: Option<OwnedFd>,
+    closed: bool,
+}
+
+/// The listening socket and the notification fds of running containers.
+pub struct Agent {
+    path: PathBuf,
+    listener: OwnedFd,
+    state: Mutex<State>,
+}
+
+impl Agent {
+    /// Listens at `path` (mode 0600: only root hands us fds). A socket left by a dead daemon
+    /// is replaced; one another daemon still answers on is an error.
+    pub fn bind(path: &Path) -> io::Result<Agent> {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let listener = match UnixListener::bind(path) {
+            Ok(l) => l,
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrInUse,
+                        format!("another daemon listens on {}", path.display()),
+                    ));
+                }
+                std::fs::remove_file(path)?;
+                UnixListener::bind(path)?
+            }
+            Err(e) => return Err(e),
+        };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+        Ok(Agent::new(path, OwnedFd::from(listener), Vec::new()))
+    }
+
+    /// Takes over the socket and fds a previous keeper passed across exec.
+    pub fn adopt(path: &Path, listener: RawFd, notify: &[RawFd]) -> io::Result<Agent> {
+        let st = nix::sys::stat::fstat(listener).map_err(io::Error::from)?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {listener} is not a socket")));
+        }
+        crate::daemon::cloexec(listener);
+        // SAFETY: inherited across exec for this process to own.
+        let listener = unsafe { OwnedFd::from_raw_fd(listener) };
+        Ok(Agent::new(path, listener, super::adopt_fds(notify)))
+    }
+
+    fn new(path: &Path, listener: OwnedFd, notify: Vec<OwnedFd>) -> Agent {
+        Agent { path: path.to_path_buf(), listener, state: Mutex::new(State { notify, worker: None, closed: false }) }
+    }
+
+    /// Where the socket is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Starts accepting runtimes' connections and watching for containers that exit.
+    pub fn start(self: &Arc<Self>) -> io::Result<()> {
+        let me = Arc::clone(self);
+        std::thread::Builder::new().name("seccomp-agent".into()).spawn(move || me.run())?;
+        Ok(())
+    }
+
+    fn run(&self) {
+        loop {
+            let watched: Vec<RawFd> = self.state.lock().notify.iter().map(|f| f.as_raw_fd()).collect();
+            let mut pfds = vec![libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            // events 0: only POLLHUP, which the kernel reports once the filter has no task left.
+            pfds.extend(watched.iter().map(|&fd| libc::pollfd { fd, events: 0, revents: 0 }));
+            // SAFETY: pfds is a valid array of its length. The timeout picks up fds added since.
+            let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as _, 1000) };
+            if r <= 0 {
+                continue;
+            }
+            if pfds[0].revents & libc::POLLIN != 0 {
+                self.accept();
+            }
+            let hung: Vec<RawFd> = pfds[1..].iter().filter(|p| p.revents != 0).map(|p| p.fd).collect();
+            if !hung.is_empty() {
+                let mut st = self.state.lock();
+                st.notify.retain(|f| !hung.contains(&f.as_raw_fd()));
+                tracing::debug!(closed = hung.len(), left = st.notify.len(), "seccomp: containers exited");
+            }
+        }
+    }
+
+    fn accept(&self) {
+        // SAFETY: accept4 on our listening socket; the new fd is owned below.
+        let fd = unsafe {
+            libc::accept4(self.listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)
+        };
+        if fd < 0 {
+            return;
+        }
+        // SAFETY: just returned by accept4.
+        let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        match receive(&conn) {
+            Ok((id, fd)) => {
+                let mut st = self.state.lock();
+                if st.closed {
+                    return;
+                }
+                if let Some(w) = &st.worker {
+                    if let Err(e) = send_fds(w.as_raw_fd(), &[fd.as_raw_fd()]) {
+                        tracing::warn!(error = %e, "seccomp: cannot pass a container to the worker; it gets it at restart");
+                    }
+                }
+                tracing::info!(container = %id, "seccomp: answering sysinfo for a new container");
+                st.notify.push(fd);
+            }
+            Err(e) => tracing::warn!(error = %e, "seccomp: bad message on the listener socket"),
+        }
+    }
+
+    /// Calls `f` with a fresh socket pair end for a worker and the notification fds to pass to
+    /// it (under the lock, so nothing received meanwhile is missed); the keeper's end is kept
+    /// for fds that arrive later.
+    pub fn with_worker<T>(&self, f: impl FnOnce(RawFd, &[RawFd]) -> io::Result<T>) -> io::Result<T> {
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (mine, theirs) = socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?;
+        let mut st = self.state.lock();
+        let notify: Vec<RawFd> = st.notify.iter().map(|f| f.as_raw_fd()).collect();
+        let r = f(theirs.as_raw_fd(), &notify)?;
+        st.worker = Some(mine);
+        Ok(r)
+    }
+
+    /// Calls `f` with the listener and notification fds under the lock (an upgrade exec-ing
+    /// with them).
+    pub fn with_fds<T>(&self, f: impl FnOnce(RawFd, &[RawFd]) -> T) -> T {
+        let st = self.state.lock();
+        let notify: Vec<RawFd> = st.notify.iter().map(|f| f.as_raw_fd()).collect();
+        f(self.listener.as_raw_fd(), &notify)
+    }
+
+    /// Stops listening (the socket file is removed) and hands out the notification fds of
+    /// containers still running.
+    pub fn close(&self) -> Vec<OwnedFd> {
+        let mut st = self.state.lock();
+        st.closed = true;
+        st.worker = None;
+        let _ = std::fs::remove_file(&self.path);
+        std::mem::take(&mut st.notify)
+    }
+}
+
+/// Reads one runtime message from `conn`: the container id and its notification fd.
+fn receive(conn: &OwnedFd) -> io::Result<(String, OwnedFd)> {
+    let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+    // SAFETY: setsockopt with a timeval of the right size; a runtime that connects and sends
+    // nothing must not stall the keeper.
+    unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    let mut data = Vec::new();
+    let mut fds = Vec::new();
+    let mut buf = vec![0u8; 64 << 10];
+    loop {
+        let (n, got) = recv_fds(conn.as_raw_fd(), &mut buf)?;
+        fds.extend(got);
+        if n == 0 {
+            break;
+        }
+        data.extend_from_slice(&buf[..n]);
+        if data.len() > MAX_STATE {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "state message too long"));
+        }
+        // runc sends one message and closes; stop once it parses, in case it does not close.
+        if serde_json::from_slice::<serde_json::Value>(&data).is_ok() {
+            break;
+        }
+    }
+    let state: serde_json::Value = serde_json::from_slice(&data)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("state JSON: {e}")))?;
+    let index =
+        state["fds"].as_array().and_then(|a| a.iter().position(|n| n.as_str() == Some("seccompFd"))).unwrap_or(0);
+    let id = state["state"]["id"].as_str().unwrap_or("?").to_string();
+    if index >= fds.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("no seccompFd among {} fds", fds.len())));
+    }
+    let fd = fds.swap_remove(index);
+    if !is_notify_fd(fd.as_raw_fd()) {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the fd is not a seccomp notification fd"));
+    }
+    Ok((id, fd))
+}
+
+/// Runs the drain: answers every notification of `fds` with "run the real call" until their
+/// containers have all exited. Started by a stopping keeper so containers' sysinfo returns the
+/// host's values instead of failing with `ENOSYS`.
+pub fn drain(fds: Vec<OwnedFd>) {
+    tracing::info!(containers = fds.len(), "seccomp: passing calls through until these containers exit");
+    super::serve(super::Policy::Continue, fds, None, true);
+}
+
+/// The fd numbers of `fds`, for a command line.
+pub fn raw_list(fds: &[RawFd]) -> String {
+    fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",")
+}

@@ -1,0 +1,400 @@
+//! Answers system calls no FUSE file can change — `sysinfo(2)`, and optionally
+//! `sched_getaffinity(2)` — for containers whose seccomp profile marks them
+//! `SCMP_ACT_NOTIFY` (kernel seccomp user notification, `kernel/seccomp.c`).
+//!
+//! The runtime hands each container's notification fd to [`agent`] (OCI
+//! `linux.seccomp.listenerPath`); the keeper holds those fds for as long as the container lives,
+//! like the FUSE fds, and passes them to each worker, whose [`serve`] loop receives the
+//! notifications and answers them from the same numbers as the container's meminfo, uptime and
+//! loadavg. Whatever cannot be answered — another syscall, an unknown caller, a pointer that
+//! does not take the write — is answered with `SECCOMP_USER_NOTIF_FLAG_CONTINUE`: the kernel
+//! then runs the real system call, so a container never sees an error or a hang of ours.
+
+pub mod agent;
+
+use crate::service::Service;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
+
+/// `SECCOMP_IOCTL_NOTIF_RECV` = `_IOWR('!', 0, struct seccomp_notif)`.
+pub const IOCTL_NOTIF_RECV: u64 = 0xC050_2100;
+/// `SECCOMP_IOCTL_NOTIF_SEND` = `_IOWR('!', 1, struct seccomp_notif_resp)`.
+pub const IOCTL_NOTIF_SEND: u64 = 0xC018_2101;
+/// `SECCOMP_IOCTL_NOTIF_ID_VALID` = `_IOW('!', 2, __u64)`.
+pub const IOCTL_NOTIF_ID_VALID: u64 = 0x4008_2102;
+/// Run the real system call (Linux 5.5+).
+pub const FLAG_CONTINUE: u32 = 1;
+
+/// The audit architecture of native system calls; notifications from another (a 32-bit
+/// process: different numbers and struct layouts) are passed through.
+#[cfg(target_arch = "x86_64")]
+pub const AUDIT_ARCH_NATIVE: u32 = 0xC000_003E;
+/// The audit architecture of native system calls.
+#[cfg(target_arch = "aarch64")]
+pub const AUDIT_ARCH_NATIVE: u32 = 0xC000_00B7;
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("seccomp notification answers are written for x86_64 and aarch64");
+
+/// `struct seccomp_data`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SeccompData {
+    /// System call number.
+    pub nr: i32,
+    /// `AUDIT_ARCH_*` of the call.
+    pub arch: u32,
+    /// Instruction pointer.
+    pub instruction_pointer: u64,
+    /// Arguments.
+    pub args: [u64; 6],
+}
+
+/// `struct seccomp_notif`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Notif {
+    /// Cookie of this notification.
+    pub id: u64,
+    /// The calling thread, in the listener's pid namespace.
+    pub pid: u32,
+    /// Unused.
+    pub flags: u32,
+    /// The call.
+    pub data: SeccompData,
+}
+
+/// `struct seccomp_notif_resp`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resp {
+    /// The notification answered.
+    pub id: u64,
+    /// Return value of the call.
+    pub val: i64,
+    /// Negative errno, or 0.
+    pub error: i32,
+    /// [`FLAG_CONTINUE`] or 0.
+    pub flags: u32,
+}
+
+impl Resp {
+    /// Run the real system call.
+    pub fn continue_(id: u64) -> Resp {
+        Resp { id, val: 0, error: 0, flags: FLAG_CONTINUE }
+    }
+}
+
+/// How a listener answers.
+#[derive(Clone)]
+pub enum Policy {
+    /// Every call runs for real: the daemon is stopping and only keeps containers' calls
+    /// from failing with `ENOSYS` (what the kernel answers once no listener holds the fd).
+    Continue,
+    /// Answer for the caller's container.
+    Serve {
+        /// The read path shared with the FUSE views.
+        svc: Arc<Service>,
+        /// Also answer `sched_getaffinity(0, ...)` with the visible CPUs.
+        affinity: bool,
+    },
+}
+
+/// Why a call was passed through instead of answered.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Not a call this listener answers.
+    #[error("system call {0} is not answered")]
+    NotOurs(i32),
+    /// The caller's container or numbers could not be found.
+    #[error(transparent)]
+    Service(#[from] crate::Error),
+    /// The answer could not be written into the caller.
+    #[error("cannot write the answer into pid {pid}: {source}")]
+    Write {
+        /// The caller.
+        pid: u32,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The caller is gone or the notification was already answered.
+    #[error("notification {0} is no longer valid")]
+    Stale(u64),
+}
+
+fn ioctl(fd: RawFd, req: u64, arg: *mut libc::c_void) -> io::Result<()> {
+    // SAFETY: every request passes a pointer to the struct its number encodes.
+    let r = unsafe { libc::ioctl(fd, req as _, arg) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Receives one pending notification from `fd`.
+pub fn recv(fd: RawFd) -> io::Result<Notif> {
+    // The kernel rejects a buffer that is not zeroed.
+    let mut n = Notif::default();
+    ioctl(fd, IOCTL_NOTIF_RECV, &mut n as *mut Notif as *mut _)?;
+    Ok(n)
+}
+
+/// Sends the answer to a notification.
+pub fn send(fd: RawFd, resp: Resp) -> io::Result<()> {
+    let mut r = resp;
+    ioctl(fd, IOCTL_NOTIF_SEND, &mut r as *mut Resp as *mut _)
+}
+
+/// Whether notification `id` still waits for an answer (its caller is alive and blocked).
+pub fn id_valid(fd: RawFd, id: u64) -> bool {
+    let mut id = id;
+    ioctl(fd, IOCTL_NOTIF_ID_VALID, &mut id as *mut u64 as *mut _).is_ok()
+}
+
+/// Whether `fd` is a seccomp notification fd (so a client of the agent socket cannot make us
+/// poll and ioctl some other file).
+pub fn is_notify_fd(fd: RawFd) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|p| p.as_os_str() == "anon_inode:seccomp notify")
+}
+
+/// Writes `bytes` at `addr` in `pid`'s memory, checking first that the notification is still
+/// the one `pid` is blocked in: the pid cannot then have been reused by another process,
+/// because the mem file opened before the check pins the process it was opened for.
+fn write_answer(fd: RawFd, n: &Notif, addr: u64, bytes: &[u8]) -> Result<(), Error> {
+    use std::os::unix::fs::FileExt;
+    let err = |source| Error::Write { pid: n.pid, source };
+    let mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{}/mem", n.pid)).map_err(err)?;
+    if !id_valid(fd, n.id) {
+        return Err(Error::Stale(n.id));
+    }
+    let wrote = mem.write_at(bytes, addr).map_err(err)?;
+    if wrote != bytes.len() {
+        return Err(err(io::Error::from(io::ErrorKind::WriteZero)));
+    }
+    Ok(())
+}
+
+/// The return value for `n`, having written its answer into the caller, or why the real call
+/// should run instead.
+fn answer(policy: &Policy, fd: RawFd, n: &Notif) -> Result<i64, Error> {
+    let Policy::Serve { svc, affinity } = policy else { return Err(Error::NotOurs(n.data.nr)) };
+    if n.data.arch != AUDIT_ARCH_NATIVE {
+        return Err(Error::NotOurs(n.data.nr));
+    }
+    match i64::from(n.data.nr) {
+        libc::SYS_sysinfo => {
+            let c = svc.container_of(n.pid)?;
+            let info = svc.sysinfo(&c)?;
+            write_answer(fd, n, n.data.args[0], &info.encode())?;
+            Ok(0)
+        }
+        libc::SYS_sched_getaffinity if *affinity => {
+            // Another thread's mask (pid != 0) is the kernel's business.
+            let (pid, len, addr) = (n.data.args[0] as i32, n.data.args[1], n.data.args[2]);
+            let ksize = kernel_mask_size();
+            // The kernel's own checks (EINVAL): let it make them.
+            if pid != 0 || len * 8 < ksize as u64 || len % 8 != 0 {
+                return Err(Error::NotOurs(n.data.nr));
+            }
+            let c = svc.container_of(n.pid)?;
+            let cpus = svc.visible_cpus(&c.cgroups)?;
+            let mask = cpu_mask(&cpus, ksize);
+            write_answer(fd, n, addr, &mask)?;
+            Ok(mask.len() as i64)
+        }
+        nr => Err(Error::NotOurs(nr as i32)),
+    }
+}
+
+/// The bytes `sched_getaffinity` copies out (`cpumask_size()`), learnt by asking for our own.
+fn kernel_mask_size() -> usize {
+    static SIZE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SIZE.get_or_init(|| {
+        let mut buf = [0u8; 8192];
+        // SAFETY: the buffer is as long as the length passed.
+        let r = unsafe { libc::syscall(libc::SYS_sched_getaffinity, 0, buf.len(), buf.as_mut_ptr()) };
+        if r > 0 {
+            r as usize
+        } else {
+            buf.len()
+        }
+    })
+}
+
+/// A CPU mask of `size` bytes with the bits of `cpus` set.
+pub fn cpu_mask(cpus: &[u32], size: usize) -> Vec<u8> {
+    let mut m = vec![0u8; size];
+    for &c in cpus {
+        if let Some(b) = m.get_mut(c as usize / 8) {
+            *b |= 1 << (c % 8);
+        }
+    }
+    m
+}
+
+/// Receives and answers one notification on `fd`. Errors of the caller's side (it died,
+/// it was interrupted) are normal and only logged at debug level.
+pub fn handle_one(policy: &Policy, fd: RawFd) {
+    let n = match recv(fd) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::debug!(error = %e, "seccomp: no notification to receive");
+            return;
+        }
+    };
+    let resp = match answer(policy, fd, &n) {
+        Ok(val) => Resp { id: n.id, val, error: 0, flags: 0 },
+        Err(e) => {
+            if !matches!(e, Error::NotOurs(_)) || !matches!(policy, Policy::Continue) {
+                tracing::debug!(pid = n.pid, nr = n.data.nr, error = %e, "seccomp: running the real call");
+            }
+            Resp::continue_(n.id)
+        }
+    };
+    if let Err(e) = send(fd, resp) {
+        tracing::debug!(pid = n.pid, error = %e, "seccomp: answer not delivered (caller gone)");
+    }
+}
+
+/// Held while a notification is being answered, so that a worker asked to stop finishes the
+/// answer first: a notification received and never answered leaves its caller blocked until
+/// it gets a signal.
+pub static BUSY: parking_lot::Mutex<()> = parking_lot::const_mutex(());
+
+/// Receives fds sent over `sock` with SCM_RIGHTS (with up to `buf.len()` bytes of data).
+pub fn recv_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 16]);
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(v) = c {
+            // SAFETY: the kernel installed these fds in this process for us.
+            fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Sends `fds` over `sock` with one byte of data.
+pub fn send_fds(sock: RawFd, fds: &[RawFd]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [io::IoSlice::new(b"f")];
+    sendmsg::<()>(sock, &iov, &[ControlMessage::ScmRights(fds)], MsgFlags::MSG_NOSIGNAL, None)?;
+    Ok(())
+}
+
+/// Serves notifications on `fds`, and on fds arriving over `chan` (from the keeper), until
+/// `chan` is gone and — when `until_empty` — every container has exited.
+pub fn serve(policy: Policy, mut fds: Vec<OwnedFd>, mut chan: Option<OwnedFd>, until_empty: bool) {
+    loop {
+        if until_empty && fds.is_empty() && chan.is_none() {
+            return;
+        }
+        let mut pfds: Vec<libc::pollfd> =
+            fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+        if let Some(c) = &chan {
+            pfds.push(libc::pollfd { fd: c.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+        }
+        // SAFETY: pfds is a valid array of its length.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as _, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                tracing::error!(error = %e, "seccomp: poll failed");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            continue;
+        }
+        if let Some(c) = &chan {
+            let re = pfds[fds.len()].revents;
+            if re & libc::POLLIN != 0 {
+                let mut b = [0u8; 16];
+                match recv_fds(c.as_raw_fd(), &mut b) {
+                    Ok((0, _)) => chan = None,
+                    Ok((_, new)) => fds.extend(new.into_iter().filter(|f| is_notify_fd(f.as_raw_fd()))),
+                    Err(e) => tracing::warn!(error = %e, "seccomp: cannot receive from the keeper"),
+                }
+            } else if re & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                chan = None;
+            }
+        }
+        let mut gone = Vec::new();
+        for (i, p) in pfds.iter().take(fds.len()).enumerate() {
+            if p.revents & libc::POLLIN != 0 {
+                let _busy = BUSY.lock();
+                handle_one(&policy, p.fd);
+            } else if p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
+                // Every task of that filter has exited.
+                gone.push(i);
+            }
+        }
+        for i in gone.into_iter().rev() {
+            fds.swap_remove(i);
+        }
+    }
+}
+
+/// Starts the worker's notification thread.
+pub fn spawn(policy: Policy, fds: Vec<OwnedFd>, chan: Option<OwnedFd>) -> io::Result<()> {
+    std::thread::Builder::new().name("seccomp".into()).spawn(move || serve(policy, fds, chan, false))?;
+    Ok(())
+}
+
+/// Takes ownership of inherited fd numbers that are seccomp notification fds; others are
+/// reported and skipped.
+pub fn adopt_fds(raw: &[RawFd]) -> Vec<OwnedFd> {
+    raw.iter()
+        .filter_map(|&fd| {
+            if is_notify_fd(fd) {
+                crate::daemon::cloexec(fd);
+                // SAFETY: inherited across exec for this process to own.
+                Some(unsafe { OwnedFd::from_raw_fd(fd) })
+            } else {
+                tracing::warn!(fd, "not a seccomp notification fd; ignored");
+                None
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn abi_sizes_match_the_ioctl_numbers() {
+        // _IOC size field (bits 16..30) of each request is the struct it carries.
+        assert_eq!((IOCTL_NOTIF_RECV >> 16) & 0x3fff, std::mem::size_of::<Notif>() as u64);
+        assert_eq!((IOCTL_NOTIF_SEND >> 16) & 0x3fff, std::mem::size_of::<Resp>() as u64);
+        assert_eq!(std::mem::size_of::<Notif>(), 80);
+        assert_eq!(std::mem::size_of::<Resp>(), 24);
+    }
+
+    #[test]
+    fn cpu_mask_sets_the_visible_bits() {
+        assert_eq!(cpu_mask(&[0, 1, 9], 8), vec![0b11, 0b10, 0, 0, 0, 0, 0, 0]);
+        // CPUs beyond the mask are dropped rather than panicking.
+        assert_eq!(cpu_mask(&[70], 8), vec![0; 8]);
+    }
+
+    #[test]
+    fn other_fds_are_not_notify_fds() {
+        assert!(!is_notify_fd(0) || !is_notify_fd(1));
+        let f = std::fs::File::open("/proc/self/stat").unwrap();
+        assert!(!is_notify_fd(f.as_raw_fd()));
+    }
+
+    #[test]
+    fn continue_policy_never_answers() {
+        let n = Notif {
+            id: 7,
+            data: SeccompData { nr: libc::SYS_sysinfo as i32, ..Default::default() },
+            ..Default::default()
+        };
+        assert!(matches!(answer(&Policy::Continue, -1, &n), Err(Error::NotOurs(_))));
+        assert_eq!(Resp::continue_(7), Resp { id: 7, val: 0, error: 0, flags: FLAG_CONTINUE });
+    }
+}
