@@ -120,14 +120,14 @@ fn podman_with_the_packaged_hook() {
     std::fs::create_dir_all(&hooks).unwrap();
     std::fs::write(hooks.join("cgprocfs.json"), serde_json::to_string(&hook).unwrap()).unwrap();
 
-    let run = |extra: &[&str]| {
+    let run_script = |extra: &[&str], script: &str| {
         let out = Command::new("podman")
             .args(["--runtime", "runc", "--hooks-dir"])
             .arg(&hooks)
             .args(["run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
             .args(["--memory", "256m", "--cpus", "1.5"])
             .args(extra)
-            .args([&image, "sh", "-c", SCRIPT])
+            .args([&image, "sh", "-c", script])
             .output()
             .unwrap();
         (
@@ -136,12 +136,26 @@ fn podman_with_the_packaged_hook() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
+    let run = |extra: &[&str]| run_script(extra, SCRIPT);
     let (ok, out, err) = run(&[]);
     assert!(ok, "podman failed: {err}");
     let l: Vec<&str> = out.lines().collect();
     assert_eq!(field(l[0], "MemTotal"), 262_144, "{out}");
     assert_eq!(l[1], host_cpus().min(2).to_string(), "{out}");
     assert!(l[3].split_whitespace().next().unwrap().parse::<f64>().unwrap() < 10.0, "{out}");
+
+    // The packaged seccomp profile (podman's default with sysinfo notified), pointed at this
+    // daemon's socket: BusyBox free and uptime, which take sysinfo(2), see the container.
+    let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/seccomp/cgprocfs-seccomp.json");
+    let mut profile: Value = serde_json::from_str(&std::fs::read_to_string(packaged).unwrap()).unwrap();
+    profile["listenerPath"] = json!(d.seccomp_socket());
+    let profile_path = dir.join("seccomp.json");
+    std::fs::write(&profile_path, serde_json::to_string(&profile).unwrap()).unwrap();
+    let opt = format!("seccomp={}", profile_path.display());
+    let (ok, out, err) = run_script(&["--security-opt", &opt], "free -m; uptime");
+    assert!(ok, "podman with the seccomp profile failed: {err}");
+    assert_eq!(mem_total_mib(&out), 256, "{out}");
+    assert!(out.contains("up 0 min"), "{out}");
 
     // With the daemon stopped the container still starts, with its own files.
     drop(d);

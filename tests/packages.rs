@@ -26,6 +26,7 @@ const FILES: &[&str] = &[
     "/usr/bin/cgprocfs",
     "/usr/share/containers/oci/hooks.d/cgprocfs.json",
     "/usr/share/cgprocfs/containerd-hook.json",
+    "/usr/share/cgprocfs/seccomp.json",
     "/usr/share/cgprocfs/kubernetes/daemonset.yaml",
 ];
 /// cargo-deb compresses man pages; the rpm keeps it as is.
@@ -62,7 +63,7 @@ fn deb_installs_what_it_should_and_removes_cleanly() {
             eprintln!("systemd-analyze not available: unit not verified");
         }
         let unit_text = std::fs::read_to_string(unit).unwrap();
-        for line in ["ExecStart=/usr/bin/cgprocfs serve", "OOMScoreAdjust=-1000", "KillMode=mixed", "ExecReload="] {
+        for line in ["ExecStart=/usr/bin/cgprocfs serve", "OOMScoreAdjust=-1000", "KillMode=process", "ExecReload="] {
             assert!(unit_text.contains(line), "unit lacks {line}");
         }
         let hook: serde_json::Value =

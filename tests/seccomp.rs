@@ -26,12 +26,6 @@ fn profile(d: &Daemon, affinity: bool) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// `free -m`'s total and `uptime`'s "up ..." of BusyBox (both from sysinfo(2)).
-fn mem_total_mib(free: &str) -> u64 {
-    let line = free.lines().find(|l| l.starts_with("Mem:")).unwrap_or_else(|| panic!("no Mem: line in {free:?}"));
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
     while !f() {
@@ -161,4 +155,38 @@ fn jvm_without_container_support_sizes_its_heap_from_the_limit() {
     // The one CPU of quota, from the answered sched_getaffinity.
     assert_eq!(value("processors"), 1, "{out}");
     assert_eq!(out.lines().last().unwrap().trim(), "1", "nproc: {out}");
+}
+
+/// `seccomp-profile` moves the answered calls out of every other rule into one notify rule,
+/// whatever the base; applied to the packaged profile it keeps every other rule.
+#[test]
+fn profile_gives_the_answered_calls_one_notify_rule() {
+    let packaged = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/seccomp/cgprocfs-seccomp.json");
+    let base: Value = serde_json::from_str(&std::fs::read_to_string(&packaged).unwrap()).unwrap();
+    assert_eq!(base["listenerPath"], "/run/cgprocfs/seccomp.sock");
+    let out = Command::new(bin())
+        .args(["seccomp-profile", "--affinity", "--listener", "/run/x.sock", "--base"])
+        .arg(&packaged)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let p: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["listenerPath"], "/run/x.sock");
+    assert_eq!(p["defaultAction"], base["defaultAction"]);
+    let rules = p["syscalls"].as_array().unwrap();
+    let with = |name: &str| -> Vec<&Value> {
+        rules.iter().filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == name)).collect()
+    };
+    for name in ["sysinfo", "sched_getaffinity"] {
+        let r = with(name);
+        assert_eq!(r.len(), 1, "{name} in {} rules", r.len());
+        assert_eq!(r[0]["action"], "SCMP_ACT_NOTIFY");
+    }
+    // Everything else the base allowed is still allowed.
+    assert_eq!(with("read").len(), 1);
+    assert_eq!(rules.len(), base["syscalls"].as_array().unwrap().len());
+    // A base that is not a profile is a clear error.
+    let bad = Command::new(bin()).args(["seccomp-profile", "--base", "/proc/self/status"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a JSON seccomp profile"));
 }

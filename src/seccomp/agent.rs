@@ -129,7 +129,7 @@ impl Agent {
                     return;
                 }
                 if let Some(w) = &st.worker {
-                    if let Err(e) = send_fds(w.as_raw_fd(), &[fd.as_raw_fd()]) {
+                    if let Err(e) = send_fds(w.as_raw_fd(), b"f", &[fd.as_raw_fd()]) {
                         tracing::warn!(error = %e, "seccomp: cannot pass a container to the worker; it gets it at restart");
                     }
                 }

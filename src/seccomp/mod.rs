@@ -23,6 +23,11 @@ pub const IOCTL_NOTIF_RECV: u64 = 0xC050_2100;
 pub const IOCTL_NOTIF_SEND: u64 = 0xC018_2101;
 /// `SECCOMP_IOCTL_NOTIF_ID_VALID` = `_IOW('!', 2, __u64)`.
 pub const IOCTL_NOTIF_ID_VALID: u64 = 0x4008_2102;
+/// `SECCOMP_IOCTL_NOTIF_SET_FLAGS` = `_IOW('!', 4, __u64)` (Linux 6.6+).
+pub const IOCTL_NOTIF_SET_FLAGS: u64 = 0x4008_2104;
+/// `SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`: the caller hands its CPU to the listener and back
+/// instead of waking a thread elsewhere.
+pub const FD_SYNC_WAKE_UP: u64 = 1;
 /// Run the real system call (Linux 5.5+).
 pub const FLAG_CONTINUE: u32 = 1;
 
@@ -144,6 +149,15 @@ pub fn recv(fd: RawFd) -> io::Result<Notif> {
 pub fn send(fd: RawFd, resp: Resp) -> io::Result<()> {
     let mut r = resp;
     ioctl(fd, IOCTL_NOTIF_SEND, &mut r as *mut Resp as *mut _)
+}
+
+/// Asks for synchronous wake-ups on `fd` (Linux 6.6+; older kernels refuse, and the call
+/// then just costs a cross-CPU wake-up more).
+pub fn sync_wake_up(fd: RawFd) {
+    let mut flags = FD_SYNC_WAKE_UP;
+    if let Err(e) = ioctl(fd, IOCTL_NOTIF_SET_FLAGS, &mut flags as *mut u64 as *mut _) {
+        tracing::debug!(error = %e, "seccomp: no synchronous wake-up");
+    }
 }
 
 /// Whether notification `id` still waits for an answer (its caller is alive and blocked).
@@ -278,10 +292,11 @@ pub fn recv_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)
     Ok((msg.bytes, fds))
 }
 
-/// Sends `fds` over `sock` with one byte of data.
-pub fn send_fds(sock: RawFd, fds: &[RawFd]) -> io::Result<()> {
+/// Sends `fds` over `sock` with `data` (at least one byte: a message without data is not
+/// delivered on a stream socket).
+pub fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
-    let iov = [io::IoSlice::new(b"f")];
+    let iov = [io::IoSlice::new(data)];
     sendmsg::<()>(sock, &iov, &[ControlMessage::ScmRights(fds)], MsgFlags::MSG_NOSIGNAL, None)?;
     Ok(())
 }
@@ -314,7 +329,12 @@ pub fn serve(policy: Policy, mut fds: Vec<OwnedFd>, mut chan: Option<OwnedFd>, u
                 let mut b = [0u8; 16];
                 match recv_fds(c.as_raw_fd(), &mut b) {
                     Ok((0, _)) => chan = None,
-                    Ok((_, new)) => fds.extend(new.into_iter().filter(|f| is_notify_fd(f.as_raw_fd()))),
+                    Ok((_, new)) => {
+                        for f in new.into_iter().filter(|f| is_notify_fd(f.as_raw_fd())) {
+                            sync_wake_up(f.as_raw_fd());
+                            fds.push(f);
+                        }
+                    }
                     Err(e) => tracing::warn!(error = %e, "seccomp: cannot receive from the keeper"),
                 }
             } else if re & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
@@ -339,6 +359,9 @@ pub fn serve(policy: Policy, mut fds: Vec<OwnedFd>, mut chan: Option<OwnedFd>, u
 
 /// Starts the worker's notification thread.
 pub fn spawn(policy: Policy, fds: Vec<OwnedFd>, chan: Option<OwnedFd>) -> io::Result<()> {
+    for f in &fds {
+        sync_wake_up(f.as_raw_fd());
+    }
     std::thread::Builder::new().name("seccomp".into()).spawn(move || serve(policy, fds, chan, false))?;
     Ok(())
 }

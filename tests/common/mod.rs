@@ -259,3 +259,9 @@ pub fn host_cpus() -> usize {
     let t = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
     cgprocfs::cgroup::cpuset::parse_list(Path::new("online"), &t).unwrap().len()
 }
+
+/// The total of BusyBox `free -m`'s "Mem:" line, MiB (from sysinfo(2)).
+pub fn mem_total_mib(free: &str) -> u64 {
+    let line = free.lines().find(|l| l.starts_with("Mem:")).unwrap_or_else(|| panic!("no Mem: line in {free:?}"));
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("bad Mem: line {line:?}"))
+}
