@@ -12,7 +12,7 @@
 //! hook exits 0 with the container's files left as they were. It never creates a file or a
 //! directory: a target that does not exist, or is not a regular file, is skipped.
 
-use crate::view::View;
+use crate::view::{bind_targets, CPU_DIR};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::io::Read;
@@ -96,23 +96,27 @@ pub fn run(mut input: impl Read, mountpoint: &Path) -> Result<Outcome, String> {
         ));
     }
     let mut out = Outcome { id: state.id.clone(), ..Default::default() };
-    for v in View::ALL {
-        let src = mountpoint.join(v.path());
-        let dst = rootfs.join(v.path());
+    for path in bind_targets() {
+        let src = mountpoint.join(path);
+        let dst = rootfs.join(path);
+        // The cpu directory is bound whole (its cpuN entries are per container); the rest
+        // are files.
+        let want_dir = path == CPU_DIR;
         match std::fs::symlink_metadata(&dst) {
-            Ok(m) if m.file_type().is_file() => {}
+            Ok(m) if m.file_type().is_dir() == want_dir && !m.file_type().is_symlink() => {}
             Ok(_) => {
-                out.skipped.push((v.path().into(), "target is not a regular file".into()));
+                let what = if want_dir { "a directory" } else { "a regular file" };
+                out.skipped.push((path.into(), format!("target is not {what}")));
                 continue;
             }
             Err(e) => {
-                out.skipped.push((v.path().into(), format!("target missing: {e}")));
+                out.skipped.push((path.into(), format!("target missing: {e}")));
                 continue;
             }
         }
         match bind_ro(&src, &dst) {
-            Ok(()) => out.bound.push(v.path().into()),
-            Err(e) => out.skipped.push((v.path().into(), e)),
+            Ok(()) => out.bound.push(path.into()),
+            Err(e) => out.skipped.push((path.into(), e)),
         }
     }
     Ok(out)

@@ -5,7 +5,6 @@
 //! tree at `/sys/fs/cgroup` (wrong on hybrid hosts) and swallows write errors.
 
 use crate::cgroup::Hierarchies;
-use crate::view::View;
 use crate::Root;
 use std::ffi::CString;
 use std::io;
@@ -149,15 +148,15 @@ impl Drop for Transient {
     }
 }
 
-/// Pairs of (served file, host path it is bound over), as NUL-terminated strings prepared
+/// Pairs of (served path, host path it is bound over), as NUL-terminated strings prepared
 /// before fork.
 pub fn bind_pairs(mountpoint: &Path) -> Vec<(CString, CString)> {
-    View::ALL
-        .iter()
-        .filter(|v| Path::new("/").join(v.path()).exists())
-        .filter_map(|v| {
-            let src = CString::new(mountpoint.join(v.path()).as_os_str().as_bytes()).ok()?;
-            let dst = CString::new(format!("/{}", v.path())).ok()?;
+    crate::view::bind_targets()
+        .into_iter()
+        .filter(|p| Path::new("/").join(p).exists())
+        .filter_map(|p| {
+            let src = CString::new(mountpoint.join(p).as_os_str().as_bytes()).ok()?;
+            let dst = CString::new(format!("/{p}")).ok()?;
             Some((src, dst))
         })
         .collect()

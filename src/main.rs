@@ -233,10 +233,10 @@ fn main() {
         Cmd::DockerArgs { mountpoint } => {
             // runc refuses spec mounts under /proc other than a fixed list, which excludes
             // /proc/pressure: those only the OCI hook can bind.
-            let args: Vec<String> = View::ALL
-                .iter()
-                .filter(|v| !v.path().starts_with("proc/pressure/"))
-                .map(|v| format!("-v {}:/{}:ro", mountpoint.join(v.path()).display(), v.path()))
+            let args: Vec<String> = cgprocfs::view::bind_targets()
+                .into_iter()
+                .filter(|p| !p.starts_with("proc/pressure/"))
+                .map(|p| format!("-v {}:/{p}:ro", mountpoint.join(p).display()))
                 .collect();
             println!("{}", args.join(" "));
             Ok(())
@@ -318,8 +318,17 @@ fn serve(
     let mountpoint = match adopted {
         Some(_) => mountpoint.to_path_buf(),
         None => {
-            std::fs::create_dir_all(mountpoint).with_context(|| format!("cannot create {}", mountpoint.display()))?;
-            mountpoint.canonicalize().with_context(|| format!("cannot resolve {}", mountpoint.display()))?
+            // A dead daemon's mount answers ENOTCONN to stat (Linux 6.1 even for its root), so
+            // mkdir -p and realpath fail there: recognise it by its path first.
+            let abs = std::path::absolute(mountpoint).with_context(|| format!("bad path {}", mountpoint.display()))?;
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
+            if mountpoint_state(&abs, &mountinfo) == MountpointState::Stale {
+                abs
+            } else {
+                std::fs::create_dir_all(mountpoint)
+                    .with_context(|| format!("cannot create {}", mountpoint.display()))?;
+                mountpoint.canonicalize().with_context(|| format!("cannot resolve {}", mountpoint.display()))?
+            }
         }
     };
     if adopted.is_none() {

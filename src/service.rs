@@ -183,6 +183,24 @@ impl Service {
         &self.hierarchies
     }
 
+    /// The root host files are read under.
+    pub fn root(&self) -> &Root {
+        &self.root
+    }
+
+    /// The host CPUs caller `tid` sees (its container's visible CPUs); the host's online CPUs
+    /// when its container cannot be found, as its `online` file falls back to the host's.
+    pub fn visible_cpus_for(&self, tid: u32) -> Vec<u32> {
+        let cpus = self.container_of(tid).and_then(|c| self.visible_cpus(&c.cgroups));
+        match cpus {
+            Ok(c) => c,
+            Err(e) => {
+                self.fallbacks.record("<caller>", View::CpuOnline, &e);
+                self.online.get(|| host::online_cpus(&self.root)).map(|c| c.to_vec()).unwrap_or_default()
+            }
+        }
+    }
+
     /// The container of caller `tid`. Cached for [`CALLER_TTL`] per (thread, pid namespace):
     /// a thread's container changes rarely, and a thread id reused by another container's
     /// process comes with another pid namespace.

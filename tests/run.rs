@@ -75,23 +75,54 @@ fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
 
 #[test]
 fn run_uses_a_serving_daemon_and_a_cpuset() {
-    if !live_ready("run_uses_a_serving_daemon_and_a_cpuset") {
+    let test = "run_uses_a_serving_daemon_and_a_cpuset";
+    if !live_ready(test) || !programs_ready(test, &["lscpu", "mpstat", "getconf"]) {
         return;
     }
     let d = Daemon::start("run-served");
     let last = host_cpus() - 1;
+    let sys = "/sys/devices/system/cpu";
     let (code, out, err) = run(
         &d.mnt,
         &["--cpuset", &last.to_string(), "--pids", "64"],
-        "grep -c ^processor /proc/cpuinfo; cat /sys/devices/system/cpu/online; head -1 /proc/meminfo",
+        &format!(
+            "grep -c ^processor /proc/cpuinfo; cat {sys}/online; head -1 /proc/meminfo; \
+             ls {sys} | grep -c '^cpu[0-9]'; cat {sys}/cpu0/online; cat {sys}/cpu0/topology/core_id; \
+             test -e {sys}/cpu1 && echo has-cpu1 || echo no-cpu1; cat {sys}/kernel_max; \
+             lscpu | grep '^CPU(s):'; mpstat 1 1 | head -1; getconf _NPROCESSORS_CONF; \
+             echo 0 > {sys}/cpu0/online 2>/dev/null || echo read-only"
+        ),
     );
     assert_eq!(code, 0, "{err}");
+    eprintln!("{out}");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines[0], "1", "{out}");
     assert_eq!(lines[1], "0", "{out}");
     // No memory limit: the host's MemTotal.
     let host = std::fs::read_to_string("/proc/meminfo").unwrap();
     assert_eq!(lines[2], host.lines().next().unwrap());
+    // The cpu directory: one cpuN, cpu0 standing for the host CPU of the cpuset, online,
+    // the rest of the directory the host's, read-only.
+    assert_eq!(lines[3], "1", "cpuN directories: {out}");
+    assert_eq!(lines[4], "1", "cpu0/online: {out}");
+    let host_core = |c: usize| std::fs::read_to_string(format!("{sys}/cpu{c}/topology/core_id")).unwrap();
+    assert_eq!(lines[5], host_core(last).trim(), "cpu0 is host cpu{last}: {out}");
+    assert_eq!(lines[6], "no-cpu1", "{out}");
+    assert_eq!(lines[7], std::fs::read_to_string(format!("{sys}/kernel_max")).unwrap().trim());
+    // What lscpu, sysstat and glibc count agrees with cpuinfo.
+    assert!(lines[8].ends_with(" 1"), "lscpu: {out}");
+    assert!(lines[9].contains("(1 CPU)"), "mpstat header: {out}");
+    assert_eq!(lines[10], "1", "_SC_NPROCESSORS_CONF: {out}");
+    assert_eq!(lines[11], "read-only", "{out}");
+    // The same names lead the host to its own CPUs (entries are never cached across callers).
+    let cpu_dirs = std::fs::read_dir(d.path(sys.trim_start_matches('/')))
+        .unwrap()
+        .flatten()
+        .filter(|e| cgprocfs::fs::cpudir::cpu_index(&e.file_name().to_string_lossy()).is_some())
+        .count();
+    assert_eq!(cpu_dirs, host_cpus(), "the host reader sees every CPU");
+    let core0 = std::fs::read_to_string(d.path("sys/devices/system/cpu/cpu0/topology/core_id")).unwrap();
+    assert_eq!(core0, host_core(0), "cpu0 is the host's cpu0 for the host reader");
     // The daemon it used is still serving afterwards.
     assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
 }

@@ -3,11 +3,13 @@
 //! content comes from the service; all protocol mechanics live in [`session`].
 
 pub mod abi;
+pub mod cpudir;
 pub mod session;
 
 use crate::service::Service;
 use crate::view::View;
 use abi::{op, Attr, Body, InHeader, Out};
+use cpudir::{cpu_index, CpuDir, Entry as HostEntry, Kind as HostKind, DYN_BIT};
 use parking_lot::Mutex;
 use session::{Handler, Reply};
 use std::collections::hash_map::Entry;
@@ -87,15 +89,25 @@ impl Tree {
     }
 }
 
-/// One open file: the view and the bytes rendered at its last read at offset 0.
+/// What an open file reads.
+#[derive(Clone)]
+enum Source {
+    View(View),
+    Host(HostEntry),
+}
+
+/// One open file: its source and the bytes read at its last read at offset 0.
 struct Handle {
-    view: View,
+    source: Source,
     data: Option<Arc<Vec<u8>>>,
 }
 
 /// The FUSE filesystem: tree + handles + service.
 pub struct ProcFs {
     tree: Tree,
+    /// The host-backed part of `sys/devices/system/cpu`, and that directory's inode.
+    cpu: CpuDir,
+    cpu_dir: Option<u64>,
     service: Arc<Service>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
@@ -115,8 +127,12 @@ impl ProcFs {
             views.push(View::Floor);
         }
         let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let tree = Tree::new(&views);
+        let cpu_dir = crate::view::CPU_DIR.split('/').try_fold(ROOT, |dir, part| tree.child(dir, part));
         ProcFs {
-            tree: Tree::new(&views),
+            cpu: CpuDir::new(cpudir::host_dir(service.root().path())),
+            cpu_dir,
+            tree,
             service,
             handles: Mutex::new(HashMap::new()),
             // Handle numbers must not repeat a predecessor's still open in some reader: start
@@ -126,12 +142,23 @@ impl ProcFs {
         }
     }
 
-    fn entry(&self, ino: u64) -> Reply {
-        let Some(attr) = self.tree.attr(ino, self.start) else {
-            return Reply::Err(libc::ENOENT);
+    /// Attributes of any inode: the static tree's or a host entry's.
+    fn attr(&self, ino: u64) -> Result<Attr, i32> {
+        if ino & DYN_BIT != 0 {
+            let e = self.cpu.entry(ino).ok_or(libc::ENOENT)?;
+            return self.cpu.attr(ino, &e, self.start).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+        }
+        self.tree.attr(ino, self.start).ok_or(libc::ENOENT)
+    }
+
+    /// An entry reply; `entry_ttl` 0 for names whose inode depends on the caller.
+    fn entry(&self, ino: u64, entry_ttl: u64) -> Reply {
+        let attr = match self.attr(ino) {
+            Ok(a) => a,
+            Err(e) => return Reply::Err(e),
         };
         let mut o = Out::default();
-        o.u64(ino).u64(0).u64(TTL_SECS).u64(TTL_SECS).u32(0).u32(0);
+        o.u64(ino).u64(0).u64(entry_ttl).u64(TTL_SECS).u32(0).u32(0);
         attr.encode(&mut o);
         Reply::Data(o.0)
     }
@@ -141,15 +168,34 @@ impl ProcFs {
         let Ok(name) = std::str::from_utf8(name) else {
             return Reply::Err(libc::ENOENT);
         };
-        match self.tree.child(h.nodeid, name) {
-            Some(ino) => self.entry(ino),
-            None => Reply::Err(libc::ENOENT),
+        if h.nodeid & DYN_BIT != 0 {
+            let found = self.cpu.entry(h.nodeid).and_then(|dir| self.cpu.lookup(&dir, name));
+            return found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS));
         }
+        if let Some(ino) = self.tree.child(h.nodeid, name) {
+            return self.entry(ino, TTL_SECS);
+        }
+        if Some(h.nodeid) != self.cpu_dir {
+            return Reply::Err(libc::ENOENT);
+        }
+        // cpuK: the K-th CPU the caller sees, a different directory for each container.
+        let found = match cpu_index(name) {
+            Some(k) => {
+                let cpus = self.service.visible_cpus_for(h.pid);
+                return cpus
+                    .get(k as usize)
+                    .and_then(|&c| self.cpu.cpu(c))
+                    .map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, 0));
+            }
+            None => self.cpu.lookup_top(name),
+        };
+        found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS))
     }
 
     fn getattr(&self, h: &InHeader) -> Reply {
-        let Some(attr) = self.tree.attr(h.nodeid, self.start) else {
-            return Reply::Err(libc::ENOENT);
+        let attr = match self.attr(h.nodeid) {
+            Ok(a) => a,
+            Err(e) => return Reply::Err(e),
         };
         let mut o = Out::default();
         o.u64(TTL_SECS).u32(0).u32(0);
@@ -157,8 +203,20 @@ impl ProcFs {
         Reply::Data(o.0)
     }
 
+    /// What inode `ino` reads, if it is a file.
+    fn source(&self, ino: u64) -> Option<Source> {
+        if ino & DYN_BIT != 0 {
+            let e = self.cpu.entry(ino)?;
+            return (self.cpu.kind(&e).ok()? == HostKind::File).then_some(Source::Host(e));
+        }
+        match self.tree.node(ino) {
+            Some(Node { kind: Kind::File(v), .. }) => Some(Source::View(*v)),
+            _ => None,
+        }
+    }
+
     fn open(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let Some(Node { kind: Kind::File(view), .. }) = self.tree.node(h.nodeid) else {
+        let Some(source) = self.source(h.nodeid) else {
             return Reply::Err(libc::EISDIR);
         };
         let flags = Body(body).u32(0).unwrap_or(0) as i32;
@@ -170,7 +228,7 @@ impl ProcFs {
             return Reply::Err(libc::ENFILE);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        handles.insert(fh, Handle { view: *view, data: None });
+        handles.insert(fh, Handle { source, data: None });
         let mut o = Out::default();
         o.u64(fh).u32(abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH).u32(0);
         Reply::Data(o.0)
@@ -181,13 +239,13 @@ impl ProcFs {
         let (Some(fh), Some(offset), Some(size)) = (b.u64(0), b.u64(8), b.u32(16)) else {
             return Reply::Err(libc::EINVAL);
         };
-        let (view, cached) = match self.handles.lock().get(&fh) {
-            Some(hd) => (hd.view, hd.data.clone()),
+        let (source, cached) = match self.handles.lock().get(&fh) {
+            Some(hd) => (hd.source.clone(), hd.data.clone()),
             // A handle opened before this process took over the connection: the inode says
             // which file it is; its earlier bytes are gone, so it is rendered afresh.
-            None => match self.tree.node(h.nodeid) {
-                Some(Node { kind: Kind::File(v), .. }) => (*v, None),
-                _ => return Reply::Err(libc::EBADF),
+            None => match self.source(h.nodeid) {
+                Some(s) => (s, None),
+                None => return Reply::Err(libc::EBADF),
             },
         };
         // A read at offset 0 renders afresh (top and free lseek to 0 and re-read the same fd);
@@ -195,7 +253,11 @@ impl ProcFs {
         let data = match cached {
             Some(d) if offset > 0 => d,
             _ => {
-                let d = match self.service.render_for(view, h.pid) {
+                let bytes = match &source {
+                    Source::View(v) => self.service.render_for(*v, h.pid),
+                    Source::Host(e) => self.cpu.read(e).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+                };
+                let d = match bytes {
                     Ok(d) => Arc::new(d),
                     Err(errno) => return Reply::Err(errno),
                 };
@@ -205,7 +267,7 @@ impl ProcFs {
                     Entry::Occupied(mut e) => e.get_mut().data = Some(d.clone()),
                     // Adopt the predecessor's handle, within the same bound as opens.
                     Entry::Vacant(e) if room => {
-                        e.insert(Handle { view, data: Some(d.clone()) });
+                        e.insert(Handle { source, data: Some(d.clone()) });
                     }
                     Entry::Vacant(_) => {}
                 }
@@ -222,18 +284,46 @@ impl ProcFs {
         let (Some(offset), Some(size)) = (b.u64(8), b.u32(16)) else {
             return Reply::Err(libc::EINVAL);
         };
-        let Some(Node { kind: Kind::Dir(children), parent, .. }) = self.tree.node(h.nodeid) else {
-            return Reply::Err(libc::ENOTDIR);
-        };
-        let mut entries: Vec<(u64, &str, u32)> =
-            vec![(h.nodeid, ".", libc::DT_DIR as u32), (*parent, "..", libc::DT_DIR as u32)];
-        for &c in children {
-            if let Some(n) = self.tree.node(c) {
-                let t = match n.kind {
-                    Kind::Dir(_) => libc::DT_DIR,
-                    Kind::File(_) => libc::DT_REG,
-                };
-                entries.push((c, &n.name, t as u32));
+        let dt = |k: HostKind| match k {
+            HostKind::Dir => libc::DT_DIR,
+            HostKind::File => libc::DT_REG,
+            HostKind::Link => libc::DT_LNK,
+        } as u32;
+        let mut entries: Vec<(u64, String, u32)> = Vec::new();
+        if h.nodeid & DYN_BIT != 0 {
+            let Some(dir) = self.cpu.entry(h.nodeid) else { return Reply::Err(libc::ENOENT) };
+            if self.cpu.kind(&dir).ok() != Some(HostKind::Dir) {
+                return Reply::Err(libc::ENOTDIR);
+            }
+            entries.push((h.nodeid, ".".into(), libc::DT_DIR as u32));
+            entries.push((self.cpu_dir.unwrap_or(ROOT), "..".into(), libc::DT_DIR as u32));
+            entries.extend(self.cpu.list(&dir).into_iter().map(|(i, n, k)| (i, n, dt(k))));
+        } else {
+            let Some(Node { kind: Kind::Dir(children), parent, .. }) = self.tree.node(h.nodeid) else {
+                return Reply::Err(libc::ENOTDIR);
+            };
+            entries.push((h.nodeid, ".".into(), libc::DT_DIR as u32));
+            entries.push((*parent, "..".into(), libc::DT_DIR as u32));
+            let mut views = Vec::new();
+            for &c in children {
+                if let Some(n) = self.tree.node(c) {
+                    let t = match n.kind {
+                        Kind::Dir(_) => libc::DT_DIR,
+                        Kind::File(_) => libc::DT_REG,
+                    };
+                    entries.push((c, n.name.clone(), t as u32));
+                    views.push(n.name.as_str());
+                }
+            }
+            if Some(h.nodeid) == self.cpu_dir {
+                // The caller's CPUs as cpu0..cpuN-1, then the rest of the host's directory.
+                let cpus = self.service.visible_cpus_for(h.pid);
+                for (k, &c) in cpus.iter().enumerate() {
+                    if let Some(ino) = self.cpu.cpu(c) {
+                        entries.push((ino, format!("cpu{k}"), libc::DT_DIR as u32));
+                    }
+                }
+                entries.extend(self.cpu.list_top(&views).into_iter().map(|(i, n, k)| (i, n, dt(k))));
             }
         }
         let mut o = Out::default();
@@ -270,13 +360,26 @@ impl Handler for ProcFs {
                 }
                 Reply::Data(vec![])
             }
-            op::OPENDIR => match self.tree.node(h.nodeid) {
-                Some(Node { kind: Kind::Dir(_), .. }) => {
+            op::OPENDIR => {
+                let is_dir = if h.nodeid & DYN_BIT != 0 {
+                    self.cpu.entry(h.nodeid).and_then(|e| self.cpu.kind(&e).ok()) == Some(HostKind::Dir)
+                } else {
+                    matches!(self.tree.node(h.nodeid), Some(Node { kind: Kind::Dir(_), .. }))
+                };
+                if is_dir {
                     let mut o = Out::default();
                     o.u64(0).u32(0).u32(0);
                     Reply::Data(o.0)
+                } else {
+                    Reply::Err(libc::ENOTDIR)
                 }
-                _ => Reply::Err(libc::ENOTDIR),
+            }
+            op::READLINK => match self.cpu.entry(h.nodeid) {
+                Some(e) if h.nodeid & DYN_BIT != 0 => match self.cpu.readlink(&e) {
+                    Ok(t) => Reply::Data(t.into_os_string().into_encoded_bytes()),
+                    Err(e) => Reply::Err(e.raw_os_error().unwrap_or(libc::EINVAL)),
+                },
+                _ => Reply::Err(libc::EINVAL),
             },
             op::READDIR => self.readdir(h, body),
             op::RELEASEDIR | op::FLUSH => Reply::Data(vec![]),

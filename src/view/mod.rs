@@ -12,6 +12,17 @@ pub mod swaps;
 pub mod sysinfo;
 pub mod uptime;
 
+/// The directory whose `cpuN` entries are per container (`crate::fs::cpudir`); bound whole.
+pub const CPU_DIR: &str = "sys/devices/system/cpu";
+
+/// What a container gets bound, under the mount point and at the same path in the
+/// container: every view outside [`CPU_DIR`], then [`CPU_DIR`] itself.
+pub fn bind_targets() -> Vec<&'static str> {
+    let mut t: Vec<&'static str> = View::ALL.iter().map(|v| v.path()).filter(|p| !p.starts_with(CPU_DIR)).collect();
+    t.push(CPU_DIR);
+    t
+}
+
 /// A file the daemon serves, named by its path under the mount point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum View {

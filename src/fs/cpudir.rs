@@ -1,0 +1,340 @@
+//! `sys/devices/system/cpu` as a container sees it: `online`, `possible` and `present` (views),
+//! only the `cpuN` directories of its N visible CPUs — `cpuK` is the host's directory of the
+//! K-th visible CPU, read-only, with an `online` file saying 1 — and everything else of the
+//! host's directory (`kernel_max`, `vulnerabilities/`, `cpufreq/`, ...) passed through
+//! read-only. htop, sysstat, lscpu, psutil and glibc's `_SC_NPROCESSORS_CONF` count the
+//! directories; with them the count agrees with cpuinfo and `online`.
+//!
+//! Host entries get inode numbers derived from their path (a hash with the top bit set), so a
+//! restarted worker answers for inodes the kernel learnt from its predecessor. `cpuK` names
+//! depend on the caller: their entries are never cached by the kernel (TTL 0), and the same
+//! name leads different containers to different inodes.
+
+use super::abi::Attr;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// Inodes of host entries have this bit set; the static tree's are small.
+pub const DYN_BIT: u64 = 1 << 63;
+/// Entries remembered at most (a 1024-CPU host has ~100 000 under this directory).
+const MAX_ENTRIES: usize = 1 << 20;
+
+/// What a host-backed inode is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A host file or directory, by its path relative to the host's cpu directory.
+    Host(PathBuf),
+    /// The `online` file of a `cpuN` directory (the boot CPU's has none on the host).
+    Online(PathBuf),
+}
+
+impl Entry {
+    fn rel(&self) -> PathBuf {
+        match self {
+            Entry::Host(p) => p.clone(),
+            Entry::Online(dir) => dir.join("online"),
+        }
+    }
+}
+
+/// The kind of a host entry, for attributes and directory listings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Directory.
+    Dir,
+    /// Regular file.
+    File,
+    /// Symbolic link (sysfs links point outside this directory; the container resolves them
+    /// in its own /sys).
+    Link,
+}
+
+/// The host's cpu directory and the inodes handed out for it.
+pub struct CpuDir {
+    host: PathBuf,
+    table: Mutex<HashMap<u64, Entry>>,
+}
+
+/// Whether `name` is `cpu` followed by digits.
+pub fn cpu_index(name: &str) -> Option<u32> {
+    let d = name.strip_prefix("cpu")?;
+    if d.is_empty() || !d.bytes().all(|b| b.is_ascii_digit()) || (d.len() > 1 && d.starts_with('0')) {
+        return None;
+    }
+    d.parse().ok()
+}
+
+fn fnv(s: &[u8]) -> u64 {
+    s.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+}
+
+impl CpuDir {
+    /// The tree of host directory `host` (`/sys/devices/system/cpu` under the root).
+    pub fn new(host: PathBuf) -> Self {
+        CpuDir { host, table: Mutex::new(HashMap::new()) }
+    }
+
+    /// The inode of `e`, remembered for later requests. `None` when the table is full.
+    pub fn ino(&self, e: Entry) -> Option<u64> {
+        let mut ino = fnv(e.rel().as_os_str().as_encoded_bytes()) | DYN_BIT;
+        let mut t = self.table.lock();
+        // Open addressing on the (unlikely) collision of two paths.
+        loop {
+            match t.get(&ino) {
+                Some(x) if *x == e => return Some(ino),
+                Some(_) => ino = (ino.wrapping_add(1)) | DYN_BIT,
+                None if t.len() >= MAX_ENTRIES => return None,
+                None => {
+                    t.insert(ino, e);
+                    return Some(ino);
+                }
+            }
+        }
+    }
+
+    /// What inode `ino` is. An inode the kernel learnt from a predecessor worker is found by
+    /// walking the host directory once more.
+    pub fn entry(&self, ino: u64) -> Option<Entry> {
+        if let Some(e) = self.table.lock().get(&ino) {
+            return Some(e.clone());
+        }
+        self.walk();
+        self.table.lock().get(&ino).cloned()
+    }
+
+    /// Registers every entry of the host directory (bounded by [`MAX_ENTRIES`]).
+    fn walk(&self) {
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(self.host.join(&rel)) else { continue };
+            let is_cpu = rel.components().count() == 1 && rel.to_str().and_then(cpu_index).is_some();
+            if is_cpu {
+                self.ino(Entry::Online(rel.clone()));
+            }
+            for e in rd.flatten() {
+                let r = rel.join(e.file_name());
+                if self.ino(Entry::Host(r.clone())).is_none() {
+                    return;
+                }
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(r);
+                }
+            }
+        }
+    }
+
+    /// The host path of `e`.
+    pub fn host_path(&self, e: &Entry) -> PathBuf {
+        self.host.join(e.rel())
+    }
+
+    /// The kind of `e` on the host.
+    pub fn kind(&self, e: &Entry) -> std::io::Result<Kind> {
+        if let Entry::Online(_) = e {
+            return Ok(Kind::File);
+        }
+        let t = std::fs::symlink_metadata(self.host_path(e))?.file_type();
+        Ok(if t.is_dir() {
+            Kind::Dir
+        } else if t.is_symlink() {
+            Kind::Link
+        } else {
+            Kind::File
+        })
+    }
+
+    /// Attributes of inode `ino` for entry `e`: the host's mode without write bits.
+    pub fn attr(&self, ino: u64, e: &Entry, time: u64) -> std::io::Result<Attr> {
+        use std::os::unix::fs::MetadataExt;
+        if let Entry::Online(_) = e {
+            return Ok(Attr { ino, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time });
+        }
+        let m = std::fs::symlink_metadata(self.host_path(e))?;
+        let mode = m.mode() & !0o222;
+        let nlink = if m.is_dir() { 2 } else { 1 };
+        Ok(Attr { ino, size: 0, mode, nlink, time })
+    }
+
+    /// Looks `name` up in host directory entry `dir` (not the top directory).
+    pub fn lookup(&self, dir: &Entry, name: &str) -> Option<u64> {
+        let Entry::Host(rel) = dir else { return None };
+        if !plain(name) {
+            return None;
+        }
+        let child = rel.join(name);
+        let in_cpu = rel.components().count() == 1 && rel.to_str().and_then(cpu_index).is_some();
+        if in_cpu && name == "online" {
+            return self.ino(Entry::Online(rel.clone()));
+        }
+        std::fs::symlink_metadata(self.host.join(&child)).ok()?;
+        self.ino(Entry::Host(child))
+    }
+
+    /// The inode of the top-level host entry `name` that is not a `cpuN` directory.
+    pub fn lookup_top(&self, name: &str) -> Option<u64> {
+        if cpu_index(name).is_some() || !plain(name) {
+            return None;
+        }
+        std::fs::symlink_metadata(self.host.join(name)).ok()?;
+        self.ino(Entry::Host(PathBuf::from(name)))
+    }
+
+    /// The inode of the directory standing for host CPU `cpu`.
+    pub fn cpu(&self, cpu: u32) -> Option<u64> {
+        let rel = PathBuf::from(format!("cpu{cpu}"));
+        std::fs::symlink_metadata(self.host.join(&rel)).ok()?;
+        self.ino(Entry::Host(rel))
+    }
+
+    /// Entries of the host directory `rel` (sorted), with inodes and kinds.
+    pub fn list(&self, dir: &Entry) -> Vec<(u64, String, Kind)> {
+        let Entry::Host(rel) = dir else { return vec![] };
+        let mut names: Vec<String> = std::fs::read_dir(self.host.join(rel))
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        let in_cpu = rel.components().count() == 1 && rel.to_str().and_then(cpu_index).is_some();
+        if in_cpu && !names.iter().any(|n| n == "online") {
+            names.push("online".into());
+        }
+        names.sort();
+        names
+            .into_iter()
+            .filter_map(|n| {
+                let ino = self.lookup(dir, &n)?;
+                let kind = self.kind(&self.entry(ino)?).ok()?;
+                Some((ino, n, kind))
+            })
+            .collect()
+    }
+
+    /// Top-level host entries other than `cpuN` directories and the `skip` names (the views).
+    pub fn list_top(&self, skip: &[&str]) -> Vec<(u64, String, Kind)> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.host)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+            .into_iter()
+            .filter(|n| !skip.contains(&n.as_str()))
+            .filter_map(|n| {
+                let ino = self.lookup_top(&n)?;
+                let kind = self.kind(&self.entry(ino)?).ok()?;
+                Some((ino, n, kind))
+            })
+            .collect()
+    }
+
+    /// The bytes of file `e`: `1\n` for a CPU's `online`, else the host file now.
+    pub fn read(&self, e: &Entry) -> std::io::Result<Vec<u8>> {
+        match e {
+            Entry::Online(_) => Ok(b"1\n".to_vec()),
+            Entry::Host(_) => std::fs::read(self.host_path(e)),
+        }
+    }
+
+    /// The target of symlink `e`, as on the host.
+    pub fn readlink(&self, e: &Entry) -> std::io::Result<PathBuf> {
+        std::fs::read_link(self.host_path(e))
+    }
+}
+
+/// Whether `name` can only name an entry inside the directory it is looked up in.
+fn plain(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/')
+}
+
+/// The host's cpu directory under `root`.
+pub fn host_dir(root: &Path) -> PathBuf {
+    root.join("sys/devices/system/cpu")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixture() -> (tempdir::Dir, CpuDir) {
+        let d = tempdir::Dir::new();
+        for c in ["cpu0/topology", "cpu1/topology", "cpu2/topology", "cpufreq", "vulnerabilities"] {
+            std::fs::create_dir_all(d.0.join(c)).unwrap();
+        }
+        for c in 0..3 {
+            std::fs::write(d.0.join(format!("cpu{c}/topology/core_id")), format!("{c}\n")).unwrap();
+        }
+        std::fs::write(d.0.join("cpu1/online"), "1\n").unwrap();
+        std::fs::write(d.0.join("kernel_max"), "8191\n").unwrap();
+        std::fs::write(d.0.join("online"), "0-2\n").unwrap();
+        std::os::unix::fs::symlink("../../../bus/cpu", d.0.join("cpu0/subsystem")).unwrap();
+        let t = CpuDir::new(d.0.clone());
+        (d, t)
+    }
+
+    mod tempdir {
+        pub struct Dir(pub std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let p = std::env::temp_dir().join(format!("cgprocfs-cpudir-{}-{n}", std::process::id()));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn cpu_names() {
+        assert_eq!(cpu_index("cpu0"), Some(0));
+        assert_eq!(cpu_index("cpu17"), Some(17));
+        for n in ["cpu", "cpufreq", "cpu01", "cpu-1", "cpuidle", "xcpu1"] {
+            assert_eq!(cpu_index(n), None, "{n}");
+        }
+    }
+
+    #[test]
+    fn top_level_hides_cpus_and_views() {
+        let (_d, t) = fixture();
+        let names: Vec<String> = t.list_top(&["online"]).into_iter().map(|(_, n, _)| n).collect();
+        assert_eq!(names, ["cpufreq", "kernel_max", "vulnerabilities"]);
+        assert_eq!(t.lookup_top("cpu1"), None);
+        assert_eq!(t.lookup_top(".."), None);
+    }
+
+    #[test]
+    fn a_cpu_dir_is_the_hosts_with_online() {
+        let (_d, t) = fixture();
+        let ino = t.cpu(2).unwrap();
+        let dir = t.entry(ino).unwrap();
+        let list = t.list(&dir);
+        let names: Vec<&str> = list.iter().map(|(_, n, _)| n.as_str()).collect();
+        assert_eq!(names, ["online", "topology"]);
+        let online = t.entry(list[0].0).unwrap();
+        assert_eq!(t.read(&online).unwrap(), b"1\n");
+        let topo = t.entry(t.lookup(&dir, "topology").unwrap()).unwrap();
+        let core = t.entry(t.lookup(&topo, "core_id").unwrap()).unwrap();
+        assert_eq!(t.read(&core).unwrap(), b"2\n");
+        assert_eq!(t.attr(1, &core, 0).unwrap().mode & 0o222, 0, "read-only");
+        assert!(t.lookup(&dir, "missing").is_none());
+        let c0 = t.entry(t.cpu(0).unwrap()).unwrap();
+        let link = t.entry(t.lookup(&c0, "subsystem").unwrap()).unwrap();
+        assert_eq!(t.kind(&link).unwrap(), Kind::Link);
+        assert_eq!(t.readlink(&link).unwrap(), PathBuf::from("../../../bus/cpu"));
+        assert!(t.cpu(9).is_none());
+    }
+
+    #[test]
+    fn inodes_are_stable_across_instances() {
+        let (d, t) = fixture();
+        let a = t.entry(t.lookup(&t.entry(t.cpu(1).unwrap()).unwrap(), "topology").unwrap()).unwrap();
+        let ino = t.ino(a.clone()).unwrap();
+        // A new worker knows nothing yet: it finds the inode by walking the host directory.
+        let fresh = CpuDir::new(d.0.clone());
+        assert_eq!(fresh.entry(ino), Some(a));
+        assert_eq!(fresh.entry(DYN_BIT | 12345), None);
+    }
+}

@@ -1,0 +1,216 @@
+//! The VM tier: the live suite run inside a qemu guest booting Debian's kernel
+//! (`linux-image-amd64`), once on pure cgroup v2 and once on pure cgroup v1, so every view is
+//! proven on both real kernels and not only on this hybrid host.
+//!
+//! The guest's initramfs holds busybox-static, the kernel modules (virtio, 9p, ext4, fuse) and
+//! `tests/vm/init`; the root it runs the tests in is this host's own root, read-only over 9p,
+//! so the guest has exactly the release binary, the test binaries and the programs (procps,
+//! sysstat, python3) the host suite uses, with tmpfs /tmp and /run and an ext4 scratch disk
+//! for the I/O test. Results come back over the serial console.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The test binaries run in the guest: everything that reads through the mount from limited
+/// cgroups. (Runtime tests need image storage on a writable root; the transport tests do not
+/// depend on the cgroup version.)
+const SUITE: &[&str] = &["live", "cpu_views", "run"];
+
+/// Modules the guest loads, with their dependencies (resolved by modprobe for its kernel).
+const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "9pnet_virtio", "9p", "ext4", "fuse"];
+
+/// Per boot.
+const TIMEOUT: Duration = Duration::from_secs(900);
+
+struct Kernel {
+    image: PathBuf,
+    version: String,
+}
+
+/// The newest `/boot/vmlinuz-*` whose modules are installed.
+fn guest_kernel() -> Option<Kernel> {
+    let mut found: Vec<Kernel> = std::fs::read_dir("/boot")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let version = name.strip_prefix("vmlinuz-")?.to_string();
+            Path::new("/lib/modules")
+                .join(&version)
+                .join("modules.dep")
+                .exists()
+                .then(|| Kernel { image: e.path(), version })
+        })
+        .collect();
+    found.sort_by(|a, b| a.version.cmp(&b.version));
+    found.pop()
+}
+
+fn ready(test: &str) -> Option<Kernel> {
+    if !live_ready(test) || !programs_ready(test, &["qemu-system-x86_64", "cpio", "mkfs.ext4", "modprobe", "busybox"]) {
+        return None;
+    }
+    let k = guest_kernel();
+    if k.is_none() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test}: no guest kernel (apt-get install linux-image-amd64)"
+        );
+        eprintln!("SKIPPED {test}: no /boot/vmlinuz-* with modules (apt-get install linux-image-amd64)");
+    }
+    k
+}
+
+/// The newest built binary of test target `name` beside this one (`target/release/deps`).
+fn test_binary(name: &str) -> PathBuf {
+    let deps = std::env::current_exe().unwrap().parent().unwrap().to_path_buf();
+    let prefix = format!("{name}-");
+    let mut c: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&deps)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix(&prefix).is_some_and(|h| h.len() == 16 && h.chars().all(|c| c.is_ascii_hexdigit()))
+        })
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    c.sort();
+    c.pop().unwrap_or_else(|| panic!("test binary {name} not built in {}", deps.display())).1
+}
+
+fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").args(["-c", cmd]).output().unwrap();
+    assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Builds the initramfs in `dir` and returns its path.
+fn initramfs(dir: &Path, k: &Kernel, tests_sh: &str) -> PathBuf {
+    let root = dir.join("initramfs");
+    for d in ["bin", "proc", "sys", "dev", "modules"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let busybox = sh("command -v busybox");
+    std::fs::copy(busybox.trim(), root.join("bin/busybox")).unwrap();
+    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/init");
+    std::fs::copy(init, root.join("init")).unwrap();
+    std::fs::write(root.join("tests.sh"), tests_sh).unwrap();
+    let mut order: Vec<String> = Vec::new();
+    for m in MODULES {
+        for line in sh(&format!("modprobe -S {} --show-depends {m}", k.version)).lines() {
+            let Some(path) = line.strip_prefix("insmod ").map(str::trim) else { continue };
+            let name = Path::new(path).file_name().unwrap().to_string_lossy().into_owned();
+            if !order.contains(&name) {
+                std::fs::copy(path, root.join("modules").join(&name)).unwrap();
+                order.push(name);
+            }
+        }
+    }
+    std::fs::write(root.join("modules.order"), order.join("\n")).unwrap();
+    let img = dir.join("initramfs.cpio");
+    sh(&format!("cd {} && find . | cpio -o -H newc --quiet > {}", root.display(), img.display()));
+    img
+}
+
+/// The script the guest runs in the host's root: each suite binary, two test threads.
+fn tests_sh() -> String {
+    let ci = std::env::var("CI").unwrap_or_default();
+    let mut s = format!(
+        "cd {}\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI={ci} \
+         CGPROCFS_TEST_IO_DIR=/tmp/io RUST_BACKTRACE=1\nrc=0\n",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    for name in SUITE {
+        let b = test_binary(name);
+        s.push_str(&format!("echo \"VM-TEST {name}\"\n{} --test-threads 2 --color never || rc=1\n", b.display()));
+    }
+    s.push_str("exit $rc\n");
+    s
+}
+
+/// Boots the guest with cgroup layout `mode` and returns (passed, serial output).
+fn boot(dir: &Path, k: &Kernel, initrd: &Path, mode: &str) -> (bool, String) {
+    let disk = dir.join(format!("scratch-{mode}.img"));
+    sh(&format!("truncate -s 256M {0} && mkfs.ext4 -q -F {0}", disk.display()));
+    let log = dir.join(format!("serial-{mode}.log"));
+    let mut append = format!("console=ttyS0 panic=-1 cgprocfs.mode={mode}");
+    if mode == "v2" {
+        append.push_str(" cgroup_no_v1=all");
+    }
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(["-machine", "pc", "-cpu", "max", "-accel", "tcg,thread=multi", "-smp", "2", "-m", "2048"])
+        .args(["-nographic", "-no-reboot", "-kernel"])
+        .arg(&k.image)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", &append])
+        .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"])
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw", disk.display()))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start qemu");
+    let t = Instant::now();
+    let timed_out = loop {
+        if child.try_wait().unwrap().is_some() {
+            break false;
+        }
+        if t.elapsed() > TIMEOUT {
+            // The qemu this test started, by pid.
+            let _ = child.kill();
+            let _ = child.wait();
+            break true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let out = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+    let passed = !timed_out && out.contains("VM-EXIT 0") && !out.contains("VM-RESULT fail");
+    eprintln!("guest {mode}: {} in {:.0} s", if passed { "passed" } else { "FAILED" }, t.elapsed().as_secs_f64());
+    (passed, out)
+}
+
+/// The lines worth showing from a guest's console: per-binary results and failures.
+fn summary(out: &str) -> String {
+    out.lines()
+        .filter(|l| {
+            l.starts_with("VM") || l.starts_with("test result") || l.contains("FAILED") || l.contains("panicked")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1() {
+    let test = "live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1";
+    let Some(k) = ready(test) else { return };
+    let dir = std::env::temp_dir().join(unique("vm"));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let initrd = initramfs(&dir, &k, &tests_sh());
+    let mut failed = Vec::new();
+    for mode in ["v2", "v1"] {
+        let (ok, out) = boot(&dir, &k, &initrd, mode);
+        let s = summary(&out);
+        eprintln!("--- guest {mode} (Linux {}) ---\n{s}", k.version);
+        // Every suite binary must have reported, and all of them ok.
+        let results = out.lines().filter(|l| l.starts_with("test result: ok")).count();
+        if !ok || results != SUITE.len() {
+            // The whole console of a failed guest, for the CI log.
+            eprintln!("--- full console of guest {mode} ---\n{out}");
+            failed.push(mode);
+        }
+    }
+    assert!(failed.is_empty(), "the live suite failed in the guest(s) {failed:?}");
+}
