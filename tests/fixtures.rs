@@ -1,5 +1,6 @@
-//! Renderers and parsers against fixture trees captured from a real hybrid-v1 kernel with
-//! `tests/fixtures/capture.sh`, through the same `Service` the daemon uses; plus every kind of
+//! Renderers and parsers against fixture trees captured from real kernels with
+//! `tests/fixtures/capture.sh`: this hybrid host (`hybrid-*`), and the VM tier's pure v2 and
+//! pure v1 guests (`v2-*`, `v1-*`, `CGPROCFS_VM_CAPTURE=tests/fixtures cargo test --test vm`), through the same `Service` the daemon uses; plus every kind of
 //! bad input, which must yield the host's file and a counted fallback, never a panic.
 
 use cgprocfs::service::{Options, Service};
@@ -228,4 +229,61 @@ fn deleted_cgroup_and_vanished_caller_fall_back() {
     // in the kernel; here the fixture simply has no pressure files: ENOENT).
     assert_eq!(svc.render_for(View::PressureIo, 0), Err(libc::ENOENT));
     assert_eq!(svc.fallbacks.count(), 4);
+}
+
+/// The trees the VM tier captured on a pure v2 and a pure v1 kernel (`CGPROCFS_VM_CAPTURE`):
+/// parent 256 MiB and 0.5 CPU, leaf 1 GiB, ~30 MB of page cache and ~20 MB of anon memory.
+#[test]
+fn pure_v2_and_pure_v1_kernels_limited() {
+    use cgprocfs::cgroup::mounts::Layout;
+    for (name, layout, stat_of) in [
+        ("v2-limited", Layout::V2, "sys/fs/cgroup/cgp-fix/leaf/memory.stat"),
+        ("v1-limited", Layout::V1, "sys/fs/cgroup/memory/cgp-fix/leaf/memory.stat"),
+    ] {
+        let root = fixture(name);
+        let pid = captured_pid(&root);
+        let svc = service(&root);
+        assert_eq!(svc.hierarchies().layout(), layout, "{name}");
+        let out = render(&svc, View::Meminfo, pid);
+        let stat = root.join(stat_of);
+        // The parent's limit wins over the leaf's.
+        assert_eq!(field(&out, "MemTotal"), 256 * 1024, "{name}");
+        let (file, anon, mapped, shmem) = match layout {
+            Layout::V2 => ("file", "anon", "file_mapped", "shmem"),
+            _ => ("total_cache", "total_rss", "total_mapped_file", "total_shmem"),
+        };
+        assert_eq!(field(&out, "AnonPages"), stat_key(&stat, anon) / 1024, "{name}");
+        assert_eq!(field(&out, "Mapped"), stat_key(&stat, mapped) / 1024, "{name}");
+        assert_eq!(field(&out, "Shmem"), stat_key(&stat, shmem) / 1024, "{name}");
+        assert!(field(&out, "Cached") > 20 * 1024 && field(&out, "Cached") <= stat_key(&stat, file) / 1024, "{out}");
+        assert!(field(&out, "AnonPages") > 15 * 1024, "{name}: {out}");
+        let (free, avail, total) = (field(&out, "MemFree"), field(&out, "MemAvailable"), field(&out, "MemTotal"));
+        assert!(free <= avail && avail <= total, "{name}: {free} {avail} {total}");
+        // 0.5 CPU of quota: one CPU everywhere.
+        assert_eq!(render(&svc, View::CpuOnline, pid), "0\n", "{name}");
+        assert_eq!(render(&svc, View::Cpuinfo, pid).matches("processor\t:").count(), 1, "{name}");
+        // v2: the cgroup's own pressure file, in the kernel's format.
+        if layout == Layout::V2 {
+            let p = render(&svc, View::PressureMemory, pid);
+            assert!(p.starts_with("some avg10=") && p.contains("\nfull avg10="), "{p}");
+        }
+        assert_eq!(svc.fallbacks.count(), 0, "{name}");
+    }
+}
+
+/// Cpuset {1}, no memory limit, captured on pure v2 and pure v1.
+#[test]
+fn pure_v2_and_pure_v1_kernels_cpuset() {
+    for name in ["v2-cpuset", "v1-cpuset"] {
+        let root = fixture(name);
+        let pid = captured_pid(&root);
+        let svc = service(&root);
+        let cpuinfo = render(&svc, View::Cpuinfo, pid);
+        assert_eq!(cpuinfo.matches("processor\t:").count(), 1, "{name}: {cpuinfo}");
+        assert!(cpuinfo.contains("processor\t: 0\n"), "{name}");
+        assert_eq!(render(&svc, View::CpuOnline, pid), "0\n", "{name}");
+        let host = std::fs::read_to_string(root.join("proc/meminfo")).unwrap();
+        assert_eq!(render(&svc, View::Meminfo, pid), host, "{name}: no memory limit, the host's file");
+        assert_eq!(svc.fallbacks.count(), 0, "{name}");
+    }
 }

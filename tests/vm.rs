@@ -116,7 +116,14 @@ fn initramfs(dir: &Path, k: &Kernel, tests_sh: &str) -> PathBuf {
     img
 }
 
-/// The script the guest runs in the host's root: each suite binary, two test threads.
+/// Where `CGPROCFS_VM_CAPTURE` asks the guests to capture fixture trees instead of running the
+/// suite (`tests/vm/capture.sh`; e.g. `CGPROCFS_VM_CAPTURE=tests/fixtures`).
+fn capture_dir() -> Option<PathBuf> {
+    std::env::var_os("CGPROCFS_VM_CAPTURE").map(|d| Path::new(env!("CARGO_MANIFEST_DIR")).join(d))
+}
+
+/// The script the guest runs in the host's root: each suite binary, two test threads; or the
+/// fixture capture, written as a tar to the second disk.
 fn tests_sh() -> String {
     let ci = std::env::var("CI").unwrap_or_default();
     let mut s = format!(
@@ -124,6 +131,14 @@ fn tests_sh() -> String {
          CGPROCFS_TEST_IO_DIR=/tmp/io RUST_BACKTRACE=1\nrc=0\n",
         env!("CARGO_MANIFEST_DIR")
     );
+    if capture_dir().is_some() {
+        s.push_str(
+            "mode=$(sed -n 's/.*cgprocfs.mode=\\([a-z0-9]*\\).*/\\1/p' /proc/cmdline)\n\
+             sh tests/vm/capture.sh $mode /tmp/io/fixtures && tar -cf /dev/vdb -C /tmp/io/fixtures . || rc=1\n\
+             exit $rc\n",
+        );
+        return s;
+    }
     for name in SUITE {
         let b = test_binary(name);
         s.push_str(&format!("echo \"VM-TEST {name}\"\n{} --test-threads 2 --color never || rc=1\n", b.display()));
@@ -136,6 +151,7 @@ fn tests_sh() -> String {
 fn boot(dir: &Path, k: &Kernel, initrd: &Path, mode: &str) -> (bool, String) {
     let disk = dir.join(format!("scratch-{mode}.img"));
     sh(&format!("truncate -s 256M {0} && mkfs.ext4 -q -F {0}", disk.display()));
+    sh(&format!("truncate -s 16M {}", dir.join(format!("capture-{mode}.tar")).display()));
     let log = dir.join(format!("serial-{mode}.log"));
     let mut append = format!("console=ttyS0 panic=-1 cgprocfs.mode={mode}");
     if mode == "v2" {
@@ -151,6 +167,9 @@ fn boot(dir: &Path, k: &Kernel, initrd: &Path, mode: &str) -> (bool, String) {
         .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"])
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", disk.display()))
+        // The capture's tar, read back by the host.
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=raw", dir.join(format!("capture-{mode}.tar")).display()))
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
         .stderr(Stdio::inherit())
@@ -202,6 +221,13 @@ fn live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1() {
     let mut failed = Vec::new();
     for mode in ["v2", "v1"] {
         let (ok, out) = boot(&dir, &k, &initrd, mode);
+        if let Some(to) = capture_dir() {
+            let tar = dir.join(format!("capture-{mode}.tar"));
+            sh(&format!("tar -xf {} -C {}", tar.display(), to.display()));
+            assert!(ok && to.join(format!("{mode}-limited")).is_dir(), "capture on {mode} failed:\n{out}");
+            eprintln!("captured {mode} fixtures into {}", to.display());
+            continue;
+        }
         let s = summary(&out);
         eprintln!("--- guest {mode} (Linux {}) ---\n{s}", k.version);
         // Every suite binary must have reported, and all of them ok.
