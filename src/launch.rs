@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 pub struct RunLimits {
     /// Memory limit, bytes.
     pub memory: Option<u64>,
+    /// Swap allowed on top of the memory limit, bytes (v2 `memory.swap.max`; v1
+    /// `memory.memsw.limit_in_bytes` = memory + swap, so it needs a memory limit).
+    pub swap: Option<u64>,
     /// CPU quota in CPUs (1.5 = 150 ms per 100 ms period).
     pub cpus: Option<f64>,
     /// Cpuset, kernel list format.
@@ -96,6 +99,16 @@ impl Transient {
             let v2 = c.is_empty();
             if let (Some(b), true) = (l.memory, v2 || c == "memory") {
                 write(&d.join(if v2 { "memory.max" } else { "memory.limit_in_bytes" }), &b.to_string())?;
+            }
+            if let (Some(sw), true) = (l.swap, v2 || c == "memory") {
+                if v2 {
+                    write(&d.join("memory.swap.max"), &sw.to_string())?;
+                } else {
+                    let mem = l.memory.ok_or_else(|| {
+                        io::Error::new(io::ErrorKind::InvalidInput, "a swap limit needs a memory limit on cgroup v1")
+                    })?;
+                    write(&d.join("memory.memsw.limit_in_bytes"), &mem.saturating_add(sw).to_string())?;
+                }
             }
             if let (Some(cpus), true) = (l.cpus, v2 || c == "cpu") {
                 let quota = (cpus * 100_000.0).round().max(1000.0) as u64;

@@ -114,6 +114,9 @@ enum Cmd {
         /// Memory limit (bytes, or with K/M/G suffix).
         #[arg(long, value_parser = cgprocfs::launch::parse_size)]
         memory: Option<u64>,
+        /// Swap allowed on top of the memory limit (bytes, or with K/M/G suffix).
+        #[arg(long, value_parser = cgprocfs::launch::parse_size)]
+        swap: Option<u64>,
         /// CPU quota in CPUs, e.g. 1.5.
         #[arg(long)]
         cpus: Option<f64>,
@@ -257,8 +260,8 @@ fn main() {
             // Never fail a container.
             Ok(())
         }
-        Cmd::Run { memory, cpus, cpuset, pids, mountpoint, cmd } => {
-            match run(RunLimits { memory, cpus, cpuset, pids }, &mountpoint, &cmd) {
+        Cmd::Run { memory, swap, cpus, cpuset, pids, mountpoint, cmd } => {
+            match run(RunLimits { memory, swap, cpus, cpuset, pids }, &mountpoint, &cmd) {
                 Ok(code) => std::process::exit(code),
                 Err(e) => Err(e),
             }

@@ -373,3 +373,41 @@ fn diskstats_swaps_and_pressure_are_the_containers() {
         assert!(total < 10_000_000, "the container's, not the host's since boot: {p}");
     }
 }
+
+/// A swap limit shows as SwapTotal/SwapFree in meminfo and as the one line of /proc/swaps,
+/// with the same figures, while the container has memory swapped out. On a host without swap
+/// both say 0 (the VM tier's guests have a swap file).
+#[test]
+fn swap_limit_and_use_in_meminfo_and_swaps() {
+    let test = "swap_limit_and_use_in_meminfo_and_swaps";
+    if !live_ready(test) || !programs_ready(test, &["python3"]) {
+        return;
+    }
+    let host_swap = field(&std::fs::read_to_string("/proc/meminfo").unwrap(), "SwapTotal");
+    let d = Daemon::start("swap");
+    let cg = TestCgroup::new("swap", &Limits { memory: Some(64 * MIB), swap: Some(32 * MIB), ..Default::default() });
+    // 70 MB of anon memory in 64 MiB: some of it must be in swap while both files are read
+    // (without swap on the host that would be an OOM kill: 16 MB then).
+    let mb = if host_swap == 0 { 16 } else { 70 };
+    let out = cg.run(&format!(
+        "python3 -c \"import sys; x = b'x' * ({mb} << 20); sys.stdout.write(open('{}').read() + open('{}').read())\"",
+        d.path("proc/swaps").display(),
+        d.path("proc/meminfo").display()
+    ));
+    eprintln!("{out}");
+    let (total, free) = (field(&out, "SwapTotal"), field(&out, "SwapFree"));
+    let lines: Vec<&str> = out.lines().take_while(|l| !l.starts_with("MemTotal")).collect();
+    if host_swap == 0 {
+        eprintln!("{test}: the host has no swap: only the no-swap case is checked here");
+        assert_eq!((total, free), (0, 0), "{out}");
+        assert_eq!(lines.len(), 1, "only the header: {out}");
+        return;
+    }
+    assert_eq!(total, (32 * 1024).min(host_swap), "SwapTotal is the swap limit: {out}");
+    assert!(free < total, "70 MB in 64 MiB leaves some in swap: {out}");
+    assert_eq!(lines.len(), 2, "{out}");
+    let f: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(f[..2], ["none", "virtual"], "{}", lines[1]);
+    assert_eq!(f[2].parse::<u64>().unwrap(), total, "{}", lines[1]);
+    assert_eq!(f[3].parse::<u64>().unwrap(), total - free, "used = SwapTotal - SwapFree: {}", lines[1]);
+}

@@ -150,7 +150,7 @@ fn tests_sh() -> String {
 /// Boots the guest with cgroup layout `mode` and returns (passed, serial output).
 fn boot(dir: &Path, k: &Kernel, initrd: &Path, mode: &str) -> (bool, String) {
     let disk = dir.join(format!("scratch-{mode}.img"));
-    sh(&format!("truncate -s 256M {0} && mkfs.ext4 -q -F {0}", disk.display()));
+    sh(&format!("truncate -s 640M {0} && mkfs.ext4 -q -F {0}", disk.display()));
     sh(&format!("truncate -s 16M {}", dir.join(format!("capture-{mode}.tar")).display()));
     let log = dir.join(format!("serial-{mode}.log"));
     let mut append = format!("console=ttyS0 panic=-1 cgprocfs.mode={mode}");

@@ -200,6 +200,7 @@ impl Drop for Daemon {
 #[derive(Default, Clone)]
 pub struct Limits {
     pub memory: Option<u64>,
+    pub swap: Option<u64>,
     /// (quota µs, period µs)
     pub cpu: Option<(u64, u64)>,
     pub cpuset: Option<String>,
@@ -217,7 +218,13 @@ impl std::ops::Deref for TestCgroup {
 }
 
 fn run_limits(l: &Limits) -> RunLimits {
-    RunLimits { memory: l.memory, cpus: l.cpu.map(|(q, p)| q as f64 / p as f64), cpuset: l.cpuset.clone(), pids: None }
+    RunLimits {
+        memory: l.memory,
+        swap: l.swap,
+        cpus: l.cpu.map(|(q, p)| q as f64 / p as f64),
+        cpuset: l.cpuset.clone(),
+        pids: None,
+    }
 }
 
 impl TestCgroup {
