@@ -47,6 +47,10 @@ pub mod op {
 pub const FUSE_NOTIFY_RESEND: u32 = 7;
 /// `FUSE_PARALLEL_DIROPS`: lookups and readdirs of one directory may run concurrently.
 pub const FUSE_PARALLEL_DIROPS: u32 = 1 << 18;
+/// INIT flag: the `flags2` word is in use.
+pub const FUSE_INIT_EXT: u32 = 1 << 30;
+/// INIT `flags2` bit of `FUSE_OVER_IO_URING` (bit 41 of the 64-bit flags).
+pub const FUSE_OVER_IO_URING_2: u32 = 1 << 9;
 /// `FOPEN_DIRECT_IO`: bypass the page cache; content is per caller and sizes are 0.
 pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 /// `FOPEN_NOFLUSH`: no FLUSH round trip on close; there is nothing to flush.

@@ -43,6 +43,12 @@ pub struct InitParams {
 /// Opens `/dev/fuse`, mounts it read-only at `mountpoint` for all users, and answers the
 /// kernel's FUSE_INIT. Returns the session fd and the negotiated parameters.
 pub fn mount(mountpoint: &Path, fsname: &str) -> io::Result<(OwnedFd, InitParams)> {
+    mount_with(mountpoint, fsname, false)
+}
+
+/// [`mount`], optionally accepting FUSE over io_uring when the kernel offers it (only the
+/// `uring_floor` benchmark's prototype transport asks for it; the daemon does not).
+pub fn mount_with(mountpoint: &Path, fsname: &str, uring: bool) -> io::Result<(OwnedFd, InitParams)> {
     let dev = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open("/dev/fuse")?;
     let dev = OwnedFd::from(dev);
     let opts = format!(
@@ -61,7 +67,7 @@ pub fn mount(mountpoint: &Path, fsname: &str) -> io::Result<(OwnedFd, InitParams
     if r != 0 {
         return Err(io::Error::last_os_error());
     }
-    match init(dev.as_raw_fd()) {
+    match init(dev.as_raw_fd(), uring) {
         Ok(params) => Ok((dev, params)),
         Err(e) => {
             let _ = unmount(mountpoint);
@@ -166,7 +172,7 @@ fn write_reply(fd: RawFd, unique: u64, reply: Reply) {
 }
 
 /// Waits for FUSE_INIT on a freshly mounted fd and answers it.
-fn init(fd: RawFd) -> io::Result<InitParams> {
+fn init(fd: RawFd, uring: bool) -> io::Result<InitParams> {
     let mut buf = vec![0u8; abi::READ_BUFFER];
     loop {
         let Some(n) = read_request(fd, &mut buf)? else {
@@ -186,12 +192,20 @@ fn init(fd: RawFd) -> io::Result<InitParams> {
             write_reply(fd, h.unique, Reply::Err(libc::EPROTO));
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("FUSE protocol {major}.{minor}")));
         }
-        let params =
-            InitParams { minor: minor.min(abi::KERNEL_MINOR_VERSION), flags: flags & abi::FUSE_PARALLEL_DIROPS };
+        let flags2 = body.u32(16).unwrap_or(0);
+        // io_uring (flags2 bit 9) needs the extended flags (FUSE_INIT_EXT) and protocol 7.42.
+        let uring = uring && flags & abi::FUSE_INIT_EXT != 0 && flags2 & abi::FUSE_OVER_IO_URING_2 != 0;
+        let (minor, mut accepted) = match uring {
+            true => (minor.min(42), abi::FUSE_INIT_EXT),
+            false => (minor.min(abi::KERNEL_MINOR_VERSION), 0),
+        };
+        accepted |= flags & abi::FUSE_PARALLEL_DIROPS;
+        let params = InitParams { minor, flags: accepted };
         let mut o = Out::default();
         o.u32(abi::KERNEL_VERSION).u32(params.minor).u32(readahead).u32(params.flags);
         o.u16(16).u16(12).u32(abi::MAX_WRITE).u32(1); // max_background, congestion, max_write, time_gran
-        o.u16(0).u16(0).u32(0).u32(0).u16(0).zeros(22); // max_pages, map_alignment, flags2, stack depth, timeout, unused
+        o.u16(0).u16(0).u32(if uring { abi::FUSE_OVER_IO_URING_2 } else { 0 }); // max_pages, map_alignment, flags2
+        o.u32(0).u16(0).zeros(22); // max stack depth, request timeout, unused
         write_reply(fd, h.unique, Reply::Data(o.0));
         return Ok(params);
     }
