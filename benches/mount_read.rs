@@ -5,9 +5,10 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/reads.rs"]
+mod reads;
 
 use common::{Daemon, Limits, TestCgroup};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -20,36 +21,9 @@ struct Row {
     per_sec: f64,
 }
 
-fn read_once(p: &Path, buf: &mut Vec<u8>) {
-    buf.clear();
-    let mut f = std::fs::File::open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()));
-    f.read_to_end(buf).unwrap();
-}
-
 fn measure(name: &str, path: &Path, threads: usize, secs: f64) -> Row {
-    let stop = Instant::now() + Duration::from_secs_f64(secs);
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let p = path.to_path_buf();
-            std::thread::spawn(move || {
-                let mut buf = Vec::with_capacity(64 * 1024);
-                let mut lat = Vec::with_capacity(1 << 16);
-                for _ in 0..100 {
-                    read_once(&p, &mut buf); // warm-up: dentry and attribute caches
-                }
-                while Instant::now() < stop {
-                    let t = Instant::now();
-                    read_once(&p, &mut buf);
-                    lat.push(t.elapsed().as_nanos() as u64);
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
-    all.sort_unstable();
-    let q = |f: f64| all[((all.len() as f64 * f) as usize).min(all.len() - 1)] as f64 / 1000.0;
-    Row { name: name.to_string(), threads, median_us: q(0.5), p99_us: q(0.99), per_sec: all.len() as f64 / secs }
+    let st = reads::measure(path, threads, secs);
+    Row { name: name.to_string(), threads, median_us: st.median_us, p99_us: st.p99_us, per_sec: st.per_sec }
 }
 
 /// Starts lxcfs on a temporary mount point when it is installed.

@@ -8,6 +8,8 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/reads.rs"]
+mod reads;
 
 use cgprocfs::fs::abi::InHeader;
 use cgprocfs::fs::session::{self, Handler, Reply};
@@ -15,12 +17,11 @@ use cgprocfs::fs::ProcFs;
 use cgprocfs::service::{Options, Service};
 use cgprocfs::Root;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 const CMD_REGISTER: u32 = 1;
@@ -136,35 +137,9 @@ fn serve_queue(fd: RawFd, qid: u16, fs: Arc<ProcFs>, served: Arc<AtomicU64>) -> 
     }
 }
 
-/// Median and p99 µs of open+read+close of `path`, `threads` readers, and reads/s.
 fn measure(path: &Path, threads: usize, secs: f64) -> (f64, f64, f64) {
-    let stop = Instant::now() + Duration::from_secs_f64(secs);
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let p = path.to_path_buf();
-            std::thread::spawn(move || {
-                let (mut buf, mut lat) = (Vec::with_capacity(4096), Vec::new());
-                let once = |b: &mut Vec<u8>| {
-                    b.clear();
-                    let mut f = std::fs::File::open(&p).expect("open");
-                    f.read_to_end(b).expect("read");
-                };
-                for _ in 0..100 {
-                    once(&mut buf);
-                }
-                while Instant::now() < stop {
-                    let t = Instant::now();
-                    once(&mut buf);
-                    lat.push(t.elapsed().as_nanos() as u64);
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut all: Vec<u64> = handles.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect();
-    all.sort_unstable();
-    let q = |f: f64| all[((all.len() as f64 * f) as usize).min(all.len() - 1)] as f64 / 1000.0;
-    (q(0.5), q(0.99), all.len() as f64 / secs)
+    let st = reads::measure(path, threads, secs);
+    (st.median_us, st.p99_us, st.per_sec)
 }
 
 fn main() {
