@@ -239,6 +239,11 @@ fn stop_child(mut c: Child, sig: libc::c_int) {
     let _ = c.wait();
 }
 
+/// The fd numbers of `fds`, for a command line.
+fn fd_list(fds: &[RawFd]) -> String {
+    fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",")
+}
+
 fn raw_fds(fds: &[OwnedFd]) -> Vec<RawFd> {
     fds.iter().map(|f| f.as_raw_fd()).collect()
 }
@@ -290,12 +295,12 @@ fn spawn_worker(cfg: &KeeperConfig, fds: &[OwnedFd], agent: Option<&Agent>) -> i
             inherit.extend_from_slice(notify);
         }
         let mut cmd = command_with_fds(cfg, &inherit);
-        cmd.arg("worker").arg("--fds").arg(seccomp::agent::raw_list(&fuse));
+        cmd.arg("worker").arg("--fds").arg(fd_list(&fuse));
         cmd.arg("--state").arg(cfg.pidfile.with_extension("state"));
         if let Some((chan, notify)) = sec {
             cmd.arg("--seccomp-chan").arg(chan.to_string());
             if !notify.is_empty() {
-                cmd.arg("--seccomp-fds").arg(seccomp::agent::raw_list(notify));
+                cmd.arg("--seccomp-fds").arg(fd_list(notify));
             }
         }
         cmd.args(&cfg.view_args);
@@ -317,7 +322,7 @@ fn start_drain(cfg: &KeeperConfig, left: Vec<OwnedFd>) {
     }
     let raw = raw_fds(&left);
     let mut cmd = command_with_fds(cfg, &raw);
-    cmd.arg("seccomp-drain").arg("--fds").arg(seccomp::agent::raw_list(&raw));
+    cmd.arg("seccomp-drain").arg("--fds").arg(fd_list(&raw));
     cmd.stdin(std::process::Stdio::null());
     // SAFETY: setsid is async-signal-safe; the drain must outlive this process group.
     unsafe {
@@ -354,7 +359,7 @@ fn exec_upgrade(
         .arg(&cfg.pidfile)
         .args(&cfg.view_args)
         .arg("--adopt")
-        .arg(seccomp::agent::raw_list(&raw_fds(fds)))
+        .arg(fd_list(&raw_fds(fds)))
         .arg("--init-minor")
         .arg(params.minor.to_string())
         .arg("--init-flags")
@@ -363,7 +368,7 @@ fn exec_upgrade(
         (Some(path), Some((l, n))) => {
             let mut all = vec![l];
             all.extend_from_slice(n);
-            cmd.arg("--seccomp-socket").arg(path).arg("--seccomp-adopt").arg(seccomp::agent::raw_list(&all));
+            cmd.arg("--seccomp-socket").arg(path).arg("--seccomp-adopt").arg(fd_list(&all));
         }
         (Some(path), None) => {
             cmd.arg("--seccomp-socket").arg(path);

@@ -3,15 +3,11 @@
 
 mod common;
 
-use common::bundle::Bundle;
+use common::bundle::{busybox_rootfs, runc_ready, Bundle};
 use common::*;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn tools_ready(test: &str) -> bool {
-    live_ready(test) && programs_ready(test, &["runc", "busybox"])
-}
 
 // BusyBox `cat` uses sendfile(2), which Linux 6.5 - 6.18 route through the page cache for
 // FUSE direct-I/O files, so size-0 files read empty (docs/operations.md); `head` reads.
@@ -21,7 +17,7 @@ const SCRIPT: &str =
 
 #[test]
 fn runc_container_sees_its_limits_through_the_hook() {
-    if !tools_ready("runc_container_sees_its_limits_through_the_hook") {
+    if !runc_ready("runc_container_sees_its_limits_through_the_hook") {
         return;
     }
     let d = Daemon::start("runc");
@@ -46,7 +42,7 @@ fn runc_container_sees_its_limits_through_the_hook() {
 
 #[test]
 fn container_starts_without_a_daemon_and_can_opt_out() {
-    if !tools_ready("container_starts_without_a_daemon_and_can_opt_out") {
+    if !runc_ready("container_starts_without_a_daemon_and_can_opt_out") {
         return;
     }
     let host_total = field(&std::fs::read_to_string("/proc/meminfo").unwrap(), "MemTotal");
@@ -74,7 +70,7 @@ fn container_starts_without_a_daemon_and_can_opt_out() {
 /// binary path and mount point pointed at this build and this test's daemon).
 #[test]
 fn podman_with_the_packaged_hook() {
-    if !tools_ready("podman_with_the_packaged_hook") {
+    if !runc_ready("podman_with_the_packaged_hook") {
         return;
     }
     if !programs_ready("podman_with_the_packaged_hook", &["podman"]) {
@@ -83,13 +79,7 @@ fn podman_with_the_packaged_hook() {
     let d = Daemon::start("podman");
     let dir = std::env::temp_dir().join(unique("podman"));
     let rootfs = dir.join("rootfs");
-    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
-    let busybox =
-        String::from_utf8(Command::new("sh").args(["-c", "command -v busybox"]).output().unwrap().stdout).unwrap();
-    std::fs::copy(busybox.trim(), rootfs.join("bin/busybox")).unwrap();
-    for a in ["sh", "head", "grep"] {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-    }
+    busybox_rootfs(&rootfs, &["sh", "head", "grep"]);
     let image = format!("localhost/{}:1", unique("img"));
     struct Cleanup(PathBuf, String);
     impl Drop for Cleanup {

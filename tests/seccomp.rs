@@ -4,15 +4,11 @@
 
 mod common;
 
-use common::bundle::Bundle;
+use common::bundle::{runc_ready, Bundle};
 use common::*;
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn tools_ready(test: &str) -> bool {
-    live_ready(test) && programs_ready(test, &["runc", "busybox"])
-}
 
 /// The profile `cgprocfs seccomp-profile` prints for this daemon's socket.
 fn profile(d: &Daemon, affinity: bool) -> Value {
@@ -37,7 +33,7 @@ fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 #[test]
 fn busybox_free_and_uptime_see_the_container_then_the_host_once_the_daemon_stops() {
     let test = "busybox_free_and_uptime_see_the_container_then_the_host_once_the_daemon_stops";
-    if !tools_ready(test) {
+    if !runc_ready(test) {
         return;
     }
     let mut d = Daemon::start("seccomp");
@@ -110,7 +106,7 @@ fn host_up() -> String {
 #[test]
 fn jvm_without_container_support_sizes_its_heap_from_the_limit() {
     let test = "jvm_without_container_support_sizes_its_heap_from_the_limit";
-    if !tools_ready(test) || !programs_ready(test, &["java"]) {
+    if !runc_ready(test) || !programs_ready(test, &["java"]) {
         return;
     }
     let java = std::fs::canonicalize(

@@ -107,18 +107,9 @@ impl CpuDir {
     fn walk(&self) {
         let mut stack = vec![PathBuf::new()];
         while let Some(rel) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(self.host.join(&rel)) else { continue };
-            let is_cpu = rel.components().count() == 1 && rel.to_str().and_then(cpu_index).is_some();
-            if is_cpu {
-                self.ino(Entry::Online(rel.clone()));
-            }
-            for e in rd.flatten() {
-                let r = rel.join(e.file_name());
-                if self.ino(Entry::Host(r.clone())).is_none() {
-                    return;
-                }
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    stack.push(r);
+            for (_, name, kind) in self.listing(&rel, |_| true) {
+                if kind == Kind::Dir {
+                    stack.push(rel.join(name));
                 }
             }
         }
@@ -131,17 +122,10 @@ impl CpuDir {
 
     /// The kind of `e` on the host.
     pub fn kind(&self, e: &Entry) -> std::io::Result<Kind> {
-        if let Entry::Online(_) = e {
-            return Ok(Kind::File);
+        match e {
+            Entry::Online(_) => Ok(Kind::File),
+            Entry::Host(_) => Ok(kind_of(std::fs::symlink_metadata(self.host_path(e))?.file_type())),
         }
-        let t = std::fs::symlink_metadata(self.host_path(e))?.file_type();
-        Ok(if t.is_dir() {
-            Kind::Dir
-        } else if t.is_symlink() {
-            Kind::Link
-        } else {
-            Kind::File
-        })
     }
 
     /// Attributes of inode `ino` for entry `e`: the host's mode without write bits.
@@ -156,73 +140,79 @@ impl CpuDir {
         Ok(Attr { ino, size: 0, mode, nlink, time })
     }
 
-    /// Looks `name` up in host directory entry `dir` (not the top directory).
+    /// The inode of host entry `rel`, if it exists.
+    fn existing(&self, rel: PathBuf) -> Option<u64> {
+        std::fs::symlink_metadata(self.host.join(&rel)).ok()?;
+        self.ino(Entry::Host(rel))
+    }
+
+    /// Looks `name` up in host directory entry `dir`.
     pub fn lookup(&self, dir: &Entry, name: &str) -> Option<u64> {
         let Entry::Host(rel) = dir else { return None };
         if !plain(name) {
             return None;
         }
-        let child = rel.join(name);
-        let in_cpu = rel.components().count() == 1 && rel.to_str().and_then(cpu_index).is_some();
-        if in_cpu && name == "online" {
+        if name == "online" && is_cpu_dir(rel) {
             return self.ino(Entry::Online(rel.clone()));
         }
-        std::fs::symlink_metadata(self.host.join(&child)).ok()?;
-        self.ino(Entry::Host(child))
+        self.existing(rel.join(name))
     }
 
     /// The inode of the top-level host entry `name` that is not a `cpuN` directory.
     pub fn lookup_top(&self, name: &str) -> Option<u64> {
-        if cpu_index(name).is_some() || !plain(name) {
+        if cpu_index(name).is_some() {
             return None;
         }
-        std::fs::symlink_metadata(self.host.join(name)).ok()?;
-        self.ino(Entry::Host(PathBuf::from(name)))
+        self.lookup(&Entry::Host(PathBuf::new()), name)
     }
 
     /// The inode of the directory standing for host CPU `cpu`.
     pub fn cpu(&self, cpu: u32) -> Option<u64> {
-        let rel = PathBuf::from(format!("cpu{cpu}"));
-        std::fs::symlink_metadata(self.host.join(&rel)).ok()?;
-        self.ino(Entry::Host(rel))
+        self.existing(PathBuf::from(format!("cpu{cpu}")))
     }
 
-    /// Entries of the host directory `rel` (sorted), with inodes and kinds.
-    pub fn list(&self, dir: &Entry) -> Vec<(u64, String, Kind)> {
-        let Entry::Host(rel) = dir else { return vec![] };
-        let mut names: Vec<String> = std::fs::read_dir(self.host.join(rel))
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        let in_cpu = rel.components().count() == 1 && rel.to_str().and_then(cpu_index).is_some();
-        if in_cpu && !names.iter().any(|n| n == "online") {
-            names.push("online".into());
-        }
-        names.sort();
-        names
-            .into_iter()
-            .filter_map(|n| {
-                let ino = self.lookup(dir, &n)?;
-                let kind = self.kind(&self.entry(ino)?).ok()?;
-                Some((ino, n, kind))
+    /// Entries of host directory `rel` whose names `keep` accepts, sorted, with inodes and
+    /// kinds (from the listing itself: no stat per entry); a `cpuN` directory always has an
+    /// `online` file.
+    fn listing(&self, rel: &Path, keep: impl Fn(&str) -> bool) -> Vec<(u64, String, Kind)> {
+        let mut out: Vec<(u64, String, Kind)> = std::fs::read_dir(self.host.join(rel))
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if !keep(&name) {
+                            return None;
+                        }
+                        let kind = kind_of(e.file_type().ok()?);
+                        let ino = match name.as_str() {
+                            "online" if is_cpu_dir(rel) => self.ino(Entry::Online(rel.to_path_buf()))?,
+                            _ => self.ino(Entry::Host(rel.join(&name)))?,
+                        };
+                        Some((ino, name, kind))
+                    })
+                    .collect()
             })
-            .collect()
+            .unwrap_or_default();
+        if is_cpu_dir(rel) && !out.iter().any(|(_, n, _)| n == "online") {
+            if let Some(ino) = self.ino(Entry::Online(rel.to_path_buf())) {
+                out.push((ino, "online".into(), Kind::File));
+            }
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
+    }
+
+    /// Entries of the host directory `dir` (sorted), with inodes and kinds.
+    pub fn list(&self, dir: &Entry) -> Vec<(u64, String, Kind)> {
+        match dir {
+            Entry::Host(rel) => self.listing(rel, |_| true),
+            Entry::Online(_) => Vec::new(),
+        }
     }
 
     /// Top-level host entries other than `cpuN` directories and the `skip` names (the views).
     pub fn list_top(&self, skip: &[&str]) -> Vec<(u64, String, Kind)> {
-        let mut names: Vec<String> = std::fs::read_dir(&self.host)
-            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-            .unwrap_or_default();
-        names.sort();
-        names
-            .into_iter()
-            .filter(|n| !skip.contains(&n.as_str()))
-            .filter_map(|n| {
-                let ino = self.lookup_top(&n)?;
-                let kind = self.kind(&self.entry(ino)?).ok()?;
-                Some((ino, n, kind))
-            })
-            .collect()
+        self.listing(Path::new(""), |n| cpu_index(n).is_none() && !skip.contains(&n))
     }
 
     /// The bytes of file `e`: `1\n` for a CPU's `online`, else the host file now.
@@ -236,6 +226,21 @@ impl CpuDir {
     /// The target of symlink `e`, as on the host.
     pub fn readlink(&self, e: &Entry) -> std::io::Result<PathBuf> {
         std::fs::read_link(self.host_path(e))
+    }
+}
+
+/// Whether `rel` (relative to the cpu directory) is a `cpuN` directory.
+fn is_cpu_dir(rel: &Path) -> bool {
+    rel.components().count() == 1 && rel.to_str().and_then(cpu_index).is_some()
+}
+
+fn kind_of(t: std::fs::FileType) -> Kind {
+    if t.is_dir() {
+        Kind::Dir
+    } else if t.is_symlink() {
+        Kind::Link
+    } else {
+        Kind::File
     }
 }
 

@@ -77,11 +77,6 @@ impl Agent {
         Agent { path: path.to_path_buf(), listener, state: Mutex::new(State { notify, worker: None, closed: false }) }
     }
 
-    /// Where the socket is.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Starts accepting runtimes' connections and watching for containers that exit.
     pub fn start(self: &Arc<Self>) -> io::Result<()> {
         let me = Arc::clone(self);
@@ -225,9 +220,4 @@ fn receive(conn: &OwnedFd) -> io::Result<(String, OwnedFd)> {
 pub fn drain(fds: Vec<OwnedFd>) {
     tracing::info!(containers = fds.len(), "seccomp: passing calls through until these containers exit");
     super::serve(super::Policy::Continue, fds, None, true);
-}
-
-/// The fd numbers of `fds`, for a command line.
-pub fn raw_list(fds: &[RawFd]) -> String {
-    fds.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(",")
 }

@@ -1,10 +1,27 @@
 //! An OCI bundle for real runc: a busybox-static rootfs built by the test and a config.json
 //! from `runc spec` with a 256 MiB memory limit and 1.5 CPUs of quota; removed on drop.
 
-use super::{bin, unique};
+use super::{bin, live_ready, programs_ready, unique};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Whether runc tests can run here: the live prerequisites, runc and busybox (failing under
+/// `CI=true`, skipping visibly elsewhere).
+pub fn runc_ready(test: &str) -> bool {
+    live_ready(test) && programs_ready(test, &["runc", "busybox"])
+}
+
+/// `rootfs/bin` with the host's busybox-static and a link per applet.
+pub fn busybox_rootfs(rootfs: &Path, applets: &[&str]) {
+    std::fs::create_dir_all(rootfs.join("bin")).unwrap();
+    let busybox =
+        String::from_utf8(Command::new("sh").args(["-c", "command -v busybox"]).output().unwrap().stdout).unwrap();
+    std::fs::copy(busybox.trim(), rootfs.join("bin/busybox")).unwrap();
+    for a in applets {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
+    }
+}
 
 pub struct Bundle {
     pub dir: PathBuf,
@@ -18,15 +35,10 @@ impl Bundle {
         let id = unique(tag);
         let dir = std::env::temp_dir().join(&id);
         let rootfs = dir.join("rootfs");
-        for d in ["bin", "proc", "sys", "dev", "tmp", "etc"] {
+        for d in ["proc", "sys", "dev", "tmp", "etc"] {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
         }
-        let busybox =
-            String::from_utf8(Command::new("sh").args(["-c", "command -v busybox"]).output().unwrap().stdout).unwrap();
-        std::fs::copy(busybox.trim(), rootfs.join("bin/busybox")).unwrap();
-        for a in ["sh", "cat", "head", "grep", "free", "uptime", "sleep", "wc", "nproc", "test", "["] {
-            std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(a)).unwrap();
-        }
+        busybox_rootfs(&rootfs, &["sh", "cat", "head", "grep", "free", "uptime", "sleep", "wc", "nproc", "test", "["]);
         let st = Command::new("runc").args(["spec", "--bundle"]).arg(&dir).status().unwrap();
         assert!(st.success(), "runc spec failed");
         let mut config: Value =
