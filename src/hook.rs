@@ -11,11 +11,18 @@
 //! It never blocks a container: whatever fails is logged to stderr (the runtime's log) and the
 //! hook exits 0 with the container's files left as they were. It never creates a file or a
 //! directory: a target that does not exist, or is not a regular file, is skipped.
+//!
+//! The image is hostile: every target is resolved inside the container's root with
+//! `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS)`, must sit in the container's procfs or
+//! sysfs, and the mount goes onto the opened fd (new mount API, Linux 5.12+), so no symlink of
+//! the image can move a mount outside the container (docs/security.md).
 
 use crate::view::{bind_targets, CPU_DIR};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::io::Read;
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 /// The annotation that turns the hook off for one container (`"true"`).
@@ -96,25 +103,15 @@ pub fn run(mut input: impl Read, mountpoint: &Path) -> Result<Outcome, String> {
         ));
     }
     let mut out = Outcome { id: state.id.clone(), ..Default::default() };
+    // The root itself is the runtime's (the bundle is trusted); everything below it is the
+    // image's and is resolved by bind_into without following a symlink.
+    let root = std::fs::File::open(&rootfs)
+        .map(OwnedFd::from)
+        .map_err(|e| format!("{}: cannot open the root {}: {e}", state.id, rootfs.display()))?;
     for path in bind_targets() {
-        let src = mountpoint.join(path);
-        let dst = rootfs.join(path);
         // The cpu directory is bound whole (its cpuN entries are per container); the rest
         // are files.
-        let want_dir = path == CPU_DIR;
-        match std::fs::symlink_metadata(&dst) {
-            Ok(m) if m.file_type().is_dir() == want_dir && !m.file_type().is_symlink() => {}
-            Ok(_) => {
-                let what = if want_dir { "a directory" } else { "a regular file" };
-                out.skipped.push((path.into(), format!("target is not {what}")));
-                continue;
-            }
-            Err(e) => {
-                out.skipped.push((path.into(), format!("target missing: {e}")));
-                continue;
-            }
-        }
-        match bind_ro(&src, &dst) {
+        match bind_into(&root, &mountpoint.join(path), path, path == CPU_DIR) {
             Ok(()) => out.bound.push(path.into()),
             Err(e) => out.skipped.push((path.into(), e)),
         }
@@ -125,7 +122,6 @@ pub fn run(mut input: impl Read, mountpoint: &Path) -> Result<Outcome, String> {
 /// A live FUSE mount of ours at `mountpoint` (statfs reaches the daemon; a dead one answers
 /// ENOTCONN).
 fn serving(mountpoint: &Path) -> Result<(), String> {
-    const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
     let s = nix::sys::statfs::statfs(mountpoint).map_err(|e| format!("statfs: {e}"))?;
     if s.filesystem_type().0 as i64 != FUSE_SUPER_MAGIC {
         return Err(format!("not a FUSE mount (type {:#x})", s.filesystem_type().0));
@@ -133,10 +129,137 @@ fn serving(mountpoint: &Path) -> Result<(), String> {
     std::fs::metadata(mountpoint.join("proc/meminfo")).map(|_| ()).map_err(|e| format!("proc/meminfo: {e}"))
 }
 
-fn bind_ro(src: &Path, dst: &Path) -> Result<(), String> {
-    use nix::mount::{mount, MsFlags};
-    mount(Some(src), dst, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| format!("bind: {e}"))?;
-    // A bind mount keeps the source's flags; remount to make this one read-only too.
-    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(None::<&str>, dst, None::<&str>, ro, None::<&str>).map_err(|e| format!("read-only remount: {e}"))
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+const PROC_SUPER_MAGIC: i64 = 0x9fa0;
+const SYSFS_MAGIC: i64 = 0x6265_6572;
+
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+const RESOLVE_NO_XDEV: u64 = 0x01;
+const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+const RESOLVE_BENEATH: u64 = 0x08;
+const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_RDONLY: u64 = 0x1;
+const MOUNT_ATTR_NOSUID: u64 = 0x2;
+const MOUNT_ATTR_NODEV: u64 = 0x4;
+const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+const OPEN_TREE_CLONE: u32 = 1;
+const MOVE_MOUNT_F_EMPTY_PATH: u32 = 0x4;
+const MOVE_MOUNT_T_EMPTY_PATH: u32 = 0x40;
+
+fn cstr(s: &str) -> Result<std::ffi::CString, String> {
+    std::ffi::CString::new(s).map_err(|_| format!("bad path {s:?}"))
+}
+
+fn last_err(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// openat2(2) of `path` under `dir` with `resolve` restrictions, as an `O_PATH` fd.
+fn openat2(dir: &OwnedFd, path: &str, extra: i32, resolve: u64) -> Result<OwnedFd, String> {
+    let p = cstr(path)?;
+    let how = OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC | extra) as u64, mode: 0, resolve };
+    // SAFETY: valid fd, NUL-terminated path and a struct of the size passed.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), p.as_ptr(), &how as *const OpenHow, size_of::<OpenHow>())
+    };
+    if fd < 0 {
+        return Err(last_err(&format!("cannot resolve {path} without symlinks")));
+    }
+    // SAFETY: a new fd owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn fs_magic(fd: &OwnedFd) -> Result<i64, String> {
+    let s = nix::sys::statfs::fstatfs(fd).map_err(|e| format!("statfs: {e}"))?;
+    Ok(s.filesystem_type().0 as i64)
+}
+
+/// Binds the served `src` over `path` (relative to the container's root `root`) read-only,
+/// never leaving the container's procfs / sysfs: every component is resolved inside the root
+/// without following a symlink, the parent must be the container's procfs (or sysfs for the
+/// cpu directory), the target must be on that same mount (not already covered by another
+/// mount) and of the expected type, and the mount goes onto the opened target itself.
+pub fn bind_into(root: &OwnedFd, src: &Path, path: &str, want_dir: bool) -> Result<(), String> {
+    let (parent, leaf) = path.rsplit_once('/').ok_or_else(|| format!("bad target {path}"))?;
+    let pfd = openat2(root, parent, libc::O_DIRECTORY, RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)?;
+    let want = if parent.starts_with("sys") { SYSFS_MAGIC } else { PROC_SUPER_MAGIC };
+    let magic = fs_magic(&pfd)?;
+    if magic != want {
+        let what = if want == SYSFS_MAGIC { "sysfs" } else { "procfs" };
+        return Err(format!("/{parent} is not the container's {what} (type {magic:#x})"));
+    }
+    let tfd = openat2(&pfd, leaf, libc::O_NOFOLLOW, RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_XDEV)
+        .map_err(|e| format!("{e} (a symlink, or already a mount point)"))?;
+    let st = nix::sys::stat::fstat(tfd.as_raw_fd()).map_err(|e| format!("stat: {e}"))?;
+    let fmt = st.st_mode & libc::S_IFMT;
+    if (want_dir && fmt != libc::S_IFDIR) || (!want_dir && fmt != libc::S_IFREG) {
+        return Err(format!("target is not {}", if want_dir { "a directory" } else { "a regular file" }));
+    }
+    if fs_magic(&tfd)? != want {
+        return Err("target is on another filesystem".into());
+    }
+    // A detached copy of the served file, made read-only, noexec, nosuid, nodev before it is
+    // attached: the container never sees it writable, and nothing is resolved by path twice.
+    let s = cstr(&src.to_string_lossy())?;
+    // SAFETY: NUL-terminated path, flags only.
+    let tree = unsafe {
+        libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, s.as_ptr(), OPEN_TREE_CLONE | libc::O_CLOEXEC as u32)
+    };
+    if tree < 0 {
+        return Err(last_err("open_tree"));
+    }
+    // SAFETY: a new fd owned here.
+    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let empty = c"";
+    // SAFETY: valid fd, empty path with AT_EMPTY_PATH, a struct of the size passed.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            size_of::<MountAttr>(),
+        )
+    };
+    if r < 0 {
+        return Err(last_err("read-only, noexec mount attributes"));
+    }
+    // SAFETY: two valid fds with empty paths.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            empty.as_ptr(),
+            tfd.as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(last_err("move_mount"));
+    }
+    Ok(())
 }

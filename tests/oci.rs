@@ -154,3 +154,86 @@ fn podman_with_the_packaged_hook() {
     let host_total = field(&std::fs::read_to_string("/proc/meminfo").unwrap(), "MemTotal");
     assert_eq!(field(out.lines().next().unwrap(), "MemTotal"), host_total);
 }
+
+/// An image whose `/sys/devices` is a symlink to a host directory (and a config without a
+/// sysfs mount, so nothing covers it): the hook must not bind the cpu directory through it.
+/// The host directory is a shared mount and the container's root propagation shared, so a
+/// mount that escaped would show up in the host's mount table.
+#[test]
+fn hook_never_mounts_through_an_image_symlink() {
+    let test = "hook_never_mounts_through_an_image_symlink";
+    if !runc_ready(test) {
+        return;
+    }
+    let d = Daemon::start("escape");
+    let host = std::env::temp_dir().join(unique("escape-host"));
+    let target = host.join("system/cpu");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::write(target.join("precious"), "host data").unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            for p in [self.0.join("system/cpu"), self.0.clone()] {
+                let _ = Command::new("umount").arg("-l").arg(&p).output();
+            }
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _host = Unmount(host.clone());
+    let st = Command::new("mount").arg("--bind").arg(&host).arg(&host).status().unwrap();
+    assert!(st.success());
+    let st = Command::new("mount").arg("--make-shared").arg(&host).status().unwrap();
+    assert!(st.success());
+    let mut b = Bundle::new("escape", "ls /sys/devices/system/cpu; head -n 1 /proc/meminfo");
+    let mounts = b.config["mounts"].as_array_mut().unwrap();
+    mounts.retain(|m| m["destination"] != "/sys");
+    b.config["linux"]["rootfsPropagation"] = json!("shared");
+    std::fs::create_dir_all(b.rootfs().join("sys")).unwrap();
+    std::os::unix::fs::symlink(&host, b.rootfs().join("sys/devices")).unwrap();
+    let b = b.with_hook(&d.mnt).write();
+    let (ok, out, err) = b.run();
+    eprintln!("{out}{err}\n{}", b.hook_log());
+    let escaped = is_mounted(&target);
+    assert!(!escaped, "the hook mounted onto the host's {}", target.display());
+    assert!(ok, "the container must still start: {err}");
+    assert!(std::fs::read_to_string(target.join("precious")).is_ok_and(|t| t == "host data"));
+    let log = b.hook_log();
+    assert!(log.contains("\"sys/devices/system/cpu\", \"cannot resolve"), "skipped with the reason: {log}");
+    // The files under the container's real procfs are still bound.
+    assert_eq!(field(out.lines().last().unwrap_or_default(), "MemTotal"), 262_144, "{out}");
+}
+
+/// Targets that are not the container's procfs (a tmpfs where /proc should be) are skipped;
+/// the read-only bind carries noexec, nosuid and nodev.
+#[test]
+fn hook_binds_only_onto_procfs_and_keeps_noexec() {
+    let test = "hook_binds_only_onto_procfs_and_keeps_noexec";
+    if !runc_ready(test) {
+        return;
+    }
+    let d = Daemon::start("procfs-only");
+    let b = Bundle::new("procfs-only", "grep -E ' /proc/(meminfo|stat) ' /proc/self/mountinfo").with_hook(&d.mnt).write();
+    let (ok, out, err) = b.run();
+    assert!(ok, "{err}");
+    for line in out.lines() {
+        let opts = line.split(' ').nth(5).unwrap_or_default();
+        for o in ["ro", "nosuid", "nodev", "noexec"] {
+            assert!(opts.split(',').any(|x| x == o), "{o} missing: {line}");
+        }
+    }
+    assert_eq!(out.lines().count(), 2, "{out}");
+
+    // /proc a tmpfs: nothing is bound under it.
+    let mut b = Bundle::new("not-procfs", "head -n 1 /proc/meminfo");
+    let mounts = b.config["mounts"].as_array_mut().unwrap();
+    for m in mounts.iter_mut().filter(|m| m["destination"] == "/proc") {
+        *m = json!({"destination": "/proc", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid"]});
+    }
+    std::fs::write(b.rootfs().join("placeholder"), "").unwrap();
+    let b = b.with_hook(&d.mnt).write();
+    // (runc may refuse a /proc that is not procfs; either way the hook binds nothing there.)
+    let _ = b.run();
+    let log = b.hook_log();
+    assert!(log.contains("is not the container's procfs"), "{log}");
+    assert!(!log.contains("bound [\"proc/meminfo\""), "{log}");
+}
