@@ -11,6 +11,7 @@
 //! re-executes the keeper from the binary on disk with the fds and INIT parameters passed
 //! along, and starts a new worker from the new binary.
 
+use crate::files;
 use crate::fs::session::{self, clone_fd, notify_resend, spawn_workers, InitParams};
 use crate::fs::ProcFs;
 use crate::seccomp::{self, agent::Agent};
@@ -37,7 +38,7 @@ pub struct KeeperConfig {
     /// Worker threads, one cloned fd each.
     pub threads: usize,
     /// Where the keeper writes its pid for `cgprocfs upgrade`; the workers' state file is
-    /// beside it (`.state`).
+    /// beside it ([`files::companion`] `state`).
     pub pidfile: PathBuf,
     /// The socket runtimes hand seccomp notification fds to; `None` disables it.
     pub seccomp_socket: Option<PathBuf>,
@@ -124,6 +125,11 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
     // SAFETY: blocking signals in this (single) thread so sigtimedwait receives them.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
+    if let Some(dir) = cfg.pidfile.parent() {
+        // Root writes its pid, state and records here: refuse a directory others can change
+        // (before mounting, so a refusal leaves nothing behind).
+        files::private_dir(dir, 0o755)?;
+    }
     let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
     let (fds, params) = match adopted {
         Some(a) => {
@@ -146,10 +152,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
             (fds, params)
         }
     };
-    if let Some(dir) = cfg.pidfile.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    if let Err(e) = std::fs::write(&cfg.pidfile, format!("{}\n", std::process::id())) {
+    if let Err(e) = files::write_atomic(&cfg.pidfile, format!("{}\n", std::process::id()).as_bytes()) {
         tracing::warn!(pidfile = %cfg.pidfile.display(), error = %e, "cannot write the pid file");
     }
     tracing::info!(mountpoint = %cfg.mountpoint.display(), threads = fds.len(), minor = params.minor, "serving");
@@ -296,7 +299,7 @@ fn spawn_worker(cfg: &KeeperConfig, fds: &[OwnedFd], agent: Option<&Agent>) -> i
         }
         let mut cmd = command_with_fds(cfg, &inherit);
         cmd.arg("worker").arg("--fds").arg(fd_list(&fuse));
-        cmd.arg("--state").arg(cfg.pidfile.with_extension("state"));
+        cmd.arg("--state").arg(files::companion(&cfg.pidfile, "state"));
         if let Some((chan, notify)) = sec {
             cmd.arg("--seccomp-chan").arg(chan.to_string());
             if !notify.is_empty() {

@@ -250,10 +250,8 @@ fn main() {
                 Err(e) => e,
             };
             eprintln!("cgprocfs oci-hook: {line}");
-            if let Some(dir) = log.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log) {
+            let dir_ok = log.parent().is_none_or(|d| cgprocfs::files::private_dir(d, 0o755).is_ok());
+            if let Some(mut f) = dir_ok.then(|| cgprocfs::files::open_append(&log).ok()).flatten() {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
                 let _ = writeln!(f, "{now} {line}");
             }
@@ -367,7 +365,7 @@ fn serve(
         Seccomp { disabled: true, .. } => None,
         Seccomp { socket: Some(s), .. } => Some(s),
         _ if mountpoint == Path::new(DEFAULT_MOUNTPOINT) => Some(PathBuf::from(DEFAULT_SECCOMP_SOCKET)),
-        _ => Some(pidfile.with_extension("sock")),
+        _ => Some(cgprocfs::files::companion(&pidfile, "sock")),
     };
     let cfg = KeeperConfig { mountpoint: mountpoint.clone(), binary, view_args, threads, pidfile, seccomp_socket };
     keeper(cfg, adopted).with_context(|| format!("serving {} failed", mountpoint.display()))
@@ -420,9 +418,10 @@ fn run(limits: RunLimits, mountpoint: &Path, cmd: &[String]) -> Result<i32> {
         canonical
     } else {
         // No daemon there: start one on a private mount point for the duration.
-        let dir = std::env::temp_dir().join(format!("cgprocfs-run-{}", std::process::id()));
+        // A fresh directory nobody else can have prepared (mode 0700, random name).
+        let dir = cgprocfs::files::fresh_private_dir("cgprocfs-run-").context("cannot create a private directory")?;
         let mnt = dir.join("mnt");
-        std::fs::create_dir_all(&mnt)?;
+        std::fs::create_dir(&mnt)?;
         let child = std::process::Command::new(std::env::current_exe()?)
             .arg("serve")
             .arg(&mnt)

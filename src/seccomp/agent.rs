@@ -41,7 +41,7 @@ impl Agent {
     pub fn bind(path: &Path) -> io::Result<Agent> {
         use std::os::unix::fs::PermissionsExt;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::files::private_dir(dir, 0o755)?;
         }
         let listener = match UnixListener::bind(path) {
             Ok(l) => l,

@@ -74,7 +74,9 @@ impl Store {
                 }
             }
             tracing::info!(containers = map.len(), file = %f.display(), "state loaded");
-            let _ = std::fs::create_dir_all(accounts_dir(f));
+            if let Err(e) = crate::files::private_dir(&accounts_dir(f), 0o700) {
+                tracing::warn!(error = %e, "CPU records are not kept");
+            }
         }
         Store { map: Mutex::new(map), file }
     }
@@ -98,11 +100,9 @@ impl Store {
         if let Some(f) = &self.file {
             let text = cpu_line(k, acc);
             let path = accounts_dir(f).join(record_name(k));
-            let tmp = path.with_extension("tmp");
-            let r = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path));
-            if let Err(e) = r {
+            if let Err(e) = crate::files::write_atomic(&path, text.as_bytes()) {
                 // The directory may be missing (first use, or removed): create it once more.
-                let _ = std::fs::create_dir_all(accounts_dir(f));
+                let _ = crate::files::private_dir(&accounts_dir(f), 0o700);
                 tracing::debug!(error = %e, "cannot record the CPU account");
             }
         }
@@ -168,9 +168,7 @@ impl Store {
     pub fn save(&self) {
         let Some(f) = &self.file else { return };
         let text = serialize(&self.map.lock());
-        let tmp = f.with_extension("tmp");
-        let r = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, f));
-        if let Err(e) = r {
+        if let Err(e) = crate::files::write_atomic(f, text.as_bytes()) {
             tracing::warn!(file = %f.display(), error = %e, "cannot save state");
         }
     }
@@ -199,7 +197,7 @@ const HEADER: &str = "cgprocfs-state 1\n";
 
 /// The directory of per-container CPU records beside the state file.
 fn accounts_dir(state_file: &std::path::Path) -> PathBuf {
-    state_file.with_extension("accounts")
+    crate::files::companion(state_file, "accounts")
 }
 
 /// A file name for container key `k` (keys hold paths): FNV-1a of the key.
