@@ -122,6 +122,9 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
+    /// The kernel would fail the call with this errno; answered so.
+    #[error("the kernel answers errno {0}")]
+    Errno(i32),
     /// The caller is gone or the notification was already answered.
     #[error("notification {0} is no longer valid")]
     Stale(u64),
@@ -206,19 +209,41 @@ fn answer(policy: &Policy, fd: RawFd, n: &Notif) -> Result<i64, Error> {
         libc::SYS_sched_getaffinity if *affinity => {
             // Another thread's mask (pid != 0) is the kernel's business.
             let (pid, len, addr) = (n.data.args[0] as i32, n.data.args[1], n.data.args[2]);
-            let ksize = kernel_mask_size();
-            // The kernel's own checks (EINVAL): let it make them.
-            if pid != 0 || len * 8 < ksize as u64 || len % 8 != 0 {
+            if pid != 0 {
                 return Err(Error::NotOurs(n.data.nr));
             }
             let c = svc.container_of(n.pid)?;
             let cpus = svc.visible_cpus(&c.cgroups)?;
-            let mask = cpu_mask(&cpus, ksize);
+            let mask = affinity_answer(len, nr_cpu_ids(), kernel_mask_size(), &cpus).map_err(Error::Errno)?;
             write_answer(fd, n, addr, &mask)?;
             Ok(mask.len() as i64)
         }
         nr => Err(Error::NotOurs(nr as i32)),
     }
+}
+
+/// What `sched_getaffinity(0, len, buf)` copies out for a caller seeing `cpus`, exactly as
+/// the kernel decides it (`kernel/sched/core.c`): `EINVAL` when `len * 8 < nr_cpu_ids` or `len`
+/// is not a multiple of `sizeof(long)`; else `min(len, cpumask_size)` bytes, which is also the
+/// return value. Never more than `len` bytes: the caller's buffer is that long.
+pub fn affinity_answer(len: u64, nr_cpu_ids: usize, mask_size: usize, cpus: &[u32]) -> Result<Vec<u8>, i32> {
+    let long = std::mem::size_of::<libc::c_ulong>() as u64;
+    if len.saturating_mul(8) < nr_cpu_ids as u64 || len % long != 0 {
+        return Err(libc::EINVAL);
+    }
+    Ok(cpu_mask(cpus, len.min(mask_size as u64) as usize))
+}
+
+/// The kernel's `nr_cpu_ids`: one more than the highest possible CPU.
+fn nr_cpu_ids() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::fs::read_to_string("/sys/devices/system/cpu/possible")
+            .ok()
+            .and_then(|t| crate::cgroup::cpuset::parse_list(std::path::Path::new("possible"), &t).ok())
+            .and_then(|l| l.iter().max().map(|&m| m as usize + 1))
+            .unwrap_or(1)
+    })
 }
 
 /// The bytes `sched_getaffinity` copies out (`cpumask_size()`), learnt by asking for our own.
@@ -259,6 +284,7 @@ pub fn handle_one(policy: &Policy, fd: RawFd) {
     };
     let resp = match answer(policy, fd, &n) {
         Ok(val) => Resp { id: n.id, val, error: 0, flags: 0 },
+        Err(Error::Errno(e)) => Resp { id: n.id, val: 0, error: -e, flags: 0 },
         Err(e) => {
             // A drain passes everything through: nothing worth a line.
             if matches!(policy, Policy::Serve { .. }) {
@@ -402,6 +428,23 @@ mod tests {
         assert_eq!(cpu_mask(&[0, 1, 9], 8), vec![0b11, 0b10, 0, 0, 0, 0, 0, 0]);
         // CPUs beyond the mask are dropped rather than panicking.
         assert_eq!(cpu_mask(&[70], 8), vec![0; 8]);
+    }
+
+    #[test]
+    fn affinity_answer_never_exceeds_the_buffer() {
+        let cpus = [0, 1, 70];
+        // A kernel whose cpumask_size is 1024 bytes (NR_CPUS 8192, no CPUMASK_OFFSTACK).
+        for (len, nr, size) in [(8u64, 2usize, 1024usize), (16, 2, 1024), (128, 2, 1024), (128, 96, 16)] {
+            let m = affinity_answer(len, nr, size, &cpus).unwrap();
+            assert_eq!(m.len() as u64, len.min(size as u64), "len {len} nr_cpu_ids {nr} mask {size}");
+            assert_eq!(m[0], 0b11);
+        }
+        // Simulated 96-CPU host: 8 bytes cannot hold nr_cpu_ids bits.
+        assert_eq!(affinity_answer(8, 96, 16, &cpus), Err(libc::EINVAL));
+        assert_eq!(affinity_answer(16, 96, 16, &cpus).unwrap()[8], 0b100_0000);
+        // Not a multiple of sizeof(long).
+        assert_eq!(affinity_answer(12, 2, 8, &cpus), Err(libc::EINVAL));
+        assert_eq!(affinity_answer(0, 2, 8, &cpus), Err(libc::EINVAL));
     }
 
     #[test]
