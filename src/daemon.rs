@@ -125,6 +125,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
     // SAFETY: blocking signals in this (single) thread so sigtimedwait receives them.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
+    raise_nofile_limit();
     if let Some(dir) = cfg.pidfile.parent() {
         // Root writes its pid, state and records here: refuse a directory others can change
         // (before mounting, so a refusal leaves nothing behind).
@@ -224,6 +225,21 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
                 }
             }
         }
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: the keeper and its worker hold one fd per
+/// container with the seccomp profile, and the default soft limit (1024) would end that at
+/// about a thousand containers. Workers inherit it.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
     }
 }
 
@@ -425,8 +441,9 @@ pub fn worker(
     }
     let sig = wait_signal(&set, None);
     tracing::info!(signal = ?sig, fallbacks = svc.fallbacks.count(), "worker stopping");
-    // A seccomp answer being written is finished first (held until exit).
-    let _busy = seccomp::BUSY.lock();
+    // Seccomp answers being written are finished first (bounded: one may be held by a
+    // hostile container).
+    seccomp::wait_answered(Duration::from_secs(2));
     // Exit without unwinding the reader threads, which are blocked in read(2).
     std::process::exit(0);
 }

@@ -36,14 +36,26 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Listens at `path` (mode 0600: only root hands us fds). A socket left by a dead daemon
-    /// is replaced; one another daemon still answers on is an error.
+    /// Listens at `path` (mode 0600 from the moment it exists: only root hands us fds). A
+    /// socket left by a dead daemon is replaced; one another daemon still answers on is an
+    /// error.
     pub fn bind(path: &Path) -> io::Result<Agent> {
-        use std::os::unix::fs::PermissionsExt;
         if let Some(dir) = path.parent() {
             crate::files::private_dir(dir, 0o755)?;
         }
-        let listener = match UnixListener::bind(path) {
+        // The socket file is created by bind with the umask applied: no window in which it is
+        // connectable by others, no chmod by path afterwards. The keeper has no other thread
+        // yet, so the process-wide umask is ours to change.
+        // SAFETY: umask only swaps the process's file mode mask.
+        let old = unsafe { libc::umask(0o177) };
+        let r = Self::bind_listener(path);
+        // SAFETY: as above, restoring it.
+        unsafe { libc::umask(old) };
+        Ok(Agent::new(path, OwnedFd::from(r?), Vec::new()))
+    }
+
+    fn bind_listener(path: &Path) -> io::Result<UnixListener> {
+        Ok(match UnixListener::bind(path) {
             Ok(l) => l,
             Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
                 if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -56,9 +68,7 @@ impl Agent {
                 UnixListener::bind(path)?
             }
             Err(e) => return Err(e),
-        };
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-        Ok(Agent::new(path, OwnedFd::from(listener), Vec::new()))
+        })
     }
 
     /// Takes over the socket and fds a previous keeper passed across exec.
@@ -117,6 +127,19 @@ impl Agent {
         }
         // SAFETY: just returned by accept4.
         let conn = unsafe { OwnedFd::from_raw_fd(fd) };
+        // Only root (the runtime) may hand us fds, whatever the socket's mode became.
+        match nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials) {
+            Ok(c) if c.uid() == 0 => {}
+            Ok(c) => {
+                tracing::warn!(uid = c.uid(), pid = c.pid(), "seccomp: refused a connection from a process not running as root");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "seccomp: no peer credentials; connection refused");
+                return;
+            }
+        }
+        warn_if_few_fds_left();
         match receive(&conn) {
             Ok((id, fd)) => {
                 let mut st = self.state.lock();
@@ -201,17 +224,41 @@ fn receive(conn: &OwnedFd) -> io::Result<(String, OwnedFd)> {
     }
     let state: serde_json::Value = serde_json::from_slice(&data)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("state JSON: {e}")))?;
-    let index =
-        state["fds"].as_array().and_then(|a| a.iter().position(|n| n.as_str() == Some("seccompFd"))).unwrap_or(0);
-    let id = state["state"]["id"].as_str().unwrap_or("?").to_string();
-    if index >= fds.len() {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("no seccompFd among {} fds", fds.len())));
-    }
+    let (index, id) = check_message(&state, fds.len()).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let fd = fds.swap_remove(index);
     if !is_notify_fd(fd.as_raw_fd()) {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "the fd is not a seccomp notification fd"));
     }
     Ok((id, fd))
+}
+
+/// Checks a runtime message against runc's `listenerPath` protocol (`ContainerProcessState`):
+/// `ociVersion`, `fds` naming each passed fd (one of them `seccompFd`), `pid`, and the
+/// container `state` with its `id`. Returns the index of the seccomp fd and the id.
+pub fn check_message(m: &serde_json::Value, nfds: usize) -> Result<(usize, String), String> {
+    let obj = m.as_object().ok_or("not a JSON object")?;
+    obj.get("ociVersion").and_then(|v| v.as_str()).ok_or("no ociVersion")?;
+    obj.get("pid").and_then(|v| v.as_i64()).filter(|&p| p > 0).ok_or("no pid")?;
+    let names = obj.get("fds").and_then(|v| v.as_array()).ok_or("no fds list")?;
+    if names.len() != nfds {
+        return Err(format!("{} fds named, {nfds} passed", names.len()));
+    }
+    let index = names.iter().position(|n| n.as_str() == Some("seccompFd")).ok_or("no seccompFd")?;
+    let id = obj.get("state").and_then(|s| s.get("id")).and_then(|v| v.as_str()).ok_or("no state.id")?;
+    if id.is_empty() || id.len() > 1024 {
+        return Err("bad state.id".into());
+    }
+    Ok((index, id.to_string()))
+}
+
+/// Warns when this process is near its open-file limit: every running container with the
+/// seccomp profile holds one fd here.
+fn warn_if_few_fds_left() {
+    let open = std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0) as u64;
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(u64::MAX, |l| l.0);
+    if open.saturating_mul(10) >= limit.saturating_mul(9) {
+        tracing::warn!(open, limit, "seccomp: near the open-file limit; new containers may get the host's sysinfo");
+    }
 }
 
 /// Runs the drain: answers every notification of `fds` with "run the real call" until their

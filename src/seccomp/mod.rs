@@ -122,6 +122,9 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
+    /// The answer would land in file-backed or shared memory: the real call runs instead.
+    #[error("the buffer at {0:#x} is not private anonymous memory")]
+    Unsafe(u64),
     /// The kernel would fail the call with this errno; answered so.
     #[error("the kernel answers errno {0}")]
     Errno(i32),
@@ -175,15 +178,75 @@ pub fn is_notify_fd(fd: RawFd) -> bool {
     std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok_and(|p| p.as_os_str() == "anon_inode:seccomp notify")
 }
 
+/// Where an answer of `len` bytes at `addr` would land, from the caller's `/proc/<tid>/maps`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target {
+    /// Private, writable, anonymous memory (stack, heap, anonymous mappings): written by us.
+    Private,
+    /// Unmapped or not writable: the kernel's `copy_to_user` would fail with `EFAULT`.
+    Fault,
+    /// Writable but backed by a file or shared: the page may have to be read from a file
+    /// (FUSE, NFS) first, which can block; the kernel runs the real call instead.
+    Backed,
+}
+
+/// Classifies `[addr, addr + len)` against a `maps` text: every byte must be covered.
+pub fn classify(maps: &str, addr: u64, len: u64) -> Target {
+    let end = addr.saturating_add(len);
+    let mut at = addr;
+    let mut backed = false;
+    for line in maps.lines() {
+        let mut f = line.split_ascii_whitespace();
+        let (Some(range), Some(perms), Some(_off), Some(_dev), Some(inode)) = (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let Some((lo, hi)) = range.split_once('-') else { continue };
+        let (Ok(lo), Ok(hi)) = (u64::from_str_radix(lo, 16), u64::from_str_radix(hi, 16)) else { continue };
+        if hi <= at || lo >= end {
+            continue;
+        }
+        if lo > at {
+            return Target::Fault; // a hole before this mapping
+        }
+        let p = perms.as_bytes();
+        if p.get(1) != Some(&b'w') {
+            return Target::Fault;
+        }
+        if p.get(3) != Some(&b'p') || inode != "0" {
+            backed = true;
+        }
+        at = hi;
+        if at >= end {
+            break;
+        }
+    }
+    match (at >= end, backed) {
+        (false, _) => Target::Fault,
+        (true, true) => Target::Backed,
+        (true, false) => Target::Private,
+    }
+}
+
 /// Writes `bytes` at `addr` in `pid`'s memory, checking first that the notification is still
 /// the one `pid` is blocked in: the pid cannot then have been reused by another process,
-/// because the mem file opened before the check pins the process it was opened for.
+/// because the mem file opened before the check pins the process it was opened for. Only
+/// where the kernel itself would write without blocking on a file ([`classify`]): the mem
+/// file ignores page protection, and a fault on a FUSE- or NFS-backed page would hold this
+/// thread for as long as that server likes.
 fn write_answer(fd: RawFd, n: &Notif, addr: u64, bytes: &[u8]) -> Result<(), Error> {
     use std::os::unix::fs::FileExt;
     let err = |source| Error::Write { pid: n.pid, source };
     let mem = std::fs::OpenOptions::new().write(true).open(format!("/proc/{}/mem", n.pid)).map_err(err)?;
     if !id_valid(fd, n.id) {
         return Err(Error::Stale(n.id));
+    }
+    // The notification is still pending, so the tid is still the caller's.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", n.pid)).map_err(err)?;
+    match classify(&maps, addr, bytes.len() as u64) {
+        Target::Private => {}
+        Target::Fault => return Err(Error::Errno(libc::EFAULT)),
+        Target::Backed => return Err(Error::Unsafe(addr)),
     }
     let wrote = mem.write_at(bytes, addr).map_err(err)?;
     if wrote != bytes.len() {
@@ -272,17 +335,10 @@ pub fn cpu_mask(cpus: &[u32], size: usize) -> Vec<u8> {
     m
 }
 
-/// Receives and answers one notification on `fd`. Errors of the caller's side (it died,
-/// it was interrupted) are normal and only logged at debug level.
-pub fn handle_one(policy: &Policy, fd: RawFd) {
-    let n = match recv(fd) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::debug!(error = %e, "seccomp: no notification to receive");
-            return;
-        }
-    };
-    let resp = match answer(policy, fd, &n) {
+/// Answers notification `n`, received from `fd`. Errors of the caller's side (it died, it was
+/// interrupted) are normal and only logged at debug level.
+pub fn answer_one(policy: &Policy, fd: RawFd, n: &Notif) {
+    let resp = match answer(policy, fd, n) {
         Ok(val) => Resp { id: n.id, val, error: 0, flags: 0 },
         Err(Error::Errno(e)) => Resp { id: n.id, val: 0, error: -e, flags: 0 },
         Err(e) => {
@@ -298,10 +354,18 @@ pub fn handle_one(policy: &Policy, fd: RawFd) {
     }
 }
 
-/// Held while a notification is being answered, so that a worker asked to stop finishes the
-/// answer first: a notification received and never answered leaves its caller blocked until
-/// it gets a signal.
-pub static BUSY: parking_lot::Mutex<()> = parking_lot::const_mutex(());
+/// Notifications received and not yet answered. A worker asked to stop waits for them (a
+/// notification received and never answered leaves its caller blocked until it gets a
+/// signal), for a bounded time: one may be held by a hostile container.
+pub static IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Waits up to `limit` for [`IN_FLIGHT`] to reach 0.
+pub fn wait_answered(limit: std::time::Duration) {
+    let t = std::time::Instant::now();
+    while IN_FLIGHT.load(std::sync::atomic::Ordering::SeqCst) > 0 && t.elapsed() < limit {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
 
 /// Receives fds sent over `sock` with SCM_RIGHTS (with up to `buf.len()` bytes of data).
 pub fn recv_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
@@ -328,18 +392,97 @@ pub fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     Ok(())
 }
 
+/// Answering threads at most. Each container has at most one notification being answered
+/// (its next ones wait in the kernel), so a container that makes an answer block — its buffer
+/// on a hung FUSE or NFS file slipping past the checks, a stopped reader of its /proc — holds
+/// one thread, never the others' answers. Threads are started as needed and stay.
+const MAX_ANSWERING: usize = 64;
+
+struct Job {
+    fd: Arc<OwnedFd>,
+    n: Notif,
+}
+
+/// The answering threads: a shared queue, grown by one thread whenever none is idle.
+struct Pool {
+    policy: Policy,
+    tx: parking_lot::Mutex<std::sync::mpsc::Sender<Job>>,
+    rx: Arc<parking_lot::Mutex<std::sync::mpsc::Receiver<Job>>>,
+    idle: Arc<std::sync::atomic::AtomicUsize>,
+    threads: std::sync::atomic::AtomicUsize,
+    /// Written the fd number of each answered notification, to wake the poll loop.
+    done: Arc<OwnedFd>,
+}
+
+impl Pool {
+    fn new(policy: Policy, done: OwnedFd) -> Pool {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Pool {
+            policy,
+            tx: parking_lot::Mutex::new(tx),
+            rx: Arc::new(parking_lot::Mutex::new(rx)),
+            idle: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            threads: std::sync::atomic::AtomicUsize::new(0),
+            done: Arc::new(done),
+        }
+    }
+
+    fn submit(&self, job: Job) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.idle.load(SeqCst) == 0 && self.threads.load(SeqCst) < MAX_ANSWERING {
+            let n = self.threads.fetch_add(1, SeqCst);
+            let (rx, idle, done, policy) = (self.rx.clone(), self.idle.clone(), self.done.clone(), self.policy.clone());
+            let spawned = std::thread::Builder::new().name(format!("seccomp-{n}")).spawn(move || loop {
+                idle.fetch_add(1, SeqCst);
+                let job = rx.lock().recv();
+                idle.fetch_sub(1, SeqCst);
+                let Ok(job) = job else { return };
+                answer_one(&policy, job.fd.as_raw_fd(), &job.n);
+                IN_FLIGHT.fetch_sub(1, SeqCst);
+                let b = job.fd.as_raw_fd().to_ne_bytes();
+                // SAFETY: writes 4 bytes from a local buffer to our pipe.
+                unsafe { libc::write(done.as_raw_fd(), b.as_ptr() as *const libc::c_void, b.len()) };
+            });
+            if let Err(e) = spawned {
+                self.threads.fetch_sub(1, SeqCst);
+                tracing::warn!(error = %e, "seccomp: cannot start an answering thread");
+            }
+        }
+        let _ = self.tx.lock().send(job);
+    }
+}
+
 /// Serves notifications on `fds`, and on fds arriving over `chan` (from the keeper), until
-/// `chan` is gone and — when `until_empty` — every container has exited.
-pub fn serve(policy: Policy, mut fds: Vec<OwnedFd>, mut chan: Option<OwnedFd>, until_empty: bool) {
+/// `chan` is gone and — when `until_empty` — every container has exited. This thread only
+/// polls and receives; answers are written by the [`Pool`], one per container at a time.
+pub fn serve(policy: Policy, fds: Vec<OwnedFd>, mut chan: Option<OwnedFd>, until_empty: bool) {
+    use std::collections::HashSet;
+    let mut fds: Vec<Arc<OwnedFd>> = fds.into_iter().map(Arc::new).collect();
     for f in &fds {
         sync_wake_up(f.as_raw_fd());
     }
-    loop {
-        if until_empty && fds.is_empty() && chan.is_none() {
+    let (done_r, done_w) = match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!(error = %e, "seccomp: cannot create a pipe; not answering");
             return;
         }
-        let mut pfds: Vec<libc::pollfd> =
-            fds.iter().map(|f| libc::pollfd { fd: f.as_raw_fd(), events: libc::POLLIN, revents: 0 }).collect();
+    };
+    let pool = Pool::new(policy, done_w);
+    let mut busy: HashSet<RawFd> = HashSet::new();
+    loop {
+        if until_empty && fds.is_empty() && chan.is_none() && busy.is_empty() {
+            return;
+        }
+        // A container with an answer in progress is watched only for its exit (events 0).
+        let mut pfds: Vec<libc::pollfd> = fds
+            .iter()
+            .map(|f| {
+                let fd = f.as_raw_fd();
+                libc::pollfd { fd, events: if busy.contains(&fd) { 0 } else { libc::POLLIN }, revents: 0 }
+            })
+            .collect();
+        pfds.push(libc::pollfd { fd: done_r.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         if let Some(c) = &chan {
             pfds.push(libc::pollfd { fd: c.as_raw_fd(), events: libc::POLLIN, revents: 0 });
         }
@@ -353,8 +496,16 @@ pub fn serve(policy: Policy, mut fds: Vec<OwnedFd>, mut chan: Option<OwnedFd>, u
             }
             continue;
         }
+        if pfds[fds.len()].revents & libc::POLLIN != 0 {
+            let mut b = [0u8; 4 * 64];
+            // SAFETY: reads into a local buffer of the length passed (non-blocking pipe).
+            let n = unsafe { libc::read(done_r.as_raw_fd(), b.as_mut_ptr() as *mut libc::c_void, b.len()) };
+            for c in b[..n.max(0) as usize].chunks_exact(4) {
+                busy.remove(&i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+            }
+        }
         if let Some(c) = &chan {
-            let re = pfds[fds.len()].revents;
+            let re = pfds[fds.len() + 1].revents;
             if re & libc::POLLIN != 0 {
                 let mut b = [0u8; 16];
                 match recv_fds(c.as_raw_fd(), &mut b) {
@@ -362,7 +513,7 @@ pub fn serve(policy: Policy, mut fds: Vec<OwnedFd>, mut chan: Option<OwnedFd>, u
                     Ok((_, new)) => {
                         for f in new.into_iter().filter(|f| is_notify_fd(f.as_raw_fd())) {
                             sync_wake_up(f.as_raw_fd());
-                            fds.push(f);
+                            fds.push(Arc::new(f));
                         }
                     }
                     Err(e) => tracing::warn!(error = %e, "seccomp: cannot receive from the keeper"),
@@ -374,14 +525,23 @@ pub fn serve(policy: Policy, mut fds: Vec<OwnedFd>, mut chan: Option<OwnedFd>, u
         let mut gone = Vec::new();
         for (i, p) in pfds.iter().take(fds.len()).enumerate() {
             if p.revents & libc::POLLIN != 0 {
-                let _busy = BUSY.lock();
-                handle_one(&policy, p.fd);
+                match recv(p.fd) {
+                    Ok(n) => {
+                        busy.insert(p.fd);
+                        IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        pool.submit(Job { fd: fds[i].clone(), n });
+                    }
+                    Err(e) => tracing::debug!(error = %e, "seccomp: no notification to receive"),
+                }
             } else if p.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {
                 // Every task of that filter has exited.
                 gone.push(i);
             }
         }
         for i in gone.into_iter().rev() {
+            // An answering thread still holding it keeps the fd open until it is done; its
+            // number may then be reused, so it no longer counts as busy here.
+            busy.remove(&fds[i].as_raw_fd());
             fds.swap_remove(i);
         }
     }
@@ -445,6 +605,26 @@ mod tests {
         // Not a multiple of sizeof(long).
         assert_eq!(affinity_answer(12, 2, 8, &cpus), Err(libc::EINVAL));
         assert_eq!(affinity_answer(0, 2, 8, &cpus), Err(libc::EINVAL));
+    }
+
+    #[test]
+    fn answers_land_only_in_private_writable_anonymous_memory() {
+        let maps = "1000-3000 rw-p 00000000 00:00 0 \n\
+                    3000-4000 r--p 00000000 00:00 0 \n\
+                    5000-6000 rw-p 00000000 00:2a 1234 /mnt/fuse/file\n\
+                    6000-7000 rw-s 00000000 00:01 99 /dev/zero (deleted)\n\
+                    7ffd000-7fff000 rw-p 00000000 00:00 0 [stack]\n";
+        assert_eq!(classify(maps, 0x1000, 112), Target::Private);
+        assert_eq!(classify(maps, 0x2fa0, 0x60), Target::Private);
+        assert_eq!(classify(maps, 0x7ffe000, 112), Target::Private);
+        assert_eq!(classify(maps, 0x2fa0, 0x100), Target::Fault, "runs into a read-only page");
+        assert_eq!(classify(maps, 0x3000, 8), Target::Fault);
+        assert_eq!(classify(maps, 0x4800, 8), Target::Fault, "unmapped");
+        assert_eq!(classify(maps, 0x4ff0, 0x20), Target::Fault, "starts in a hole");
+        assert_eq!(classify(maps, 0x5000, 112), Target::Backed);
+        assert_eq!(classify(maps, 0x6000, 112), Target::Backed);
+        assert_eq!(classify(maps, 0x6ff0, 0x20), Target::Fault, "ends past the mapping");
+        assert_eq!(classify("garbage\n", 0x1000, 8), Target::Fault);
     }
 
     #[test]
