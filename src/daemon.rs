@@ -108,14 +108,26 @@ fn signal_set(sigs: &[libc::c_int]) -> libc::sigset_t {
     }
 }
 
-/// Waits for one signal of `set` (blocked by the caller), at most `timeout`.
+/// Waits for one signal of `set` (blocked by the caller), at most `timeout`. An interruption
+/// (a stop and continue, a tracer attaching) is not a signal of the set: the wait goes on.
 fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::c_int> {
-    let ts = timeout.map(|t| libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ });
-    // SAFETY: set and ts are valid for the call; info may be null.
-    let r = unsafe {
-        libc::sigtimedwait(set, std::ptr::null_mut(), ts.as_ref().map_or(std::ptr::null(), |t| t as *const _))
-    };
-    (r > 0).then_some(r)
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ts = deadline.map(|d| {
+            let t = d.saturating_duration_since(Instant::now());
+            libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ }
+        });
+        // SAFETY: set and ts are valid for the call; info may be null.
+        let r = unsafe {
+            libc::sigtimedwait(set, std::ptr::null_mut(), ts.as_ref().map_or(std::ptr::null(), |t| t as *const _))
+        };
+        if r > 0 {
+            return Some(r);
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
+        }
+    }
 }
 
 /// Runs the keeper until SIGTERM/SIGINT. `adopted` is set when this process was exec-ed by

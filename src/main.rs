@@ -192,6 +192,14 @@ enum Cmd {
 }
 
 fn main() {
+    // A panic in any thread ends the whole process (what `panic = "abort"` would do, for every
+    // build): a worker that lost its FUSE, seccomp or sampler thread would otherwise look alive
+    // to its keeper while serving nothing; dead, it is replaced at once.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("CGPROCFS_LOG")

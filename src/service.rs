@@ -365,7 +365,12 @@ impl Service {
     /// Starts the thread that samples load averages every 5 s and saves the state.
     pub fn start_sampler(self: &Arc<Self>) -> std::io::Result<()> {
         let svc = Arc::clone(self);
+        // Fault injection for the crash tests: a thread that panics must take the worker down.
+        let fail = std::env::var_os("CGPROCFS_TEST_PANIC").is_some_and(|v| v == "sampler");
         std::thread::Builder::new().name("sampler".into()).spawn(move || loop {
+            if fail {
+                panic!("CGPROCFS_TEST_PANIC=sampler");
+            }
             let now = host::boottime_ns();
             let next = (now / state::load::LOAD_FREQ_NS + 1) * state::load::LOAD_FREQ_NS;
             std::thread::sleep(Duration::from_nanos(next - now));

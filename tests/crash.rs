@@ -107,3 +107,43 @@ fn kill_and_upgrade_are_invisible_to_readers() {
     // Bounded: a reader waits for at most a worker restart, never for a hang.
     assert!(worst < 5_000_000, "a read stalled {} ms", worst / 1000);
 }
+
+/// A panic in any thread of the worker (here the sampler, by fault injection) ends the worker,
+/// so the keeper replaces it, instead of leaving a worker that lost a thread.
+#[test]
+fn a_panicking_thread_takes_the_worker_down_and_it_is_replaced() {
+    if !live_ready("a_panicking_thread_takes_the_worker_down_and_it_is_replaced") {
+        return;
+    }
+    let d = Daemon::start_with_env("panic", &[], &[("CGPROCFS_TEST_PANIC", "sampler")]);
+    let t = std::time::Instant::now();
+    while !d.log().contains("worker died") {
+        assert!(t.elapsed() < Duration::from_secs(10), "the worker lived on without its sampler:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(d.log().contains("panicked"), "{}", d.log());
+    // The connection is kept: reads go on being answered by the next workers.
+    assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
+}
+
+/// `kill -STOP` / `kill -CONT` (or a tracer attaching) interrupts the worker's and the keeper's
+/// waits; neither may take that for a request to stop.
+#[test]
+fn stop_and_continue_do_not_restart_the_worker() {
+    if !live_ready("stop_and_continue_do_not_restart_the_worker") {
+        return;
+    }
+    let d = Daemon::start("stopcont");
+    let w = d.worker_pid();
+    for pid in [w, d.pid()] {
+        // SAFETY: signals to processes of the daemon this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
+    assert_eq!(d.worker_pid(), w, "the worker was restarted:\n{}", d.log());
+    assert!(!d.log().contains("worker died"), "{}", d.log());
+}

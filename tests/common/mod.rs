@@ -99,9 +99,24 @@ impl Daemon {
         d
     }
 
+    /// A daemon started with extra `serve` options and environment.
+    pub fn start_with_env(tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
+        let dir = std::env::temp_dir().join(unique(tag));
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut d = Daemon { child: None, mnt, dir };
+        d.spawn_env(extra, env);
+        d
+    }
+
     /// Starts (or restarts) the serving process on the same mount point.
     pub fn spawn(&mut self, extra: &[&str]) {
+        self.spawn_env(extra, &[])
+    }
+
+    fn spawn_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
         let child = Command::new(bin())
+            .envs(env.iter().copied())
             .arg("serve")
             .arg(&self.mnt)
             // Pid file, state file and CPU records in this test's directory, removed with it.
