@@ -137,7 +137,7 @@ pub struct Service {
     cpuinfo: Ttl<HostCpuinfo>,
     online: Ttl<Vec<u32>>,
     stat: Ttl<HostStat>,
-    callers: TtlMap<(u32, u64), Container>,
+    callers: TtlMap<(u32, u64, u64), Container>,
     cpu_limits: TtlMap<LimitsKey, Vec<u32>>,
     mem_limits: TtlMap<PathBuf, Option<u64>>,
     mem_stats: TtlMap<PathBuf, MemoryStats>,
@@ -201,12 +201,13 @@ impl Service {
         }
     }
 
-    /// The container of caller `tid`. Cached for [`CALLER_TTL`] per (thread, pid namespace):
-    /// a thread's container changes rarely, and a thread id reused by another container's
-    /// process comes with another pid namespace.
+    /// The container of caller `tid`. Cached for [`CALLER_TTL`] per (thread, pid namespace,
+    /// start time): a thread's container changes rarely, and a thread id reused by another
+    /// process — of another container, or of the host — is another key.
     pub fn container_of(&self, tid: u32) -> Result<Container> {
         let ns = self.resolver.pidns(tid)?;
-        self.callers.get((tid, ns), || {
+        let start = host::start_ns(&self.root, tid)?;
+        self.callers.get((tid, ns, start), || {
             let (pc, init): (ProcCgroup, Option<u32>) = self.resolver.container_of(tid, ns)?;
             Ok(Container { cgroups: self.hierarchies.resolve(&pc), init })
         })

@@ -212,7 +212,8 @@ fn hook_binds_only_onto_procfs_and_keeps_noexec() {
         return;
     }
     let d = Daemon::start("procfs-only");
-    let b = Bundle::new("procfs-only", "grep -E ' /proc/(meminfo|stat) ' /proc/self/mountinfo").with_hook(&d.mnt).write();
+    let b =
+        Bundle::new("procfs-only", "grep -E ' /proc/(meminfo|stat) ' /proc/self/mountinfo").with_hook(&d.mnt).write();
     let (ok, out, err) = b.run();
     assert!(ok, "{err}");
     for line in out.lines() {

@@ -117,7 +117,8 @@ fn a_buffer_on_a_hung_fuse_file_cannot_stall_other_containers() {
         return;
     }
     if !std::path::Path::new("/sys/fs/fuse/connections").read_dir().is_ok_and(|mut d| d.next().is_some()) {
-        let _ = std::process::Command::new("mount").args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"]).status();
+        let _ =
+            std::process::Command::new("mount").args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"]).status();
     }
     let d = Daemon::start("sec-hung");
     let mnt = std::env::temp_dir().join(unique("hungfs"));

@@ -80,10 +80,8 @@ fn daemons_with_dotted_pid_files_share_nothing() {
     }
     let _c = Cleanup(dir.clone());
     let pidfiles = [dir.join("tmp.AbC123"), dir.join("tmp.XyZ789")];
-    let daemons: Vec<Daemon> = pidfiles
-        .iter()
-        .map(|p| Daemon::start_with("dotted", &["--pidfile", p.to_str().unwrap()]))
-        .collect();
+    let daemons: Vec<Daemon> =
+        pidfiles.iter().map(|p| Daemon::start_with("dotted", &["--pidfile", p.to_str().unwrap()])).collect();
     let cg = TestCgroup::new("dotted", &Limits { cpu: Some((50_000, 100_000)), ..Default::default() });
     for d in &daemons {
         assert!(cg.run(&format!("cat {}", d.path("proc/stat").display())).starts_with("cpu "));

@@ -96,8 +96,9 @@ enum Source {
     Host(HostEntry),
 }
 
-/// One open file: its source and the bytes read at its last read at offset 0.
+/// One open file: its inode, source and the bytes read at its last read at offset 0.
 struct Handle {
+    ino: u64,
     source: Source,
     data: Option<Arc<Vec<u8>>>,
 }
@@ -135,9 +136,9 @@ impl ProcFs {
             tree,
             service,
             handles: Mutex::new(HashMap::new()),
-            // Handle numbers must not repeat a predecessor's still open in some reader: start
-            // from this process's pid in the high half.
-            next_fh: AtomicU64::new(((std::process::id() as u64) << 32) | 1),
+            // Handle numbers must not repeat a predecessor's still open in some reader (its
+            // pid may be ours again): a random high half per process.
+            next_fh: AtomicU64::new((u64::from(random_u32().max(1)) << 32) | 1),
             start,
         }
     }
@@ -228,7 +229,7 @@ impl ProcFs {
             return Reply::Err(libc::ENFILE);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        handles.insert(fh, Handle { source, data: None });
+        handles.insert(fh, Handle { ino: h.nodeid, source, data: None });
         let mut o = Out::default();
         o.u64(fh).u32(abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH).u32(0);
         Reply::Data(o.0)
@@ -240,6 +241,8 @@ impl ProcFs {
             return Reply::Err(libc::EINVAL);
         };
         let (source, cached) = match self.handles.lock().get(&fh) {
+            // A handle answers only for the inode it was opened on.
+            Some(hd) if hd.ino != h.nodeid => return Reply::Err(libc::EBADF),
             Some(hd) => (hd.source.clone(), hd.data.clone()),
             // A handle opened before this process took over the connection: the inode says
             // which file it is; its earlier bytes are gone, so it is rendered afresh.
@@ -267,7 +270,7 @@ impl ProcFs {
                     Entry::Occupied(mut e) => e.get_mut().data = Some(d.clone()),
                     // Adopt the predecessor's handle, within the same bound as opens.
                     Entry::Vacant(e) if room => {
-                        e.insert(Handle { source, data: Some(d.clone()) });
+                        e.insert(Handle { ino: h.nodeid, source, data: Some(d.clone()) });
                     }
                     Entry::Vacant(_) => {}
                 }
@@ -344,6 +347,18 @@ impl ProcFs {
         o.u64(0).u64(0).u64(0).u64(self.tree.nodes.len() as u64).u64(0); // blocks.. files, ffree
         o.u32(4096).u32(255).u32(4096).u32(0).zeros(24); // bsize, namelen, frsize, pad, spare
         Reply::Data(o.0)
+    }
+}
+
+/// 32 random bits from the kernel (`getrandom`), or the time's when it has none to give.
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    // SAFETY: writes at most 4 bytes into a local buffer.
+    let r = unsafe { libc::getrandom(b.as_mut_ptr() as *mut libc::c_void, b.len(), libc::GRND_NONBLOCK) };
+    if r == 4 {
+        u32::from_ne_bytes(b)
+    } else {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
     }
 }
 

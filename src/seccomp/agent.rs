@@ -131,7 +131,11 @@ impl Agent {
         match nix::sys::socket::getsockopt(&conn, nix::sys::socket::sockopt::PeerCredentials) {
             Ok(c) if c.uid() == 0 => {}
             Ok(c) => {
-                tracing::warn!(uid = c.uid(), pid = c.pid(), "seccomp: refused a connection from a process not running as root");
+                tracing::warn!(
+                    uid = c.uid(),
+                    pid = c.pid(),
+                    "seccomp: refused a connection from a process not running as root"
+                );
                 return;
             }
             Err(e) => {

@@ -120,7 +120,11 @@ impl Daemon {
             .arg("serve")
             .arg(&self.mnt)
             // Pid file, state file and CPU records in this test's directory, removed with it.
-            .args(if extra.contains(&"--pidfile") { vec![] } else { vec!["--pidfile".into(), self.dir.join("keeper.pid")] })
+            .args(if extra.contains(&"--pidfile") {
+                vec![]
+            } else {
+                vec!["--pidfile".into(), self.dir.join("keeper.pid")]
+            })
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
