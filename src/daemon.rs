@@ -419,11 +419,20 @@ pub fn worker(
     state_file: Option<PathBuf>,
     spin: Duration,
     floor: bool,
+    handles: usize,
     sec: Option<WorkerSeccomp>,
 ) -> io::Result<()> {
     // Die with the keeper: the pair is one service from the outside.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // The keeper runs at -1000 (the unit): it must never be chosen. The worker is what grows
+    // under abuse, and the keeper replaces it at once: it must not be the last choice.
+    let adj = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse::<i32>().ok());
+    if adj.is_some_and(|a| a < 0) {
+        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "0") {
+            tracing::warn!(error = %e, "cannot reset the worker's oom_score_adj");
+        }
+    }
     let set = signal_set(&[libc::SIGTERM, libc::SIGINT]);
     // SAFETY: block before any thread starts so only the wait below takes them.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -445,7 +454,7 @@ pub fn worker(
         let policy = seccomp::Policy::Serve { svc: svc.clone(), affinity: sec.affinity };
         seccomp::spawn(policy, seccomp::adopt_fds(&sec.fds), Some(chan))?;
     }
-    let fs = Arc::new(ProcFs::with_floor(svc.clone(), floor));
+    let fs = Arc::new(ProcFs::with_floor(svc.clone(), floor).with_handles_per_container(handles));
     spawn_workers(&owned, fs, spin)?;
     // Only now, with readers in place: requests a dead predecessor read are queued again.
     if let Err(e) = notify_resend(first) {

@@ -44,6 +44,10 @@ struct ViewOpts {
     /// the mask then no longer says where a thread may run (docs/operations.md).
     #[arg(long)]
     seccomp_affinity: bool,
+    /// Open handles one container (cgroup) may hold at once; its further opens fail with
+    /// EMFILE, so no container can exhaust the table the others share.
+    #[arg(long, default_value_t = cgprocfs::fs::HANDLES_PER_CONTAINER)]
+    handles_per_container: usize,
 }
 
 #[derive(Subcommand)]
@@ -277,7 +281,8 @@ fn main() {
             let sec =
                 seccomp_chan.map(|chan| WorkerSeccomp { chan, fds: seccomp_fds, affinity: view.seccomp_affinity });
             let opts = Options { cpu_count: view.cpu_count };
-            cgprocfs::daemon::worker(&fds, opts, state, spin, view.bench_floor, sec).context("worker failed")
+            let handles = view.handles_per_container;
+            cgprocfs::daemon::worker(&fds, opts, state, spin, view.bench_floor, handles, sec).context("worker failed")
         }
         Cmd::SeccompDrain { fds } => {
             cgprocfs::seccomp::agent::drain(cgprocfs::seccomp::adopt_fds(&fds));
@@ -362,6 +367,7 @@ fn serve(
     let mut view_args = vec!["--cpu-count".to_string()];
     view_args.push(view.cpu_count.to_possible_value().map_or("quota".into(), |v| v.get_name().to_string()));
     view_args.extend(["--spin-us".to_string(), view.spin_us.to_string()]);
+    view_args.extend(["--handles-per-container".to_string(), view.handles_per_container.to_string()]);
     if view.bench_floor {
         view_args.push("--bench-floor".to_string());
     }

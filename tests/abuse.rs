@@ -151,3 +151,53 @@ fn deep_hierarchy_and_many_cgroups() {
         drop(c);
     }
 }
+
+/// Opens `path` up to N times and holds what it got; prints how many opened and the errno of
+/// the first refusal.
+const QUOTA_HOLDER: &str = r#"
+import errno, resource, sys, time
+n = int(sys.argv[2])
+resource.setrlimit(resource.RLIMIT_NOFILE, (n + 64, n + 64))
+fs, err = [], 0
+for i in range(n):
+    try:
+        fs.append(open(sys.argv[1], "rb", buffering=0))
+    except OSError as e:
+        err = e.errno
+        break
+print(len(fs), err, flush=True)
+time.sleep(float(sys.argv[3]))
+"#;
+
+#[test]
+fn a_container_at_its_handle_quota_leaves_the_others_reading() {
+    if !live_ready("a_container_at_its_handle_quota_leaves_the_others_reading") {
+        return;
+    }
+    let d = Daemon::start_with("quota", &["--handles-per-container", "1000"]);
+    let meminfo = d.path("proc/meminfo");
+    let hoarder = TestCgroup::new("quota-hoard", &Limits { memory: Some(512 * MIB), ..Default::default() });
+    let bystander = TestCgroup::new("quota-bystander", &Limits { memory: Some(96 * MIB), ..Default::default() });
+    let mut holder = hoarder
+        .command(&format!("python3 -c '{QUOTA_HOLDER}' {} 3000 30", meminfo.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(holder.stdout.as_mut().unwrap()), &mut line).unwrap();
+    // A second process of the same container is held to the same quota.
+    let second = hoarder.command(&format!("cat {}", meminfo.display())).output().unwrap();
+    let mut ok = 0;
+    for _ in 0..50 {
+        let out = bystander.command(&format!("cat {}", meminfo.display())).output().unwrap();
+        if out.status.success() && field(&String::from_utf8_lossy(&out.stdout), "MemTotal") == 96 * 1024 {
+            ok += 1;
+        }
+    }
+    let _ = holder.kill();
+    let _ = holder.wait();
+    let got: Vec<i64> = line.split_whitespace().map(|v| v.parse().unwrap()).collect();
+    assert_eq!(got, vec![1000, libc::EMFILE as i64], "the hoarder's opens: {line}");
+    assert!(!second.status.success(), "the container's other process opened past its quota");
+    assert_eq!(ok, 50, "the bystander's reads failed while another container held its quota");
+}

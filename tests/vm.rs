@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// The test binaries run in the guest: everything that reads through the mount from limited
 /// cgroups. (Runtime tests need image storage on a writable root; the transport tests do not
 /// depend on the cgroup version.)
-const SUITE: &[&str] = &["live", "cpu_views", "run"];
+const SUITE: &[&str] = &["live", "cpu_views", "run", "oom"];
 
 /// Modules the guest loads, with their dependencies (resolved by modprobe for its kernel).
 const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "9pnet_virtio", "9p", "ext4", "fuse"];
@@ -128,7 +128,7 @@ fn tests_sh() -> String {
     let ci = std::env::var("CI").unwrap_or_default();
     let mut s = format!(
         "cd {}\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI={ci} \
-         CGPROCFS_TEST_IO_DIR=/tmp/io RUST_BACKTRACE=1\nrc=0\n",
+         CGPROCFS_TEST_IO_DIR=/tmp/io CGPROCFS_IN_VM=1 RUST_BACKTRACE=1\nrc=0\n",
         env!("CARGO_MANIFEST_DIR")
     );
     if capture_dir().is_some() {

@@ -12,7 +12,6 @@ use abi::{op, Attr, Body, InHeader, Out};
 use cpudir::{cpu_index, CpuDir, Entry as HostEntry, Kind as HostKind, DYN_BIT};
 use parking_lot::Mutex;
 use session::{Handler, Reply};
-use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +20,11 @@ use std::sync::Arc;
 const ROOT: u64 = 1;
 /// Open handles allowed at once; beyond it opens fail with ENFILE rather than grow the daemon.
 const MAX_HANDLES: usize = 100_000;
+/// Open handles one container may hold by default; beyond it its opens fail with EMFILE.
+pub const HANDLES_PER_CONTAINER: usize = 4096;
+/// Rendered bytes kept for one container's open handles (so that a read at a later offset
+/// continues the same rendering); past it, later offsets are rendered afresh.
+const BYTES_PER_CONTAINER: usize = 16 << 20;
 /// How long the kernel may cache names and attributes; the tree never changes.
 const TTL_SECS: u64 = 1;
 
@@ -96,11 +100,69 @@ enum Source {
     Host(HostEntry),
 }
 
-/// One open file: its inode, source and the bytes read at its last read at offset 0.
+/// One open file: its inode, source, the container charged for it and the bytes read at its
+/// last read at offset 0.
 struct Handle {
     ino: u64,
     source: Source,
+    owner: Arc<str>,
     data: Option<Arc<Vec<u8>>>,
+}
+
+/// What one container holds in the handle table.
+#[derive(Default)]
+struct Usage {
+    handles: usize,
+    bytes: usize,
+}
+
+/// Open handles and what each container holds of them.
+#[derive(Default)]
+struct Handles {
+    map: HashMap<u64, Handle>,
+    usage: HashMap<Arc<str>, Usage>,
+}
+
+impl Handles {
+    fn insert(&mut self, fh: u64, h: Handle) {
+        let u = self.usage.entry(h.owner.clone()).or_default();
+        u.handles += 1;
+        u.bytes += h.data.as_ref().map_or(0, |d| d.len());
+        if let Some(old) = self.map.insert(fh, h) {
+            self.forget(&old);
+        }
+    }
+
+    fn remove(&mut self, fh: u64) {
+        if let Some(h) = self.map.remove(&fh) {
+            self.forget(&h);
+        }
+    }
+
+    fn forget(&mut self, h: &Handle) {
+        if let Some(u) = self.usage.get_mut(&h.owner) {
+            u.handles = u.handles.saturating_sub(1);
+            u.bytes = u.bytes.saturating_sub(h.data.as_ref().map_or(0, |d| d.len()));
+            if u.handles == 0 {
+                self.usage.remove(&h.owner);
+            }
+        }
+    }
+
+    /// Keeps `d` as handle `fh`'s bytes if its owner's budget allows.
+    fn keep(&mut self, fh: u64, d: &Arc<Vec<u8>>) {
+        let Some(h) = self.map.get_mut(&fh) else { return };
+        let u = self.usage.entry(h.owner.clone()).or_default();
+        let old = h.data.as_ref().map_or(0, |x| x.len());
+        let bytes = u.bytes.saturating_sub(old);
+        if bytes + d.len() <= BYTES_PER_CONTAINER {
+            h.data = Some(d.clone());
+            u.bytes = bytes + d.len();
+        } else {
+            h.data = None;
+            u.bytes = bytes;
+        }
+    }
 }
 
 /// The FUSE filesystem: tree + handles + service.
@@ -110,7 +172,8 @@ pub struct ProcFs {
     cpu: CpuDir,
     cpu_dir: Option<u64>,
     service: Arc<Service>,
-    handles: Mutex<HashMap<u64, Handle>>,
+    handles: Mutex<Handles>,
+    per_container: usize,
     next_fh: AtomicU64,
     start: u64,
 }
@@ -135,11 +198,27 @@ impl ProcFs {
             cpu_dir,
             tree,
             service,
-            handles: Mutex::new(HashMap::new()),
+            handles: Mutex::new(Handles::default()),
+            per_container: HANDLES_PER_CONTAINER,
             // Handle numbers must not repeat a predecessor's still open in some reader (its
             // pid may be ours again): a random high half per process.
             next_fh: AtomicU64::new((u64::from(random_u32().max(1)) << 32) | 1),
             start,
+        }
+    }
+
+    /// Sets how many handles one container may hold open.
+    pub fn with_handles_per_container(mut self, n: usize) -> Self {
+        self.per_container = n.max(1);
+        self
+    }
+
+    /// The container charged for `tid`'s handles: its cgroup, or one shared account for
+    /// callers whose container cannot be found.
+    fn owner(&self, tid: u32) -> Arc<str> {
+        match self.service.container_of(tid) {
+            Ok(c) => c.cgroups.name().into(),
+            Err(_) => "<unknown>".into(),
         }
     }
 
@@ -224,12 +303,17 @@ impl ProcFs {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Reply::Err(libc::EROFS);
         }
+        let owner = self.owner(h.pid);
         let mut handles = self.handles.lock();
-        if handles.len() >= MAX_HANDLES {
+        if handles.map.len() >= MAX_HANDLES {
             return Reply::Err(libc::ENFILE);
         }
+        // One container's handles never crowd out another's opens.
+        if handles.usage.get(&owner).is_some_and(|u| u.handles >= self.per_container) {
+            return Reply::Err(libc::EMFILE);
+        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        handles.insert(fh, Handle { ino: h.nodeid, source, data: None });
+        handles.insert(fh, Handle { ino: h.nodeid, source, owner, data: None });
         let mut o = Out::default();
         o.u64(fh).u32(abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH).u32(0);
         Reply::Data(o.0)
@@ -240,7 +324,7 @@ impl ProcFs {
         let (Some(fh), Some(offset), Some(size)) = (b.u64(0), b.u64(8), b.u32(16)) else {
             return Reply::Err(libc::EINVAL);
         };
-        let (source, cached) = match self.handles.lock().get(&fh) {
+        let (source, cached) = match self.handles.lock().map.get(&fh) {
             // A handle answers only for the inode it was opened on.
             Some(hd) if hd.ino != h.nodeid => return Reply::Err(libc::EBADF),
             Some(hd) => (hd.source.clone(), hd.data.clone()),
@@ -264,16 +348,18 @@ impl ProcFs {
                     Ok(d) => Arc::new(d),
                     Err(errno) => return Reply::Err(errno),
                 };
+                let known = self.handles.lock().map.contains_key(&fh);
+                // Adopt the predecessor's handle, within the same bounds as opens.
+                let owner = (!known).then(|| self.owner(h.pid));
                 let mut handles = self.handles.lock();
-                let room = handles.len() < MAX_HANDLES;
-                match handles.entry(fh) {
-                    Entry::Occupied(mut e) => e.get_mut().data = Some(d.clone()),
-                    // Adopt the predecessor's handle, within the same bound as opens.
-                    Entry::Vacant(e) if room => {
-                        e.insert(Handle { ino: h.nodeid, source, data: Some(d.clone()) });
+                if let Some(owner) = owner {
+                    let room = handles.map.len() < MAX_HANDLES
+                        && handles.usage.get(&owner).is_none_or(|u| u.handles < self.per_container);
+                    if room && !handles.map.contains_key(&fh) {
+                        handles.insert(fh, Handle { ino: h.nodeid, source, owner, data: None });
                     }
-                    Entry::Vacant(_) => {}
                 }
+                handles.keep(fh, &d);
                 d
             }
         };
@@ -371,7 +457,7 @@ impl Handler for ProcFs {
             op::READ => self.read(h, body),
             op::RELEASE => {
                 if let Some(fh) = Body(body).u64(0) {
-                    self.handles.lock().remove(&fh);
+                    self.handles.lock().remove(fh);
                 }
                 Reply::Data(vec![])
             }
