@@ -201,3 +201,29 @@ fn a_container_at_its_handle_quota_leaves_the_others_reading() {
     assert!(!second.status.success(), "the container's other process opened past its quota");
     assert_eq!(ok, 50, "the bystander's reads failed while another container held its quota");
 }
+
+/// Short-lived containers (a CI runner's) must not leave a CPU record each behind for ever.
+#[test]
+fn short_lived_cgroups_leave_no_records_behind() {
+    if !live_ready("short_lived_cgroups_leave_no_records_behind") {
+        return;
+    }
+    let d = Daemon::start("records");
+    let records = d.own_file("keeper.state.accounts");
+    let count = || std::fs::read_dir(&records).map(|r| r.count()).unwrap_or(0);
+    {
+        let cgs: Vec<TestCgroup> = (0..20)
+            .map(|_| TestCgroup::new("records", &Limits { cpu: Some((50_000, 100_000)), ..Default::default() }))
+            .collect();
+        for cg in &cgs {
+            assert!(cg.run(&format!("cat {}", d.path("proc/stat").display())).starts_with("cpu "));
+        }
+        assert_eq!(count(), 20, "one record per container read");
+    }
+    // The cgroups are gone; within two sampling periods their records are too.
+    let t = Instant::now();
+    while count() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(15), "{} records of deleted cgroups left", count());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

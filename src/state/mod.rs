@@ -16,12 +16,15 @@ use load::LoadAvg;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Containers not read for this long are forgotten (their cgroup is usually gone).
 const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 /// Containers tracked at most; the least recently read are dropped beyond it.
 const MAX_CONTAINERS: usize = 100_000;
+/// CPU records a starting worker loads at most (the newest); older ones are deleted.
+const MAX_LOADED: usize = 20_000;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -30,17 +33,30 @@ struct Entry {
     tasks: Option<TaskCounts>,
     tracked: Option<Container>,
     last_read: Instant,
+    /// Bytes of the last CPU record written (a shorter one is padded over it).
+    record_len: usize,
 }
 
 impl Entry {
     fn new() -> Self {
-        Entry { cpu: None, load: LoadAvg::default(), tasks: None, tracked: None, last_read: Instant::now() }
+        Entry {
+            cpu: None,
+            load: LoadAvg::default(),
+            tasks: None,
+            tracked: None,
+            last_read: Instant::now(),
+            record_len: 0,
+        }
     }
 }
 
-/// Per-container state, keyed by [`key`].
+type Shared = Arc<Mutex<Entry>>;
+
+/// Per-container state, keyed by [`key`]. The map's lock is held only to find an entry; each
+/// container's own lock covers its account and the record written before a read is answered,
+/// so containers never wait for each other's records.
 pub struct Store {
-    map: Mutex<HashMap<String, Entry>>,
+    map: Mutex<HashMap<String, Shared>>,
     file: Option<PathBuf>,
 }
 
@@ -54,38 +70,77 @@ pub fn key(cg: &Cgroups) -> Option<String> {
     Some(format!("{ino}:{path}"))
 }
 
+/// Whether the cgroup of key `k` is gone: its directory missing or another one (inode).
+fn gone(k: &str) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some((ino, path)) = k.split_once(':') else { return true };
+    match std::fs::metadata(path) {
+        Ok(m) => ino.parse::<u64>().ok() != Some(m.ino()),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
 impl Store {
-    /// A store persisted to `file` (read now if it exists).
+    /// A store persisted to `file` (read now if it exists). Records of cgroups that are gone
+    /// are deleted, and at most [`MAX_LOADED`] of the newest records are loaded.
     pub fn new(file: Option<PathBuf>) -> Self {
-        let mut map = HashMap::new();
+        let mut map: HashMap<String, Entry> = HashMap::new();
         if let Some(f) = &file {
             if let Ok(text) = std::fs::read_to_string(f) {
                 map = parse(&text);
+                map.retain(|k, _| !gone(k));
             }
             // The per-container records written at every read are newer than the periodic file.
-            if let Ok(rd) = std::fs::read_dir(accounts_dir(f)) {
-                for e in rd.flatten() {
-                    let text = std::fs::read_to_string(e.path()).unwrap_or_default();
-                    for (k, v) in parse(&format!("{HEADER}{text}")) {
-                        if let Some(cpu) = v.cpu {
-                            map.entry(k).or_insert_with(Entry::new).cpu = Some(cpu);
-                        }
+            let dir = accounts_dir(f);
+            let mut records: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
+                .map(|rd| rd.flatten().filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path()))).collect())
+                .unwrap_or_default();
+            records.sort_by(|a, b| b.0.cmp(&a.0));
+            for (n, (_, path)) in records.into_iter().enumerate() {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                let parsed = parse(&format!("{HEADER}{text}"));
+                let live: Vec<_> = parsed.into_iter().filter(|(k, _)| !gone(k)).collect();
+                if live.is_empty() || n >= MAX_LOADED {
+                    let _ = std::fs::remove_file(&path);
+                    continue;
+                }
+                for (k, v) in live {
+                    if let Some(cpu) = v.cpu {
+                        map.entry(k).or_insert_with(Entry::new).cpu = Some(cpu);
                     }
                 }
             }
             tracing::info!(containers = map.len(), file = %f.display(), "state loaded");
-            if let Err(e) = crate::files::private_dir(&accounts_dir(f), 0o700) {
+            if let Err(e) = crate::files::private_dir(&dir, 0o700) {
                 tracing::warn!(error = %e, "CPU records are not kept");
             }
         }
+        let map = map.into_iter().map(|(k, e)| (k, Arc::new(Mutex::new(e)))).collect();
         Store { map: Mutex::new(map), file }
+    }
+
+    /// The entry of `k`, created if new (the least recently read is dropped beyond
+    /// [`MAX_CONTAINERS`]).
+    fn entry(&self, k: &str) -> Shared {
+        let mut map = self.map.lock();
+        if let Some(e) = map.get(k) {
+            return e.clone();
+        }
+        if map.len() >= MAX_CONTAINERS {
+            if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.lock().last_read).map(|(k, _)| k.clone()) {
+                map.remove(&oldest);
+            }
+        }
+        map.entry(k.to_string()).or_insert_with(|| Arc::new(Mutex::new(Entry::new()))).clone()
     }
 
     /// Advances the CPU account of container `k` and returns its visible vCPUs (the first
     /// `n`) and the aggregate over all it has had.
     pub fn cpu(&self, k: &str, now_ns: u64, age_ns: u64, usage: CpuUsage, n: usize) -> (Vec<VCpu>, VCpu) {
-        let mut map = self.map.lock();
-        let e = entry(&mut map, k);
+        let shared = self.entry(k);
+        let mut guard = shared.lock();
+        let e = &mut *guard;
+        e.last_read = Instant::now();
         let acc = match &mut e.cpu {
             Some(a) => {
                 a.advance(now_ns, usage, n);
@@ -94,16 +149,19 @@ impl Store {
             None => e.cpu.insert(CpuAccount::new(now_ns, age_ns, usage, n)),
         };
         let out = (acc.vcpus[..n.max(1).min(acc.vcpus.len())].to_vec(), acc.total());
-        // Record what is about to be shown before showing it (under the lock, so records of
-        // one container are written in order): a worker that dies after this read restarts
+        // Record what is about to be shown before showing it (under this container's lock, so
+        // its records are written in order): a worker that dies after this read restarts
         // from exactly these counters and can only move them forward.
         if let Some(f) = &self.file {
-            let text = cpu_line(k, acc);
+            let line = cpu_line(k, acc);
             let path = accounts_dir(f).join(record_name(k));
-            if let Err(e) = crate::files::write_atomic(&path, text.as_bytes()) {
-                // The directory may be missing (first use, or removed): create it once more.
-                let _ = crate::files::private_dir(&accounts_dir(f), 0o700);
-                tracing::debug!(error = %e, "cannot record the CPU account");
+            match write_record(&path, &line, e.record_len) {
+                Ok(len) => e.record_len = len,
+                Err(err) => {
+                    // The directory may be missing (first use, or removed): create it once more.
+                    let _ = crate::files::private_dir(&accounts_dir(f), 0o700);
+                    tracing::debug!(error = %err, "cannot record the CPU account");
+                }
             }
         }
         out
@@ -112,50 +170,48 @@ impl Store {
     /// The load average and task counts of container `k`, registering it with the sampler.
     /// A container never sampled is sampled now.
     pub fn load(&self, root: &Root, k: &str, t: Container, now_ns: u64) -> (LoadAvg, TaskCounts) {
+        let shared = self.entry(k);
         {
-            let mut map = self.map.lock();
-            let e = entry(&mut map, k);
+            let mut e = shared.lock();
+            e.last_read = Instant::now();
             e.tracked = Some(t.clone());
             if let Some(c) = e.tasks {
                 return (e.load, c);
             }
         }
         let c = count(root, &t);
-        let mut map = self.map.lock();
-        let e = entry(&mut map, k);
+        let mut e = shared.lock();
         e.load.sample(now_ns, c.running + c.blocked);
         e.tasks = Some(c);
         (e.load, c)
     }
 
     /// One sampling pass over every registered container (the kernel's 5-second tick), then
-    /// forgets idle containers and saves the state file.
+    /// forgets containers that are gone or idle (and their records) and saves the state file.
     pub fn sample_all(&self, root: &Root, now_ns: u64) {
         let mut changed = false;
-        let todo: Vec<(String, Container)> = {
-            let mut map = self.map.lock();
-            let file = self.file.clone();
-            map.retain(|k, e| {
-                let keep = e.last_read.elapsed() < FORGET_AFTER;
-                if !keep {
-                    changed = true;
-                    if let Some(f) = &file {
-                        let _ = std::fs::remove_file(accounts_dir(f).join(record_name(k)));
-                    }
+        let all: Vec<(String, Shared)> = self.map.lock().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        // The cgroup checks and thread walks happen without the map's lock.
+        for (k, shared) in all {
+            let (idle, tracked) = {
+                let e = shared.lock();
+                (e.last_read.elapsed() >= FORGET_AFTER, e.tracked.clone())
+            };
+            if idle || gone(&k) {
+                self.map.lock().remove(&k);
+                if let Some(f) = &self.file {
+                    let _ = std::fs::remove_file(accounts_dir(f).join(record_name(&k)));
                 }
-                keep
-            });
-            map.iter().filter_map(|(k, e)| Some((k.clone(), e.tracked.clone()?))).collect()
-        };
-        // The thread walk happens without the lock: reads are never held up by sampling.
-        for (k, t) in todo {
-            let c = count(root, &t);
-            if let Some(e) = self.map.lock().get_mut(&k) {
-                let before = e.load.avenrun;
-                e.load.sample(now_ns, c.running + c.blocked);
-                e.tasks = Some(c);
-                changed |= e.load.avenrun != before;
+                changed = true;
+                continue;
             }
+            let Some(t) = tracked else { continue };
+            let c = count(root, &t);
+            let mut e = shared.lock();
+            let before = e.load.avenrun;
+            e.load.sample(now_ns, c.running + c.blocked);
+            e.tasks = Some(c);
+            changed |= e.load.avenrun != before;
         }
         // Idle containers' averages stay at 0: no need to rewrite the file for them (a
         // restart folds the missed periods at once, with the same result).
@@ -167,22 +223,32 @@ impl Store {
     /// Writes the state file (atomically: a temporary file renamed over it).
     pub fn save(&self) {
         let Some(f) = &self.file else { return };
-        let text = serialize(&self.map.lock());
-        if let Err(e) = crate::files::write_atomic(f, text.as_bytes()) {
+        let all: Vec<(String, Shared)> = self.map.lock().iter().map(|(k, e)| (k.clone(), e.clone())).collect();
+        let snapshot: HashMap<String, Entry> = all.into_iter().map(|(k, e)| (k, e.lock().clone())).collect();
+        if let Err(e) = crate::files::write_atomic(f, serialize(&snapshot).as_bytes()) {
             tracing::warn!(file = %f.display(), error = %e, "cannot save state");
         }
     }
 }
 
-fn entry<'a>(map: &'a mut HashMap<String, Entry>, k: &str) -> &'a mut Entry {
-    if !map.contains_key(k) && map.len() >= MAX_CONTAINERS {
-        if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last_read).map(|(k, _)| k.clone()) {
-            map.remove(&oldest);
-        }
+/// Writes a CPU record in place: one `pwrite` at offset 0 (a record within a page is written
+/// whole or not at all, even if the worker is killed meanwhile), padded with spaces over a
+/// longer previous one. Never through a symlink. Returns the bytes now in the file.
+fn write_record(path: &std::path::Path, line: &str, prev: usize) -> std::io::Result<usize> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let mut text = line.trim_end_matches('\n').to_string();
+    while text.len() + 1 < prev {
+        text.push(' ');
     }
-    let e = map.entry(k.to_string()).or_insert_with(Entry::new);
-    e.last_read = Instant::now();
-    e
+    text.push('\n');
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    f.write_all_at(text.as_bytes(), 0)?;
+    Ok(text.len())
 }
 
 fn count(root: &Root, t: &Container) -> TaskCounts {
@@ -280,24 +346,68 @@ fn parse(text: &str) -> HashMap<String, Entry> {
 mod tests {
     use super::*;
 
+    /// A key for a directory that exists (as a cgroup's would).
+    fn live_key(dir: &std::path::Path) -> String {
+        use std::os::unix::fs::MetadataExt;
+        format!("{}:{}", std::fs::metadata(dir).unwrap().ino(), dir.display())
+    }
+
     #[test]
     fn a_new_store_resumes_from_what_was_last_shown() {
-        let dir = std::env::temp_dir().join(format!("cgprocfs-state-test-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = crate::files::fresh_private_dir("cgprocfs-state-test-").unwrap();
         let file = dir.join("x.state");
+        let k = live_key(&dir);
         let s = 1_000_000_000u64;
         let a = Store::new(Some(file.clone()));
         let u = |w: u64| CpuUsage { user_ns: s, system_ns: 0, wait_ns: w };
-        a.cpu("1:/c", 10 * s, 5 * s, u(0), 1);
+        a.cpu(&k, 10 * s, 5 * s, u(0), 1);
         // Wait outruns the headroom: this read shows steal clamped to what was left.
-        let (_, shown) = a.cpu("1:/c", 11 * s, 0, u(5 * s), 1);
+        let (_, shown) = a.cpu(&k, 11 * s, 0, u(5 * s), 1);
         drop(a); // "crash": no periodic save ever happened
         let b = Store::new(Some(file));
-        let (_, resumed) = b.cpu("1:/c", 11 * s, 0, u(5 * s), 1);
+        let (_, resumed) = b.cpu(&k, 11 * s, 0, u(5 * s), 1);
         assert_eq!(resumed, shown);
-        let (_, later) = b.cpu("1:/c", 12 * s, 0, u(6 * s), 1);
+        let (_, later) = b.cpu(&k, 12 * s, 0, u(6 * s), 1);
         assert!(later.idle >= shown.idle && later.steal >= shown.steal && later.user >= shown.user);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn records_of_gone_cgroups_are_deleted_and_not_loaded() {
+        let dir = crate::files::fresh_private_dir("cgprocfs-state-test-").unwrap();
+        let file = dir.join("x.state");
+        let cg: Vec<PathBuf> = (0..4).map(|i| dir.join(format!("cg{i}"))).collect();
+        let a = Store::new(Some(file.clone()));
+        let u = CpuUsage { user_ns: 1, system_ns: 0, wait_ns: 0 };
+        for c in &cg {
+            std::fs::create_dir(c).unwrap();
+            a.cpu(&live_key(c), 10, 5, u, 1);
+        }
+        let records = || std::fs::read_dir(accounts_dir(&file)).unwrap().count();
+        assert_eq!(records(), 4);
+        // Two cgroups removed, one recreated under its name (another inode).
+        std::fs::remove_dir(&cg[0]).unwrap();
+        std::fs::remove_dir(&cg[1]).unwrap();
+        std::fs::create_dir(&cg[1]).unwrap();
+        let b = Store::new(Some(file.clone()));
+        assert_eq!(b.map.lock().len(), 2);
+        assert_eq!(records(), 2, "records of gone cgroups were left behind");
+        // And a sampling pass forgets one that goes while the worker runs.
+        std::fs::remove_dir(&cg[2]).unwrap();
+        b.sample_all(&Root::new("/"), 20);
+        assert_eq!(records(), 1);
+        assert_eq!(b.map.lock().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_shorter_record_replaces_a_longer_one_whole() {
+        let dir = crate::files::fresh_private_dir("cgprocfs-state-test-").unwrap();
+        let p = dir.join("r");
+        let n = write_record(&p, "cpu k 1 2 3 4 1 100000 200000 300000 400000\n", 0).unwrap();
+        write_record(&p, "cpu k 1 2 3 4 1 5 6 7 8\n", n).unwrap();
+        let back = parse(&format!("{HEADER}{}", std::fs::read_to_string(&p).unwrap()));
+        assert_eq!(back["k"].cpu.as_ref().unwrap().vcpus[0], VCpu { user: 5, system: 6, idle: 7, steal: 8 });
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -306,11 +416,13 @@ mod tests {
         let store = Store::new(None);
         let u = CpuUsage { user_ns: 5, system_ns: 6, wait_ns: 7 };
         store.cpu("1:/a", 1_000_000_000, 500_000_000, u, 2);
-        store.map.lock().get_mut("1:/a").unwrap().load = LoadAvg { avenrun: [1, 2, 3], at_ns: 9 };
-        let text = serialize(&store.map.lock());
+        store.entry("1:/a").lock().load = LoadAvg { avenrun: [1, 2, 3], at_ns: 9 };
+        let snap: HashMap<String, Entry> =
+            store.map.lock().iter().map(|(k, e)| (k.clone(), e.lock().clone())).collect();
+        let text = serialize(&snap);
         let back = parse(&format!("{text}cpu broken 1 2\nload x y\n\u{0}\n"));
         let e = &back["1:/a"];
-        assert_eq!(e.cpu.as_ref(), store.map.lock()["1:/a"].cpu.as_ref());
+        assert_eq!(e.cpu.as_ref(), snap["1:/a"].cpu.as_ref());
         assert_eq!(e.load.avenrun, [1, 2, 3]);
         assert_eq!(back.len(), 1);
         assert!(parse("other format\ncpu a 1").is_empty());

@@ -192,6 +192,11 @@ impl Daemon {
         self.dir.join("keeper.sock")
     }
 
+    /// A file of the daemon's own directory (pid file, state, records).
+    pub fn own_file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
     /// The daemon's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
