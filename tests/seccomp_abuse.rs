@@ -125,7 +125,7 @@ fn a_buffer_on_a_hung_fuse_file_cannot_stall_other_containers() {
     std::fs::create_dir_all(&mnt).unwrap();
     let (fd, _) = session::mount(&mnt, "hungfs").unwrap();
     let fd = Arc::new(fd);
-    session::spawn_workers(&[fd.clone()], Arc::new(Hung), Duration::ZERO).unwrap();
+    session::spawn_workers(std::slice::from_ref(&fd), Arc::new(Hung), Duration::ZERO).unwrap();
     let conn = {
         use std::os::unix::fs::MetadataExt;
         let dev = std::fs::metadata(&mnt).unwrap().dev();

@@ -95,7 +95,7 @@ impl Store {
             let mut records: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(&dir)
                 .map(|rd| rd.flatten().filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path()))).collect())
                 .unwrap_or_default();
-            records.sort_by(|a, b| b.0.cmp(&a.0));
+            records.sort_by_key(|r| std::cmp::Reverse(r.0));
             for (n, (_, path)) in records.into_iter().enumerate() {
                 let text = std::fs::read_to_string(&path).unwrap_or_default();
                 let parsed = parse(&format!("{HEADER}{text}"));
