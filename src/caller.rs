@@ -20,13 +20,17 @@ pub struct Resolver {
     own_pidns: u64,
     /// pid-namespace inode -> host pid of its init, re-validated on every use.
     inits: Mutex<HashMap<u64, u32>>,
+    /// Ask the kernel for a namespace's init (Linux 6.11+); off only to test the fallback
+    /// (`CGPROCFS_NO_PIDNS_IOCTL`).
+    use_ioctl: bool,
 }
 
 impl Resolver {
     /// A resolver for a daemon running in the pid namespace of `<root>/proc/self`.
     pub fn new(root: Root) -> Result<Self> {
         let own_pidns = pidns_of(&root, "self")?;
-        Ok(Resolver { root, own_pidns, inits: Mutex::new(HashMap::new()) })
+        let use_ioctl = std::env::var_os("CGPROCFS_NO_PIDNS_IOCTL").is_none();
+        Ok(Resolver { root, own_pidns, inits: Mutex::new(HashMap::new()), use_ioctl })
     }
 
     /// The inode of `tid`'s pid namespace.
@@ -45,8 +49,13 @@ impl Resolver {
         if ns == self.own_pidns {
             return Ok((ProcCgroup::of_pid(&self.root, tid)?, None));
         }
-        let init = self.init_of(tid, ns)?;
-        Ok((ProcCgroup::of_pid(&self.root, init)?.without_init_scope(), Some(init)))
+        match self.init_of(tid, ns) {
+            Ok(init) => Ok((ProcCgroup::of_pid(&self.root, init)?.without_init_scope(), Some(init))),
+            // A process that joined the namespace from outside (runc exec) whose init is not
+            // among its ancestors: its own cgroup is its container's.
+            Err(Error::Caller { .. }) => Ok((ProcCgroup::of_pid(&self.root, tid)?.without_init_scope(), None)),
+            Err(e) => Err(e),
+        }
     }
 
     /// Host pid of the init of pid namespace `ns`, which `tid` belongs to.
@@ -67,33 +76,39 @@ impl Resolver {
     }
 
     fn find_init(&self, tid: u32, ns: u64) -> Result<u32> {
-        let nsfile = self.root.proc_pid(tid).join("ns/pid");
-        if let Ok(f) = std::fs::File::open(&nsfile) {
-            // SAFETY: ioctl on a valid fd with an integer argument; no memory is passed.
-            let r = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_PID_FROM_PIDNS as _, 1 as libc::c_ulong) };
-            if r > 0 {
-                return Ok(r as u32);
+        if self.use_ioctl {
+            let nsfile = self.root.proc_pid(tid).join("ns/pid");
+            if let Ok(f) = std::fs::File::open(&nsfile) {
+                // SAFETY: ioctl on a valid fd with an integer argument; no memory is passed.
+                let r = unsafe { libc::ioctl(f.as_raw_fd(), NS_GET_PID_FROM_PIDNS as _, 1 as libc::c_ulong) };
+                if r > 0 {
+                    return Ok(r as u32);
+                }
             }
         }
-        // Older kernels: the init is the process whose innermost NSpid is 1 in that namespace.
-        let dir = std::fs::read_dir(self.root.proc()).map_err(|e| Error::io(self.root.proc(), e))?;
-        for entry in dir.flatten() {
-            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-                continue;
-            };
-            if pidns_of(&self.root, &pid.to_string()).ok() != Some(ns) {
-                continue;
-            }
-            let status = std::fs::read_to_string(self.root.proc_pid(pid).join("status")).unwrap_or_default();
-            let innermost =
-                status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_ascii_whitespace().last());
-            if innermost == Some("1") {
+        // Older kernels: walk up the caller's ancestors while they are in that namespace; the
+        // one whose innermost NSpid is 1 is its init. A cost in the depth of the process tree,
+        // never in the number of processes on the host (a container looping `unshare -p`
+        // would make every request pay a scan of /proc).
+        let mut pid = tid;
+        for _ in 0..MAX_WALK {
+            let status = std::fs::read_to_string(self.root.proc_pid(pid).join("status"))
+                .map_err(|e| Error::io(self.root.proc_pid(pid).join("status"), e))?;
+            let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
+            if field("NSpid:").and_then(|l| l.split_ascii_whitespace().last()) == Some("1") {
                 return Ok(pid);
             }
+            match field("PPid:").and_then(|p| p.parse::<u32>().ok()) {
+                Some(p) if p > 0 && pidns_of(&self.root, &p.to_string()).ok() == Some(ns) => pid = p,
+                _ => break,
+            }
         }
-        Err(Error::Caller { pid: tid, why: format!("no init found for pid namespace {ns}") })
+        Err(Error::Caller { pid: tid, why: format!("no init among the ancestors in pid namespace {ns}") })
     }
 }
+
+/// Ancestors visited at most when looking for a namespace's init.
+const MAX_WALK: usize = 4096;
 
 /// Inode of the pid namespace of `/proc/<who>`, from the `pid:[N]` link.
 fn pidns_of(root: &Root, who: &str) -> Result<u64> {
@@ -104,4 +119,49 @@ fn pidns_of(root: &Root, who: &str) -> Result<u64> {
         .and_then(|r| r.strip_suffix(']'))
         .and_then(|n| n.parse().ok())
         .ok_or_else(|| Error::malformed(&p, format!("unexpected link {s:?}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A /proc of symlinks and status files: the daemon in namespace 100, a container in 200.
+    fn fake_proc(dir: &std::path::Path, procs: &[(u32, u64, u32, &str)]) {
+        let link = |p: &str, ns: u64| {
+            let d = dir.join("proc").join(p).join("ns");
+            std::fs::create_dir_all(&d).unwrap();
+            std::os::unix::fs::symlink(format!("pid:[{ns}]"), d.join("pid")).unwrap();
+        };
+        link("self", 100);
+        for &(pid, ns, ppid, nspid) in procs {
+            link(&pid.to_string(), ns);
+            let d = dir.join("proc").join(pid.to_string());
+            std::fs::write(d.join("status"), format!("Name:\tx\nPPid:\t{ppid}\nNSpid:\t{nspid}\n")).unwrap();
+            std::fs::write(d.join("cgroup"), format!("0::/c{pid}\n")).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_init_is_found_among_the_ancestors_without_a_scan() {
+        let dir = crate::files::fresh_private_dir("cgprocfs-caller-test-").unwrap();
+        let mut procs =
+            vec![(1, 100, 0, "1"), (300, 200, 1, "300 1"), (400, 200, 300, "400 2"), (500, 200, 400, "500 3")];
+        // Processes claiming to be that namespace's init that are no ancestor of the caller: a
+        // scan of /proc would meet them; the walk never does.
+        let decoys: Vec<(u32, u64, u32, String)> = (1000..1200).map(|p| (p, 200, 1, format!("{p} 1"))).collect();
+        procs.extend(decoys.iter().map(|(a, b, c, d)| (*a, *b, *c, d.as_str())));
+        // Joined from outside (runc exec): its parent is in the host's namespace.
+        procs.push((600, 200, 1, "600 7"));
+        fake_proc(&dir, &procs);
+        let r = Resolver::new(Root::new(&dir)).unwrap();
+        assert_eq!(r.find_init(500, 200).unwrap(), 300);
+        assert_eq!(r.find_init(300, 200).unwrap(), 300);
+        let (cg, init) = r.container_of(500, 200).unwrap();
+        assert_eq!((cg.v2.as_deref(), init), (Some("/c300"), Some(300)));
+        // No init among its ancestors (and none known from another caller): its own cgroup.
+        let r = Resolver::new(Root::new(&dir)).unwrap();
+        let (cg, init) = r.container_of(600, 200).unwrap();
+        assert_eq!((cg.v2.as_deref(), init), (Some("/c600"), None));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

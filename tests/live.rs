@@ -413,3 +413,22 @@ fn swap_limit_and_use_in_meminfo_and_swaps() {
     let used = f[3].parse::<u64>().unwrap();
     assert!(used.abs_diff(total - free) <= 1024, "used {used} vs SwapTotal - SwapFree {}: {out}", total - free);
 }
+
+/// Readers in a fresh pid namespace, found without the kernel's NS_GET_PID_FROM_PIDNS (as on
+/// Linux before 6.11): the namespace's init is found among the reader's ancestors.
+#[test]
+fn new_pid_namespaces_resolve_without_the_pidns_ioctl() {
+    if !live_ready("new_pid_namespaces_resolve_without_the_pidns_ioctl")
+        || !programs_ready("new_pid_namespaces_resolve_without_the_pidns_ioctl", &["unshare"])
+    {
+        return;
+    }
+    let d = Daemon::start_with_env("pidns-walk", &[], &[("CGPROCFS_NO_PIDNS_IOCTL", "1")]);
+    let cg = TestCgroup::new("pidns-walk", &Limits { memory: Some(128 * 1024 * 1024), ..Default::default() });
+    let meminfo = d.path("proc/meminfo");
+    for depth in ["cat", "sh -c \"sh -c \\\"cat"] {
+        let close = if depth == "cat" { "" } else { "\\\"\"" };
+        let out = cg.run(&format!("unshare -p -f sh -c '{depth} {}{close}'", meminfo.display()));
+        assert_eq!(field(&out, "MemTotal"), 128 * 1024, "{depth}: {out}");
+    }
+}
