@@ -30,7 +30,8 @@ fn bystander_survives_handle_hoarding_and_tight_loops() {
     if !live_ready("bystander_survives_handle_hoarding_and_tight_loops") {
         return;
     }
-    let d = Daemon::start("abuse");
+    // One container holds 10 000 handles here: above the default quota, which another test covers.
+    let d = Daemon::start_with("abuse", &["--handles-per-container", "20000"]);
     let meminfo = d.path("proc/meminfo");
     let hoarder = TestCgroup::new("hoard", &Limits { memory: Some(512 * MIB), ..Default::default() });
     let spinner = TestCgroup::new("spin", &Limits::default());
