@@ -206,7 +206,9 @@ impl Service {
     /// process — of another container, or of the host — is another key.
     pub fn container_of(&self, tid: u32) -> Result<Container> {
         let ns = self.resolver.pidns(tid)?;
-        let start = host::start_ns(&self.root, tid)?;
+        // A thread whose start time cannot be read is keyed without it (it is vanishing, and
+        // the resolution below fails for it anyway).
+        let start = host::start_ns(&self.root, tid).unwrap_or(0);
         self.callers.get((tid, ns, start), || {
             let (pc, init): (ProcCgroup, Option<u32>) = self.resolver.container_of(tid, ns)?;
             Ok(Container { cgroups: self.hierarchies.resolve(&pc), init })
