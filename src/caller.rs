@@ -23,6 +23,8 @@ pub struct Resolver {
     /// Ask the kernel for a namespace's init (Linux 6.11+); off only to test the fallback
     /// (`CGPROCFS_NO_PIDNS_IOCTL`).
     use_ioctl: bool,
+    /// When `/proc` was last scanned for a namespace's init.
+    last_scan: Mutex<Option<std::time::Instant>>,
 }
 
 impl Resolver {
@@ -30,7 +32,7 @@ impl Resolver {
     pub fn new(root: Root) -> Result<Self> {
         let own_pidns = pidns_of(&root, "self")?;
         let use_ioctl = std::env::var_os("CGPROCFS_NO_PIDNS_IOCTL").is_none();
-        Ok(Resolver { root, own_pidns, inits: Mutex::new(HashMap::new()), use_ioctl })
+        Ok(Resolver { root, own_pidns, inits: Mutex::new(HashMap::new()), use_ioctl, last_scan: Mutex::new(None) })
     }
 
     /// The inode of `tid`'s pid namespace.
@@ -103,9 +105,45 @@ impl Resolver {
                 _ => break,
             }
         }
-        Err(Error::Caller { pid: tid, why: format!("no init among the ancestors in pid namespace {ns}") })
+        // The caller joined the namespace from outside (nsenter, runc exec): its init is no
+        // ancestor. Only a scan finds it; at most one per SCAN_EVERY for the whole daemon, so
+        // a container creating such namespaces in a loop cannot make every request pay one.
+        {
+            let mut last = self.last_scan.lock();
+            if last.is_some_and(|t| t.elapsed() < SCAN_EVERY) {
+                return Err(Error::Caller {
+                    pid: tid,
+                    why: format!("no init among the ancestors in pid namespace {ns}"),
+                });
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.scan_for_init(tid, ns)
+    }
+
+    /// The process of namespace `ns` whose innermost NSpid is 1, by a scan of `/proc`.
+    fn scan_for_init(&self, tid: u32, ns: u64) -> Result<u32> {
+        let dir = std::fs::read_dir(self.root.proc()).map_err(|e| Error::io(self.root.proc(), e))?;
+        for entry in dir.flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if pidns_of(&self.root, &pid.to_string()).ok() != Some(ns) {
+                continue;
+            }
+            let status = std::fs::read_to_string(self.root.proc_pid(pid).join("status")).unwrap_or_default();
+            let innermost =
+                status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_ascii_whitespace().last());
+            if innermost == Some("1") {
+                return Ok(pid);
+            }
+        }
+        Err(Error::Caller { pid: tid, why: format!("no init found for pid namespace {ns}") })
     }
 }
+
+/// At most one scan of `/proc` per this long (callers that joined a namespace from outside).
+const SCAN_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 
 /// Ancestors visited at most when looking for a namespace's init.
 const MAX_WALK: usize = 4096;
@@ -150,18 +188,38 @@ mod tests {
         // scan of /proc would meet them; the walk never does.
         let decoys: Vec<(u32, u64, u32, String)> = (1000..1200).map(|p| (p, 200, 1, format!("{p} 1"))).collect();
         procs.extend(decoys.iter().map(|(a, b, c, d)| (*a, *b, *c, d.as_str())));
-        // Joined from outside (runc exec): its parent is in the host's namespace.
-        procs.push((600, 200, 1, "600 7"));
         fake_proc(&dir, &procs);
         let r = Resolver::new(Root::new(&dir)).unwrap();
         assert_eq!(r.find_init(500, 200).unwrap(), 300);
         assert_eq!(r.find_init(300, 200).unwrap(), 300);
         let (cg, init) = r.container_of(500, 200).unwrap();
         assert_eq!((cg.v2.as_deref(), init), (Some("/c300"), Some(300)));
-        // No init among its ancestors (and none known from another caller): its own cgroup.
+        assert!(r.last_scan.lock().is_none(), "/proc was scanned");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn callers_that_joined_from_outside_cost_at_most_one_scan_per_period() {
+        let dir = crate::files::fresh_private_dir("cgprocfs-caller-test-").unwrap();
+        // 600 and 800 joined namespaces 200 and 201 from outside (nsenter, runc exec): their
+        // parent is in the daemon's namespace.
+        let procs = [
+            (1, 100, 0, "1"),
+            (300, 200, 1, "300 1"),
+            (600, 200, 1, "600 7"),
+            (700, 201, 1, "700 1"),
+            (800, 201, 1, "800 4"),
+        ];
+        fake_proc(&dir, &procs);
         let r = Resolver::new(Root::new(&dir)).unwrap();
         let (cg, init) = r.container_of(600, 200).unwrap();
-        assert_eq!((cg.v2.as_deref(), init), (Some("/c600"), None));
+        assert_eq!((cg.v2.as_deref(), init), (Some("/c300"), Some(300)), "found by a scan");
+        // Right after it, another such namespace: no second scan; its own cgroup.
+        let (cg, init) = r.container_of(800, 201).unwrap();
+        assert_eq!((cg.v2.as_deref(), init), (Some("/c800"), None));
+        std::thread::sleep(SCAN_EVERY);
+        let (_, init) = r.container_of(800, 201).unwrap();
+        assert_eq!(init, Some(700));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
