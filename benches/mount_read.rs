@@ -2,6 +2,8 @@
 //! `lxcfs` binary is installed): open + read to EOF + close, from inside a limited cgroup,
 //! with 1 reader thread and 2 x cores reader threads. Prints median and p99 per read, reads/s
 //! and ratios.   cargo bench --bench mount_read [-- SECONDS]
+//! With `CGPROCFS_BENCH_BASELINE=/path/to/an/older/cgprocfs`, that build serves a third mount
+//! in the same run (rows "baseline ..."), for before/after comparisons of a change.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -24,6 +26,46 @@ struct Row {
 fn measure(name: &str, path: &Path, threads: usize, secs: f64) -> Row {
     let st = reads::measure(path, threads, secs);
     Row { name: name.to_string(), threads, median_us: st.median_us, p99_us: st.p99_us, per_sec: st.per_sec }
+}
+
+/// A daemon of another build (`CGPROCFS_BENCH_BASELINE`), stopped on drop.
+struct Baseline {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Drop for Baseline {
+    fn drop(&mut self) {
+        // SAFETY: the daemon this bench started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_baseline() -> Option<Baseline> {
+    let bin = std::env::var_os("CGPROCFS_BENCH_BASELINE")?;
+    let dir = std::env::temp_dir().join(common::unique("baseline"));
+    std::fs::create_dir_all(dir.join("mnt")).ok()?;
+    let child = Command::new(&bin)
+        .arg("serve")
+        .arg(dir.join("mnt"))
+        .arg("--pidfile")
+        .arg(dir.join("keeper.pid"))
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    let b = Baseline { child, dir };
+    let t = Instant::now();
+    while std::fs::read(b.dir.join("mnt/proc/meminfo")).map(|x| x.is_empty()).unwrap_or(true) {
+        if t.elapsed() > Duration::from_secs(10) {
+            eprintln!("the baseline daemon did not come up; comparing without it");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(b)
 }
 
 /// Starts lxcfs on a temporary mount point when it is installed.
@@ -52,6 +94,7 @@ fn main() {
     let d = Daemon::start_with("bench", &["--bench-floor"]);
     let nospin = Daemon::start_with("bench-nospin", &["--spin-us", "0"]);
     let lxcfs = start_lxcfs();
+    let baseline = start_baseline();
     let cg = TestCgroup::new(
         "bench",
         &Limits { memory: Some(256 << 20), cpu: Some((150_000, 100_000)), ..Default::default() },
@@ -70,10 +113,17 @@ fn main() {
         ("cgprocfs meminfo".into(), d.path("proc/meminfo")),
         ("cgprocfs meminfo, --spin-us 0".into(), nospin.path("proc/meminfo")),
         ("cgprocfs cpuinfo".into(), d.path("proc/cpuinfo")),
+        ("kernel /proc/stat".into(), "/proc/stat".into()),
+        ("cgprocfs stat".into(), d.path("proc/stat")),
     ];
+    if let Some(b) = &baseline {
+        targets.push(("baseline meminfo".into(), b.dir.join("mnt/proc/meminfo")));
+        targets.push(("baseline stat".into(), b.dir.join("mnt/proc/stat")));
+    }
     if let Some((_, m)) = &lxcfs {
         targets.push(("lxcfs meminfo".into(), m.join("proc/meminfo")));
         targets.push(("lxcfs cpuinfo".into(), m.join("proc/cpuinfo")));
+        targets.push(("lxcfs stat".into(), m.join("proc/stat")));
     }
     let mut rows = Vec::new();
     for threads in [1, 2, 2 * cores] {

@@ -106,6 +106,9 @@ struct Handle {
     ino: u64,
     source: Source,
     owner: Arc<str>,
+    /// The opener's thread and container, reused when that thread reads within
+    /// [`crate::service::CALLER_TTL`] of the open (a read after an open resolves nothing again).
+    opener: Option<(u32, std::time::Instant, crate::service::Container)>,
     data: Option<Arc<Vec<u8>>>,
 }
 
@@ -214,11 +217,11 @@ impl ProcFs {
     }
 
     /// The container charged for `tid`'s handles: its cgroup, or one shared account for
-    /// callers whose container cannot be found.
-    fn owner(&self, tid: u32) -> Arc<str> {
+    /// callers whose container cannot be found; with the container itself.
+    fn owner(&self, tid: u32) -> (Arc<str>, Option<crate::service::Container>) {
         match self.service.container_of(tid) {
-            Ok(c) => c.cgroups.name().into(),
-            Err(_) => "<unknown>".into(),
+            Ok(c) => (c.cgroups.name().into(), Some(c)),
+            Err(_) => ("<unknown>".into(), None),
         }
     }
 
@@ -303,7 +306,12 @@ impl ProcFs {
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
             return Reply::Err(libc::EROFS);
         }
-        let owner = self.owner(h.pid);
+        let (owner, container) = match source {
+            // The benchmark's constant file: the FUSE floor, no caller lookup at all.
+            Source::View(View::Floor) => ("<floor>".into(), None),
+            _ => self.owner(h.pid),
+        };
+        let opener = container.map(|c| (h.pid, std::time::Instant::now(), c));
         let mut handles = self.handles.lock();
         if handles.map.len() >= MAX_HANDLES {
             return Reply::Err(libc::ENFILE);
@@ -313,7 +321,7 @@ impl ProcFs {
             return Reply::Err(libc::EMFILE);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        handles.insert(fh, Handle { ino: h.nodeid, source, owner, data: None });
+        handles.insert(fh, Handle { ino: h.nodeid, source, owner, opener, data: None });
         let mut o = Out::default();
         o.u64(fh).u32(abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH).u32(0);
         Reply::Data(o.0)
@@ -324,14 +332,20 @@ impl ProcFs {
         let (Some(fh), Some(offset), Some(size)) = (b.u64(0), b.u64(8), b.u32(16)) else {
             return Reply::Err(libc::EINVAL);
         };
-        let (source, cached) = match self.handles.lock().map.get(&fh) {
+        let (source, cached, opener) = match self.handles.lock().map.get(&fh) {
             // A handle answers only for the inode it was opened on.
             Some(hd) if hd.ino != h.nodeid => return Reply::Err(libc::EBADF),
-            Some(hd) => (hd.source.clone(), hd.data.clone()),
+            Some(hd) => {
+                let opener = hd
+                    .opener
+                    .as_ref()
+                    .filter(|(tid, at, _)| *tid == h.pid && offset == 0 && at.elapsed() < crate::service::CALLER_TTL);
+                (hd.source.clone(), hd.data.clone(), opener.map(|(_, _, c)| c.clone()))
+            }
             // A handle opened before this process took over the connection: the inode says
             // which file it is; its earlier bytes are gone, so it is rendered afresh.
             None => match self.source(h.nodeid) {
-                Some(s) => (s, None),
+                Some(s) => (s, None, None),
                 None => return Reply::Err(libc::EBADF),
             },
         };
@@ -341,7 +355,10 @@ impl ProcFs {
             Some(d) if offset > 0 => d,
             _ => {
                 let bytes = match &source {
-                    Source::View(v) => self.service.render_for(*v, h.pid),
+                    Source::View(v) => match opener {
+                        Some(c) => self.service.render_with(*v, Ok(c)),
+                        None => self.service.render_for(*v, h.pid),
+                    },
                     Source::Host(e) => self.cpu.read(e).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
                 };
                 let d = match bytes {
@@ -350,13 +367,13 @@ impl ProcFs {
                 };
                 let known = self.handles.lock().map.contains_key(&fh);
                 // Adopt the predecessor's handle, within the same bounds as opens.
-                let owner = (!known).then(|| self.owner(h.pid));
+                let owner = (!known).then(|| self.owner(h.pid).0);
                 let mut handles = self.handles.lock();
                 if let Some(owner) = owner {
                     let room = handles.map.len() < MAX_HANDLES
                         && handles.usage.get(&owner).is_none_or(|u| u.handles < self.per_container);
                     if room && !handles.map.contains_key(&fh) {
-                        handles.insert(fh, Handle { ino: h.nodeid, source, owner, data: None });
+                        handles.insert(fh, Handle { ino: h.nodeid, source, owner, opener: None, data: None });
                     }
                 }
                 handles.keep(fh, &d);
