@@ -210,7 +210,7 @@ fn short_lived_cgroups_leave_no_records_behind() {
         return;
     }
     let d = Daemon::start("records");
-    let records = d.own_file("keeper.state.accounts");
+    let records = d.own_file("keeper.accounts");
     let count = || std::fs::read_dir(&records).map(|r| r.count()).unwrap_or(0);
     {
         let cgs: Vec<TestCgroup> = (0..20)

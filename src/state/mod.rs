@@ -261,9 +261,15 @@ fn count(root: &Root, t: &Container) -> TaskCounts {
 
 const HEADER: &str = "cgprocfs-state 1\n";
 
-/// The directory of per-container CPU records beside the state file.
+/// The directory of per-container CPU records beside the state file: `keeper.state` ->
+/// `keeper.accounts` (the name earlier versions used, so an upgrade finds their records), any
+/// other name gets `.accounts` appended.
 fn accounts_dir(state_file: &std::path::Path) -> PathBuf {
-    crate::files::companion(state_file, "accounts")
+    let name = state_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    match name.strip_suffix(".state").filter(|s| !s.is_empty()) {
+        Some(stem) => state_file.with_file_name(format!("{stem}.accounts")),
+        None => state_file.with_file_name(format!("{name}.accounts")),
+    }
 }
 
 /// A file name for container key `k` (keys hold paths): FNV-1a of the key.
@@ -398,6 +404,14 @@ mod tests {
         assert_eq!(records(), 1);
         assert_eq!(b.map.lock().len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn records_keep_the_directory_name_of_earlier_versions() {
+        use std::path::Path;
+        assert_eq!(accounts_dir(Path::new("/r/keeper.state")), Path::new("/r/keeper.accounts"));
+        assert_eq!(accounts_dir(Path::new("/r/tmp.AbC123.state")), Path::new("/r/tmp.AbC123.accounts"));
+        assert_eq!(accounts_dir(Path::new("/r/odd")), Path::new("/r/odd.accounts"));
     }
 
     #[test]
