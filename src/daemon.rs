@@ -11,6 +11,7 @@
 //! re-executes the keeper from the binary on disk with the fds and INIT parameters passed
 //! along, and starts a new worker from the new binary.
 
+use crate::fd::cloexec;
 use crate::files;
 use crate::fs::session::{self, clone_fd, notify_resend, spawn_workers, InitParams};
 use crate::fs::ProcFs;
@@ -86,14 +87,6 @@ fn check_fuse_fd(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {fd} is not /dev/fuse")));
     }
     Ok(())
-}
-
-/// Marks an inherited fd close-on-exec again: an upgrade clears the flag to pass it on, and
-/// the new keeper must not leak it into every process it starts (a drain holding the FUSE fd
-/// would keep the connection alive with nobody answering).
-pub fn cloexec(fd: RawFd) {
-    // SAFETY: fcntl on an fd number; a bad one only returns EBADF.
-    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
 }
 
 fn signal_set(sigs: &[libc::c_int]) -> libc::sigset_t {

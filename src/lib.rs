@@ -11,6 +11,7 @@ pub mod caller;
 pub mod cgroup;
 pub mod daemon;
 pub mod error;
+pub mod fd;
 pub mod files;
 pub mod fs;
 pub mod hook;

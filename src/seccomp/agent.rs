@@ -77,7 +77,7 @@ impl Agent {
         if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {listener} is not a socket")));
         }
-        crate::daemon::cloexec(listener);
+        crate::fd::cloexec(listener);
         // SAFETY: inherited across exec for this process to own.
         let listener = unsafe { OwnedFd::from_raw_fd(listener) };
         Ok(Agent::new(path, listener, super::adopt_fds(notify)))

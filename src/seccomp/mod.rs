@@ -560,7 +560,7 @@ pub fn adopt_fds(raw: &[RawFd]) -> Vec<OwnedFd> {
     raw.iter()
         .filter_map(|&fd| {
             if is_notify_fd(fd) {
-                crate::daemon::cloexec(fd);
+                crate::fd::cloexec(fd);
                 // SAFETY: inherited across exec for this process to own.
                 Some(unsafe { OwnedFd::from_raw_fd(fd) })
             } else {
