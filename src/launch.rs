@@ -214,6 +214,76 @@ pub fn enter(procs: &[CString], binds: &[(CString, CString)]) -> io::Result<()> 
     Ok(())
 }
 
+/// A seccomp filter that notifies `sysinfo` (and, with `affinity`, `sched_getaffinity`) of
+/// the native architecture and allows everything else: what the packaged profile does for a
+/// container, for the command `cgprocfs run` starts. Built before fork.
+pub struct NotifyFilter {
+    prog: Vec<libc::sock_filter>,
+    /// The child's end of the socket pair its listener fd goes back to the parent over.
+    pub chan: std::os::fd::RawFd,
+}
+
+impl NotifyFilter {
+    /// The filter, sending its listener over `chan`.
+    pub fn new(affinity: bool, chan: std::os::fd::RawFd) -> NotifyFilter {
+        const LD_W_ABS: u16 = 0x20;
+        const JEQ_K: u16 = 0x15;
+        const RET_K: u16 = 0x06;
+        const RET_ALLOW: u32 = 0x7fff_0000;
+        const RET_USER_NOTIF: u32 = 0x7fc0_0000;
+        let st = |code, k| libc::sock_filter { code, jt: 0, jf: 0, k };
+        let mut calls = vec![libc::SYS_sysinfo as u32];
+        if affinity {
+            calls.push(libc::SYS_sched_getaffinity as u32);
+        }
+        let n = calls.len() as u8;
+        // 0: arch; 1: native? else allow; 2: nr; 3..3+n: notify?; then allow, notify.
+        let mut prog = vec![
+            st(LD_W_ABS, 4),
+            libc::sock_filter { code: JEQ_K, jt: 0, jf: n + 1, k: crate::seccomp::AUDIT_ARCH_NATIVE },
+            st(LD_W_ABS, 0),
+        ];
+        for (i, nr) in calls.iter().enumerate() {
+            prog.push(libc::sock_filter { code: JEQ_K, jt: n - i as u8, jf: 0, k: *nr });
+        }
+        prog.push(st(RET_K, RET_ALLOW));
+        prog.push(st(RET_K, RET_USER_NOTIF));
+        NotifyFilter { prog, chan }
+    }
+
+    /// In the child between fork and exec, last: installs the filter with a new listener and
+    /// sends the listener fd over `chan`. Only raw system calls on memory built before fork.
+    /// A failure leaves the command without the filter (its calls run for real).
+    pub fn install(&self) {
+        let fprog = libc::sock_fprog { len: self.prog.len() as u16, filter: self.prog.as_ptr() as *mut _ };
+        // SAFETY: raw syscalls on stack memory and the program built before fork.
+        unsafe {
+            let fd = libc::syscall(libc::SYS_seccomp, 1, 8, &fprog as *const libc::sock_fprog);
+            if fd < 0 {
+                libc::close(self.chan);
+                return;
+            }
+            let fd = fd as libc::c_int;
+            let mut byte = [b'f'];
+            let mut iov = libc::iovec { iov_base: byte.as_mut_ptr().cast(), iov_len: 1 };
+            let mut cbuf = [0u64; 4];
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = cbuf.as_mut_ptr().cast();
+            msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<libc::c_int>() as u32) as _;
+            let c = libc::CMSG_FIRSTHDR(&msg);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<libc::c_int>() as u32) as _;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd);
+            libc::sendmsg(self.chan, &msg, libc::MSG_NOSIGNAL);
+            libc::close(fd);
+            libc::close(self.chan);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

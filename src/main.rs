@@ -3,7 +3,7 @@
 use anyhow::{bail, Context, Result};
 use cgprocfs::daemon::{default_pidfile, keeper, Adopted, KeeperConfig, WorkerSeccomp};
 use cgprocfs::fs::session::{mountpoint_state, unmount, InitParams, MountpointState};
-use cgprocfs::launch::{bind_pairs, enter, RunLimits, Transient};
+use cgprocfs::launch::{bind_pairs, enter, NotifyFilter, RunLimits, Transient};
 use cgprocfs::service::{Options, Service};
 use cgprocfs::view::cpus::CpuCount;
 use cgprocfs::view::View;
@@ -133,6 +133,13 @@ enum Cmd {
         /// Mount point of the daemon to use.
         #[arg(long, default_value = DEFAULT_MOUNTPOINT)]
         mountpoint: PathBuf,
+        /// Do not have the daemon answer the command's sysinfo(2) (seccomp notification).
+        #[arg(long)]
+        no_seccomp: bool,
+        /// Also answer sched_getaffinity(2) with the visible CPUs (as `serve
+        /// --seccomp-affinity`; the daemon started for the run gets the flag).
+        #[arg(long, conflicts_with = "no_seccomp")]
+        seccomp_affinity: bool,
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         cmd: Vec<String>,
@@ -270,8 +277,9 @@ fn main() {
             // Never fail a container.
             Ok(())
         }
-        Cmd::Run { memory, swap, cpus, cpuset, pids, mountpoint, cmd } => {
-            match run(RunLimits { memory, swap, cpus, cpuset, pids }, &mountpoint, &cmd) {
+        Cmd::Run { memory, swap, cpus, cpuset, pids, mountpoint, no_seccomp, seccomp_affinity, cmd } => {
+            let sec = (!no_seccomp).then_some(seccomp_affinity);
+            match run(RunLimits { memory, swap, cpus, cpuset, pids }, &mountpoint, sec, &cmd) {
                 Ok(code) => std::process::exit(code),
                 Err(e) => Err(e),
             }
@@ -423,28 +431,38 @@ impl Drop for OwnDaemon {
     }
 }
 
-fn run(limits: RunLimits, mountpoint: &Path, cmd: &[String]) -> Result<i32> {
+/// Runs `cmd` in a transient cgroup with the views bound; with `seccomp` (`Some(affinity)`),
+/// its sysinfo (and sched_getaffinity) answered by the daemon, as for a container with the
+/// packaged profile.
+fn run(limits: RunLimits, mountpoint: &Path, seccomp: Option<bool>, cmd: &[String]) -> Result<i32> {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
     let canonical = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
     let mut own = None;
-    let mnt = if mountpoint_state(&canonical, &mountinfo) == MountpointState::Served {
-        canonical
+    let (mnt, socket) = if mountpoint_state(&canonical, &mountinfo) == MountpointState::Served {
+        let socket = if canonical == Path::new(DEFAULT_MOUNTPOINT) {
+            PathBuf::from(DEFAULT_SECCOMP_SOCKET)
+        } else {
+            cgprocfs::files::companion(&default_pidfile(&canonical), "sock")
+        };
+        (canonical, socket)
     } else {
         // No daemon there: start one on a private mount point for the duration.
         // A fresh directory nobody else can have prepared (mode 0700, random name).
         let dir = cgprocfs::files::fresh_private_dir("cgprocfs-run-").context("cannot create a private directory")?;
         let mnt = dir.join("mnt");
         std::fs::create_dir(&mnt)?;
-        let child = std::process::Command::new(std::env::current_exe()?)
-            .arg("serve")
-            .arg(&mnt)
-            .arg("--pidfile")
-            .arg(dir.join("keeper.pid"))
+        let mut serve = std::process::Command::new(std::env::current_exe()?);
+        serve.arg("serve").arg(&mnt).arg("--pidfile").arg(dir.join("keeper.pid"));
+        if seccomp == Some(true) {
+            serve.arg("--seccomp-affinity");
+        }
+        let child = serve
             .env("CGPROCFS_LOG", std::env::var("CGPROCFS_LOG").unwrap_or_else(|_| "warn".into()))
             .stdin(std::process::Stdio::null())
             .spawn()
             .context("cannot start a daemon")?;
+        let socket = cgprocfs::files::companion(&dir.join("keeper.pid"), "sock");
         own = Some(OwnDaemon { child, dir });
         let t = std::time::Instant::now();
         while std::fs::read(mnt.join("proc/meminfo")).map(|b| b.is_empty()).unwrap_or(true) {
@@ -453,19 +471,73 @@ fn run(limits: RunLimits, mountpoint: &Path, cmd: &[String]) -> Result<i32> {
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        mnt
+        (mnt, socket)
     };
     let cg = Transient::create(&format!("cgprocfs-run-{}", std::process::id()), &limits)
         .context("cannot create the transient cgroup")?;
     let (procs, binds) = (cg.procs_files(), bind_pairs(&mnt));
     let mut command = std::process::Command::new(&cmd[0]);
     command.args(&cmd[1..]);
-    // SAFETY: `enter` makes only async-signal-safe system calls on strings built before fork.
-    unsafe { command.pre_exec(move || enter(&procs, &binds)) };
-    let status = command.status().with_context(|| format!("cannot run {:?}", cmd[0]))?;
+    // The command's seccomp listener comes back over this pair; the parent hands it on.
+    let pair = match seccomp {
+        Some(_) => {
+            use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+            Some(socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC)?)
+        }
+        None => None,
+    };
+    let filter = pair
+        .as_ref()
+        .zip(seccomp)
+        .map(|((_, theirs), affinity)| NotifyFilter::new(affinity, std::os::fd::AsRawFd::as_raw_fd(theirs)));
+    // SAFETY: `enter` and `install` make only async-signal-safe system calls on memory built
+    // before fork.
+    unsafe {
+        command.pre_exec(move || {
+            enter(&procs, &binds)?;
+            if let Some(f) = &filter {
+                f.install();
+            }
+            Ok(())
+        })
+    };
+    let mut child = command.spawn().with_context(|| format!("cannot run {:?}", cmd[0]))?;
+    if let Some((mine, theirs)) = pair {
+        drop(theirs);
+        hand_listener(&mine, child.id(), &socket);
+    }
+    let status = child.wait().with_context(|| format!("cannot wait for {:?}", cmd[0]))?;
     drop(cg);
     drop(own);
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Receives the command's seccomp listener and hands it to the daemon at `socket` the way runc
+/// does. When that fails the listener is answered "run the real call" here until the command
+/// exits, so its sysinfo returns the host's values rather than failing.
+fn hand_listener(chan: &std::os::fd::OwnedFd, pid: u32, socket: &Path) {
+    use std::os::fd::AsRawFd;
+    let mut b = [0u8; 8];
+    let fd = match cgprocfs::seccomp::recv_fds(chan.as_raw_fd(), &mut b) {
+        Ok((_, mut fds)) if !fds.is_empty() => fds.swap_remove(0),
+        _ => {
+            tracing::warn!("the command runs without the sysinfo answer (no seccomp listener)");
+            return;
+        }
+    };
+    let msg = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "fds": ["seccompFd"],
+        "pid": pid,
+        "metadata": "",
+        "state": {"ociVersion": "1.0.2", "id": format!("cgprocfs-run-{pid}"), "status": "creating", "pid": pid, "bundle": "/"},
+    });
+    let sent = std::os::unix::net::UnixStream::connect(socket)
+        .and_then(|s| cgprocfs::seccomp::send_fds(s.as_raw_fd(), msg.to_string().as_bytes(), &[fd.as_raw_fd()]));
+    if let Err(e) = sent {
+        tracing::warn!(socket = %socket.display(), error = %e, "no daemon takes the command's sysinfo; it sees the host's");
+        std::thread::spawn(move || cgprocfs::seccomp::serve(cgprocfs::seccomp::Policy::Continue, vec![fd], None, true));
+    }
 }
 
 /// Joins the cgroup namespace of the host's init (needs hostPID and CAP_SYS_ADMIN).

@@ -135,3 +135,36 @@ fn run_uses_a_serving_daemon_and_a_cpuset() {
     // The daemon it used is still serving afterwards.
     assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
 }
+
+/// `run` has the daemon answer its command's sysinfo(2), as the packaged seccomp profile does
+/// for a container: BusyBox `free` and `uptime` see the limit and the command's age, and with
+/// `--seccomp-affinity` so do `nproc` and the affinity mask. Without a listener it goes on with
+/// the host's values.
+#[test]
+fn run_answers_sysinfo_for_its_command() {
+    let test = "run_answers_sysinfo_for_its_command";
+    if !live_ready(test) || !programs_ready(test, &["busybox", "nproc"]) {
+        return;
+    }
+    let nowhere = std::path::Path::new("/nonexistent-cgprocfs-mountpoint");
+    let (code, out, err) = run(nowhere, &["--memory", "256M"], "busybox free -m; busybox uptime");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(mem_total_mib(&out), 256, "{out}");
+    assert!(out.contains("up 0 min"), "{out}");
+    let (code, out, err) = run(nowhere, &["--memory", "256M", "--cpus", "1", "--seccomp-affinity"], "nproc");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.trim(), "1", "{err}");
+
+    let host = |s: &str| mem_total_mib(s);
+    let host_free = String::from_utf8(Command::new("busybox").args(["free", "-m"]).output().unwrap().stdout).unwrap();
+    let (code, out, err) = run(nowhere, &["--memory", "256M", "--no-seccomp"], "busybox free -m");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(host(&out), host(&host_free), "--no-seccomp: {out}");
+
+    // A serving daemon without a listener: the command runs, with the host's sysinfo.
+    let d = Daemon::start_with("run-nolistener", &["--no-seccomp"]);
+    let (code, out, err) = run(&d.mnt, &["--memory", "256M"], "busybox free -m");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(host(&out), host(&host_free), "{out}");
+    assert!(err.contains("sees the host's"), "run says why: {err}");
+}
