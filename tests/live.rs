@@ -390,7 +390,7 @@ fn swap_limit_and_use_in_meminfo_and_swaps() {
     // both files are read (without swap on the host that would be an OOM kill: 16 MB then).
     let mb = if host_swap == 0 { 16 } else { 56 };
     let out = cg.run(&format!(
-        "python3 -c \"import sys; x = b'x' * ({mb} << 20); sys.stdout.write(open('{}').read() + open('{}').read())\"",
+        "python3 -c \"import sys, time; x = b'x' * ({mb} << 20); time.sleep(1); sys.stdout.write(open('{}').read() + open('{}').read())\"",
         d.path("proc/swaps").display(),
         d.path("proc/meminfo").display()
     ));
@@ -409,9 +409,10 @@ fn swap_limit_and_use_in_meminfo_and_swaps() {
     let f: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(f[..2], ["none", "virtual"], "{}", lines[1]);
     assert_eq!(f[2].parse::<u64>().unwrap(), total, "{}", lines[1]);
-    // Two reads, a moment apart, of a usage that may still move: the same figure within 1 MiB.
+    // Two reads, a moment apart, of a usage that may still move (reclaim goes on after the
+    // allocation settles, slowly in an emulated guest): the same figure within 4 MiB.
     let used = f[3].parse::<u64>().unwrap();
-    assert!(used.abs_diff(total - free) <= 1024, "used {used} vs SwapTotal - SwapFree {}: {out}", total - free);
+    assert!(used.abs_diff(total - free) <= 4096, "used {used} vs SwapTotal - SwapFree {}: {out}", total - free);
 }
 
 /// Readers in a fresh pid namespace, found without the kernel's NS_GET_PID_FROM_PIDNS (as on
