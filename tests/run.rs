@@ -22,6 +22,14 @@ fn run(mountpoint: &std::path::Path, limits: &[&str], script: &str) -> (i32, Str
     )
 }
 
+/// `run` creates `cgprocfs-run-<pid>` cgroups and mount points; one test checks that none is
+/// left, so the tests of this file that call `run` take turns.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn leftovers(tag: &str) -> Vec<String> {
     let mut v = Vec::new();
     for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
@@ -34,6 +42,7 @@ fn leftovers(tag: &str) -> Vec<String> {
 
 #[test]
 fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
+    let _turn = serial();
     if !live_ready("run_starts_its_own_daemon_and_real_programs_see_the_limits") {
         return;
     }
@@ -75,6 +84,7 @@ fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
 
 #[test]
 fn run_uses_a_serving_daemon_and_a_cpuset() {
+    let _turn = serial();
     let test = "run_uses_a_serving_daemon_and_a_cpuset";
     if !live_ready(test) || !programs_ready(test, &["lscpu", "mpstat", "getconf"]) {
         return;
@@ -142,6 +152,7 @@ fn run_uses_a_serving_daemon_and_a_cpuset() {
 /// the host's values.
 #[test]
 fn run_answers_sysinfo_for_its_command() {
+    let _turn = serial();
     let test = "run_answers_sysinfo_for_its_command";
     if !live_ready(test) || !programs_ready(test, &["busybox", "nproc"]) {
         return;
