@@ -9,8 +9,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-// BusyBox `cat` uses sendfile(2), which Linux 6.5 - 6.18 route through the page cache for
-// FUSE direct-I/O files, so size-0 files read empty (docs/operations.md); `head` reads.
+// `head` and `grep` read(2); BusyBox `cat`'s sendfile path is covered by tests/readers.rs.
 const SCRIPT: &str =
     "head -n 1 /proc/meminfo; grep -c ^processor /proc/cpuinfo; head -n 1 /sys/devices/system/cpu/online; \
                       head -n 1 /proc/uptime; grep -c ^cpu[0-9] /proc/stat; head -n 1 /proc/loadavg";

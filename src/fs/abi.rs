@@ -55,6 +55,10 @@ pub const FUSE_OVER_IO_URING_2: u32 = 1 << 9;
 pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 /// `FOPEN_NOFLUSH`: no FLUSH round trip on close; there is nothing to flush.
 pub const FOPEN_NOFLUSH: u32 = 1 << 5;
+/// `FUSE_READ_LOCKOWNER` in `fuse_read_in.read_flags`: set on the READs of `read(2)` on a
+/// direct-I/O file (`fuse_send_read` with the caller's files as lock owner), never on the
+/// READs that fill the page cache (`fuse_read_folio`, readahead).
+pub const FUSE_READ_LOCKOWNER: u32 = 1 << 1;
 
 /// Decoded `fuse_in_header`.
 #[derive(Debug, Clone, Copy, Default)]

@@ -25,6 +25,17 @@ pub const HANDLES_PER_CONTAINER: usize = 4096;
 /// Rendered bytes kept for one container's open handles (so that a read at a later offset
 /// continues the same rendering); past it, later offsets are rendered afresh.
 const BYTES_PER_CONTAINER: usize = 16 << 20;
+/// Inodes of a served file as one container sees it have this bit, a hash of the container in
+/// the middle bits and the tree's inode in the low 16: each container's file is its own inode,
+/// with its own attributes (the size of its content), so no container's size is cached for
+/// another.
+const CT_BIT: u64 = 1 << 62;
+const STATIC_MASK: u64 = 0xffff;
+/// Added to a file's length for its reported size: content that grew by a few digits since
+/// the size was taken is still within it.
+const SIZE_MARGIN: u64 = 1024;
+/// The size a host file of the cpu directory reports (sysfs's own).
+const HOST_FILE_SIZE: u64 = 4096;
 /// How long the kernel may cache names and attributes; the tree never changes.
 const TTL_SECS: u64 = 1;
 
@@ -74,6 +85,8 @@ impl Tree {
     }
 
     fn node(&self, ino: u64) -> Option<&Node> {
+        // A container's own inode of a file names the tree's inode in its low bits.
+        let ino = if ino & CT_BIT != 0 && ino & DYN_BIT == 0 { ino & STATIC_MASK } else { ino };
         self.nodes.get((ino as usize).wrapping_sub(1))
     }
 
@@ -225,18 +238,46 @@ impl ProcFs {
         }
     }
 
-    /// Attributes of any inode: the static tree's or a host entry's.
-    fn attr(&self, ino: u64) -> Result<Attr, i32> {
+    /// Attributes of any inode, as caller `tid` sees them: the static tree's or a host
+    /// entry's. A file's size is its content's (for the caller) plus a margin, never 0: the
+    /// kernel's splice path (sendfile, copy_file_range, Linux 6.5+) reads nothing of a file of
+    /// size 0, and takes the size for the end of the file; `tail` seeks from it.
+    fn attr(&self, ino: u64, tid: u32) -> Result<Attr, i32> {
         if ino & DYN_BIT != 0 {
             let e = self.cpu.entry(ino).ok_or(libc::ENOENT)?;
-            return self.cpu.attr(ino, &e, self.start).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
+            let mut a = self.cpu.attr(ino, &e, self.start).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+            if a.mode & libc::S_IFMT == libc::S_IFREG {
+                a.size = HOST_FILE_SIZE;
+            }
+            return Ok(a);
         }
-        self.tree.attr(ino, self.start).ok_or(libc::ENOENT)
+        let mut a = self.tree.attr(ino, self.start).ok_or(libc::ENOENT)?;
+        if let Some(Node { kind: Kind::File(v), .. }) = self.tree.node(ino) {
+            let len = self.service.render_for(*v, tid).map_or(0, |d| d.len() as u64);
+            a.size = len + SIZE_MARGIN;
+        }
+        Ok(a)
     }
 
-    /// An entry reply; `entry_ttl` 0 for names whose inode depends on the caller.
-    fn entry(&self, ino: u64, entry_ttl: u64) -> Reply {
-        let attr = match self.attr(ino) {
+    /// The inode of tree file `ino` for caller `tid`'s container (the tree's own when the
+    /// container cannot be found).
+    fn container_ino(&self, ino: u64, tid: u32) -> u64 {
+        match self.service.container_of(tid) {
+            Ok(c) => {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for b in c.cgroups.name().bytes() {
+                    h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+                }
+                CT_BIT | ((h << 16) & !(CT_BIT | DYN_BIT) & !STATIC_MASK) | ino
+            }
+            Err(_) => ino,
+        }
+    }
+
+    /// An entry reply for caller `tid`; `entry_ttl` 0 for names whose inode depends on the
+    /// caller.
+    fn entry(&self, ino: u64, entry_ttl: u64, tid: u32) -> Reply {
+        let attr = match self.attr(ino, tid) {
             Ok(a) => a,
             Err(e) => return Reply::Err(e),
         };
@@ -253,10 +294,14 @@ impl ProcFs {
         };
         if h.nodeid & DYN_BIT != 0 {
             let found = self.cpu.entry(h.nodeid).and_then(|dir| self.cpu.lookup(&dir, name));
-            return found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS));
+            return found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS, h.pid));
         }
         if let Some(ino) = self.tree.child(h.nodeid, name) {
-            return self.entry(ino, TTL_SECS);
+            let ino = match self.tree.node(ino) {
+                Some(Node { kind: Kind::File(_), .. }) => self.container_ino(ino, h.pid),
+                _ => ino,
+            };
+            return self.entry(ino, TTL_SECS, h.pid);
         }
         if Some(h.nodeid) != self.cpu_dir {
             return Reply::Err(libc::ENOENT);
@@ -268,15 +313,15 @@ impl ProcFs {
                 return cpus
                     .get(k as usize)
                     .and_then(|&c| self.cpu.cpu(c))
-                    .map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, 0));
+                    .map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, 0, h.pid));
             }
             None => self.cpu.lookup_top(name),
         };
-        found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS))
+        found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS, h.pid))
     }
 
     fn getattr(&self, h: &InHeader) -> Reply {
-        let attr = match self.attr(h.nodeid) {
+        let attr = match self.attr(h.nodeid, h.pid) {
             Ok(a) => a,
             Err(e) => return Reply::Err(e),
         };
@@ -332,6 +377,14 @@ impl ProcFs {
         let (Some(fh), Some(offset), Some(size)) = (b.u64(0), b.u64(8), b.u32(16)) else {
             return Reply::Err(libc::EINVAL);
         };
+        // A READ that would fill the page cache (splice, sendfile, copy_file_range on Linux
+        // 6.5 to 6.18, mmap): pages kept by the kernel could be handed to a later reader
+        // without asking the daemon, whoever it is. Refused: sendfile then fails with EINVAL,
+        // and BusyBox, Python's shutil and coreutils fall back to read(2), answered per reader
+        // (docs/architecture.md, "Read paths").
+        if b.u32(20).is_some_and(|f| f & abi::FUSE_READ_LOCKOWNER == 0) {
+            return Reply::Err(libc::EINVAL);
+        }
         let (source, cached, opener) = match self.handles.lock().map.get(&fh) {
             // A handle answers only for the inode it was opened on.
             Some(hd) if hd.ino != h.nodeid => return Reply::Err(libc::EBADF),
