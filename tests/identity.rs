@@ -47,7 +47,8 @@ fn open(f: &ProcFs, ino: u64) -> u64 {
 
 fn read(f: &ProcFs, ino: u64, fh: u64) -> Reply {
     let mut b = Out::default();
-    b.u64(fh).u64(0).u32(4096).u32(0).u64(0).u32(0).u32(0);
+    // read_flags FUSE_READ_LOCKOWNER: a read(2), as the kernel sends it.
+    b.u64(fh).u64(0).u32(4096).u32(2).u64(0).u32(0).u32(0);
     f.dispatch(&header(op::READ, ino), &b.0)
 }
 

@@ -41,7 +41,10 @@ def hand(sock_path, fd, bad=False):
         del msg["ociVersion"]
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(sock_path)
-    socket.send_fds(s, [json.dumps(msg).encode()], [fd])
+    try:
+        socket.send_fds(s, [json.dumps(msg).encode()], [fd])
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the daemon hung up first: refused (its peer check runs at accept)
     s.close()
     os.close(fd)
 
