@@ -70,7 +70,8 @@ fn every_reader_reads_every_file() {
         let out = cg.run(&format!("sh {} {} {}", script.display(), path.display(), scratch.display()));
         let mut lines = out.lines();
         let reference = lines.next().and_then(|l| l.strip_prefix("cat ")).unwrap_or_else(|| panic!("{f}: {out}"));
-        assert!(reference.len() > 1, "{f}: cat read nothing");
+        // diskstats lists only the devices the container did I/O on: possibly none.
+        assert!(reference.len() > 1 || f == "proc/diskstats", "{f}: cat read nothing");
         let mut sendfile = None;
         for l in lines {
             let (prog, shape) = l.split_once(' ').unwrap_or((l, ""));
