@@ -11,6 +11,7 @@
 //! name leads different containers to different inodes.
 
 use super::abi::Attr;
+use crate::fd::fnv;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -63,10 +64,6 @@ pub fn cpu_index(name: &str) -> Option<u32> {
         return None;
     }
     d.parse().ok()
-}
-
-fn fnv(s: &[u8]) -> u64 {
-    s.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
 
 impl CpuDir {

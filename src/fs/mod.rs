@@ -264,10 +264,7 @@ impl ProcFs {
     fn container_ino(&self, ino: u64, tid: u32) -> u64 {
         match self.service.container_of(tid) {
             Ok(c) => {
-                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-                for b in c.cgroups.name().bytes() {
-                    h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-                }
+                let h = crate::fd::fnv(c.cgroups.name().as_bytes());
                 CT_BIT | ((h << 16) & !(CT_BIT | DYN_BIT) & !STATIC_MASK) | ino
             }
             Err(_) => ino,

@@ -274,11 +274,7 @@ fn accounts_dir(state_file: &std::path::Path) -> PathBuf {
 
 /// A file name for container key `k` (keys hold paths): FNV-1a of the key.
 fn record_name(k: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in k.bytes() {
-        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    format!("{h:016x}")
+    format!("{:016x}", crate::fd::fnv(k.as_bytes()))
 }
 
 fn cpu_line(k: &str, a: &CpuAccount) -> String {
