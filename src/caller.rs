@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn the_init_is_found_among_the_ancestors_without_a_scan() {
-        let dir = crate::files::fresh_private_dir("cgprocfs-caller-test-").unwrap();
+        let dir = crate::files::TestDir::new("cgprocfs-caller-test-");
         let mut procs =
             vec![(1, 100, 0, "1"), (300, 200, 1, "300 1"), (400, 200, 300, "400 2"), (500, 200, 400, "500 3")];
         // Processes claiming to be that namespace's init that are no ancestor of the caller: a
@@ -189,18 +189,17 @@ mod tests {
         let decoys: Vec<(u32, u64, u32, String)> = (1000..1200).map(|p| (p, 200, 1, format!("{p} 1"))).collect();
         procs.extend(decoys.iter().map(|(a, b, c, d)| (*a, *b, *c, d.as_str())));
         fake_proc(&dir, &procs);
-        let r = Resolver::new(Root::new(&dir)).unwrap();
+        let r = Resolver::new(Root::new(&*dir)).unwrap();
         assert_eq!(r.find_init(500, 200).unwrap(), 300);
         assert_eq!(r.find_init(300, 200).unwrap(), 300);
         let (cg, init) = r.container_of(500, 200).unwrap();
         assert_eq!((cg.v2.as_deref(), init), (Some("/c300"), Some(300)));
         assert!(r.last_scan.lock().is_none(), "/proc was scanned");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn callers_that_joined_from_outside_cost_at_most_one_scan_per_period() {
-        let dir = crate::files::fresh_private_dir("cgprocfs-caller-test-").unwrap();
+        let dir = crate::files::TestDir::new("cgprocfs-caller-test-");
         // 600 and 800 joined namespaces 200 and 201 from outside (nsenter, runc exec): their
         // parent is in the daemon's namespace.
         let procs = [
@@ -211,7 +210,7 @@ mod tests {
             (800, 201, 1, "800 4"),
         ];
         fake_proc(&dir, &procs);
-        let r = Resolver::new(Root::new(&dir)).unwrap();
+        let r = Resolver::new(Root::new(&*dir)).unwrap();
         let (cg, init) = r.container_of(600, 200).unwrap();
         assert_eq!((cg.v2.as_deref(), init), (Some("/c300"), Some(300)), "found by a scan");
         // Right after it, another such namespace: no second scan; its own cgroup.
@@ -220,6 +219,5 @@ mod tests {
         std::thread::sleep(SCAN_EVERY);
         let (_, init) = r.container_of(800, 201).unwrap();
         assert_eq!(init, Some(700));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

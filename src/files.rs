@@ -106,6 +106,32 @@ pub fn fresh_private_dir(prefix: &str) -> io::Result<PathBuf> {
     Ok(PathBuf::from(std::ffi::OsStr::from_bytes(&buf)))
 }
 
+/// A fresh private directory for a unit test, removed on drop even when the test fails.
+#[cfg(test)]
+pub(crate) struct TestDir(PathBuf);
+
+#[cfg(test)]
+impl TestDir {
+    pub(crate) fn new(prefix: &str) -> TestDir {
+        TestDir(fresh_private_dir(prefix).expect("a private directory"))
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Deref for TestDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -120,7 +146,7 @@ mod tests {
 
     #[test]
     fn writes_never_follow_a_symlink() {
-        let dir = fresh_private_dir("cgprocfs-files-test-").unwrap();
+        let dir = crate::files::TestDir::new("cgprocfs-files-test-");
         let victim = dir.join("victim");
         std::fs::write(&victim, "keep").unwrap();
         let link = dir.join("state");
@@ -133,9 +159,8 @@ mod tests {
         assert!(open_append(&log).is_err());
         assert!(create_new(&victim).is_err());
         let ldir = dir.join("linkdir");
-        std::os::unix::fs::symlink(&dir, &ldir).unwrap();
+        std::os::unix::fs::symlink(&*dir, &ldir).unwrap();
         assert!(check_private(&ldir).is_err());
         assert!(check_private(&dir).is_ok());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

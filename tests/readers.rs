@@ -9,6 +9,23 @@ use common::*;
 
 const MIB: u64 = 1024 * 1024;
 
+/// A scratch directory removed on drop, even when the test fails.
+struct Scratch(std::path::PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Each program's view of FILE: its output's shape (per line, the number of fields and the
 /// first field when it is a label), one line per program.
 const PROGRAMS: &str = r##"
@@ -55,8 +72,8 @@ fn every_reader_reads_every_file() {
         "readers",
         &Limits { memory: Some(256 * MIB), cpu: Some((100_000, 100_000)), ..Default::default() },
     );
-    let scratch = std::env::temp_dir().join(unique("readers-out"));
-    std::fs::create_dir_all(&scratch).unwrap();
+    let scratch = Scratch::new("readers-out");
+    let scratch = &scratch.0;
     let script = scratch.join("programs.sh");
     std::fs::write(&script, PROGRAMS).unwrap();
     let mut files: Vec<String> = cgprocfs::view::View::ALL.iter().map(|v| v.path().to_string()).collect();
@@ -95,7 +112,6 @@ fn every_reader_reads_every_file() {
         }
         checked += 1;
     }
-    let _ = std::fs::remove_dir_all(&scratch);
     assert!(checked >= 8, "only {checked} files were checked");
 }
 
@@ -145,8 +161,8 @@ fn two_containers_reading_at_once_never_get_each_others_content() {
     }
     let d = Daemon::start("two-readers");
     let meminfo = d.path("proc/meminfo");
-    let scratch = std::env::temp_dir().join(unique("two-readers"));
-    std::fs::create_dir_all(&scratch).unwrap();
+    let scratch = Scratch::new("two-readers");
+    let scratch = &scratch.0;
     let cgs: Vec<(TestCgroup, u64)> = [100u64, 200]
         .iter()
         .map(|&m| (TestCgroup::new("two-readers", &Limits { memory: Some(m * MIB), ..Default::default() }), m))
@@ -177,5 +193,4 @@ fn two_containers_reading_at_once_never_get_each_others_content() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let _ = std::fs::remove_dir_all(&scratch);
 }

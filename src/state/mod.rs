@@ -356,7 +356,7 @@ mod tests {
 
     #[test]
     fn a_new_store_resumes_from_what_was_last_shown() {
-        let dir = crate::files::fresh_private_dir("cgprocfs-state-test-").unwrap();
+        let dir = crate::files::TestDir::new("cgprocfs-state-test-");
         let file = dir.join("x.state");
         let k = live_key(&dir);
         let s = 1_000_000_000u64;
@@ -371,12 +371,11 @@ mod tests {
         assert_eq!(resumed, shown);
         let (_, later) = b.cpu(&k, 12 * s, 0, u(6 * s), 1);
         assert!(later.idle >= shown.idle && later.steal >= shown.steal && later.user >= shown.user);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn records_of_gone_cgroups_are_deleted_and_not_loaded() {
-        let dir = crate::files::fresh_private_dir("cgprocfs-state-test-").unwrap();
+        let dir = crate::files::TestDir::new("cgprocfs-state-test-");
         let file = dir.join("x.state");
         let cg: Vec<PathBuf> = (0..4).map(|i| dir.join(format!("cg{i}"))).collect();
         let a = Store::new(Some(file.clone()));
@@ -399,7 +398,6 @@ mod tests {
         b.sample_all(&Root::new("/"), 20);
         assert_eq!(records(), 1);
         assert_eq!(b.map.lock().len(), 1);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
@@ -412,13 +410,12 @@ mod tests {
 
     #[test]
     fn a_shorter_record_replaces_a_longer_one_whole() {
-        let dir = crate::files::fresh_private_dir("cgprocfs-state-test-").unwrap();
+        let dir = crate::files::TestDir::new("cgprocfs-state-test-");
         let p = dir.join("r");
         let n = write_record(&p, "cpu k 1 2 3 4 1 100000 200000 300000 400000\n", 0).unwrap();
         write_record(&p, "cpu k 1 2 3 4 1 5 6 7 8\n", n).unwrap();
         let back = parse(&format!("{HEADER}{}", std::fs::read_to_string(&p).unwrap()));
         assert_eq!(back["k"].cpu.as_ref().unwrap().vcpus[0], VCpu { user: 5, system: 6, idle: 7, steal: 8 });
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
