@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 
 /// Inodes of host entries have this bit set; the static tree's are small.
 pub const DYN_BIT: u64 = 1 << 63;
+/// The size a file of the directory reports: sysfs's own for its attributes.
+const FILE_SIZE: u64 = 4096;
 /// Entries remembered at most (a 1024-CPU host has ~100 000 under this directory).
 const MAX_ENTRIES: usize = 1 << 20;
 
@@ -125,16 +127,18 @@ impl CpuDir {
         }
     }
 
-    /// Attributes of inode `ino` for entry `e`: the host's mode without write bits.
+    /// Attributes of inode `ino` for entry `e`: the host's mode without write bits; files
+    /// report sysfs's own size, never 0 (docs/architecture.md, "Read paths").
     pub fn attr(&self, ino: u64, e: &Entry, time: u64) -> std::io::Result<Attr> {
         use std::os::unix::fs::MetadataExt;
         if let Entry::Online(_) = e {
-            return Ok(Attr { ino, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time });
+            return Ok(Attr { ino, size: FILE_SIZE, mode: libc::S_IFREG | 0o444, nlink: 1, time });
         }
         let m = std::fs::symlink_metadata(self.host_path(e))?;
         let mode = m.mode() & !0o222;
         let nlink = if m.is_dir() { 2 } else { 1 };
-        Ok(Attr { ino, size: 0, mode, nlink, time })
+        let size = if m.is_file() { FILE_SIZE } else { 0 };
+        Ok(Attr { ino, size, mode, nlink, time })
     }
 
     /// The inode of host entry `rel`, if it exists.

@@ -6,7 +6,7 @@ pub mod abi;
 pub mod cpudir;
 pub mod session;
 
-use crate::service::Service;
+use crate::service::{Container, Service};
 use crate::view::View;
 use abi::{op, Attr, Body, InHeader, Out};
 use cpudir::{cpu_index, CpuDir, Entry as HostEntry, Kind as HostKind, DYN_BIT};
@@ -34,8 +34,6 @@ const STATIC_MASK: u64 = 0xffff;
 /// Added to a file's length for its reported size: content that grew by a few digits since
 /// the size was taken is still within it.
 const SIZE_MARGIN: u64 = 1024;
-/// The size a host file of the cpu directory reports (sysfs's own).
-const HOST_FILE_SIZE: u64 = 4096;
 /// How long the kernel may cache names and attributes; the tree never changes.
 const TTL_SECS: u64 = 1;
 
@@ -242,39 +240,37 @@ impl ProcFs {
     /// entry's. A file's size is its content's (for the caller) plus a margin, never 0: the
     /// kernel's splice path (sendfile, copy_file_range, Linux 6.5+) reads nothing of a file of
     /// size 0, and takes the size for the end of the file; `tail` seeks from it.
-    fn attr(&self, ino: u64, tid: u32) -> Result<Attr, i32> {
+    /// `caller` resolves the caller's container, only for a served file (whose size is its
+    /// content's).
+    fn attr(&self, ino: u64, caller: impl FnOnce() -> crate::Result<Container>) -> Result<Attr, i32> {
         if ino & DYN_BIT != 0 {
             let e = self.cpu.entry(ino).ok_or(libc::ENOENT)?;
-            let mut a = self.cpu.attr(ino, &e, self.start).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
-            if a.mode & libc::S_IFMT == libc::S_IFREG {
-                a.size = HOST_FILE_SIZE;
-            }
-            return Ok(a);
+            return self.cpu.attr(ino, &e, self.start).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
         }
         let mut a = self.tree.attr(ino, self.start).ok_or(libc::ENOENT)?;
         if let Some(Node { kind: Kind::File(v), .. }) = self.tree.node(ino) {
-            let len = self.service.render_for(*v, tid).map_or(0, |d| d.len() as u64);
+            let len = self.service.render_with(*v, caller()).map_or(0, |d| d.len() as u64);
             a.size = len + SIZE_MARGIN;
         }
         Ok(a)
     }
 
-    /// The inode of tree file `ino` for caller `tid`'s container (the tree's own when the
+    /// The inode of tree file `ino` for container `c` (the tree's own when the caller's
     /// container cannot be found).
-    fn container_ino(&self, ino: u64, tid: u32) -> u64 {
-        match self.service.container_of(tid) {
-            Ok(c) => {
+    fn container_ino(ino: u64, c: Option<&Container>) -> u64 {
+        match c {
+            Some(c) => {
                 let h = crate::fd::fnv(c.cgroups.name().as_bytes());
                 CT_BIT | ((h << 16) & !(CT_BIT | DYN_BIT) & !STATIC_MASK) | ino
             }
-            Err(_) => ino,
+            None => ino,
         }
     }
 
-    /// An entry reply for caller `tid`; `entry_ttl` 0 for names whose inode depends on the
-    /// caller.
-    fn entry(&self, ino: u64, entry_ttl: u64, tid: u32) -> Reply {
-        let attr = match self.attr(ino, tid) {
+    /// An entry reply; `caller` as for [`ProcFs::attr`]. `entry_ttl` 0 for names whose inode
+    /// depends on the caller.
+    fn entry(&self, ino: u64, entry_ttl: u64, caller: impl FnOnce() -> crate::Result<Container>) -> Reply {
+        let attr = match self.attr(ino, caller) {
             Ok(a) => a,
             Err(e) => return Reply::Err(e),
         };
@@ -289,16 +285,19 @@ impl ProcFs {
         let Ok(name) = std::str::from_utf8(name) else {
             return Reply::Err(libc::ENOENT);
         };
+        let caller = || self.service.container_of(h.pid);
         if h.nodeid & DYN_BIT != 0 {
             let found = self.cpu.entry(h.nodeid).and_then(|dir| self.cpu.lookup(&dir, name));
-            return found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS, h.pid));
+            return found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS, caller));
         }
         if let Some(ino) = self.tree.child(h.nodeid, name) {
-            let ino = match self.tree.node(ino) {
-                Some(Node { kind: Kind::File(_), .. }) => self.container_ino(ino, h.pid),
-                _ => ino,
-            };
-            return self.entry(ino, TTL_SECS, h.pid);
+            if let Some(Node { kind: Kind::File(_), .. }) = self.tree.node(ino) {
+                // Resolved once for both the container's inode and the file's size.
+                let c = self.service.container_of(h.pid);
+                let ino = Self::container_ino(ino, c.as_ref().ok());
+                return self.entry(ino, TTL_SECS, || c);
+            }
+            return self.entry(ino, TTL_SECS, caller);
         }
         if Some(h.nodeid) != self.cpu_dir {
             return Reply::Err(libc::ENOENT);
@@ -310,15 +309,15 @@ impl ProcFs {
                 return cpus
                     .get(k as usize)
                     .and_then(|&c| self.cpu.cpu(c))
-                    .map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, 0, h.pid));
+                    .map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, 0, caller));
             }
             None => self.cpu.lookup_top(name),
         };
-        found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS, h.pid))
+        found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS, caller))
     }
 
     fn getattr(&self, h: &InHeader) -> Reply {
-        let attr = match self.attr(h.nodeid, h.pid) {
+        let attr = match self.attr(h.nodeid, || self.service.container_of(h.pid)) {
             Ok(a) => a,
             Err(e) => return Reply::Err(e),
         };
@@ -382,20 +381,20 @@ impl ProcFs {
         if b.u32(20).is_some_and(|f| f & abi::FUSE_READ_LOCKOWNER == 0) {
             return Reply::Err(libc::EINVAL);
         }
-        let (source, cached, opener) = match self.handles.lock().map.get(&fh) {
+        let (source, cached, opener, adopted) = match self.handles.lock().map.get(&fh) {
             // A handle answers only for the inode it was opened on.
             Some(hd) if hd.ino != h.nodeid => return Reply::Err(libc::EBADF),
             Some(hd) => {
                 let opener = hd
                     .opener
                     .as_ref()
-                    .filter(|(tid, at, _)| *tid == h.pid && offset == 0 && at.elapsed() < crate::service::CALLER_TTL);
-                (hd.source.clone(), hd.data.clone(), opener.map(|(_, _, c)| c.clone()))
+                    .filter(|(tid, at, _)| *tid == h.pid && at.elapsed() < crate::service::CALLER_TTL);
+                (hd.source.clone(), hd.data.clone(), opener.map(|(_, _, c)| c.clone()), false)
             }
             // A handle opened before this process took over the connection: the inode says
             // which file it is; its earlier bytes are gone, so it is rendered afresh.
             None => match self.source(h.nodeid) {
-                Some(s) => (s, None, None),
+                Some(s) => (s, None, None, true),
                 None => return Reply::Err(libc::EBADF),
             },
         };
@@ -415,9 +414,8 @@ impl ProcFs {
                     Ok(d) => Arc::new(d),
                     Err(errno) => return Reply::Err(errno),
                 };
-                let known = self.handles.lock().map.contains_key(&fh);
                 // Adopt the predecessor's handle, within the same bounds as opens.
-                let owner = (!known).then(|| self.owner(h.pid).0);
+                let owner = adopted.then(|| self.owner(h.pid).0);
                 let mut handles = self.handles.lock();
                 if let Some(owner) = owner {
                     let room = handles.map.len() < MAX_HANDLES
