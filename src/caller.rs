@@ -4,6 +4,7 @@
 
 use crate::cgroup::ProcCgroup;
 use crate::error::{Error, Result};
+use crate::host::innermost_nspid;
 use crate::Root;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -96,11 +97,11 @@ impl Resolver {
         for _ in 0..MAX_WALK {
             let status = std::fs::read_to_string(self.root.proc_pid(pid).join("status"))
                 .map_err(|e| Error::io(self.root.proc_pid(pid).join("status"), e))?;
-            let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(str::trim);
-            if field("NSpid:").and_then(|l| l.split_ascii_whitespace().last()) == Some("1") {
+            if innermost_nspid(&status) == Some("1") {
                 return Ok(pid);
             }
-            match field("PPid:").and_then(|p| p.parse::<u32>().ok()) {
+            let ppid = status.lines().find_map(|l| l.strip_prefix("PPid:")).and_then(|p| p.trim().parse::<u32>().ok());
+            match ppid {
                 Some(p) if p > 0 && pidns_of(&self.root, &p.to_string()).ok() == Some(ns) => pid = p,
                 _ => break,
             }
@@ -132,9 +133,7 @@ impl Resolver {
                 continue;
             }
             let status = std::fs::read_to_string(self.root.proc_pid(pid).join("status")).unwrap_or_default();
-            let innermost =
-                status.lines().find_map(|l| l.strip_prefix("NSpid:")).and_then(|l| l.split_ascii_whitespace().last());
-            if innermost == Some("1") {
+            if innermost_nspid(&status) == Some("1") {
                 return Ok(pid);
             }
         }

@@ -75,10 +75,7 @@ pub fn count(root: &Root, dir: &CgroupDir, own_pidns: bool) -> TaskCounts {
         }
         if own_pidns && seen <= 256 {
             let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
-            let inner = status
-                .lines()
-                .find_map(|l| l.strip_prefix("NSpid:"))
-                .and_then(|l| l.split_ascii_whitespace().last()?.parse::<u64>().ok());
+            let inner = crate::host::innermost_nspid(&status).and_then(|p| p.parse::<u64>().ok());
             c.last_pid = c.last_pid.max(inner);
         }
     }

@@ -39,3 +39,9 @@ pub fn start_ns(root: &Root, pid: u32) -> Result<u64> {
         .ok_or_else(|| Error::malformed(&p, "no start time"))?;
     Ok(ticks.saturating_mul(crate::state::cpu::NS_PER_TICK))
 }
+
+/// The innermost pid of a `/proc/<pid>/status` text (last field of `NSpid:`): the process's
+/// pid in its own pid namespace, 1 for that namespace's init.
+pub fn innermost_nspid(status: &str) -> Option<&str> {
+    status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_ascii_whitespace().last()
+}

@@ -407,7 +407,7 @@ struct Job {
 /// The answering threads: a shared queue, grown by one thread whenever none is idle.
 struct Pool {
     policy: Policy,
-    tx: parking_lot::Mutex<std::sync::mpsc::Sender<Job>>,
+    tx: std::sync::mpsc::Sender<Job>,
     rx: Arc<parking_lot::Mutex<std::sync::mpsc::Receiver<Job>>>,
     idle: Arc<std::sync::atomic::AtomicUsize>,
     threads: std::sync::atomic::AtomicUsize,
@@ -420,7 +420,7 @@ impl Pool {
         let (tx, rx) = std::sync::mpsc::channel();
         Pool {
             policy,
-            tx: parking_lot::Mutex::new(tx),
+            tx,
             rx: Arc::new(parking_lot::Mutex::new(rx)),
             idle: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             threads: std::sync::atomic::AtomicUsize::new(0),
@@ -449,7 +449,7 @@ impl Pool {
                 tracing::warn!(error = %e, "seccomp: cannot start an answering thread");
             }
         }
-        let _ = self.tx.lock().send(job);
+        let _ = self.tx.send(job);
     }
 }
 

@@ -58,6 +58,8 @@ type Shared = Arc<Mutex<Entry>>;
 pub struct Store {
     map: Mutex<HashMap<String, Shared>>,
     file: Option<PathBuf>,
+    /// The directory of CPU records beside `file` ([`accounts_dir`]).
+    records: Option<PathBuf>,
 }
 
 /// The state key of a container: the cgroup directory its CPU time is accounted in, with that
@@ -116,7 +118,8 @@ impl Store {
             }
         }
         let map = map.into_iter().map(|(k, e)| (k, Arc::new(Mutex::new(e)))).collect();
-        Store { map: Mutex::new(map), file }
+        let records = file.as_deref().map(accounts_dir);
+        Store { map: Mutex::new(map), file, records }
     }
 
     /// The entry of `k`, created if new (the least recently read is dropped beyond
@@ -152,14 +155,13 @@ impl Store {
         // Record what is about to be shown before showing it (under this container's lock, so
         // its records are written in order): a worker that dies after this read restarts
         // from exactly these counters and can only move them forward.
-        if let Some(f) = &self.file {
+        if let Some(dir) = &self.records {
             let line = cpu_line(k, acc);
-            let path = accounts_dir(f).join(record_name(k));
-            match write_record(&path, &line, e.record_len) {
+            match write_record(&dir.join(record_name(k)), &line, e.record_len) {
                 Ok(len) => e.record_len = len,
                 Err(err) => {
                     // The directory may be missing (first use, or removed): create it once more.
-                    let _ = crate::files::private_dir(&accounts_dir(f), 0o700);
+                    let _ = crate::files::private_dir(dir, 0o700);
                     tracing::debug!(error = %err, "cannot record the CPU account");
                 }
             }
@@ -199,8 +201,8 @@ impl Store {
             };
             if idle || gone(&k) {
                 self.map.lock().remove(&k);
-                if let Some(f) = &self.file {
-                    let _ = std::fs::remove_file(accounts_dir(f).join(record_name(&k)));
+                if let Some(dir) = &self.records {
+                    let _ = std::fs::remove_file(dir.join(record_name(&k)));
                 }
                 changed = true;
                 continue;
@@ -290,21 +292,10 @@ fn cpu_line(k: &str, a: &CpuAccount) -> String {
 /// State file format, one line per record, whitespace-separated:
 /// `cpu KEY AT USER SYSTEM WAIT N (U S I ST){N}` and `load KEY AT A1 A5 A15`.
 fn serialize(map: &HashMap<String, Entry>) -> String {
-    let mut s = String::from("cgprocfs-state 1\n");
+    let mut s = String::from(HEADER);
     for (k, e) in map {
         if let Some(a) = &e.cpu {
-            s.push_str(&format!(
-                "cpu {k} {} {} {} {} {}",
-                a.at_ns,
-                a.last.user_ns,
-                a.last.system_ns,
-                a.last.wait_ns,
-                a.vcpus.len()
-            ));
-            for v in &a.vcpus {
-                s.push_str(&format!(" {} {} {} {}", v.user, v.system, v.idle, v.steal));
-            }
-            s.push('\n');
+            s.push_str(&cpu_line(k, a));
         }
         if e.load.at_ns != 0 {
             let l = &e.load;
