@@ -128,7 +128,7 @@ fn tests_sh() -> String {
     let ci = std::env::var("CI").unwrap_or_default();
     let mut s = format!(
         "cd {}\nexport PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root CI={ci} \
-         CGPROCFS_TEST_IO_DIR=/tmp/io CGPROCFS_IN_VM=1 RUST_BACKTRACE=1\nrc=0\n",
+         CGPROCFS_TEST_IO_DIR=/tmp/io RUST_BACKTRACE=1\nrc=0\n",
         env!("CARGO_MANIFEST_DIR")
     );
     if capture_dir().is_some() {
@@ -141,7 +141,10 @@ fn tests_sh() -> String {
     }
     for name in SUITE {
         let b = test_binary(name);
-        s.push_str(&format!("echo \"VM-TEST {name}\"\n{} --test-threads 2 --color never || rc=1\n", b.display()));
+        s.push_str(&format!(
+            "echo \"VM-TEST {name}\"\n{} --test-threads 2 --include-ignored --color never || rc=1\n",
+            b.display()
+        ));
     }
     s.push_str("exit $rc\n");
     s
