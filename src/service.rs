@@ -32,6 +32,9 @@ pub const LIMITS_TTL: Duration = Duration::from_millis(50);
 /// How old the memory counters of a read may be (the issue allows "a few ms").
 pub const COUNTERS_TTL: Duration = Duration::from_millis(5);
 
+/// How often the threads' run delays are sampled (the steal source; see `state::delay`).
+const DELAY_EVERY_NS: u64 = 1_000_000_000;
+
 type LimitsKey = (Option<PathBuf>, Option<PathBuf>);
 
 /// Daemon-wide settings that change what is rendered.
@@ -308,7 +311,7 @@ impl Service {
                 let (Some(usage), Some(k)) = (cpuacct::read(cg)?, state::key(cg)) else {
                     return Err(crate::Error::NoMount("cpuacct"));
                 };
-                let (vcpus, total) = self.store.cpu(&k, now, age, usage, n);
+                let (vcpus, total) = self.store.cpu(&k, c, now, age, usage, n);
                 if view == View::Uptime {
                     return Ok(uptime::render(age, total.idle));
                 }
@@ -376,7 +379,8 @@ impl Service {
         Ok(now.saturating_sub(start))
     }
 
-    /// Starts the thread that samples load averages every 5 s and saves the state.
+    /// Starts the thread that samples run delays every second, load averages every 5 s, and
+    /// saves the state.
     pub fn start_sampler(self: &Arc<Self>) -> std::io::Result<()> {
         let svc = Arc::clone(self);
         // Fault injection for the crash tests: a thread that panics must take the worker down.
@@ -385,10 +389,16 @@ impl Service {
             if fail {
                 panic!("CGPROCFS_TEST_PANIC=sampler");
             }
+            // Run delays every second (steal must follow a 1 s `top`), load every 5 s.
             let now = host::boottime_ns();
-            let next = (now / state::load::LOAD_FREQ_NS + 1) * state::load::LOAD_FREQ_NS;
+            let next_load = (now / state::load::LOAD_FREQ_NS + 1) * state::load::LOAD_FREQ_NS;
+            let next = next_load.min(now + DELAY_EVERY_NS);
             std::thread::sleep(Duration::from_nanos(next - now));
-            svc.store.sample_all(&svc.root, host::boottime_ns());
+            let now = host::boottime_ns();
+            svc.store.sample_delays(&svc.root, now);
+            if now >= next_load {
+                svc.store.sample_all(&svc.root, now);
+            }
         })?;
         Ok(())
     }

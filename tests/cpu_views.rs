@@ -84,6 +84,47 @@ fn throttled_spinner_shows_busy_and_steal_idle_container_shows_idle() {
     assert!(di[3] as f64 / total as f64 > 0.9, "idle container: {di:?}");
 }
 
+/// The incident behind steal: no quota, an oversubscribed host. Two containers each spin as
+/// many threads as the host has CPUs, so every thread waits about half the time for a CPU. The
+/// container's CPUs are never idle: half of their time is its work, the rest steal (PSI `some`
+/// alone would count one waiter's wall time and leave a quarter of it idle).
+#[test]
+fn threads_waiting_behind_a_neighbour_are_steal_not_idle() {
+    if !live_ready("threads_waiting_behind_a_neighbour_are_steal_not_idle") {
+        return;
+    }
+    let d = Daemon::start("contention");
+    let stat = d.path("proc/stat");
+    let n = host_cpus();
+    let mine = TestCgroup::new("contended", &Limits::default());
+    let other = TestCgroup::new("neighbour", &Limits::default());
+    let mut spinners: Vec<_> =
+        (0..n).flat_map(|_| [mine.command(SPIN).spawn().unwrap(), other.command(SPIN).spawn().unwrap()]).collect();
+    let read = || mine.run(&format!("cat {}", stat.display()));
+    // The first read registers the container with the run-delay sampler (1 s ticks).
+    read();
+    std::thread::sleep(Duration::from_millis(2500));
+    let s0 = read();
+    std::thread::sleep(Duration::from_secs(4));
+    let s1 = read();
+    for s in spinners.iter_mut() {
+        let _ = s.kill();
+        let _ = s.wait();
+    }
+    assert_eq!(cpus_in_stat(&s1), n, "no quota: every host CPU\n{s1}");
+    let (a, b) = (cpu_line(&s0, "cpu"), cpu_line(&s1, "cpu"));
+    assert!(a.iter().zip(&b).all(|(p, q)| q >= p), "went backwards: {a:?} -> {b:?}");
+    let db: Vec<f64> = b.iter().zip(&a).map(|(q, p)| (q - p) as f64).collect();
+    let total: f64 = db[..8].iter().sum();
+    let (busy, idle, steal) = ((db[0] + db[2]) / total, db[3] / total, db[7] / total);
+    eprintln!("contended: {db:?}: busy {busy:.2}, idle {idle:.2}, steal {steal:.2}");
+    // Each thread got about half a CPU: busy ~0.5 (less when other work shares the host),
+    // the rest waiting.
+    assert!(idle < 0.12, "the spinners' CPUs shown {:.0} % idle: {db:?}", idle * 100.0);
+    assert!(steal > 0.3, "steal {:.0} %: {db:?}", steal * 100.0);
+    assert!((0.1..0.75).contains(&busy), "busy {:.0} %: {db:?}", busy * 100.0);
+}
+
 #[test]
 fn fresh_container_uptime_is_its_age_and_counters_survive_a_worker_kill() {
     if !live_ready("fresh_container_uptime_is_its_age_and_counters_survive_a_worker_kill") {

@@ -1,6 +1,7 @@
 //! CPU time a cgroup used and waited for: v2 `cpu.stat` (usage/user/system µs, throttled µs),
 //! v1 `cpuacct.usage` + `cpuacct.stat` and `cpu.stat` (throttled ns), and the PSI `cpu.pressure`
-//! `some` total wherever the unified tree carries it (v2, and hybrid hosts).
+//! `some` total wherever the unified tree carries it (v2, and hybrid hosts). The third source
+//! of wait, the threads' own run delay, is sampled per thread (`tasks::run_delays`).
 
 use super::parse::{flat_keyed, u64_value};
 use super::{CgroupDir, Cgroups, Version};
@@ -13,9 +14,25 @@ pub struct CpuUsage {
     pub user_ns: u64,
     /// CPU time spent in the kernel.
     pub system_ns: u64,
-    /// Time runnable tasks waited: the larger of CFS throttled time and the PSI `some` stall
-    /// total (they measure overlapping things and are never added).
-    pub wait_ns: u64,
+    /// CFS throttled time (`throttled_usec`/`throttled_time`).
+    pub throttled_ns: u64,
+    /// The PSI `cpu.pressure` `some` total: wall time with at least one task waiting.
+    pub psi_ns: u64,
+    /// CPU time the container's threads waited on a run queue (the sum of their
+    /// `/proc/<tid>/schedstat` run delays, tracked by the state store; 0 as read here).
+    pub delay_ns: u64,
+}
+
+impl CpuUsage {
+    /// Time waited between `last` and `self`: the largest advance of the three sources. They
+    /// measure overlapping things (a throttled thread's wait is in its run delay too; PSI
+    /// counts wall time with any waiter) and are never added.
+    pub fn wait_since(&self, last: &CpuUsage) -> u64 {
+        self.throttled_ns
+            .saturating_sub(last.throttled_ns)
+            .max(self.psi_ns.saturating_sub(last.psi_ns))
+            .max(self.delay_ns.saturating_sub(last.delay_ns))
+    }
 }
 
 /// Reads the CPU counters of a container. `None` when no hierarchy accounts its CPU time.
@@ -35,7 +52,7 @@ pub fn read(cg: &Cgroups) -> Result<Option<CpuUsage>> {
         Some(d) if d.path != d.top => psi_some_ns(d).unwrap_or(0),
         _ => 0,
     };
-    Ok(Some(CpuUsage { user_ns, system_ns, wait_ns: throttled.max(psi) }))
+    Ok(Some(CpuUsage { user_ns, system_ns, throttled_ns: throttled, psi_ns: psi, delay_ns: 0 }))
 }
 
 fn v2_usage(d: &CgroupDir) -> Result<(u64, u64)> {

@@ -87,8 +87,36 @@ pub fn count(root: &Root, dir: &CgroupDir, own_pidns: bool) -> TaskCounts {
     c
 }
 
+/// The run delay (ns a thread waited on a run queue: throttled or behind other tasks) of each
+/// thread of the container whose cgroup is `dir`, up to `limit` threads, and the number of
+/// threads in all. The second field of `/proc/<tid>/schedstat` (`sched_info.run_delay`,
+/// `kernel/sched/stats.h`); threads that vanish meanwhile are left out.
+pub fn run_delays(root: &Root, dir: &CgroupDir, limit: usize) -> (Vec<(u32, u64)>, u64) {
+    let (ids, total) = thread_ids(dir, limit);
+    let delays = ids
+        .into_iter()
+        .filter_map(|tid| {
+            let s = std::fs::read_to_string(root.proc_pid(tid).join("schedstat")).ok()?;
+            Some((tid, run_delay(&s)?))
+        })
+        .collect();
+    (delays, total)
+}
+
+/// The run delay of a `schedstat` line (`runtime run_delay timeslices`).
+fn run_delay(schedstat: &str) -> Option<u64> {
+    schedstat.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn run_delay_is_the_second_field() {
+        assert_eq!(super::run_delay("349819683 148967 8\n"), Some(148967));
+        assert_eq!(super::run_delay("12"), None);
+        assert_eq!(super::run_delay("1 x 3"), None);
+    }
+
     #[test]
     fn state_after_the_last_paren() {
         assert_eq!(super::state_of("12 (a) b) c) R 1 2"), Some('R'));

@@ -65,11 +65,14 @@ impl CpuAccount {
         // Counters that went backwards (a recreated cgroup under the same name) add nothing.
         let du = usage.user_ns.saturating_sub(self.last.user_ns);
         let ds = usage.system_ns.saturating_sub(self.last.system_ns);
-        let dw = usage.wait_ns.saturating_sub(self.last.wait_ns);
+        let dw = usage.wait_since(&self.last);
+        let l = &self.last;
         self.last = CpuUsage {
-            user_ns: usage.user_ns.max(self.last.user_ns),
-            system_ns: usage.system_ns.max(self.last.system_ns),
-            wait_ns: usage.wait_ns.max(self.last.wait_ns),
+            user_ns: usage.user_ns.max(l.user_ns),
+            system_ns: usage.system_ns.max(l.system_ns),
+            throttled_ns: usage.throttled_ns.max(l.throttled_ns),
+            psi_ns: usage.psi_ns.max(l.psi_ns),
+            delay_ns: usage.delay_ns.max(l.delay_ns),
         };
         if dt == 0 {
             return;
@@ -126,7 +129,29 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn usage(u: u64, s: u64, w: u64) -> CpuUsage {
-        CpuUsage { user_ns: u, system_ns: s, wait_ns: w }
+        CpuUsage { user_ns: u, system_ns: s, throttled_ns: w, ..Default::default() }
+    }
+
+    #[test]
+    fn wait_is_the_largest_advance_of_its_sources() {
+        // 2 threads on a shared 2-CPU host for 4 s: PSI `some` grew 2 s (wall time with any
+        // waiter), the run delays 4 s, nothing throttled: 4 s of the 8 s are steal, none idle.
+        let start = CpuUsage { psi_ns: 50 * S, delay_ns: 70 * S, throttled_ns: 9 * S, ..Default::default() };
+        let mut a = CpuAccount::new(100 * S, 0, start, 2);
+        a.advance(104 * S, CpuUsage { user_ns: 4 * S, psi_ns: 52 * S, delay_ns: 74 * S, ..start }, 2);
+        let t = a.total();
+        assert_eq!((t.user, t.steal, t.idle), (4 * S, 4 * S, 0));
+        // A throttled spinner: its run delay holds the throttled time too; the larger counts.
+        let later = CpuUsage {
+            user_ns: 5 * S,
+            throttled_ns: 10 * S,
+            psi_ns: 52 * S + S / 2,
+            delay_ns: 74 * S + S / 2,
+            ..start
+        };
+        a.advance(106 * S, later, 2);
+        let t2 = a.total();
+        assert_eq!(t2.steal - t.steal, S);
     }
 
     #[test]

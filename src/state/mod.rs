@@ -5,6 +5,7 @@
 //! the CPU account is rebuilt from the kernel's cumulative counters.
 
 pub mod cpu;
+pub mod delay;
 pub mod load;
 
 use crate::cgroup::cpuacct::CpuUsage;
@@ -12,6 +13,7 @@ use crate::cgroup::tasks::{self, TaskCounts};
 use crate::cgroup::{Cgroups, Container};
 use crate::Root;
 use cpu::{CpuAccount, VCpu};
+use delay::DelayTracker;
 use load::LoadAvg;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -25,6 +27,8 @@ const FORGET_AFTER: Duration = Duration::from_secs(15 * 60);
 const MAX_CONTAINERS: usize = 100_000;
 /// CPU records a starting worker loads at most (the newest); older ones are deleted.
 const MAX_LOADED: usize = 20_000;
+/// Run delays are sampled for containers whose CPU files were read this recently.
+const DELAY_ACTIVE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -33,6 +37,10 @@ struct Entry {
     tasks: Option<TaskCounts>,
     tracked: Option<Container>,
     last_read: Instant,
+    /// The threads' folded run delay; sampled while the CPU files are read.
+    delay: DelayTracker,
+    /// When `/proc/stat` or `/proc/uptime` was last read.
+    cpu_read: Option<Instant>,
     /// Bytes of the last CPU record written (a shorter one is padded over it).
     record_len: usize,
 }
@@ -45,6 +53,8 @@ impl Entry {
             tasks: None,
             tracked: None,
             last_read: Instant::now(),
+            delay: DelayTracker::default(),
+            cpu_read: None,
             record_len: 0,
         }
     }
@@ -137,13 +147,28 @@ impl Store {
         map.entry(k.to_string()).or_insert_with(|| Arc::new(Mutex::new(Entry::new()))).clone()
     }
 
-    /// Advances the CPU account of container `k` and returns its visible vCPUs (the first
-    /// `n`) and the aggregate over all it has had.
-    pub fn cpu(&self, k: &str, now_ns: u64, age_ns: u64, usage: CpuUsage, n: usize) -> (Vec<VCpu>, VCpu) {
+    /// Advances the CPU account of container `t` (key `k`) with the kernel's counters `usage`
+    /// and its threads' run delay, and returns its visible vCPUs (the first `n`) and the
+    /// aggregate over all it has had. Registers the container with the run-delay sampler.
+    pub fn cpu(
+        &self,
+        k: &str,
+        t: &Container,
+        now_ns: u64,
+        age_ns: u64,
+        usage: CpuUsage,
+        n: usize,
+    ) -> (Vec<VCpu>, VCpu) {
         let shared = self.entry(k);
         let mut guard = shared.lock();
         let e = &mut *guard;
         e.last_read = Instant::now();
+        e.cpu_read = Some(e.last_read);
+        if e.tracked.is_none() {
+            e.tracked = Some(t.clone());
+        }
+        let last_delay = e.cpu.as_ref().map_or(0, |a| a.last.delay_ns);
+        let usage = CpuUsage { delay_ns: e.delay.estimate(now_ns).unwrap_or(last_delay), ..usage };
         let acc = match &mut e.cpu {
             Some(a) => {
                 a.advance(now_ns, usage, n);
@@ -186,6 +211,27 @@ impl Store {
         e.load.sample(now_ns, c.running + c.blocked);
         e.tasks = Some(c);
         (e.load, c)
+    }
+
+    /// Samples the run delay of every container whose CPU files were read in the last
+    /// [`DELAY_ACTIVE`] (the sampler's 1-second tick): at most [`tasks::MAX_SAMPLED`] threads
+    /// each, so the pass costs at most that many small reads per container.
+    pub fn sample_delays(&self, root: &Root, now_ns: u64) {
+        let all: Vec<Shared> = self.map.lock().values().cloned().collect();
+        for shared in all {
+            let tracked = {
+                let e = shared.lock();
+                match (e.cpu_read, &e.tracked) {
+                    (Some(r), Some(t)) if r.elapsed() < DELAY_ACTIVE => t.clone(),
+                    _ => continue,
+                }
+            };
+            let Some(dir) = thread_dir(&tracked) else { continue };
+            let (sampled, total) = tasks::run_delays(root, dir, tasks::MAX_SAMPLED);
+            let mut e = shared.lock();
+            let base = e.cpu.as_ref().map_or(0, |a| a.last.delay_ns);
+            e.delay.fold(now_ns, &sampled, total, base);
+        }
     }
 
     /// One sampling pass over every registered container (the kernel's 5-second tick), then
@@ -253,9 +299,15 @@ fn write_record(path: &std::path::Path, line: &str, prev: usize) -> std::io::Res
     Ok(text.len())
 }
 
-fn count(root: &Root, t: &Container) -> TaskCounts {
+/// The cgroup whose threads (and its descendants') are the container's: the first
+/// hierarchy in which it has a cgroup of its own.
+fn thread_dir(t: &Container) -> Option<&crate::cgroup::CgroupDir> {
     let cg = &t.cgroups;
-    match [&cg.unified, &cg.cpu, &cg.cpuacct, &cg.memory].into_iter().flatten().find(|d| d.path != d.top) {
+    [&cg.unified, &cg.cpu, &cg.cpuacct, &cg.memory].into_iter().flatten().find(|d| d.path != d.top)
+}
+
+fn count(root: &Root, t: &Container) -> TaskCounts {
+    match thread_dir(t) {
         Some(d) => tasks::count(root, d, t.init.is_some()),
         None => TaskCounts::default(),
     }
@@ -279,18 +331,23 @@ fn record_name(k: &str) -> String {
     format!("{:016x}", crate::fd::fnv(k.as_bytes()))
 }
 
+/// A container's CPU record: its `cpu` line and its `wait` line.
 fn cpu_line(k: &str, a: &CpuAccount) -> String {
-    let mut s =
-        format!("cpu {k} {} {} {} {} {}", a.at_ns, a.last.user_ns, a.last.system_ns, a.last.wait_ns, a.vcpus.len());
+    let l = &a.last;
+    // WAIT is what versions without the `wait` line compare the kernel's wait with.
+    let wait = l.throttled_ns.max(l.psi_ns);
+    let mut s = format!("cpu {k} {} {} {} {wait} {}", a.at_ns, l.user_ns, l.system_ns, a.vcpus.len());
     for v in &a.vcpus {
         s.push_str(&format!(" {} {} {} {}", v.user, v.system, v.idle, v.steal));
     }
-    s.push('\n');
+    s.push_str(&format!("\nwait {k} {} {} {}\n", l.throttled_ns, l.psi_ns, l.delay_ns));
     s
 }
 
 /// State file format, one line per record, whitespace-separated:
-/// `cpu KEY AT USER SYSTEM WAIT N (U S I ST){N}` and `load KEY AT A1 A5 A15`.
+/// `cpu KEY AT USER SYSTEM WAIT N (U S I ST){N}`, then `wait KEY THROTTLED PSI DELAY` (the
+/// last value of each wait source; without it each is WAIT and the delay 0), and
+/// `load KEY AT A1 A5 A15`.
 fn serialize(map: &HashMap<String, Entry>) -> String {
     let mut s = String::from(HEADER);
     for (k, e) in map {
@@ -320,8 +377,13 @@ fn parse(text: &str) -> HashMap<String, Entry> {
             ("cpu", [at, u, s, w, count, rest @ ..]) if rest.len() as u64 == count * 4 && *count <= 4096 => {
                 let vcpus =
                     rest.chunks(4).map(|c| VCpu { user: c[0], system: c[1], idle: c[2], steal: c[3] }).collect();
-                let last = CpuUsage { user_ns: *u, system_ns: *s, wait_ns: *w };
+                let last = CpuUsage { user_ns: *u, system_ns: *s, throttled_ns: *w, psi_ns: *w, delay_ns: 0 };
                 map.entry(k.to_string()).or_insert_with(Entry::new).cpu = Some(CpuAccount { at_ns: *at, last, vcpus });
+            }
+            ("wait", [t, p, d]) => {
+                if let Some(a) = map.get_mut(*k).and_then(|e| e.cpu.as_mut()) {
+                    (a.last.throttled_ns, a.last.psi_ns, a.last.delay_ns) = (*t, *p, *d);
+                }
             }
             ("load", [at, a, b, c]) => {
                 // A load average above 2^20 runnable threads is not one the kernel can have.
@@ -339,6 +401,11 @@ fn parse(text: &str) -> HashMap<String, Entry> {
 mod tests {
     use super::*;
 
+    /// A container no sampler can find threads of.
+    fn nobody() -> Container {
+        Container { cgroups: crate::cgroup::Cgroups::default(), init: None }
+    }
+
     /// A key for a directory that exists (as a cgroup's would).
     fn live_key(dir: &std::path::Path) -> String {
         use std::os::unix::fs::MetadataExt;
@@ -352,15 +419,25 @@ mod tests {
         let k = live_key(&dir);
         let s = 1_000_000_000u64;
         let a = Store::new(Some(file.clone()));
-        let u = |w: u64| CpuUsage { user_ns: s, system_ns: 0, wait_ns: w };
-        a.cpu(&k, 10 * s, 5 * s, u(0), 1);
+        let u = |w: u64| CpuUsage { user_ns: s, psi_ns: w, ..Default::default() };
+        let t = nobody();
+        a.cpu(&k, &t, 10 * s, 5 * s, u(0), 1);
         // Wait outruns the headroom: this read shows steal clamped to what was left.
-        let (_, shown) = a.cpu(&k, 11 * s, 0, u(5 * s), 1);
+        let (_, shown) = a.cpu(&k, &t, 11 * s, 0, u(5 * s), 1);
+        // The threads' run delay is folded in while the files are read.
+        a.entry(&k).lock().delay.fold(11 * s, &[(1, 0)], 1, 0);
+        a.entry(&k).lock().delay.fold(12 * s, &[(1, s / 2)], 1, 0);
+        let (_, shown) = {
+            let (v, t2) = a.cpu(&k, &t, 12 * s, 0, u(5 * s), 1);
+            assert_eq!(t2.steal - shown.steal, s / 2, "{shown:?} -> {t2:?}");
+            (v, t2)
+        };
         drop(a); // "crash": no periodic save ever happened
         let b = Store::new(Some(file));
-        let (_, resumed) = b.cpu(&k, 11 * s, 0, u(5 * s), 1);
+        let (_, resumed) = b.cpu(&k, &t, 12 * s, 0, u(5 * s), 1);
         assert_eq!(resumed, shown);
-        let (_, later) = b.cpu(&k, 12 * s, 0, u(6 * s), 1);
+        assert_eq!(b.entry(&k).lock().cpu.as_ref().unwrap().last.delay_ns, s / 2, "the delay resumes where it was");
+        let (_, later) = b.cpu(&k, &t, 13 * s, 0, u(6 * s), 1);
         assert!(later.idle >= shown.idle && later.steal >= shown.steal && later.user >= shown.user);
     }
 
@@ -370,10 +447,10 @@ mod tests {
         let file = dir.join("x.state");
         let cg: Vec<PathBuf> = (0..4).map(|i| dir.join(format!("cg{i}"))).collect();
         let a = Store::new(Some(file.clone()));
-        let u = CpuUsage { user_ns: 1, system_ns: 0, wait_ns: 0 };
+        let u = CpuUsage { user_ns: 1, ..Default::default() };
         for c in &cg {
             std::fs::create_dir(c).unwrap();
-            a.cpu(&live_key(c), 10, 5, u, 1);
+            a.cpu(&live_key(c), &nobody(), 10, 5, u, 1);
         }
         let records = || std::fs::read_dir(accounts_dir(&file)).unwrap().count();
         assert_eq!(records(), 4);
@@ -412,8 +489,8 @@ mod tests {
     #[test]
     fn state_file_round_trips_and_tolerates_garbage() {
         let store = Store::new(None);
-        let u = CpuUsage { user_ns: 5, system_ns: 6, wait_ns: 7 };
-        store.cpu("1:/a", 1_000_000_000, 500_000_000, u, 2);
+        let u = CpuUsage { user_ns: 5, system_ns: 6, throttled_ns: 7, psi_ns: 8, delay_ns: 9 };
+        store.cpu("1:/a", &nobody(), 1_000_000_000, 500_000_000, u, 2);
         store.entry("1:/a").lock().load = LoadAvg { avenrun: [1, 2, 3], at_ns: 9 };
         let snap: HashMap<String, Entry> =
             store.map.lock().iter().map(|(k, e)| (k.clone(), e.lock().clone())).collect();
@@ -424,5 +501,12 @@ mod tests {
         assert_eq!(e.load.avenrun, [1, 2, 3]);
         assert_eq!(back.len(), 1);
         assert!(parse("other format\ncpu a 1").is_empty());
+    }
+
+    #[test]
+    fn a_state_without_wait_lines_takes_wait_for_each_kernel_source() {
+        let back = parse(&format!("{HEADER}cpu k 1 2 3 40 1 5 6 7 8\n"));
+        let l = back["k"].cpu.as_ref().unwrap().last;
+        assert_eq!((l.throttled_ns, l.psi_ns, l.delay_ns), (40, 40, 0));
     }
 }
