@@ -1,6 +1,10 @@
 //! Caller -> container: the FUSE request's thread id is mapped to the cgroups of the init
 //! process of its pid namespace (trailing `/init.scope` stripped), or to the caller's own
-//! cgroups when it shares the daemon's pid namespace.
+//! cgroups when it shares the daemon's pid namespace — or when it is another container that
+//! shares the init's pid namespace (Kubernetes `shareProcessNamespace`, `--pid=container:X`):
+//! a caller outside the init's cgroups with a mount namespace of its own (neither the init's
+//! nor the host's). Processes in the init's sub-cgroups (systemd inside a container) and
+//! tools entering from the host (`nsenter`) keep the init's container.
 
 use crate::cgroup::ProcCgroup;
 use crate::error::{Error, Result};
@@ -53,12 +57,32 @@ impl Resolver {
             return Ok((ProcCgroup::of_pid(&self.root, tid)?, None));
         }
         match self.init_of(tid, ns) {
-            Ok(init) => Ok((ProcCgroup::of_pid(&self.root, init)?.without_init_scope(), Some(init))),
+            Ok(init) => {
+                let theirs = ProcCgroup::of_pid(&self.root, init)?.without_init_scope();
+                if tid == init {
+                    return Ok((theirs, Some(init)));
+                }
+                let own = ProcCgroup::of_pid(&self.root, tid)?.without_init_scope();
+                if !own.is_within(&theirs) && self.own_mounts(tid, init) {
+                    // Another container in the init's pid namespace: its own limits, its own age.
+                    return Ok((own, None));
+                }
+                Ok((theirs, Some(init)))
+            }
             // A process that joined the namespace from outside (runc exec) whose init is not
             // among its ancestors: its own cgroup is its container's.
             Err(Error::Caller { .. }) => Ok((ProcCgroup::of_pid(&self.root, tid)?.without_init_scope(), None)),
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether `tid` has a mount namespace of its own: neither `init`'s nor the host's (the
+    /// daemon's own, or that of pid 1 of its pid namespace where readable). An unreadable link
+    /// is not one of its own.
+    fn own_mounts(&self, tid: u32, init: u32) -> bool {
+        let mnt = |who: &str| std::fs::read_link(self.root.proc().join(who).join("ns/mnt")).ok();
+        let (Some(m), Some(i)) = (mnt(&tid.to_string()), mnt(&init.to_string())) else { return false };
+        m != i && ["self", "1"].iter().all(|host| mnt(host).is_none_or(|h| h != m))
     }
 
     /// Host pid of the init of pid namespace `ns`, which `tid` belongs to.
@@ -194,6 +218,47 @@ mod tests {
         let (cg, init) = r.container_of(500, 200).unwrap();
         assert_eq!((cg.v2.as_deref(), init), (Some("/c300"), Some(300)));
         assert!(r.last_scan.lock().is_none(), "/proc was scanned");
+    }
+
+    #[test]
+    fn containers_sharing_a_pid_namespace_see_their_own_cgroup() {
+        let dir = crate::files::TestDir::new("cgprocfs-caller-test-");
+        // A pod: 300 is its pause process (the namespace's init). 400 is the app container
+        // (joined from outside, its own mount namespace and cgroup), 500 a service in a
+        // sub-cgroup of the init's (systemd inside a container), 600 an admin's nsenter (the
+        // host's mount namespace, its own cgroup), 700 an nsenter into the init's mounts too.
+        let procs = [
+            (1, 100, 0, "1"),
+            (300, 200, 1, "300 1"),
+            (400, 200, 1, "400 2"),
+            (500, 200, 300, "500 3"),
+            (600, 200, 1, "600 4"),
+            (700, 200, 1, "700 5"),
+        ];
+        fake_proc(&dir, &procs);
+        for (pid, cg, mnt) in [
+            (300, "/pod/pause", 30),
+            (400, "/pod/app", 40),
+            (500, "/pod/pause/sub", 50),
+            (600, "/user/admin", 1),
+            (700, "/user/admin", 30),
+        ] {
+            let d = dir.join("proc").join(pid.to_string());
+            std::fs::write(d.join("cgroup"), format!("0::{cg}\n")).unwrap();
+            std::os::unix::fs::symlink(format!("mnt:[{mnt}]"), d.join("ns/mnt")).unwrap();
+        }
+        // The daemon's (the host's) mount namespace; pid 1's is unreadable, as in some sandboxes.
+        std::os::unix::fs::symlink("mnt:[1]", dir.join("proc/self/ns/mnt")).unwrap();
+        let r = Resolver::new(Root::new(&*dir)).unwrap();
+        let seen = |tid| {
+            let (cg, init) = r.container_of(tid, 200).unwrap();
+            (cg.v2.unwrap(), init)
+        };
+        assert_eq!(seen(400), ("/pod/app".to_string(), None), "the app container");
+        assert_eq!(seen(500), ("/pod/pause".to_string(), Some(300)), "a sub-cgroup");
+        assert_eq!(seen(600), ("/pod/pause".to_string(), Some(300)), "nsenter from the host");
+        assert_eq!(seen(700), ("/pod/pause".to_string(), Some(300)), "nsenter into the init's mounts");
+        assert_eq!(seen(300), ("/pod/pause".to_string(), Some(300)));
     }
 
     #[test]

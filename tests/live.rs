@@ -196,6 +196,52 @@ fn show_agrees_with_the_mount_byte_for_byte() {
 /// The bytes of `file` that describe the container. In meminfo, the host-global lines that
 /// pass through (Committed_AS, VmallocUsed ...) move with every process the test starts, so
 /// only their labels are compared; every line computed for the container is compared whole.
+/// A pod with `shareProcessNamespace` (or `docker run --pid=container:X`): one pid namespace
+/// whose init is another container's process. Each container that joined it, with its own
+/// mounts and cgroup, reads its own limit; a process in a sub-cgroup of the init's and tools
+/// entering from the host read the init's.
+#[test]
+fn containers_sharing_a_pid_namespace_read_their_own_limits() {
+    let test = "containers_sharing_a_pid_namespace_read_their_own_limits";
+    if !live_ready(test) || !programs_ready(test, &["unshare", "nsenter"]) {
+        return;
+    }
+    let d = Daemon::start("sharedpid");
+    let pause = TestCgroup::new("pause", &Limits { memory: Some(200 * MIB), ..Default::default() });
+    let app = TestCgroup::new("app", &Limits { memory: Some(100 * MIB), ..Default::default() });
+    let sub = pause.child("sub", &Limits::default());
+    let mut unshare = pause.command("unshare -p -f -m sleep 60").spawn().unwrap();
+    let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+    let t = std::time::Instant::now();
+    let init = loop {
+        let c = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = c.split_whitespace().next() {
+            break pid.to_string();
+        }
+        assert!(t.elapsed().as_secs() < 10, "no init in the new pid namespace");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    };
+    let meminfo = d.path("proc/meminfo");
+    let joined = format!("nsenter -t {init} -p -- unshare -m -- cat {}", meminfo.display());
+    let app_sees = field(&app.run(&joined), "MemTotal");
+    let sub_sees = field(&sub.run(&joined), "MemTotal");
+    let host_tool = |args: &[&str]| {
+        let o = std::process::Command::new("nsenter").args(["-t", &init]).args(args).arg("cat").arg(&meminfo).output();
+        let o = o.unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        field(&String::from_utf8_lossy(&o.stdout), "MemTotal")
+    };
+    let nsenter_p = host_tool(&["-p"]);
+    let nsenter_pm = host_tool(&["-p", "-m"]);
+    // SAFETY: kill on a pid this test started (the namespace's init).
+    unsafe { libc::kill(init.parse().unwrap(), libc::SIGKILL) };
+    let _ = unshare.kill();
+    let _ = unshare.wait();
+    assert_eq!(app_sees, 100 * 1024, "the app container reads its own limit");
+    assert_eq!(sub_sees, 200 * 1024, "a process in the init's sub-cgroup reads the init's");
+    assert_eq!((nsenter_p, nsenter_pm), (200 * 1024, 200 * 1024), "tools entering from the host read the init's");
+}
+
 fn comparable(file: &str, bytes: &[u8]) -> Vec<String> {
     let text = String::from_utf8_lossy(bytes);
     if file != "proc/meminfo" {

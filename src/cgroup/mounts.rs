@@ -91,6 +91,25 @@ impl ProcCgroup {
         self
     }
 
+    /// Whether this membership lies inside `outer`'s cgroups (the same cgroup or a
+    /// descendant) in some hierarchy where `outer` is not at the top; true as well when
+    /// `outer` is at the top of every hierarchy (nothing to be outside of).
+    pub fn is_within(&self, outer: &ProcCgroup) -> bool {
+        let below =
+            |inner: &str, outer: &str| inner == outer || inner.strip_prefix(outer).is_some_and(|r| r.starts_with('/'));
+        let mut pairs: Vec<(&str, &str)> = Vec::new();
+        if let (Some(i), Some(o)) = (&self.v2, &outer.v2) {
+            pairs.push((i, o));
+        }
+        for (ctrls, o) in &outer.v1 {
+            if let Some((_, i)) = self.v1.iter().find(|(c, _)| c == ctrls) {
+                pairs.push((i, o));
+            }
+        }
+        let mut nested = pairs.iter().filter(|(_, o)| *o != "/").peekable();
+        nested.peek().is_none() || nested.any(|(i, o)| below(i, o))
+    }
+
     fn v1_path(&self, controller: &str) -> Option<&str> {
         self.v1.iter().find(|(c, _)| c.split(',').any(|x| x == controller)).map(|(_, p)| p.as_str())
     }
@@ -242,6 +261,24 @@ fn unescape(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn within_means_the_same_cgroup_or_below_where_the_outer_one_is_not_the_top() {
+        let pc = |t: &str| ProcCgroup::parse(Path::new("x"), t).unwrap();
+        let pause = pc("0::/pod/pause\n");
+        assert!(pc("0::/pod/pause\n").is_within(&pause));
+        assert!(pc("0::/pod/pause/sub\n").is_within(&pause));
+        assert!(!pc("0::/pod/pause2\n").is_within(&pause), "a sibling sharing a prefix");
+        assert!(!pc("0::/pod/app\n").is_within(&pause));
+        assert!(!pc("0::/\n").is_within(&pause));
+        // v1: any hierarchy where the outer one has a cgroup of its own decides.
+        let v1 = pc("4:memory:/c\n3:cpu,cpuacct:/c\n1:name=systemd:/\n");
+        assert!(pc("4:memory:/c/x\n3:cpu,cpuacct:/c\n1:name=systemd:/user\n").is_within(&v1));
+        assert!(!pc("4:memory:/d\n3:cpu,cpuacct:/d\n1:name=systemd:/\n").is_within(&v1));
+        // Nothing to be outside of.
+        assert!(pc("0::/a\n").is_within(&pc("0::/\n")));
+    }
+
     use super::*;
 
     const HYBRID: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
