@@ -1,7 +1,7 @@
 //! The `cgprocfs` command: `serve` mounts the views, `show` prints one as a container reads it.
 
 use anyhow::{bail, Context, Result};
-use cgprocfs::daemon::{default_pidfile, keeper, Adopted, KeeperConfig, WorkerSeccomp};
+use cgprocfs::daemon::{default_pidfile, handover, keeper, Adopted, KeeperConfig, WorkerSeccomp};
 use cgprocfs::fs::session::{mountpoint_state, unmount, InitParams, MountpointState};
 use cgprocfs::launch::{bind_pairs, enter, NotifyFilter, RunLimits, Transient};
 use cgprocfs::service::{Options, Service};
@@ -244,6 +244,7 @@ fn main() {
                     fds: adopt,
                     params: InitParams { minor, flags },
                     seccomp: seccomp_adopt.split_first().map(|(l, n)| (*l, n.to_vec())),
+                    control: None,
                 }),
                 _ => None,
             };
@@ -353,7 +354,12 @@ fn serve(
             }
         }
     };
+    let pidfile = pidfile.unwrap_or_else(|| default_pidfile(&mountpoint));
+    let mut adopted = adopted;
+    let mut taken = None;
     if adopted.is_none() {
+        // Fail here, not in a worker restart loop, when the host's cgroups cannot be read.
+        service(view)?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
         match mountpoint_state(&mountpoint, &mountinfo) {
             MountpointState::Free => {}
@@ -361,13 +367,24 @@ fn serve(
                 tracing::warn!(mountpoint = %mountpoint.display(), "clearing a stale mount left by a dead daemon");
                 unmount(&mountpoint).context("cannot clear the stale mount")?;
             }
-            MountpointState::Served => bail!("{} is already served by a running FUSE daemon", mountpoint.display()),
+            MountpointState::Served => {
+                // A live keeper serves it: take its connection over (docs/operations.md).
+                let ctl = handover::control_path(&pidfile);
+                let (t, received) = handover::take(&ctl).with_context(|| {
+                    format!(
+                        "{} is already served by a running FUSE daemon, and no keeper hands it over on {}",
+                        mountpoint.display(),
+                        ctl.display()
+                    )
+                })?;
+                tracing::info!(from = %received.offer.binary, fds = received.fuse.len(), notify = received.notify.len(), "taking the connection over");
+                adopted = Some(Adopted::from_handover(received));
+                taken = Some(t);
+            }
             MountpointState::NotEmpty => {
                 bail!("{} is a non-empty directory; refusing to mount over it", mountpoint.display())
             }
         }
-        // Fail here, not in a worker restart loop, when the host's cgroups cannot be read.
-        service(view)?;
     }
     // The path on disk, so that an upgrade which replaced the file runs the new binary.
     let binary = std::env::current_exe().context("cannot find this binary")?;
@@ -382,7 +399,6 @@ fn serve(
     if view.seccomp_affinity {
         view_args.push("--seccomp-affinity".to_string());
     }
-    let pidfile = pidfile.unwrap_or_else(|| default_pidfile(&mountpoint));
     let seccomp_socket = match seccomp {
         Seccomp { disabled: true, .. } => None,
         Seccomp { socket: Some(s), .. } => Some(s),
@@ -390,7 +406,7 @@ fn serve(
         _ => Some(cgprocfs::files::companion(&pidfile, "sock")),
     };
     let cfg = KeeperConfig { mountpoint: mountpoint.clone(), binary, view_args, threads, pidfile, seccomp_socket };
-    keeper(cfg, adopted).with_context(|| format!("serving {} failed", mountpoint.display()))
+    keeper(cfg, adopted, taken).with_context(|| format!("serving {} failed", mountpoint.display()))
 }
 
 fn upgrade(mountpoint: &Path, pid: Option<i32>) -> Result<()> {

@@ -33,6 +33,8 @@ pub struct Agent {
     path: PathBuf,
     listener: OwnedFd,
     state: Mutex<State>,
+    /// Connections are left in the backlog (a handover is giving the listener away).
+    paused: std::sync::atomic::AtomicBool,
 }
 
 impl Agent {
@@ -84,7 +86,18 @@ impl Agent {
     }
 
     fn new(path: &Path, listener: OwnedFd, notify: Vec<OwnedFd>) -> Agent {
-        Agent { path: path.to_path_buf(), listener, state: Mutex::new(State { notify, worker: None, closed: false }) }
+        Agent {
+            path: path.to_path_buf(),
+            listener,
+            state: Mutex::new(State { notify, worker: None, closed: false }),
+            paused: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Stops (or resumes) accepting runtimes' connections; while paused they wait in the
+    /// socket's backlog, for whoever holds the listener next.
+    pub fn pause(&self, paused: bool) {
+        self.paused.store(paused, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Starts accepting runtimes' connections and watching for containers that exit.
@@ -97,7 +110,8 @@ impl Agent {
     fn run(&self) {
         loop {
             let watched: Vec<RawFd> = self.state.lock().notify.iter().map(|f| f.as_raw_fd()).collect();
-            let mut pfds = vec![libc::pollfd { fd: self.listener.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+            let events = if self.paused.load(std::sync::atomic::Ordering::SeqCst) { 0 } else { libc::POLLIN };
+            let mut pfds = vec![libc::pollfd { fd: self.listener.as_raw_fd(), events, revents: 0 }];
             // events 0: only POLLHUP, which the kernel reports once the filter has no task left.
             pfds.extend(watched.iter().map(|&fd| libc::pollfd { fd, events: 0, revents: 0 }));
             // SAFETY: pfds is a valid array of its length. The timeout picks up fds added since.
@@ -118,6 +132,9 @@ impl Agent {
     }
 
     fn accept(&self) {
+        if self.paused.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         // SAFETY: accept4 on our listening socket; the new fd is owned below.
         let fd = unsafe {
             libc::accept4(self.listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC)

@@ -9,7 +9,11 @@
 //! the kernel to resend what its predecessor had read but not answered (`FUSE_NOTIFY_RESEND`).
 //! Containers' bind mounts never see `ENOTCONN`. An upgrade (SIGHUP, or `cgprocfs upgrade`)
 //! re-executes the keeper from the binary on disk with the fds and INIT parameters passed
-//! along, and starts a new worker from the new binary.
+//! along, and starts a new worker from the new binary. Another keeper — a new `serve`, from any
+//! mount namespace and another build — takes the connection over through the control socket
+//! ([`handover`]).
+
+pub mod handover;
 
 use crate::fd::cloexec;
 use crate::files;
@@ -54,6 +58,22 @@ pub struct Adopted {
     pub params: InitParams,
     /// The seccomp listener socket and the notification fds held, if any.
     pub seccomp: Option<(RawFd, Vec<RawFd>)>,
+    /// The previous keeper's control listener (a handover), used when this keeper's own
+    /// control socket path is the one it still holds.
+    pub control: Option<RawFd>,
+}
+
+impl Adopted {
+    /// What a handover received, as a keeper adopts it.
+    pub fn from_handover(r: handover::Received) -> Adopted {
+        use std::os::fd::IntoRawFd;
+        Adopted {
+            fds: r.fuse.into_iter().map(IntoRawFd::into_raw_fd).collect(),
+            params: InitParams { minor: r.offer.minor, flags: r.offer.flags },
+            seccomp: r.listener.map(|l| (l.into_raw_fd(), r.notify.into_iter().map(IntoRawFd::into_raw_fd).collect())),
+            control: r.control.map(IntoRawFd::into_raw_fd),
+        }
+    }
 }
 
 /// What a worker gets for answering seccomp notifications.
@@ -123,10 +143,12 @@ fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::
     }
 }
 
-/// Runs the keeper until SIGTERM/SIGINT. `adopted` is set when this process was exec-ed by
-/// an upgrade and the connection already exists.
-pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
-    let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD]);
+/// Runs the keeper until SIGTERM/SIGINT or until another keeper took the connection over.
+/// `adopted` is set when the connection already exists: this process was exec-ed by an
+/// upgrade, or took it over from another keeper, which `taken` then confirms to once a worker
+/// serves.
+pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handover::Taken>) -> io::Result<()> {
+    let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD, libc::SIGUSR1]);
     // SAFETY: blocking signals in this (single) thread so sigtimedwait receives them.
     unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
 
@@ -137,6 +159,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
         files::private_dir(dir, 0o755)?;
     }
     let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
+    let adopted_control = adopted.as_ref().and_then(|a| a.control);
     let (fds, params) = match adopted {
         Some(a) => {
             let mut fds = Vec::new();
@@ -164,8 +187,16 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
     tracing::info!(mountpoint = %cfg.mountpoint.display(), threads = fds.len(), minor = params.minor, "serving");
     let agent = start_agent(&cfg, adopted_seccomp)?;
     let agent = agent.as_deref();
+    let control = start_control(&cfg, adopted_control);
 
     let mut worker = Some(spawn_worker(&cfg, &fds, agent)?);
+    if let Some(t) = taken {
+        // The old keeper exits once told; until then it could still resume.
+        match t.confirm() {
+            Ok(()) => tracing::info!("took the connection over from the previous keeper"),
+            Err(e) => tracing::warn!(error = %e, "cannot confirm the handover (the previous keeper is gone?)"),
+        }
+    }
     let mut started = Instant::now();
     let mut backoff = Duration::ZERO;
     let mut respawn_at: Option<Instant> = None;
@@ -200,6 +231,30 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
                 tracing::info!("stopped");
                 return Ok(());
             }
+            Some(libc::SIGUSR1) => {
+                let Some((conn, req)) = control.as_ref().and_then(|c| c.pending.lock().take()) else { continue };
+                tracing::info!(binary = %req.binary, "handing the connection over to another keeper");
+                if let Some(a) = agent {
+                    a.pause(true);
+                }
+                if let Some(w) = worker.take() {
+                    stop_child(w, libc::SIGTERM);
+                }
+                match give(&fds, params, agent, control.as_deref(), &conn) {
+                    Ok(true) => {
+                        // Nothing is unmounted and no drain started: the new keeper serves the
+                        // mount and holds the containers' notification fds; the pid file is its.
+                        tracing::info!("connection handed over; exiting");
+                        return Ok(());
+                    }
+                    Ok(false) => tracing::warn!("the other keeper did not take the connection; serving on"),
+                    Err(e) => tracing::warn!(error = %e, "handover failed; serving on"),
+                }
+                if let Some(a) = agent {
+                    a.pause(false);
+                }
+                respawn_at = Some(Instant::now());
+            }
             Some(libc::SIGHUP) => {
                 tracing::info!(binary = %cfg.binary.display(), "upgrading");
                 // The old worker goes first; whatever FUSE request it had read is resent to the
@@ -230,6 +285,98 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>) -> io::Result<()> {
                 }
             }
         }
+    }
+}
+
+/// The keeper's control socket: a thread accepts handover requests and hands a valid one to
+/// the keeper's signal loop (SIGUSR1), which does the handover.
+struct Control {
+    pending: parking_lot::Mutex<Option<(OwnedFd, handover::Request)>>,
+    listener: OwnedFd,
+}
+
+/// Binds the control socket beside the pid file (or uses the previous keeper's listener,
+/// still bound there during a handover). Without one the keeper serves on, only not handing
+/// over.
+fn start_control(cfg: &KeeperConfig, adopted: Option<RawFd>) -> Option<Arc<Control>> {
+    let path = handover::control_path(&cfg.pidfile);
+    // SAFETY: inherited for this process to own.
+    let adopted = adopted.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    let listener = match (handover::bind(&path), adopted) {
+        (Ok(l), _) => l,
+        (Err(_), Some(l)) => l,
+        (Err(e), None) => {
+            tracing::warn!(socket = %path.display(), error = %e, "no control socket: this keeper cannot hand over");
+            return None;
+        }
+    };
+    cloexec(listener.as_raw_fd());
+    let c = Arc::new(Control { pending: parking_lot::Mutex::new(None), listener });
+    let me = Arc::clone(&c);
+    let spawned = std::thread::Builder::new().name("control".into()).spawn(move || loop {
+        let (conn, req) = match handover::accept(&me.listener) {
+            Ok(Some(x)) => x,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "control: accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if handover::refuse_if_incompatible(&conn, &req) {
+            continue;
+        }
+        let mut p = me.pending.lock();
+        if p.is_some() {
+            continue; // one handover at a time: this connection is closed, the asker fails
+        }
+        *p = Some((conn, req));
+        drop(p);
+        // SAFETY: a signal to this very process, which the keeper's loop waits for.
+        unsafe { libc::kill(std::process::id() as i32, libc::SIGUSR1) };
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no control thread: this keeper cannot hand over");
+        return None;
+    }
+    tracing::info!(socket = %path.display(), "control socket ready");
+    Some(c)
+}
+
+/// Offers the connection (FUSE fds, INIT parameters, seccomp listener and notification fds,
+/// the control listener) on `conn`; true once the other keeper took it.
+fn give(
+    fds: &[OwnedFd],
+    params: InitParams,
+    agent: Option<&Agent>,
+    control: Option<&Control>,
+    conn: &OwnedFd,
+) -> io::Result<bool> {
+    let offer_with = |sec: Option<(RawFd, &[RawFd])>| {
+        let mut all = raw_fds(fds);
+        if let Some((l, n)) = sec {
+            all.push(l);
+            all.extend_from_slice(n);
+        }
+        if let Some(c) = control {
+            all.push(c.listener.as_raw_fd());
+        }
+        let offer = handover::Offer {
+            handover: handover::VERSION,
+            binary: env!("CARGO_PKG_VERSION").to_string(),
+            minor: params.minor,
+            flags: params.flags,
+            fuse: fds.len(),
+            listener: sec.is_some(),
+            notify: sec.map_or(0, |(_, n)| n.len()),
+            control: control.is_some(),
+        };
+        handover::give(conn, &offer, &all)
+    };
+    match agent {
+        // Under the agent's lock: no notification fd is closed (container exited) meanwhile.
+        Some(a) => a.with_fds(|l, n| offer_with(Some((l, n)))),
+        None => offer_with(None),
     }
 }
 

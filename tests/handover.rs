@@ -1,0 +1,197 @@
+//! Live: a second `serve`, started in another mount namespace, takes a running keeper's
+//! connection over while containers read in a tight loop — three times in a row — and no read
+//! fails, none shows another container's content, no counter goes backwards. An incompatible
+//! handover request is refused and the keeper goes on serving.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1024 * 1024;
+
+/// A reader in its own mount namespace with the mount's files bound over /proc, printing the
+/// first line of meminfo and of stat in a loop (`FAIL` for a failed read).
+fn reader(cg: &TestCgroup, d: &Daemon) -> Child {
+    let binds: String = ["proc/meminfo", "proc/stat"]
+        .iter()
+        .map(|f| format!("mount --bind {} /{f} && ", d.path(f).display()))
+        .collect();
+    cg.command(&format!(
+        "unshare -m sh -c '{binds} while :; do head -n1 /proc/meminfo || echo FAIL; head -n1 /proc/stat || echo FAIL; done'"
+    ))
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap()
+}
+
+/// What a reader saw: lines read, failures, wrong MemTotal lines, stat lines that went back.
+#[derive(Debug, Default)]
+struct Seen {
+    lines: u64,
+    failed: u64,
+    wrong: Vec<String>,
+    backwards: Vec<String>,
+    /// The longest time between two lines (a handover's pause, as a reader feels it).
+    longest_gap: Duration,
+}
+
+fn collect(mut child: Child, mem_kib: u64) -> std::thread::JoinHandle<(Child, Seen)> {
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        let mut s = Seen::default();
+        let want = format!("MemTotal: {mem_kib} kB");
+        let mut last: Option<Vec<u64>> = None;
+        let mut at = Instant::now();
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            s.lines += 1;
+            s.longest_gap = s.longest_gap.max(at.elapsed());
+            at = Instant::now();
+            if line.contains("FAIL") {
+                s.failed += 1;
+            } else if line.starts_with("MemTotal") {
+                if line.split_whitespace().collect::<Vec<_>>().join(" ") != want {
+                    s.wrong.push(line);
+                }
+            } else if let Some(rest) = line.strip_prefix("cpu ") {
+                let v: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+                if let Some(p) = &last {
+                    if p.iter().zip(&v).any(|(a, b)| b < a) {
+                        s.backwards.push(format!("{p:?} -> {v:?}"));
+                    }
+                }
+                last = Some(v);
+            } else {
+                s.wrong.push(line);
+            }
+        }
+        (child, s)
+    })
+}
+
+/// Starts `serve` on `d`'s mount point and pid file in a new mount namespace; returns it once
+/// the previous keeper `old` has exited and this one's worker serves.
+fn take_over(d: &Daemon, old: i32, n: usize) -> Child {
+    let log = std::fs::File::create(d.own_file(&format!("takeover{n}.log"))).unwrap();
+    let child = Command::new("unshare")
+        .args(["-m", "--propagation", "unchanged", "--"])
+        .arg(bin())
+        .arg("serve")
+        .arg(&d.mnt)
+        .arg("--pidfile")
+        .arg(d.own_file("keeper.pid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    // SAFETY: kill(pid, 0) only checks that the process exists.
+    while unsafe { libc::kill(old, 0) } == 0
+        && !std::fs::read_to_string(format!("/proc/{old}/stat")).unwrap_or_default().contains(") Z")
+    {
+        let log = std::fs::read_to_string(d.own_file(&format!("takeover{n}.log"))).unwrap_or_default();
+        assert!(t.elapsed() < Duration::from_secs(20), "keeper {old} did not hand over:\n{log}\nold: {}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn a_new_serve_takes_the_connection_over_three_times_without_a_failed_read() {
+    let test = "a_new_serve_takes_the_connection_over_three_times_without_a_failed_read";
+    if !live_ready(test) || !programs_ready(test, &["unshare", "head"]) {
+        return;
+    }
+    let mut d = Daemon::start("handover");
+    let small = TestCgroup::new("ho-small", &Limits { memory: Some(128 * MIB), ..Default::default() });
+    let big = TestCgroup::new("ho-big", &Limits { memory: Some(384 * MIB), ..Default::default() });
+    let readers = vec![collect(reader(&small, &d), 128 * 1024), collect(reader(&big, &d), 384 * 1024)];
+    std::thread::sleep(Duration::from_millis(500));
+
+    // The first keeper is the test's child; the next ones are unshare's children.
+    let mut old = d.pid();
+    let mut keepers: Vec<Child> = Vec::new();
+    for n in 0..3 {
+        let k = take_over(&d, old, n);
+        old = k.id() as i32;
+        keepers.push(k);
+        if n == 0 {
+            // The first keeper exited by itself: reap it.
+            let st = d.signal_and_wait(0);
+            assert!(st.success(), "the old keeper exits cleanly after a handover: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    // The last keeper serves: a host read works and the pid file is its.
+    let pid = std::fs::read_to_string(d.own_file("keeper.pid")).unwrap();
+    assert_eq!(pid.trim(), old.to_string(), "the pid file names the serving keeper");
+    assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
+
+    // Stop the readers (every process of their cgroups), then the last keeper.
+    kill_readers(&[&small, &big]);
+    let mut total = 0;
+    for h in readers {
+        let (mut child, s) = h.join().unwrap();
+        let _ = child.wait();
+        eprintln!("reader: {s:?}");
+        total += s.lines;
+        assert_eq!(s.failed, 0, "failed reads: {s:?}");
+        assert!(s.wrong.is_empty(), "wrong contents: {:?}", &s.wrong[..s.wrong.len().min(5)]);
+        assert!(s.backwards.is_empty(), "counters went backwards: {:?}", s.backwards);
+        assert!(s.lines > 100, "the reader hardly read: {s:?}");
+    }
+    eprintln!("{total} lines read across three handovers");
+    for mut k in keepers {
+        // SAFETY: a pid this test started (unshare execs serve).
+        unsafe { libc::kill(k.id() as i32, libc::SIGTERM) };
+        let _ = k.wait();
+    }
+}
+
+/// Ends every process of the readers' cgroups (all started by this test).
+fn kill_readers(cgs: &[&TestCgroup]) {
+    for cg in cgs {
+        for (_, dir) in &cg.dirs {
+            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+            for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                // SAFETY: processes of a cgroup this test created and filled.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+#[test]
+fn an_incompatible_handover_is_refused_and_the_keeper_serves_on() {
+    let test = "an_incompatible_handover_is_refused_and_the_keeper_serves_on";
+    if !live_ready(test) || !programs_ready(test, &["python3"]) {
+        return;
+    }
+    let d = Daemon::start("handover-refused");
+    let ctl = d.own_file("keeper.ctl");
+    // A client speaking a future protocol, over the same SOCK_SEQPACKET socket.
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import socket, sys\n\
+             s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+             s.connect(sys.argv[1])\n\
+             s.send(b'{\"handover\": 99, \"binary\": \"future\"}')\n\
+             print(s.recv(65536).decode())",
+        ])
+        .arg(&ctl)
+        .output()
+        .unwrap();
+    let reply = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(reply.contains("refused") && reply.contains("99"), "{reply}");
+    // Still serving, with its worker.
+    assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
+    assert!(d.worker_pid() > 0);
+    assert!(d.log().contains("refused a handover"), "{}", d.log());
+}
