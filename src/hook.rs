@@ -129,7 +129,7 @@ fn serving(mountpoint: &Path) -> Result<(), String> {
     std::fs::metadata(mountpoint.join("proc/meminfo")).map(|_| ()).map_err(|e| format!("proc/meminfo: {e}"))
 }
 
-const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+pub(crate) const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 const SYSFS_MAGIC: i64 = 0x6265_6572;
 
@@ -141,10 +141,10 @@ struct OpenHow {
     resolve: u64,
 }
 const RESOLVE_NO_XDEV: u64 = 0x01;
-const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+pub(crate) const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub(crate) const RESOLVE_NO_SYMLINKS: u64 = 0x04;
 const RESOLVE_BENEATH: u64 = 0x08;
-const RESOLVE_IN_ROOT: u64 = 0x10;
+pub(crate) const RESOLVE_IN_ROOT: u64 = 0x10;
 
 /// `struct mount_attr` of mount_setattr(2).
 #[repr(C)]
@@ -171,7 +171,7 @@ fn last_err(what: &str) -> String {
 }
 
 /// openat2(2) of `path` under `dir` with `resolve` restrictions, as an `O_PATH` fd.
-fn openat2(dir: &OwnedFd, path: &str, extra: i32, resolve: u64) -> Result<OwnedFd, String> {
+pub(crate) fn openat2(dir: &OwnedFd, path: &str, extra: i32, resolve: u64) -> Result<OwnedFd, String> {
     let p = cstr(path)?;
     let how = OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC | extra) as u64, mode: 0, resolve };
     // SAFETY: valid fd, NUL-terminated path and a struct of the size passed.
@@ -216,6 +216,11 @@ pub fn bind_into(root: &OwnedFd, src: &Path, path: &str, want_dir: bool) -> Resu
     }
     // A detached copy of the served file, made read-only, noexec, nosuid, nodev before it is
     // attached: the container never sees it writable, and nothing is resolved by path twice.
+    attach(&clone_tree(src)?, &tfd)
+}
+
+/// A detached copy (`open_tree(OPEN_TREE_CLONE)`) of the mount at or the file under `src`.
+pub(crate) fn clone_tree(src: &Path) -> Result<OwnedFd, String> {
     let s = cstr(&src.to_string_lossy())?;
     // SAFETY: NUL-terminated path, flags only.
     let tree = unsafe {
@@ -225,7 +230,12 @@ pub fn bind_into(root: &OwnedFd, src: &Path, path: &str, want_dir: bool) -> Resu
         return Err(last_err("open_tree"));
     }
     // SAFETY: a new fd owned here.
-    let tree = unsafe { OwnedFd::from_raw_fd(tree as i32) };
+    Ok(unsafe { OwnedFd::from_raw_fd(tree as i32) })
+}
+
+/// Makes the detached `tree` read-only, noexec, nosuid, nodev and mounts it onto the opened
+/// `target` (over whatever is mounted there).
+pub(crate) fn attach(tree: &OwnedFd, target: &OwnedFd) -> Result<(), String> {
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
         attr_clr: 0,
@@ -253,7 +263,7 @@ pub fn bind_into(root: &OwnedFd, src: &Path, path: &str, want_dir: bool) -> Resu
             libc::SYS_move_mount,
             tree.as_raw_fd(),
             empty.as_ptr(),
-            tfd.as_raw_fd(),
+            target.as_raw_fd(),
             empty.as_ptr(),
             MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
         )

@@ -76,6 +76,10 @@ enum Cmd {
         /// Do not listen for seccomp notification fds.
         #[arg(long, conflicts_with = "seccomp_socket")]
         no_seccomp: bool,
+        /// Do not repair, on start, containers left with binds of a dead daemon's connection
+        /// (`cgprocfs reattach` does it by hand).
+        #[arg(long)]
+        no_reattach: bool,
         #[command(flatten)]
         view: ViewOpts,
         /// Internal, set by an upgrade: the inherited /dev/fuse fds of the live connection.
@@ -100,6 +104,14 @@ enum Cmd {
         file: String,
         #[command(flatten)]
         view: ViewOpts,
+    },
+    /// Repair running containers after a daemon died hard: mount the live files of MOUNTPOINT
+    /// over every bind of a dead connection in other mount namespaces, and print what was
+    /// repaired (`serve` does this by itself when it starts).
+    Reattach {
+        /// The mount point a daemon serves.
+        #[arg(default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
     },
     /// Hand the live connection of a running `serve` to the binary now on disk. Running
     /// containers keep reading throughout.
@@ -227,6 +239,7 @@ fn main() {
             host_cgroupns,
             seccomp_socket,
             no_seccomp,
+            no_reattach,
             view,
             adopt,
             init_minor,
@@ -249,10 +262,11 @@ fn main() {
                 _ => None,
             };
             let seccomp = Seccomp { socket: seccomp_socket, disabled: no_seccomp };
-            serve(&mountpoint, threads, pidfile, view, seccomp, adopted)
+            serve(&mountpoint, threads, pidfile, view, seccomp, adopted, !no_reattach)
         }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
         Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
+        Cmd::Reattach { mountpoint } => reattach(&mountpoint),
         Cmd::DockerArgs { mountpoint } => {
             // runc refuses spec mounts under /proc other than a fixed list, which excludes
             // /proc/pressure: those only the OCI hook can bind.
@@ -335,6 +349,7 @@ fn serve(
     view: ViewOpts,
     seccomp: Seccomp,
     adopted: Option<Adopted>,
+    reattach: bool,
 ) -> Result<()> {
     // An adopting keeper must not touch the mount point: no worker serves it until this
     // process starts one, so even a stat would wait forever. The path it gets is canonical.
@@ -405,8 +420,28 @@ fn serve(
         _ if mountpoint == Path::new(DEFAULT_MOUNTPOINT) => Some(PathBuf::from(DEFAULT_SECCOMP_SOCKET)),
         _ => Some(cgprocfs::files::companion(&pidfile, "sock")),
     };
-    let cfg = KeeperConfig { mountpoint: mountpoint.clone(), binary, view_args, threads, pidfile, seccomp_socket };
+    let cfg =
+        KeeperConfig { mountpoint: mountpoint.clone(), binary, view_args, threads, pidfile, seccomp_socket, reattach };
     keeper(cfg, adopted, taken).with_context(|| format!("serving {} failed", mountpoint.display()))
+}
+
+fn reattach(mountpoint: &Path) -> Result<()> {
+    let done = cgprocfs::reattach::reattach(mountpoint).context("cannot reattach")?;
+    for r in &done {
+        let left: Vec<String> = r.left.iter().map(|(p, why)| format!("{p} ({why})")).collect();
+        println!(
+            "pid {} {}: reattached {} [{}]{}",
+            r.pid,
+            r.ns,
+            r.files.len(),
+            r.files.join(" "),
+            if left.is_empty() { String::new() } else { format!("; left alone: {}", left.join(", ")) }
+        );
+    }
+    if done.is_empty() {
+        println!("nothing to reattach");
+    }
+    Ok(())
 }
 
 fn upgrade(mountpoint: &Path, pid: Option<i32>) -> Result<()> {

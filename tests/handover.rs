@@ -5,73 +5,12 @@
 
 mod common;
 
+use common::loops::{collect, kill_cgroups, reader};
 use common::*;
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024 * 1024;
-
-/// A reader in its own mount namespace with the mount's files bound over /proc, printing the
-/// first line of meminfo and of stat in a loop (`FAIL` for a failed read).
-fn reader(cg: &TestCgroup, d: &Daemon) -> Child {
-    let binds: String = ["proc/meminfo", "proc/stat"]
-        .iter()
-        .map(|f| format!("mount --bind {} /{f} && ", d.path(f).display()))
-        .collect();
-    cg.command(&format!(
-        "unshare -m sh -c '{binds} while :; do head -n1 /proc/meminfo || echo FAIL; head -n1 /proc/stat || echo FAIL; done'"
-    ))
-    .stdout(Stdio::piped())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap()
-}
-
-/// What a reader saw: lines read, failures, wrong MemTotal lines, stat lines that went back.
-#[derive(Debug, Default)]
-struct Seen {
-    lines: u64,
-    failed: u64,
-    wrong: Vec<String>,
-    backwards: Vec<String>,
-    /// The longest time between two lines (a handover's pause, as a reader feels it).
-    longest_gap: Duration,
-}
-
-fn collect(mut child: Child, mem_kib: u64) -> std::thread::JoinHandle<(Child, Seen)> {
-    let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        let mut s = Seen::default();
-        let want = format!("MemTotal: {mem_kib} kB");
-        let mut last: Option<Vec<u64>> = None;
-        let mut at = Instant::now();
-        for line in BufReader::new(out).lines() {
-            let Ok(line) = line else { break };
-            s.lines += 1;
-            s.longest_gap = s.longest_gap.max(at.elapsed());
-            at = Instant::now();
-            if line.contains("FAIL") {
-                s.failed += 1;
-            } else if line.starts_with("MemTotal") {
-                if line.split_whitespace().collect::<Vec<_>>().join(" ") != want {
-                    s.wrong.push(line);
-                }
-            } else if let Some(rest) = line.strip_prefix("cpu ") {
-                let v: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-                if let Some(p) = &last {
-                    if p.iter().zip(&v).any(|(a, b)| b < a) {
-                        s.backwards.push(format!("{p:?} -> {v:?}"));
-                    }
-                }
-                last = Some(v);
-            } else {
-                s.wrong.push(line);
-            }
-        }
-        (child, s)
-    })
-}
 
 /// Starts `serve` on `d`'s mount point and pid file in a new mount namespace; returns it once
 /// the previous keeper `old` has exited and this one's worker serves.
@@ -133,7 +72,7 @@ fn a_new_serve_takes_the_connection_over_three_times_without_a_failed_read() {
     assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
 
     // Stop the readers (every process of their cgroups), then the last keeper.
-    kill_readers(&[&small, &big]);
+    kill_cgroups(&[&small, &big]);
     let mut total = 0;
     for h in readers {
         let (mut child, s) = h.join().unwrap();
@@ -150,19 +89,6 @@ fn a_new_serve_takes_the_connection_over_three_times_without_a_failed_read() {
         // SAFETY: a pid this test started (unshare execs serve).
         unsafe { libc::kill(k.id() as i32, libc::SIGTERM) };
         let _ = k.wait();
-    }
-}
-
-/// Ends every process of the readers' cgroups (all started by this test).
-fn kill_readers(cgs: &[&TestCgroup]) {
-    for cg in cgs {
-        for (_, dir) in &cg.dirs {
-            let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
-            for p in procs.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                // SAFETY: processes of a cgroup this test created and filled.
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
-        }
     }
 }
 

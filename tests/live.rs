@@ -209,14 +209,23 @@ fn containers_sharing_a_pid_namespace_read_their_own_limits() {
     let d = Daemon::start("sharedpid");
     let pause = TestCgroup::new("pause", &Limits { memory: Some(200 * MIB), ..Default::default() });
     let app = TestCgroup::new("app", &Limits { memory: Some(100 * MIB), ..Default::default() });
+    // As systemd lays a system container out (and cgroup v2 wants processes in leaves): the
+    // init in `init.scope`, which is stripped, another process in a sibling sub-cgroup.
+    let init_scope = pause.child_named("init.scope", &Limits::default());
     let sub = pause.child("sub", &Limits::default());
-    let mut unshare = pause.command("unshare -p -f -m sleep 60").spawn().unwrap();
+    let mut unshare =
+        init_scope.command("unshare -p -f -m sleep 60").stderr(std::process::Stdio::piped()).spawn().unwrap();
     let children = format!("/proc/{0}/task/{0}/children", unshare.id());
     let t = std::time::Instant::now();
     let init = loop {
         let c = std::fs::read_to_string(&children).unwrap_or_default();
         if let Some(pid) = c.split_whitespace().next() {
             break pid.to_string();
+        }
+        if let Ok(Some(st)) = unshare.try_wait() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(&mut unshare.stderr.take().unwrap(), &mut err);
+            panic!("unshare exited with {st}: {err}");
         }
         assert!(t.elapsed().as_secs() < 10, "no init in the new pid namespace");
         std::thread::sleep(std::time::Duration::from_millis(10));
@@ -232,7 +241,7 @@ fn containers_sharing_a_pid_namespace_read_their_own_limits() {
         field(&String::from_utf8_lossy(&o.stdout), "MemTotal")
     };
     let nsenter_p = host_tool(&["-p"]);
-    let nsenter_pm = host_tool(&["-p", "-m"]);
+    let nsenter_pm = host_tool(&["-p", "-m", "-r"]);
     // SAFETY: kill on a pid this test started (the namespace's init).
     unsafe { libc::kill(init.parse().unwrap(), libc::SIGKILL) };
     let _ = unshare.kill();

@@ -139,10 +139,17 @@ fn tests_sh() -> String {
         );
         return s;
     }
-    for name in SUITE {
+    // CGPROCFS_VM_ONLY=binary[:filter] narrows the guest run to one test binary (and a test
+    // name filter), to iterate on one guest failure; CI never sets it.
+    let only = std::env::var("CGPROCFS_VM_ONLY").ok();
+    let (only_bin, filter) = match only.as_deref().map(|o| o.split_once(':').unwrap_or((o, ""))) {
+        Some((b, f)) => (Some(b.to_string()), f.to_string()),
+        None => (None, String::new()),
+    };
+    for name in SUITE.iter().filter(|n| only_bin.as_deref().is_none_or(|b| b == **n)) {
         let b = test_binary(name);
         s.push_str(&format!(
-            "echo \"VM-TEST {name}\"\n{} --test-threads 2 --include-ignored --color never || rc=1\n",
+            "echo \"VM-TEST {name}\"\n{} {filter} --test-threads 2 --include-ignored --color never || rc=1\n",
             b.display()
         ));
     }

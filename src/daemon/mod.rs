@@ -47,6 +47,8 @@ pub struct KeeperConfig {
     pub pidfile: PathBuf,
     /// The socket runtimes hand seccomp notification fds to; `None` disables it.
     pub seccomp_socket: Option<PathBuf>,
+    /// Repair containers left with a dead predecessor's binds once a fresh mount serves.
+    pub reattach: bool,
 }
 
 /// A live connection handed over by a previous keeper through `exec`.
@@ -158,6 +160,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         // (before mounting, so a refusal leaves nothing behind).
         files::private_dir(dir, 0o755)?;
     }
+    let cfg_adopted = adopted.is_some();
     let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
     let adopted_control = adopted.as_ref().and_then(|a| a.control);
     let (fds, params) = match adopted {
@@ -173,7 +176,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
             (fds, a.params)
         }
         None => {
-            let (master, params) = session::mount(&cfg.mountpoint, "cgprocfs")?;
+            let (master, params) = session::mount(&cfg.mountpoint, &crate::reattach::source_name(&cfg.mountpoint))?;
             let mut fds = vec![master];
             for _ in 1..cfg.threads.max(1) {
                 fds.push(clone_fd(&fds[0])?);
@@ -189,7 +192,11 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
     let agent = agent.as_deref();
     let control = start_control(&cfg, adopted_control);
 
+    let fresh = !cfg_adopted;
     let mut worker = Some(spawn_worker(&cfg, &fds, agent)?);
+    if fresh && cfg.reattach {
+        start_reattach(&cfg);
+    }
     if let Some(t) = taken {
         // The old keeper exits once told; until then it could still resume.
         match t.confirm() {
@@ -285,6 +292,36 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 }
             }
         }
+    }
+}
+
+/// Once the new mount answers, repairs the containers a dead predecessor left with dead binds
+/// (`cgprocfs reattach`, a single-threaded helper: it enters their mount namespaces).
+fn start_reattach(cfg: &KeeperConfig) {
+    let (binary, mnt) = (cfg.binary.clone(), cfg.mountpoint.clone());
+    let spawned = std::thread::Builder::new().name("reattach".into()).spawn(move || {
+        let t = Instant::now();
+        while std::fs::metadata(mnt.join("proc/meminfo")).is_err() {
+            if t.elapsed() > Duration::from_secs(30) {
+                tracing::warn!("the mount does not answer: no reattach");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        match Command::new(&binary).arg("reattach").arg(&mnt).stdin(std::process::Stdio::null()).output() {
+            Ok(o) => {
+                for line in String::from_utf8_lossy(&o.stdout).lines().filter(|l| *l != "nothing to reattach") {
+                    tracing::info!("{line}");
+                }
+                if !o.status.success() {
+                    tracing::warn!(status = %o.status, stderr = %String::from_utf8_lossy(&o.stderr).trim(), "reattach failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot run reattach"),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no reattach thread");
     }
 }
 

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bundle;
+pub mod loops;
 
 use cgprocfs::launch::{RunLimits, Transient};
 use std::path::{Path, PathBuf};
@@ -257,6 +258,11 @@ impl TestCgroup {
 
     pub fn child(&self, tag: &str, limits: &Limits) -> TestCgroup {
         TestCgroup(self.0.child(&unique(tag), &run_limits(limits)).unwrap_or_else(|e| panic!("cgroup {tag}: {e}")))
+    }
+
+    /// A child cgroup with exactly this name (e.g. `init.scope`), removed with its parent.
+    pub fn child_named(&self, name: &str, limits: &Limits) -> TestCgroup {
+        TestCgroup(self.0.child(name, &run_limits(limits)).unwrap_or_else(|e| panic!("cgroup {name}: {e}")))
     }
 
     /// `cmd` run inside the cgroup via a shell that joins it first, then execs.
