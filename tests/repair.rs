@@ -85,5 +85,5 @@ fn reattach_by_hand_repairs_a_container_and_says_so() {
     assert!(line.contains("reattached"), "{said}");
     std::fs::write(&go, "").unwrap();
     let o = c.wait_with_output().unwrap();
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim().split_whitespace().nth(1), Some("196608"), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).split_whitespace().nth(1), Some("196608"), "{o:?}");
 }
