@@ -68,7 +68,7 @@ pub fn dead_mounts(mountinfo: &str, live: &str, source: &str) -> Vec<DeadMount> 
 }
 
 /// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
-fn unescape(s: &str) -> String {
+pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

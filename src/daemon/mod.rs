@@ -207,9 +207,14 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
     let mut started = Instant::now();
     let mut backoff = Duration::ZERO;
     let mut respawn_at: Option<Instant> = None;
+    // The device of this connection's mount, to notice an `umount -l` under the keeper.
+    let my_dev = mount_dev(&cfg.mountpoint, &crate::reattach::source_name(&cfg.mountpoint));
+    let mut detached = false;
+    let mut next_check = Instant::now() + CHECK_EVERY;
     loop {
-        let timeout = respawn_at.map(|t| t.saturating_duration_since(Instant::now()));
-        match wait_signal(&set, timeout) {
+        let until_check = next_check.saturating_duration_since(Instant::now());
+        let timeout = respawn_at.map_or(until_check, |t| t.saturating_duration_since(Instant::now()).min(until_check));
+        match wait_signal(&set, Some(timeout)) {
             Some(libc::SIGCHLD) => {
                 let Some(w) = worker.as_mut() else { continue };
                 if let Ok(Some(status)) = w.try_wait() {
@@ -226,14 +231,14 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
             }
             Some(libc::SIGTERM) | Some(libc::SIGINT) => {
                 // Unmount while the worker still answers, then stop it.
-                let r = session::unmount(&cfg.mountpoint);
+                let r = if detached { Ok(()) } else { session::unmount(&cfg.mountpoint) };
                 if let Some(w) = worker.take() {
                     stop_child(w, libc::SIGTERM);
                 }
                 if let Some(a) = agent {
                     start_drain(&cfg, a.close());
                 }
-                let _ = std::fs::remove_file(&cfg.pidfile);
+                remove_own_pidfile(&cfg.pidfile);
                 r?;
                 tracing::info!("stopped");
                 return Ok(());
@@ -279,6 +284,37 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
             }
             _ => {}
         }
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + CHECK_EVERY;
+            if connection_ended(&fds[0]) {
+                // No mount uses the connection any more (its last bind went): nothing to serve.
+                tracing::info!("the connection ended: no mount uses it any more; exiting");
+                if let Some(w) = worker.take() {
+                    stop_child(w, libc::SIGTERM);
+                }
+                if let Some(a) = agent {
+                    start_drain(&cfg, a.close());
+                }
+                remove_own_pidfile(&cfg.pidfile);
+                return Ok(());
+            }
+            if !detached
+                && my_dev.as_ref().is_some_and(|d| mount_dev(&cfg.mountpoint, d.1.as_str()).as_ref() != Some(d))
+            {
+                // `umount -l` under us: containers' binds may still use the connection, so it
+                // is served until it ends, but the sockets go to whoever serves the mount point
+                // next.
+                detached = true;
+                tracing::warn!(mountpoint = %cfg.mountpoint.display(), "the mount was detached; serving the binds that remain, releasing the seccomp and control sockets");
+                if let Some(a) = agent {
+                    a.release_listener();
+                }
+                if control.is_some() {
+                    let _ = std::fs::remove_file(handover::control_path(&cfg.pidfile));
+                }
+                remove_own_pidfile(&cfg.pidfile);
+            }
+        }
         if respawn_at.is_some_and(|t| t <= Instant::now()) && worker.is_none() {
             respawn_at = None;
             match spawn_worker(&cfg, &fds, agent) {
@@ -292,6 +328,59 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 }
             }
         }
+    }
+}
+
+/// `bind` retried for up to 3 s while another daemon answers on the socket: a keeper whose
+/// mount was detached releases its sockets within [`CHECK_EVERY`].
+fn retry_busy<T>(mut bind: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let t = Instant::now();
+    loop {
+        match bind() {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && t.elapsed() < Duration::from_secs(3) => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// How often the keeper checks that its mount is attached and its connection alive.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// `(major:minor, source)` of the cgprocfs mount at `mountpoint` whose source is `source` in
+/// this process's mount namespace (the last one: the top of any stack).
+fn mount_dev(mountpoint: &Path, source: &str) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = mountpoint.to_string_lossy();
+    info.lines()
+        .rev()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let mut post = post.split(' ');
+            let (fstype, src) = (post.next()?, post.next()?);
+            let f: Vec<&str> = pre.split(' ').collect();
+            let (dev, at) = (f.get(2)?, f.get(4)?);
+            (fstype == "fuse.cgprocfs" && src == source && crate::reattach::unescape(at) == want)
+                .then(|| (dev.to_string(), src.to_string()))
+        })
+        .next()
+}
+
+/// Whether the kernel ended the FUSE connection of `fd` (`POLLERR` on `/dev/fuse`: no mount
+/// uses it any more, or it was aborted).
+fn connection_ended(fd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: 0, revents: 0 };
+    // SAFETY: one valid pollfd, no waiting.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Removes the pid file if it still names this process (another keeper may own it now).
+fn remove_own_pidfile(pidfile: &Path) {
+    let mine = std::fs::read_to_string(pidfile).is_ok_and(|s| s.trim() == std::process::id().to_string());
+    if mine {
+        let _ = std::fs::remove_file(pidfile);
     }
 }
 
@@ -339,7 +428,8 @@ fn start_control(cfg: &KeeperConfig, adopted: Option<RawFd>) -> Option<Arc<Contr
     let path = handover::control_path(&cfg.pidfile);
     // SAFETY: inherited for this process to own.
     let adopted = adopted.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-    let listener = match (handover::bind(&path), adopted) {
+    let bound = if adopted.is_some() { handover::bind(&path) } else { retry_busy(|| handover::bind(&path)) };
+    let listener = match (bound, adopted) {
         (Ok(l), _) => l,
         (Err(_), Some(l)) => l,
         (Err(e), None) => {
@@ -480,7 +570,7 @@ fn start_agent(cfg: &KeeperConfig, adopted: Option<(RawFd, Vec<RawFd>)>) -> io::
     let Some(path) = &cfg.seccomp_socket else { return Ok(None) };
     let agent = match adopted {
         Some((l, n)) => Agent::adopt(path, l, &n)?,
-        None => match Agent::bind(path) {
+        None => match retry_busy(|| Agent::bind(path)) {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(socket = %path.display(), error = %e, "seccomp listener disabled");

@@ -200,6 +200,13 @@ impl Agent {
         f(self.listener.as_raw_fd(), &notify)
     }
 
+    /// Stops taking new containers and removes the socket file, so another daemon can bind it;
+    /// the notification fds held are still answered.
+    pub fn release_listener(&self) {
+        self.pause(true);
+        let _ = std::fs::remove_file(&self.path);
+    }
+
     /// Stops listening (the socket file is removed) and hands out the notification fds of
     /// containers still running.
     pub fn close(&self) -> Vec<OwnedFd> {
