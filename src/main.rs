@@ -80,6 +80,11 @@ enum Cmd {
         /// (`cgprocfs reattach` does it by hand).
         #[arg(long)]
         no_reattach: bool,
+        /// After handing the connection over to another keeper, wait for a stop signal instead
+        /// of exiting: a DaemonSet pod's container, which its controller would restart (and
+        /// which would then take the connection back), until the rollout deletes the pod.
+        #[arg(long)]
+        linger: bool,
         #[command(flatten)]
         view: ViewOpts,
         /// Internal, set by an upgrade: the inherited /dev/fuse fds of the live connection.
@@ -240,6 +245,7 @@ fn main() {
             seccomp_socket,
             no_seccomp,
             no_reattach,
+            linger,
             view,
             adopt,
             init_minor,
@@ -262,7 +268,7 @@ fn main() {
                 _ => None,
             };
             let seccomp = Seccomp { socket: seccomp_socket, disabled: no_seccomp };
-            serve(&mountpoint, threads, pidfile, view, seccomp, adopted, !no_reattach)
+            serve(&mountpoint, threads, pidfile, view, seccomp, adopted, Lifecycle { reattach: !no_reattach, linger })
         }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
         Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
@@ -336,6 +342,12 @@ fn show(pid: Option<u32>, file: &str, view: ViewOpts) -> Result<()> {
     Ok(())
 }
 
+/// What `serve` does around the connection's life (repair on start, linger after a handover).
+struct Lifecycle {
+    reattach: bool,
+    linger: bool,
+}
+
 /// `serve`'s seccomp listener options.
 struct Seccomp {
     socket: Option<PathBuf>,
@@ -349,12 +361,24 @@ fn serve(
     view: ViewOpts,
     seccomp: Seccomp,
     adopted: Option<Adopted>,
-    reattach: bool,
+    life: Lifecycle,
 ) -> Result<()> {
+    // A restart under systemd: the previous keeper's connection is in the fd store.
+    let adopted = match adopted {
+        None if cgprocfs::daemon::systemd::managed() => {
+            let a = cgprocfs::daemon::systemd::adopt_from_store();
+            if a.is_some() {
+                tracing::info!("adopting the connection kept in the service manager's fd store");
+            }
+            a
+        }
+        a => a,
+    };
     // An adopting keeper must not touch the mount point: no worker serves it until this
-    // process starts one, so even a stat would wait forever. The path it gets is canonical.
+    // process starts one, so even a stat would wait forever. The path it gets is canonical
+    // (an upgrade's) or the unit's.
     let mountpoint = match adopted {
-        Some(_) => mountpoint.to_path_buf(),
+        Some(_) => std::path::absolute(mountpoint).with_context(|| format!("bad path {}", mountpoint.display()))?,
         None => {
             // A dead daemon's mount answers ENOTCONN to stat (Linux 6.1 even for its root), so
             // mkdir -p and realpath fail there: recognise it by its path first.
@@ -420,8 +444,16 @@ fn serve(
         _ if mountpoint == Path::new(DEFAULT_MOUNTPOINT) => Some(PathBuf::from(DEFAULT_SECCOMP_SOCKET)),
         _ => Some(cgprocfs::files::companion(&pidfile, "sock")),
     };
-    let cfg =
-        KeeperConfig { mountpoint: mountpoint.clone(), binary, view_args, threads, pidfile, seccomp_socket, reattach };
+    let cfg = KeeperConfig {
+        mountpoint: mountpoint.clone(),
+        binary,
+        view_args,
+        threads,
+        pidfile,
+        seccomp_socket,
+        reattach: life.reattach,
+        linger: life.linger,
+    };
     keeper(cfg, adopted, taken).with_context(|| format!("serving {} failed", mountpoint.display()))
 }
 

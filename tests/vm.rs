@@ -88,19 +88,27 @@ fn sh(cmd: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Builds the initramfs in `dir` and returns its path.
+/// Builds the initramfs in `dir` with `tests/vm/init` and the suite's script.
 fn initramfs(dir: &Path, k: &Kernel, tests_sh: &str) -> PathBuf {
-    let root = dir.join("initramfs");
+    initramfs_with(dir, k, "init", &[("tests.sh", tests_sh.to_string())], MODULES)
+}
+
+/// Builds an initramfs in `dir` whose `/init` is `tests/vm/<init>`, with `files` at its root
+/// and `modules` (and their dependencies) in `/modules`; returns its path.
+fn initramfs_with(dir: &Path, k: &Kernel, init: &str, files: &[(&str, String)], modules: &[&str]) -> PathBuf {
+    let root = dir.join(format!("initramfs-{init}"));
     for d in ["bin", "proc", "sys", "dev", "modules"] {
         std::fs::create_dir_all(root.join(d)).unwrap();
     }
     let busybox = sh("command -v busybox");
     std::fs::copy(busybox.trim(), root.join("bin/busybox")).unwrap();
-    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/init");
+    let init = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm").join(init);
     std::fs::copy(init, root.join("init")).unwrap();
-    std::fs::write(root.join("tests.sh"), tests_sh).unwrap();
+    for (name, text) in files {
+        std::fs::write(root.join(name), text).unwrap();
+    }
     let mut order: Vec<String> = Vec::new();
-    for m in MODULES {
+    for m in modules {
         for line in sh(&format!("modprobe -S {} --show-depends {m}", k.version)).lines() {
             let Some(path) = line.strip_prefix("insmod ").map(str::trim) else { continue };
             let name = Path::new(path).file_name().unwrap().to_string_lossy().into_owned();
@@ -111,7 +119,7 @@ fn initramfs(dir: &Path, k: &Kernel, tests_sh: &str) -> PathBuf {
         }
     }
     std::fs::write(root.join("modules.order"), order.join("\n")).unwrap();
-    let img = dir.join("initramfs.cpio");
+    let img = dir.join(format!("initramfs-{}.cpio", root.file_name().unwrap().to_string_lossy()));
     sh(&format!("cd {} && find . | cpio -o -H newc --quiet > {}", root.display(), img.display()));
     img
 }
@@ -159,21 +167,26 @@ fn tests_sh() -> String {
 
 /// Boots the guest with cgroup layout `mode` and returns (passed, serial output).
 fn boot(dir: &Path, k: &Kernel, initrd: &Path, mode: &str) -> (bool, String) {
-    let disk = dir.join(format!("scratch-{mode}.img"));
-    sh(&format!("truncate -s 640M {0} && mkfs.ext4 -q -F {0}", disk.display()));
-    sh(&format!("truncate -s 16M {}", dir.join(format!("capture-{mode}.tar")).display()));
-    let log = dir.join(format!("serial-{mode}.log"));
     let mut append = format!("console=ttyS0 panic=-1 cgprocfs.mode={mode}");
     if mode == "v2" {
         append.push_str(" cgroup_no_v1=all");
     }
+    boot_with(dir, k, initrd, mode, &append)
+}
+
+/// Boots a guest named `mode` with kernel command line `append`; (passed, serial output).
+fn boot_with(dir: &Path, k: &Kernel, initrd: &Path, mode: &str, append: &str) -> (bool, String) {
+    let disk = dir.join(format!("scratch-{mode}.img"));
+    sh(&format!("truncate -s 640M {0} && mkfs.ext4 -q -F {0}", disk.display()));
+    sh(&format!("truncate -s 16M {}", dir.join(format!("capture-{mode}.tar")).display()));
+    let log = dir.join(format!("serial-{mode}.log"));
     let mut child = Command::new("qemu-system-x86_64")
         .args(["-machine", "pc", "-cpu", "max", "-accel", "tcg,thread=multi", "-smp", "2", "-m", "2048"])
         .args(["-nographic", "-no-reboot", "-kernel"])
         .arg(&k.image)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", &append])
+        .args(["-append", append])
         .args(["-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"])
         .arg("-drive")
         .arg(format!("file={},if=virtio,format=raw", disk.display()))
@@ -249,4 +262,59 @@ fn live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1() {
         }
     }
     assert!(failed.is_empty(), "the live suite failed in the guest(s) {failed:?}");
+}
+
+/// The newest `.deb` `cargo deb` built (`target/debian`).
+fn built_deb() -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/debian");
+    let mut debs: Vec<(std::time::SystemTime, PathBuf)> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".deb"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    debs.sort();
+    debs.pop().map(|d| d.1)
+}
+
+/// Debian's systemd as PID 1 in a guest (pure cgroup v2), the `.deb` installed as an operator
+/// would: readers in two limited scopes read the bound meminfo in a loop while the service is
+/// restarted, SIGKILLed (Restart=on-failure), reloaded and reinstalled. The connection lives
+/// in the unit's fd store throughout: not one read fails (tests/vm/systemd.sh).
+#[test]
+fn systemd_keeps_every_read_working_across_restart_kill_reload_and_reinstall() {
+    let test = "systemd_keeps_every_read_working_across_restart_kill_reload_and_reinstall";
+    let Some(k) = ready(test) else { return };
+    if !Path::new("/lib/systemd/systemd").exists() {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: no systemd (apt-get install systemd)");
+        eprintln!("SKIPPED {test}: no /lib/systemd/systemd");
+        return;
+    }
+    let Some(deb) = built_deb() else {
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: no .deb (.ci/run builds it with cargo deb)");
+        eprintln!("SKIPPED {test}: no target/debian/*.deb (cargo deb --no-build)");
+        return;
+    };
+    let dir = std::env::temp_dir().join(unique("vm-systemd"));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+    let script = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/systemd.sh")).unwrap();
+    let files = [("systemd.sh", script), ("deb-path", deb.display().to_string())];
+    let modules: Vec<&str> = MODULES.iter().copied().chain(["overlay"]).collect();
+    let initrd = initramfs_with(&dir, &k, "init-systemd", &files, &modules);
+    let append = "console=ttyS0 panic=-1 systemd.unit=cgprocfs-vmtest.service systemd.show_status=0 cgroup_no_v1=all";
+    let (_, out) = boot_with(&dir, &k, &initrd, "systemd", append);
+    let summary: Vec<&str> = out.lines().filter(|l| l.starts_with("VM")).collect();
+    eprintln!("--- systemd guest (Linux {}) ---\n{}", k.version, summary.join("\n"));
+    let ok = out.contains("VM-RESULT ok") && out.contains("VM-EXIT 0");
+    if !ok {
+        eprintln!("--- full console of the systemd guest ---\n{out}");
+    }
+    assert!(ok, "the systemd guest failed");
 }

@@ -14,6 +14,7 @@
 //! ([`handover`]).
 
 pub mod handover;
+pub mod systemd;
 
 use crate::fd::cloexec;
 use crate::files;
@@ -49,6 +50,8 @@ pub struct KeeperConfig {
     pub seccomp_socket: Option<PathBuf>,
     /// Repair containers left with a dead predecessor's binds once a fresh mount serves.
     pub reattach: bool,
+    /// After a handover, wait for SIGTERM/SIGINT instead of exiting (a DaemonSet pod).
+    pub linger: bool,
 }
 
 /// A live connection handed over by a previous keeper through `exec`.
@@ -162,6 +165,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
     }
     let cfg_adopted = adopted.is_some();
     let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
+    let adopted_seccomp_held = adopted_seccomp.is_some();
     let adopted_control = adopted.as_ref().and_then(|a| a.control);
     let (fds, params) = match adopted {
         Some(a) => {
@@ -191,12 +195,27 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
     let agent = start_agent(&cfg, adopted_seccomp)?;
     let agent = agent.as_deref();
     let control = start_control(&cfg, adopted_control);
+    if let Some(a) = agent {
+        a.on_new(systemd::store_notify);
+    }
+    if systemd::managed() {
+        let sec = agent.map(|a| a.with_fds(|l, n| (l, n.to_vec())));
+        systemd::store_connection(
+            &raw_fds(&fds),
+            params,
+            sec.as_ref().map(|(l, n)| (*l, n.as_slice())),
+            control.as_ref().map(|c| c.listener.as_raw_fd()),
+        );
+    }
+    if adopted_seccomp_held {
+        // A drain a stopping keeper left would answer "run the real call" to the containers
+        // this keeper answers now.
+        stop_drain(&cfg);
+    }
 
     let fresh = !cfg_adopted;
     let mut worker = Some(spawn_worker(&cfg, &fds, agent)?);
-    if fresh && cfg.reattach {
-        start_reattach(&cfg);
-    }
+    start_ready(&cfg, fresh && cfg.reattach);
     if let Some(t) = taken {
         // The old keeper exits once told; until then it could still resume.
         match t.confirm() {
@@ -230,8 +249,15 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 }
             }
             Some(libc::SIGTERM) | Some(libc::SIGINT) => {
-                // Unmount while the worker still answers, then stop it.
-                let r = if detached { Ok(()) } else { session::unmount(&cfg.mountpoint) };
+                // Under a service manager the connection is in its fd store: left mounted, it
+                // is the next keeper's after a restart (a plain stop releases the store, and
+                // the next start clears the stale mount). Otherwise unmount while the worker
+                // still answers, then stop it.
+                let keep = systemd::managed();
+                if keep {
+                    systemd::notify_stopping();
+                }
+                let r = if detached || keep { Ok(()) } else { session::unmount(&cfg.mountpoint) };
                 if let Some(w) = worker.take() {
                     stop_child(w, libc::SIGTERM);
                 }
@@ -256,6 +282,11 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                     Ok(true) => {
                         // Nothing is unmounted and no drain started: the new keeper serves the
                         // mount and holds the containers' notification fds; the pid file is its.
+                        if cfg.linger {
+                            tracing::info!("connection handed over; waiting to be stopped");
+                            let stop = signal_set(&[libc::SIGTERM, libc::SIGINT]);
+                            let _ = wait_signal(&stop, None);
+                        }
                         tracing::info!("connection handed over; exiting");
                         return Ok(());
                     }
@@ -269,6 +300,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
             }
             Some(libc::SIGHUP) => {
                 tracing::info!(binary = %cfg.binary.display(), "upgrading");
+                systemd::notify_reloading();
                 // The old worker goes first; whatever FUSE request it had read is resent to the
                 // next one (SIGTERM: it finishes a seccomp answer it is writing, which the kernel
                 // would not resend).
@@ -384,18 +416,23 @@ fn remove_own_pidfile(pidfile: &Path) {
     }
 }
 
-/// Once the new mount answers, repairs the containers a dead predecessor left with dead binds
-/// (`cgprocfs reattach`, a single-threaded helper: it enters their mount namespaces).
-fn start_reattach(cfg: &KeeperConfig) {
+/// Once the mount answers: tells the service manager (`READY=1`) and, with `reattach`,
+/// repairs the containers a dead predecessor left with dead binds (`cgprocfs reattach`, a
+/// single-threaded helper: it enters their mount namespaces).
+fn start_ready(cfg: &KeeperConfig, reattach: bool) {
     let (binary, mnt) = (cfg.binary.clone(), cfg.mountpoint.clone());
-    let spawned = std::thread::Builder::new().name("reattach".into()).spawn(move || {
+    let spawned = std::thread::Builder::new().name("ready".into()).spawn(move || {
         let t = Instant::now();
         while std::fs::metadata(mnt.join("proc/meminfo")).is_err() {
             if t.elapsed() > Duration::from_secs(30) {
-                tracing::warn!("the mount does not answer: no reattach");
+                tracing::warn!("the mount does not answer");
                 return;
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+        systemd::notify_ready();
+        if !reattach {
+            return;
         }
         match Command::new(&binary).arg("reattach").arg(&mnt).stdin(std::process::Stdio::null()).output() {
             Ok(o) => {
@@ -410,7 +447,7 @@ fn start_reattach(cfg: &KeeperConfig) {
         }
     });
     if let Err(e) = spawned {
-        tracing::warn!(error = %e, "no reattach thread");
+        tracing::warn!(error = %e, "no readiness thread");
     }
 }
 
@@ -630,8 +667,25 @@ fn start_drain(cfg: &KeeperConfig, left: Vec<OwnedFd>) {
         });
     }
     match cmd.spawn() {
-        Ok(c) => tracing::info!(pid = c.id(), containers = left.len(), "seccomp: drain started"),
+        Ok(c) => {
+            tracing::info!(pid = c.id(), containers = left.len(), "seccomp: drain started");
+            let _ = files::write_atomic(&files::companion(&cfg.pidfile, "drain"), format!("{}\n", c.id()).as_bytes());
+        }
         Err(e) => tracing::error!(error = %e, "seccomp: cannot start the drain; those containers' sysinfo fails"),
+    }
+}
+
+/// Ends the seccomp drain a previous keeper of this pid file left, if it still runs.
+fn stop_drain(cfg: &KeeperConfig) {
+    let file = files::companion(&cfg.pidfile, "drain");
+    let Some(pid) = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<i32>().ok()) else { return };
+    let _ = std::fs::remove_file(&file);
+    // Only that process: the pid may have been reused since.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if pid > 1 && cmdline.split(|b| *b == 0).any(|a| a == b"seccomp-drain") {
+        // SAFETY: a signal to the drain a keeper of this pid file started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        tracing::info!(pid, "stopped the previous keeper's seccomp drain");
     }
 }
 
@@ -662,6 +716,9 @@ fn exec_upgrade(
         .arg(params.minor.to_string())
         .arg("--init-flags")
         .arg(params.flags.to_string());
+    if cfg.linger {
+        cmd.arg("--linger");
+    }
     match (&cfg.seccomp_socket, seccomp) {
         (Some(path), Some((l, n))) => {
             let mut all = vec![l];

@@ -35,6 +35,9 @@ pub struct Agent {
     state: Mutex<State>,
     /// Connections are left in the backlog (a handover is giving the listener away).
     paused: std::sync::atomic::AtomicBool,
+    /// Called with each new container's notification fd (the keeper stores it with the
+    /// service manager).
+    on_new: std::sync::OnceLock<fn(RawFd)>,
 }
 
 impl Agent {
@@ -91,7 +94,13 @@ impl Agent {
             listener,
             state: Mutex::new(State { notify, worker: None, closed: false }),
             paused: std::sync::atomic::AtomicBool::new(false),
+            on_new: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sets what is done with each new container's notification fd, besides keeping it.
+    pub fn on_new(&self, f: fn(RawFd)) {
+        let _ = self.on_new.set(f);
     }
 
     /// Stops (or resumes) accepting runtimes' connections; while paused they wait in the
@@ -173,6 +182,9 @@ impl Agent {
                     }
                 }
                 tracing::info!(container = %id, "seccomp: answering sysinfo for a new container");
+                if let Some(f) = self.on_new.get() {
+                    f(fd.as_raw_fd());
+                }
                 st.notify.push(fd);
             }
             Err(e) => tracing::warn!(error = %e, "seccomp: bad message on the listener socket"),

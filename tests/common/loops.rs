@@ -9,9 +9,14 @@ use std::time::{Duration, Instant};
 /// A reader in its own mount namespace with the mount's files bound over /proc, printing the
 /// first line of meminfo and of stat in a loop (`FAIL` for a failed read).
 pub fn reader(cg: &TestCgroup, d: &Daemon) -> Child {
+    reader_of(cg, &d.mnt)
+}
+
+/// [`reader`] of the mount at `mnt`.
+pub fn reader_of(cg: &TestCgroup, mnt: &std::path::Path) -> Child {
     let binds: String = ["proc/meminfo", "proc/stat"]
         .iter()
-        .map(|f| format!("mount --bind {} /{f} && ", d.path(f).display()))
+        .map(|f| format!("mount --bind {} /{f} && ", mnt.join(f).display()))
         .collect();
     cg.command(&format!(
         "unshare -m sh -c '{binds} while :; do head -n1 /proc/meminfo || echo FAIL; head -n1 /proc/stat || echo FAIL; done'"
