@@ -7,8 +7,12 @@ deb=$(cat /etc/cgprocfs-vmtest.deb)
 rc=0
 fail() { echo "VM-RESULT fail: $*"; rc=1; }
 echo "VM: systemd $(systemctl --version | head -n1), kernel $(uname -r)"
-dpkg -i "$deb" > /tmp/dpkg.log 2>&1 || { cat /tmp/dpkg.log; fail "dpkg -i"; }
-systemctl is-active --quiet cgprocfs || fail "cgprocfs is not active after install"
+timeout 120 dpkg -i "$deb" > /tmp/dpkg.log 2>&1 || { cat /tmp/dpkg.log; fail "dpkg -i"; }
+if ! systemctl is-active --quiet cgprocfs; then
+    fail "cgprocfs is not active after install"
+    systemctl status cgprocfs --no-pager | head -n 20
+    journalctl -b --no-pager -o cat -u cgprocfs | tail -n 30
+fi
 systemctl show -p Type -p NotifyAccess -p FileDescriptorStoreMax cgprocfs
 # Readers: the host's uptime, then the first line of the bound meminfo (FAIL if unreadable).
 reader() {
@@ -21,8 +25,9 @@ reader b 384M
 sleep 3
 step() {
     echo "VM: $*"
-    "$@" || fail "$*"
+    timeout 60 "$@" || fail "$* (exit $?)"
     sleep 3
+    systemctl is-active --quiet cgprocfs || fail "cgprocfs is not active after: $*"
 }
 step systemctl restart cgprocfs
 step systemctl kill -s KILL cgprocfs
@@ -42,7 +47,7 @@ for r in a:131072 b:393216; do
     [ "$lines" -gt 50 ] || fail "reader $n hardly read"
     [ "$bad" -eq 0 ] || fail "reader $n: $bad failed or wrong reads"
 done
-journalctl -u cgprocfs --no-pager -o cat | tail -n 40
+journalctl -b -u cgprocfs --no-pager -o cat | tail -n 40
 [ $rc -eq 0 ] && echo "VM-RESULT ok"
 echo "VM-EXIT $rc"
 systemctl poweroff --force --force
