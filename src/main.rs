@@ -99,6 +99,9 @@ enum Cmd {
         /// Internal, set by an upgrade: the seccomp listener fd, then the notification fds.
         #[arg(long, hide = true, value_delimiter = ',')]
         seccomp_adopt: Vec<i32>,
+        /// Internal, set by an upgrade: the control socket's listening fd.
+        #[arg(long, hide = true)]
+        control_adopt: Option<i32>,
     },
     /// Print FILE (e.g. proc/meminfo) exactly as PID's container reads it through the mount.
     Show {
@@ -251,6 +254,7 @@ fn main() {
             init_minor,
             init_flags,
             seccomp_adopt,
+            control_adopt,
         } => {
             if host_cgroupns {
                 if let Err(e) = enter_host_cgroupns() {
@@ -263,7 +267,7 @@ fn main() {
                     fds: adopt,
                     params: InitParams { minor, flags },
                     seccomp: seccomp_adopt.split_first().map(|(l, n)| (*l, n.to_vec())),
-                    control: None,
+                    control: control_adopt,
                 }),
                 _ => None,
             };

@@ -98,8 +98,12 @@ fn the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed
     let tag = |n: u32| format!("localhost/{}:{n}", unique("cgprocfs-image"));
     let (image1, image2) = (tag(1), tag(2));
     let (pod1, pod2) = (unique("pod-old"), unique("pod-new"));
-    let _clean =
-        Cleanup { pods: vec![pod1.clone(), pod2.clone()], images: vec![image1.clone(), image2.clone()], dir: dir.clone(), mnt: mnt.clone() };
+    let _clean = Cleanup {
+        pods: vec![pod1.clone(), pod2.clone()],
+        images: vec![image1.clone(), image2.clone()],
+        dir: dir.clone(),
+        mnt: mnt.clone(),
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/build-image.sh");
     for (image, label) in [(&image1, "1"), (&image2, "2")] {
         sh(Command::new("sh").arg(&script).arg(image).env("CGPROCFS_BIN", bin()).env("CGPROCFS_IMAGE_LABEL", label));
@@ -122,7 +126,11 @@ fn the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed
     // The rollout: the new pod starts beside the old one and takes the connection over; then
     // the old pod is deleted (its lingering keeper exits without unmounting).
     run_pod(&pod2, &image2, &run, &mnt);
-    wait_for("the new pod takes over", || logs(&pod1).contains("connection handed over"), || format!("old:\n{}\nnew:\n{}", logs(&pod1), logs(&pod2)));
+    wait_for(
+        "the new pod takes over",
+        || logs(&pod1).contains("connection handed over"),
+        || format!("old:\n{}\nnew:\n{}", logs(&pod1), logs(&pod2)),
+    );
     std::thread::sleep(Duration::from_millis(500));
     sh(Command::new("podman").args(["rm", "-f", "-t", "5", &pod1]));
     std::thread::sleep(Duration::from_millis(500));

@@ -118,7 +118,7 @@ pub fn bind(path: &Path) -> io::Result<OwnedFd> {
     let old = unsafe { libc::umask(0o177) };
     let mut r = bind(fd.as_raw_fd(), &addr);
     if r == Err(nix::errno::Errno::EADDRINUSE) {
-        if connect(path).is_ok() {
+        if answers(path) {
             // SAFETY: restoring the mask.
             unsafe { libc::umask(old) };
             return Err(io::Error::new(io::ErrorKind::AddrInUse, format!("a keeper answers on {}", path.display())));
@@ -138,6 +138,19 @@ fn connect(path: &Path) -> io::Result<OwnedFd> {
     let fd = seqpacket()?;
     connect(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
     Ok(fd)
+}
+
+/// Whether something listens at `path`, without waiting: a listener nobody accepts on (its
+/// backlog full) counts as listening.
+fn answers(path: &Path) -> bool {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let Ok(addr) = UnixAddr::new(path) else { return false };
+    let Ok(fd) =
+        socket(AddressFamily::Unix, SockType::SeqPacket, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK, None)
+    else {
+        return false;
+    };
+    matches!(connect(fd.as_raw_fd(), &addr), Ok(()) | Err(nix::errno::Errno::EAGAIN))
 }
 
 fn set_timeout(fd: &OwnedFd, t: Duration) {
@@ -207,6 +220,10 @@ pub fn accept(listener: &OwnedFd) -> io::Result<Option<(OwnedFd, Request)>> {
     }
     set_timeout(&conn, Duration::from_secs(5));
     let (data, _) = recv(&conn)?;
+    if data.is_empty() {
+        // A probe (another keeper checking whether this socket is alive) or a peer that left.
+        return Ok(None);
+    }
     match serde_json::from_slice::<Request>(&data) {
         Ok(r) => Ok(Some((conn, r))),
         Err(e) => {

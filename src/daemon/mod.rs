@@ -307,9 +307,10 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 if let Some(w) = worker.take() {
                     stop_child(w, libc::SIGTERM);
                 }
+                let ctl = control.as_ref().map(|c| c.listener.as_raw_fd());
                 let err = match agent {
-                    Some(a) => a.with_fds(|l, n| exec_upgrade(&cfg, &fds, params, Some((l, n)))),
-                    None => exec_upgrade(&cfg, &fds, params, None),
+                    Some(a) => a.with_fds(|l, n| exec_upgrade(&cfg, &fds, params, Some((l, n)), ctl)),
+                    None => exec_upgrade(&cfg, &fds, params, None, ctl),
                 };
                 tracing::error!(error = %err, "upgrade failed; continuing with this binary");
                 respawn_at = Some(Instant::now());
@@ -463,16 +464,17 @@ struct Control {
 /// over.
 fn start_control(cfg: &KeeperConfig, adopted: Option<RawFd>) -> Option<Arc<Control>> {
     let path = handover::control_path(&cfg.pidfile);
-    // SAFETY: inherited for this process to own.
-    let adopted = adopted.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
-    let bound = if adopted.is_some() { handover::bind(&path) } else { retry_busy(|| handover::bind(&path)) };
-    let listener = match (bound, adopted) {
-        (Ok(l), _) => l,
-        (Err(_), Some(l)) => l,
-        (Err(e), None) => {
-            tracing::warn!(socket = %path.display(), error = %e, "no control socket: this keeper cannot hand over");
-            return None;
-        }
+    let listener = match adopted {
+        // An upgrade's, the fd store's or the previous keeper's (a handover): still bound.
+        // SAFETY: inherited for this process to own.
+        Some(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+        None => match retry_busy(|| handover::bind(&path)) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(socket = %path.display(), error = %e, "no control socket: this keeper cannot hand over");
+                return None;
+            }
+        },
     };
     cloexec(listener.as_raw_fd());
     let c = Arc::new(Control { pending: parking_lot::Mutex::new(None), listener });
@@ -696,12 +698,14 @@ fn exec_upgrade(
     fds: &[OwnedFd],
     params: InitParams,
     seccomp: Option<(RawFd, &[RawFd])>,
+    control: Option<RawFd>,
 ) -> io::Error {
     let mut inherit = raw_fds(fds);
     if let Some((l, n)) = seccomp {
         inherit.push(l);
         inherit.extend_from_slice(n);
     }
+    inherit.extend(control);
     let mut cmd = command_with_fds(cfg, &inherit);
     cmd.arg("serve")
         .arg(&cfg.mountpoint)
@@ -718,6 +722,9 @@ fn exec_upgrade(
         .arg(params.flags.to_string());
     if cfg.linger {
         cmd.arg("--linger");
+    }
+    if let Some(c) = control {
+        cmd.arg("--control-adopt").arg(c.to_string());
     }
     match (&cfg.seccomp_socket, seccomp) {
         (Some(path), Some((l, n))) => {

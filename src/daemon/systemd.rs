@@ -38,7 +38,12 @@ fn store(name: &str, fds: &[RawFd]) {
 /// Stores the connection's fds: the FUSE fds (with the INIT parameters in their names), the
 /// seccomp listener and notification fds, the control listener. Storing an fd the store
 /// already holds is a no-op for systemd.
-pub fn store_connection(fuse: &[RawFd], params: InitParams, seccomp: Option<(RawFd, &[RawFd])>, control: Option<RawFd>) {
+pub fn store_connection(
+    fuse: &[RawFd],
+    params: InitParams,
+    seccomp: Option<(RawFd, &[RawFd])>,
+    control: Option<RawFd>,
+) {
     if !managed() {
         return;
     }
@@ -111,12 +116,7 @@ pub fn parse_store(fds: &[(RawFd, String)]) -> Option<Adopted> {
     }
     fuse.sort_by_key(|f| f.0);
     let params = fuse.first()?.2;
-    Some(Adopted {
-        fds: fuse.iter().map(|f| f.1).collect(),
-        params,
-        seccomp: listener.map(|l| (l, notify)),
-        control,
-    })
+    Some(Adopted { fds: fuse.iter().map(|f| f.1).collect(), params, seccomp: listener.map(|l| (l, notify)), control })
 }
 
 #[cfg(test)]
