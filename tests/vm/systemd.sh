@@ -24,6 +24,7 @@ reader a 128M
 reader b 384M
 sleep 3
 step() {
+    echo "$(cut -d' ' -f1 /proc/uptime) $*" >> /tmp/steps
     echo "VM: $*"
     timeout 60 "$@" || fail "$* (exit $?)"
     sleep 3
@@ -43,6 +44,10 @@ for r in a:131072 b:393216; do
     bad=$(grep -v "MemTotal: *$kb kB" "/tmp/$n.out" | grep -c .)
     gap=$(awk '{ if (NR > 1 && $1 - p > g) g = $1 - p; p = $1 } END { printf "%.2f", g }' "/tmp/$n.out")
     echo "VM: reader $n: $lines reads, $bad failed or wrong, longest gap ${gap}s"
+    # The longest gap between two reads within each step's window (the step's own pause).
+    awk 'NR == FNR { at[NR] = $1; $1 = ""; name[NR] = $0; n = NR; next }
+         { for (i = n; i >= 1 && $1 < at[i]; i--); if (i >= 1 && FNR > 1 && $1 - p > g[i]) g[i] = $1 - p; p = $1 }
+         END { for (i = 1; i <= n; i++) printf "VM: reader '"$n"': longest pause during%s: %.2fs\n", name[i], g[i] }' /tmp/steps "/tmp/$n.out"
     grep -v "MemTotal: *$kb kB" "/tmp/$n.out" | head -n 5
     [ "$lines" -gt 50 ] || fail "reader $n hardly read"
     [ "$bad" -eq 0 ] || fail "reader $n: $bad failed or wrong reads"
