@@ -26,6 +26,14 @@ const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "9pnet_virtio", "9p", "ex
 /// Per boot.
 const TIMEOUT: Duration = Duration::from_secs(900);
 
+/// One guest at a time: two emulated guests on a 2-CPU host would starve each other's timing
+/// (steal, load and programs' CPU shares are asserted in them).
+static ONE_GUEST: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_guest() -> std::sync::MutexGuard<'static, ()> {
+    ONE_GUEST.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 struct Kernel {
     image: PathBuf,
     version: String,
@@ -231,6 +239,7 @@ fn summary(out: &str) -> String {
 fn live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1() {
     let test = "live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1";
     let Some(k) = ready(test) else { return };
+    let _turn = one_guest();
     let dir = std::env::temp_dir().join(unique("vm"));
     std::fs::create_dir_all(&dir).unwrap();
     struct Cleanup(PathBuf);
@@ -295,6 +304,7 @@ fn systemd_keeps_every_read_working_across_restart_kill_reload_and_reinstall() {
         eprintln!("SKIPPED {test}: no target/debian/*.deb (cargo deb --no-build)");
         return;
     };
+    let _turn = one_guest();
     let dir = std::env::temp_dir().join(unique("vm-systemd"));
     std::fs::create_dir_all(&dir).unwrap();
     struct Cleanup(PathBuf);
