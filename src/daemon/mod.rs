@@ -793,6 +793,8 @@ pub fn worker(
     }
     let sig = wait_signal(&set, None);
     tracing::info!(signal = ?sig, fallbacks = svc.fallbacks.count(), "worker stopping");
+    // Answer every FUSE request already read, take no more (they wait for the next worker).
+    session::quiesce(Duration::from_secs(2));
     // Seccomp answers being written are finished first (bounded: one may be held by a
     // hostile container).
     seccomp::wait_answered(Duration::from_secs(2));

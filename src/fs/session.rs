@@ -105,6 +105,38 @@ pub fn notify_resend(fd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Set once the process stops serving: threads take no further request.
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// Serving threads that stopped (each after answering what it had read).
+static PARKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The serving threads, to interrupt their blocking read when stopping.
+static THREADS: parking_lot::Mutex<Vec<libc::pthread_t>> = parking_lot::Mutex::new(Vec::new());
+
+extern "C" fn interrupt(_: libc::c_int) {}
+
+/// Stops serving without losing a request: every thread answers what it has read, then takes
+/// nothing more (threads blocked in `read` are interrupted with SIGUSR2); waits for all of
+/// them, at most `timeout`. A request read by no one stays queued for the next server. Without
+/// this, a request read just before the process exits is lost on kernels without
+/// `FUSE_NOTIFY_RESEND` (before 6.9): its reader would wait forever.
+pub fn quiesce(timeout: std::time::Duration) {
+    STOPPING.store(true, Ordering::SeqCst);
+    let t = std::time::Instant::now();
+    loop {
+        let threads = THREADS.lock();
+        if PARKED.load(Ordering::SeqCst) >= threads.len() || t.elapsed() > timeout {
+            return;
+        }
+        for &th in threads.iter() {
+            // SAFETY: each id is of a live serving thread (removed under this lock before it
+            // exits); the handler does nothing, it only makes a blocking read return EINTR.
+            unsafe { libc::pthread_kill(th, libc::SIGUSR2) };
+        }
+        drop(threads);
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// Starts one worker thread per fd, each reading requests from its fd and answering them with
 /// `handler`. The fds are shared, not consumed: the keeper process holds them too, so the
 /// connection survives this process.
@@ -113,6 +145,14 @@ pub fn spawn_workers<H: Handler>(
     handler: Arc<H>,
     spin: std::time::Duration,
 ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    // No SA_RESTART: the interrupted read returns EINTR and the thread sees it must stop.
+    // SAFETY: installing a handler that does nothing, with a zeroed sigaction.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = interrupt as *const () as usize;
+        libc::sigemptyset(&mut sa.sa_mask);
+        libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+    }
     let mut out = Vec::new();
     for (i, fd) in fds.iter().enumerate() {
         let (fd, h) = (fd.clone(), handler.clone());
@@ -143,6 +183,7 @@ fn read_request(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
         }
         let e = io::Error::last_os_error();
         match e.raw_os_error() {
+            Some(libc::EINTR) if STOPPING.load(Ordering::SeqCst) => return Err(e),
             // ENOENT: the request was interrupted before we read it.
             Some(libc::EINTR) | Some(libc::ENOENT) => continue,
             Some(libc::ENODEV) => return Ok(None),
@@ -215,6 +256,14 @@ fn init(fd: RawFd, uring: bool) -> io::Result<InitParams> {
 static SPINNING: AtomicBool = AtomicBool::new(false);
 
 fn worker(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    THREADS.lock().push(me);
+    serve(fd, handler, spin);
+    THREADS.lock().retain(|t| *t != me);
+}
+
+fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
     let fd = fd.as_raw_fd();
     let mut buf = vec![0u8; abi::READ_BUFFER];
     if !spin.is_zero() {
@@ -223,9 +272,17 @@ fn worker(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
     }
     let mut last = std::time::Instant::now();
     loop {
+        if STOPPING.load(Ordering::SeqCst) {
+            // Everything this thread read is answered: take nothing more.
+            PARKED.fetch_add(1, Ordering::SeqCst);
+            loop {
+                std::thread::park();
+            }
+        }
         let n = match read_request(fd, &mut buf) {
             Ok(Some(n)) => n,
             Ok(None) => return,
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 // Nothing queued: keep polling for a moment after the last request (the same
                 // reader's next request usually follows within microseconds, and waking a
