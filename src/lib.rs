@@ -17,6 +17,7 @@ pub mod fs;
 pub mod hook;
 pub mod host;
 pub mod launch;
+pub mod mountinfo;
 pub mod reattach;
 pub mod seccomp;
 pub mod service;

@@ -53,35 +53,22 @@ pub fn source_name(mountpoint: &Path) -> String {
 /// source is `source` (or the plain `cgprocfs` of versions before the source named the mount
 /// point).
 pub fn dead_mounts(mountinfo: &str, live: &str, source: &str) -> Vec<DeadMount> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mut post = post.split(' ');
-            let (fstype, src) = (post.next()?, post.next()?);
-            let f: Vec<&str> = pre.split(' ').collect();
-            let (dev, root, mount_point) = (f.get(2)?, f.get(3)?, f.get(4)?);
-            (fstype == "fuse.cgprocfs" && *dev != live && (src == source || src == "cgprocfs"))
-                .then(|| DeadMount { mount_point: unescape(mount_point), root: unescape(root) })
+    crate::mountinfo::entries(mountinfo)
+        .filter(|e| {
+            e.fstype == crate::fs::session::FSTYPE && e.dev != live && (e.source == source || e.source == "cgprocfs")
         })
+        .map(|e| DeadMount { mount_point: e.mount_point, root: e.root })
         .collect()
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for a space, `\011`, `\012`, `\134`).
-pub(crate) fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+/// The device (`major:minor`) of the cgprocfs mount of `source` at `mountpoint` in a mountinfo
+/// text: the last one, the top of any stack.
+pub fn live_dev<'a>(mountinfo: &'a str, mountpoint: &Path, source: &str) -> Option<&'a str> {
+    let at = mountpoint.to_string_lossy();
+    crate::mountinfo::entries(mountinfo)
+        .filter(|e| e.fstype == crate::fs::session::FSTYPE && e.source == source && e.mount_point == at)
+        .last()
+        .map(|e| e.dev)
 }
 
 /// Repairs every other mount namespace's dead cgprocfs mounts from the live mount at

@@ -125,21 +125,13 @@ impl Hierarchies {
     /// Parses mountinfo text; mount points are taken relative to `root`.
     pub fn parse(root: &Root, mountinfo: &str) -> Self {
         let mut h = Hierarchies::default();
-        for line in mountinfo.lines() {
-            // id parent dev root point opts [optional...] - fstype source superopts
-            let Some((pre, post)) = line.split_once(" - ") else {
-                continue;
-            };
-            let pre: Vec<&str> = pre.split(' ').collect();
-            let post: Vec<&str> = post.split(' ').collect();
-            if pre.len() < 5 || post.len() < 3 {
-                continue;
-            }
-            let m = Mount { point: root.join(&unescape(pre[4])), root: unescape(pre[3]), controllers: Vec::new() };
-            match post[0] {
+        for e in crate::mountinfo::entries(mountinfo) {
+            let m = Mount { point: root.join(&e.mount_point), root: e.root, controllers: Vec::new() };
+            match e.fstype {
                 "cgroup2" if h.v2.is_none() => h.v2 = Some(m),
                 "cgroup" => {
-                    let ctrls = post[2]
+                    let ctrls = e
+                        .super_options
                         .split(',')
                         .filter(|o| !matches!(*o, "rw" | "ro") && !o.contains('='))
                         .map(str::to_string)
@@ -239,28 +231,9 @@ fn dir(m: &Mount, cg_path: &str, version: Version) -> Option<CgroupDir> {
     Some(CgroupDir { version, path, top: m.point.clone() })
 }
 
-/// Undoes mountinfo's octal escapes (`\040` for space and friends).
-fn unescape(s: &str) -> String {
-    if !s.contains('\\') {
-        return s.to_string();
-    }
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn within_means_the_same_cgroup_or_below_where_the_outer_one_is_not_the_top() {
@@ -278,8 +251,6 @@ mod tests {
         // Nothing to be outside of.
         assert!(pc("0::/a\n").is_within(&pc("0::/\n")));
     }
-
-    use super::*;
 
     const HYBRID: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
@@ -327,11 +298,5 @@ mod tests {
         assert_eq!(dir(&m, "/sub/x", Version::V2).unwrap().path, Path::new("/cg/x"));
         let m = Mount { point: "/cg".into(), root: "/".into(), controllers: vec![] };
         assert!(dir(&m, "/a/../..", Version::V2).is_none());
-    }
-
-    #[test]
-    fn unescapes_mountinfo() {
-        assert_eq!(unescape("/a\\040b"), "/a b");
-        assert_eq!(unescape("/a\\04"), "/a\\04");
     }
 }

@@ -227,7 +227,8 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
     let mut backoff = Duration::ZERO;
     let mut respawn_at: Option<Instant> = None;
     // The device of this connection's mount, to notice an `umount -l` under the keeper.
-    let my_dev = mount_dev(&cfg.mountpoint, &crate::reattach::source_name(&cfg.mountpoint));
+    let source = crate::reattach::source_name(&cfg.mountpoint);
+    let my_dev = mount_dev(&cfg.mountpoint, &source);
     let mut detached = false;
     let mut next_check = Instant::now() + CHECK_EVERY;
     loop {
@@ -331,9 +332,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 remove_own_pidfile(&cfg.pidfile);
                 return Ok(());
             }
-            if !detached
-                && my_dev.as_ref().is_some_and(|d| mount_dev(&cfg.mountpoint, d.1.as_str()).as_ref() != Some(d))
-            {
+            if !detached && my_dev.is_some() && mount_dev(&cfg.mountpoint, &source) != my_dev {
                 // `umount -l` under us: containers' binds may still use the connection, so it
                 // is served until it ends, but the sockets go to whoever serves the mount point
                 // next.
@@ -381,23 +380,11 @@ fn retry_busy<T>(mut bind: impl FnMut() -> io::Result<T>) -> io::Result<T> {
 /// How often the keeper checks that its mount is attached and its connection alive.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// `(major:minor, source)` of the cgprocfs mount at `mountpoint` whose source is `source` in
-/// this process's mount namespace (the last one: the top of any stack).
-fn mount_dev(mountpoint: &Path, source: &str) -> Option<(String, String)> {
+/// The device of this keeper's mount at `mountpoint` (source `source`) as this process's
+/// mount namespace shows it now; `None` once it is detached.
+fn mount_dev(mountpoint: &Path, source: &str) -> Option<String> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    let want = mountpoint.to_string_lossy();
-    info.lines()
-        .rev()
-        .filter_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            let mut post = post.split(' ');
-            let (fstype, src) = (post.next()?, post.next()?);
-            let f: Vec<&str> = pre.split(' ').collect();
-            let (dev, at) = (f.get(2)?, f.get(4)?);
-            (fstype == "fuse.cgprocfs" && src == source && crate::reattach::unescape(at) == want)
-                .then(|| (dev.to_string(), src.to_string()))
-        })
-        .next()
+    crate::reattach::live_dev(&info, mountpoint, source).map(str::to_string)
 }
 
 /// Whether the kernel ended the FUSE connection of `fd` (`POLLERR` on `/dev/fuse`: no mount

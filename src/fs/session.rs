@@ -40,6 +40,9 @@ pub struct InitParams {
     pub flags: u32,
 }
 
+/// The file system type of every cgprocfs mount (FUSE with subtype `cgprocfs`).
+pub const FSTYPE: &str = "fuse.cgprocfs";
+
 /// Opens `/dev/fuse`, mounts it read-only at `mountpoint` for all users, and answers the
 /// kernel's FUSE_INIT. Returns the session fd and the negotiated parameters.
 pub fn mount(mountpoint: &Path, fsname: &str) -> io::Result<(OwnedFd, InitParams)> {
@@ -60,7 +63,7 @@ pub fn mount_with(mountpoint: &Path, fsname: &str, uring: bool) -> io::Result<(O
     );
     let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
     let (src, target, fstype, data) =
-        (c(fsname.as_bytes())?, c(mountpoint.as_os_str().as_bytes())?, c(b"fuse.cgprocfs")?, c(opts.as_bytes())?);
+        (c(fsname.as_bytes())?, c(mountpoint.as_os_str().as_bytes())?, c(FSTYPE.as_bytes())?, c(opts.as_bytes())?);
     let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
     let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
@@ -334,12 +337,9 @@ pub enum MountpointState {
 
 /// Classifies `mountpoint` from `mountinfo` text and the directory itself.
 pub fn mountpoint_state(mountpoint: &Path, mountinfo: &str) -> MountpointState {
-    let mounted_fuse = mountinfo.lines().any(|l| {
-        let Some((pre, post)) = l.split_once(" - ") else {
-            return false;
-        };
-        pre.split(' ').nth(4) == Some(&*mountpoint.to_string_lossy()) && post.starts_with("fuse")
-    });
+    let at = mountpoint.to_string_lossy();
+    let mounted_fuse =
+        crate::mountinfo::entries(mountinfo).any(|e| e.mount_point == at && e.fstype.starts_with("fuse"));
     if mounted_fuse {
         // statfs always reaches the daemon, where stat may be answered from cached attributes.
         return match nix::sys::statfs::statfs(mountpoint) {
