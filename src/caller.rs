@@ -62,10 +62,14 @@ impl Resolver {
                 if tid == init {
                     return Ok((theirs, Some(init)));
                 }
-                let own = ProcCgroup::of_pid(&self.root, tid)?.without_init_scope();
-                if !own.is_within(&theirs) && self.own_mounts(tid, init) {
-                    // Another container in the init's pid namespace: its own limits, its own age.
-                    return Ok((own, None));
+                // Two readlinks first: a process of the container itself shares the init's
+                // mounts, and its cgroup file is then never read.
+                if self.own_mounts(tid, init) {
+                    let own = ProcCgroup::of_pid(&self.root, tid)?.without_init_scope();
+                    if !own.is_within(&theirs) {
+                        // Another container in the init's pid namespace: its own limits and age.
+                        return Ok((own, None));
+                    }
                 }
                 Ok((theirs, Some(init)))
             }
