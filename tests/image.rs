@@ -12,7 +12,7 @@ use common::loops::{collect, kill_cgroups, reader_of};
 use common::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const MIB: u64 = 1024 * 1024;
 
@@ -77,14 +77,6 @@ fn logs(name: &str) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-fn wait_for(what: &str, mut f: impl FnMut() -> bool, diag: impl Fn() -> String) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(60), "{what}:\n{}", diag());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed_read() {
     let test = "the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed_read";
@@ -113,7 +105,12 @@ fn the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed
     sh(Command::new("mount").arg("--make-shared").arg(&mnt));
 
     run_pod(&pod1, &image1, &run, &mnt);
-    wait_for("the pod's mount reaches the host", || std::fs::read(mnt.join("proc/meminfo")).is_ok(), || logs(&pod1));
+    wait_for(
+        "the pod's mount reaches the host",
+        Duration::from_secs(60),
+        || std::fs::read(mnt.join("proc/meminfo")).is_ok(),
+        || logs(&pod1),
+    );
     let host_proc = TestCgroup::new("image-host", &Limits { memory: Some(160 * MIB), ..Default::default() });
     let seen = host_proc.run(&format!("head -n1 {}", mnt.join("proc/meminfo").display()));
     assert_eq!(seen.split_whitespace().nth(1), Some("163840"), "a host process reads its own limit: {seen}");
@@ -128,6 +125,7 @@ fn the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed
     run_pod(&pod2, &image2, &run, &mnt);
     wait_for(
         "the new pod takes over",
+        Duration::from_secs(60),
         || logs(&pod1).contains("connection handed over"),
         || format!("old:\n{}\nnew:\n{}", logs(&pod1), logs(&pod2)),
     );

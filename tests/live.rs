@@ -142,16 +142,7 @@ fn show_agrees_with_the_mount_byte_for_byte() {
         &Limits { memory: Some(200 * MIB), cpu: Some((50_000, 100_000)), ..Default::default() },
     );
     let mut unshare = cg.command("unshare -p -f sleep 30").spawn().unwrap();
-    let children = format!("/proc/{0}/task/{0}/children", unshare.id());
-    let t = std::time::Instant::now();
-    let init = loop {
-        let c = std::fs::read_to_string(&children).unwrap_or_default();
-        if let Some(pid) = c.split_whitespace().next() {
-            break pid.to_string();
-        }
-        assert!(t.elapsed().as_secs() < 10, "no init in the new pid namespace");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    let init = ns_init(&mut unshare);
     for file in ["proc/meminfo", "proc/cpuinfo", "sys/devices/system/cpu/online"] {
         // meminfo moves with the container's and the host's page cache: retry a few times
         // before calling a difference a mismatch.
@@ -215,21 +206,7 @@ fn containers_sharing_a_pid_namespace_read_their_own_limits() {
     let sub = pause.child("sub", &Limits::default());
     let mut unshare =
         init_scope.command("unshare -p -f -m sleep 60").stderr(std::process::Stdio::piped()).spawn().unwrap();
-    let children = format!("/proc/{0}/task/{0}/children", unshare.id());
-    let t = std::time::Instant::now();
-    let init = loop {
-        let c = std::fs::read_to_string(&children).unwrap_or_default();
-        if let Some(pid) = c.split_whitespace().next() {
-            break pid.to_string();
-        }
-        if let Ok(Some(st)) = unshare.try_wait() {
-            let mut err = String::new();
-            let _ = std::io::Read::read_to_string(&mut unshare.stderr.take().unwrap(), &mut err);
-            panic!("unshare exited with {st}: {err}");
-        }
-        assert!(t.elapsed().as_secs() < 10, "no init in the new pid namespace");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    };
+    let init = ns_init(&mut unshare);
     let meminfo = d.path("proc/meminfo");
     let joined = format!("nsenter -t {init} -p -- unshare -m -- cat {}", meminfo.display());
     let app_sees = field(&app.run(&joined), "MemTotal");
@@ -249,6 +226,28 @@ fn containers_sharing_a_pid_namespace_read_their_own_limits() {
     assert_eq!(app_sees, 100 * 1024, "the app container reads its own limit");
     assert_eq!(sub_sees, 200 * 1024, "a process in the init's sub-cgroup reads the init's");
     assert_eq!((nsenter_p, nsenter_pm), (200 * 1024, 200 * 1024), "tools entering from the host read the init's");
+}
+
+/// The host pid of the init of the pid namespace `unshare -p -f` made (its child), waiting up
+/// to 10 s; fails with unshare's status and stderr (when piped) if it exited instead.
+fn ns_init(unshare: &mut std::process::Child) -> String {
+    let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+    let t = std::time::Instant::now();
+    loop {
+        let c = std::fs::read_to_string(&children).unwrap_or_default();
+        if let Some(pid) = c.split_whitespace().next() {
+            return pid.to_string();
+        }
+        if let Ok(Some(st)) = unshare.try_wait() {
+            let mut err = String::new();
+            if let Some(mut e) = unshare.stderr.take() {
+                let _ = std::io::Read::read_to_string(&mut e, &mut err);
+            }
+            panic!("unshare exited with {st}: {err}");
+        }
+        assert!(t.elapsed().as_secs() < 10, "no init in the new pid namespace");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }
 
 fn comparable(file: &str, bytes: &[u8]) -> Vec<String> {

@@ -198,9 +198,8 @@ fn jdk_sees_one_cpu_and_sizes_its_heap_from_the_limit_both_ways() {
     if !ready(test, &["java"]) {
         return;
     }
-    let src = std::env::temp_dir().join(unique("jdk"));
-    std::fs::create_dir_all(&src).unwrap();
-    let _clean = Cleanup(src.clone());
+    let scratch = Scratch::new("jdk");
+    let src = &scratch.0;
     std::fs::write(
         src.join("P.java"),
         "public class P { public static void main(String[] a) { Runtime r = Runtime.getRuntime(); \
@@ -295,13 +294,4 @@ fn go_numcpu() -> PathBuf {
     assert!(o.status.success(), "go build: {}", String::from_utf8_lossy(&o.stderr));
     let _ = std::fs::remove_dir_all(&work);
     out
-}
-
-/// Removes a directory on drop, even when the test fails.
-struct Cleanup(PathBuf);
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }

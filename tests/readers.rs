@@ -9,23 +9,6 @@ use common::*;
 
 const MIB: u64 = 1024 * 1024;
 
-/// A scratch directory removed on drop, even when the test fails.
-struct Scratch(std::path::PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Scratch {
-        let d = std::env::temp_dir().join(unique(tag));
-        std::fs::create_dir_all(&d).unwrap();
-        Scratch(d)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Each program's view of FILE: its output's shape (per line, the number of fields and the
 /// first field when it is a label), one line per program.
 const PROGRAMS: &str = r##"

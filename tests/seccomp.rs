@@ -8,7 +8,7 @@ use common::bundle::{runc_ready, Bundle};
 use common::*;
 use serde_json::{json, Value};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The profile `cgprocfs seccomp-profile` prints for this daemon's socket.
 fn profile(d: &Daemon, affinity: bool) -> Value {
@@ -20,14 +20,6 @@ fn profile(d: &Daemon, affinity: bool) -> Value {
     let out = cmd.output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_slice(&out.stdout).unwrap()
-}
-
-fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !f() {
-        assert!(t.elapsed() < Duration::from_secs(30), "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -47,7 +39,12 @@ fn busybox_free_and_uptime_see_the_container_then_the_host_once_the_daemon_stops
     b.config["linux"]["seccomp"] = profile(&d, false);
     let b = b.write();
     let mut child = b.spawn();
-    wait_for("the container's first report", || b.output_file("stdout").contains("---"));
+    wait_for(
+        "the container's first report",
+        Duration::from_secs(30),
+        || b.output_file("stdout").contains("---"),
+        String::new,
+    );
     let first = b.output_file("stdout");
     eprintln!("{first}");
     assert_eq!(mem_total_mib(&first), 256, "free -m inside a 256 MiB container: {first}");
@@ -59,13 +56,13 @@ fn busybox_free_and_uptime_see_the_container_then_the_host_once_the_daemon_stops
     let w = d.worker_pid();
     // SAFETY: signals to the worker of the daemon this test started.
     unsafe { libc::kill(w, libc::SIGKILL) };
-    wait_for("a new worker", || d.worker_pid() != w);
+    wait_for("a new worker", Duration::from_secs(30), || d.worker_pid() != w, String::new);
     let w = d.worker_pid();
     // SAFETY: as above, the keeper.
     unsafe { libc::kill(d.pid(), libc::SIGHUP) };
-    wait_for("the upgraded keeper's worker", || d.worker_pid() != w);
+    wait_for("the upgraded keeper's worker", Duration::from_secs(30), || d.worker_pid() != w, String::new);
     std::fs::write(b.rootfs().join("tmp/step"), "").unwrap();
-    wait_for("the second report", || b.output_file("stdout").contains("==="));
+    wait_for("the second report", Duration::from_secs(30), || b.output_file("stdout").contains("==="), String::new);
     let second = b.output_file("stdout");
     let second = second.split("---").nth(1).unwrap_or_default();
     assert_eq!(mem_total_mib(second), 256, "after a worker crash and an upgrade: {second}");

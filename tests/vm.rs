@@ -240,15 +240,8 @@ fn live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1() {
     let test = "live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1";
     let Some(k) = ready(test) else { return };
     let _turn = one_guest();
-    let dir = std::env::temp_dir().join(unique("vm"));
-    std::fs::create_dir_all(&dir).unwrap();
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let scratch = Scratch::new("vm");
+    let dir = scratch.0.clone();
     let initrd = initramfs(&dir, &k, &tests_sh());
     let mut failed = Vec::new();
     for mode in ["v2", "v1"] {
@@ -305,15 +298,8 @@ fn systemd_keeps_every_read_working_across_restart_kill_reload_and_reinstall() {
         return;
     };
     let _turn = one_guest();
-    let dir = std::env::temp_dir().join(unique("vm-systemd"));
-    std::fs::create_dir_all(&dir).unwrap();
-    struct Cleanup(PathBuf);
-    impl Drop for Cleanup {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let _cleanup = Cleanup(dir.clone());
+    let scratch = Scratch::new("vm-systemd");
+    let dir = scratch.0.clone();
     let script = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/vm/systemd.sh")).unwrap();
     let files = [("systemd.sh", script), ("deb-path", deb.display().to_string())];
     let modules: Vec<&str> = MODULES.iter().copied().chain(["overlay"]).collect();

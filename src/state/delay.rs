@@ -67,11 +67,6 @@ impl DelayTracker {
         let rate_den = t2.saturating_sub(t1).max(1) as u128;
         Some(w2.saturating_add((rate_num * since / rate_den).min(u64::MAX as u128) as u64))
     }
-
-    /// Threads remembered (for the sampler's cost bound).
-    pub fn threads(&self) -> usize {
-        self.threads.len()
-    }
 }
 
 #[cfg(test)]
@@ -118,6 +113,6 @@ mod tests {
         t.fold(S, &[(1, 0), (2, 0)], 10, 0);
         t.fold(2 * S, &[(1, S / 10), (2, S / 10)], 10, 0);
         assert_eq!(t.estimate(2 * S), Some(S));
-        assert_eq!(t.threads(), 2);
+        assert_eq!(t.threads.len(), 2);
     }
 }

@@ -60,6 +60,32 @@ pub fn status_kib(pid: i32, key: &str) -> u64 {
     s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
+/// A scratch directory (`<tmp>/<unique name>`) removed on drop, even when the test fails.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        let d = std::env::temp_dir().join(unique(tag));
+        std::fs::create_dir_all(&d).unwrap();
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits until `f` holds, at most `timeout`; fails naming `what`, with `diag()` for context.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool, diag: impl Fn() -> String) {
+    let t = Instant::now();
+    while !f() {
+        assert!(t.elapsed() < timeout, "timed out waiting for {what}\n{}", diag());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A name unique to this test process and call.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
@@ -262,7 +288,7 @@ impl TestCgroup {
     }
 
     pub fn child(&self, tag: &str, limits: &Limits) -> TestCgroup {
-        TestCgroup(self.0.child(&unique(tag), &run_limits(limits)).unwrap_or_else(|e| panic!("cgroup {tag}: {e}")))
+        self.child_named(&unique(tag), limits)
     }
 
     /// A child cgroup with exactly this name (e.g. `init.scope`), removed with its parent.
