@@ -163,7 +163,8 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         // (before mounting, so a refusal leaves nothing behind).
         files::private_dir(dir, 0o755)?;
     }
-    let cfg_adopted = adopted.is_some();
+    // A connection that already existed (upgrade, handover, fd store): nothing to repair.
+    let fresh = adopted.is_none();
     let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
     let adopted_seccomp_held = adopted_seccomp.is_some();
     let adopted_control = adopted.as_ref().and_then(|a| a.control);
@@ -213,7 +214,6 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         stop_drain(&cfg);
     }
 
-    let fresh = !cfg_adopted;
     let mut worker = Some(spawn_worker(&cfg, &fds, agent)?);
     start_ready(&cfg, fresh && cfg.reattach);
     if let Some(t) = taken {

@@ -27,8 +27,8 @@ fn store(name: &str, fds: &[RawFd]) {
     }
     // SAFETY: the fds stay open for the duration of the call (the caller holds them).
     let borrowed: Vec<BorrowedFd<'_>> = fds.iter().map(|&fd| unsafe { BorrowedFd::borrow_raw(fd) }).collect();
-    // The message carries one name for all its fds: one message per fd keeps them apart.
-    for fd in borrowed.chunks(1) {
+    // One FDNAME names every fd of its message; SCM_RIGHTS carries at most 253 fds.
+    for fd in borrowed.chunks(250) {
         if let Err(e) = sd_notify::notify_with_fds(&[NotifyState::FdStore, NotifyState::FdName(name)], fd) {
             tracing::warn!(name, error = %e, "cannot store an fd with the service manager");
         }
