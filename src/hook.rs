@@ -65,11 +65,14 @@ pub struct Outcome {
     pub bound: Vec<String>,
     /// Files skipped, with the reason.
     pub skipped: Vec<(String, String)>,
+    /// Whether the files are the container's own cached ones (else the shared ones).
+    pub cached: bool,
 }
 
-/// Runs the hook: reads the state from `input`, binds the views of the daemon at `mountpoint`.
+/// Runs the hook: reads the state from `input`, binds the views of the daemon at `mountpoint`
+/// (the container's own cached files from `cache` where that tree is served, fs/cached.rs).
 /// Returns an error only for the log; the caller exits 0 regardless.
-pub fn run(mut input: impl Read, mountpoint: &Path) -> Result<Outcome, String> {
+pub fn run(mut input: impl Read, mountpoint: &Path, cache: Option<&Path>) -> Result<Outcome, String> {
     let mut text = String::new();
     input.read_to_string(&mut text).map_err(|e| format!("cannot read the state on stdin: {e}"))?;
     let state: State = serde_json::from_str(&text).map_err(|e| format!("bad state JSON: {e}"))?;
@@ -102,7 +105,13 @@ pub fn run(mut input: impl Read, mountpoint: &Path) -> Result<Outcome, String> {
             mountpoint.display()
         ));
     }
-    let mut out = Outcome { id: state.id.clone(), ..Default::default() };
+    // The container's own directory of the cached tree, named by its init's pid and start
+    // time; the shared files where there is none (an older daemon, `--no-cache`, no pid).
+    let own = cache.zip(state.pid).and_then(|(c, pid)| {
+        let dir = c.join(crate::fs::cached::key_name(u32::try_from(pid).ok()?).ok()?);
+        serving_at(c, &dir.join("proc/meminfo")).is_ok().then_some(dir)
+    });
+    let mut out = Outcome { id: state.id.clone(), cached: own.is_some(), ..Default::default() };
     // The root itself is the runtime's (the bundle is trusted); everything below it is the
     // image's and is resolved by bind_into without following a symlink.
     let root = std::fs::File::open(&rootfs)
@@ -111,7 +120,11 @@ pub fn run(mut input: impl Read, mountpoint: &Path) -> Result<Outcome, String> {
     for path in bind_targets() {
         // The cpu directory is bound whole (its cpuN entries are per container); the rest
         // are files.
-        match bind_into(&root, &mountpoint.join(path), path, path == CPU_DIR) {
+        let src = match &own {
+            Some(dir) if path != CPU_DIR => dir.join(path),
+            _ => mountpoint.join(path),
+        };
+        match bind_into(&root, &src, path, path == CPU_DIR) {
             Ok(()) => out.bound.push(path.into()),
             Err(e) => out.skipped.push((path.into(), e)),
         }
@@ -122,11 +135,16 @@ pub fn run(mut input: impl Read, mountpoint: &Path) -> Result<Outcome, String> {
 /// A live FUSE mount of ours at `mountpoint` (statfs reaches the daemon; a dead one answers
 /// ENOTCONN).
 fn serving(mountpoint: &Path) -> Result<(), String> {
-    let s = nix::sys::statfs::statfs(mountpoint).map_err(|e| format!("statfs: {e}"))?;
+    serving_at(mountpoint, &mountpoint.join("proc/meminfo"))
+}
+
+/// `mount` is a live FUSE mount and `file` (under it) answers.
+fn serving_at(mount: &Path, file: &Path) -> Result<(), String> {
+    let s = nix::sys::statfs::statfs(mount).map_err(|e| format!("statfs: {e}"))?;
     if s.filesystem_type().0 as i64 != FUSE_SUPER_MAGIC {
         return Err(format!("not a FUSE mount (type {:#x})", s.filesystem_type().0));
     }
-    std::fs::metadata(mountpoint.join("proc/meminfo")).map(|_| ()).map_err(|e| format!("proc/meminfo: {e}"))
+    std::fs::metadata(file).map(|_| ()).map_err(|e| format!("{}: {e}", file.display()))
 }
 
 pub(crate) const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;

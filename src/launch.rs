@@ -162,13 +162,19 @@ impl Drop for Transient {
 }
 
 /// Pairs of (served path, host path it is bound over), as NUL-terminated strings prepared
-/// before fork.
-pub fn bind_pairs(mountpoint: &Path) -> Vec<(CString, CString)> {
+/// before fork. With `cache` (a live cached tree), the files are the command's own cached
+/// ones: `<cache>/self/...`, which the child looks up itself once in its cgroups, so `self`
+/// names it (fs/cached.rs); the cpu directory is always the shared one.
+pub fn bind_pairs(mountpoint: &Path, cache: Option<&Path>) -> Vec<(CString, CString)> {
     crate::view::bind_targets()
         .into_iter()
         .filter(|p| Path::new("/").join(p).exists())
         .filter_map(|p| {
-            let src = CString::new(mountpoint.join(p).as_os_str().as_bytes()).ok()?;
+            let src = match cache {
+                Some(c) if p != crate::view::CPU_DIR => c.join(crate::fs::cached::SELF).join(p),
+                _ => mountpoint.join(p),
+            };
+            let src = CString::new(src.as_os_str().as_bytes()).ok()?;
             let dst = CString::new(format!("/{p}")).ok()?;
             Some((src, dst))
         })

@@ -48,6 +48,11 @@ struct ViewOpts {
     /// EMFILE, so no container can exhaust the table the others share.
     #[arg(long, default_value_t = cgprocfs::fs::HANDLES_PER_CONTAINER)]
     handles_per_container: usize,
+    /// Freshness bound of the cached tree (the files the OCI hook and `run` bind), in
+    /// milliseconds: a read returns content rendered at most this long before; reads within
+    /// it are served from the page cache without asking the daemon (docs/performance.md).
+    #[arg(long, default_value_t = 100)]
+    fresh_ms: u64,
 }
 
 #[derive(Subcommand)]
@@ -85,6 +90,10 @@ enum Cmd {
         /// which would then take the connection back), until the rollout deletes the pod.
         #[arg(long)]
         linger: bool,
+        /// Do not serve the cached tree (beside the pid file, `.cache`): hooks and `run` then
+        /// bind the shared files, each read answered by the daemon.
+        #[arg(long)]
+        no_cache: bool,
         #[command(flatten)]
         view: ViewOpts,
         /// Internal, set by an upgrade: the inherited /dev/fuse fds of the live connection.
@@ -102,6 +111,9 @@ enum Cmd {
         /// Internal, set by an upgrade: the control socket's listening fd.
         #[arg(long, hide = true)]
         control_adopt: Option<i32>,
+        /// Internal, set by an upgrade: the cached tree's /dev/fuse fds.
+        #[arg(long, hide = true, value_delimiter = ',')]
+        adopt_cache: Vec<i32>,
     },
     /// Print FILE (e.g. proc/meminfo) exactly as PID's container reads it through the mount.
     Show {
@@ -175,6 +187,10 @@ enum Cmd {
         /// output); also written to stderr.
         #[arg(long, default_value = "/run/cgprocfs/oci-hook.log")]
         log: PathBuf,
+        /// The daemon's cached tree (default: beside its default pid file, as `serve` mounts
+        /// it); `none` binds the shared files.
+        #[arg(long)]
+        cache: Option<PathBuf>,
     },
     /// Print the `docker run` options that bind every served file over the container's own.
     DockerArgs {
@@ -196,6 +212,9 @@ enum Cmd {
         /// Inherited seccomp notification fds.
         #[arg(long, value_delimiter = ',')]
         seccomp_fds: Vec<i32>,
+        /// The cached tree's /dev/fuse fds.
+        #[arg(long, value_delimiter = ',')]
+        cache_fds: Vec<i32>,
         #[command(flatten)]
         view: ViewOpts,
     },
@@ -249,12 +268,14 @@ fn main() {
             no_seccomp,
             no_reattach,
             linger,
+            no_cache,
             view,
             adopt,
             init_minor,
             init_flags,
             seccomp_adopt,
             control_adopt,
+            adopt_cache,
         } => {
             if host_cgroupns {
                 if let Err(e) = enter_host_cgroupns() {
@@ -265,6 +286,7 @@ fn main() {
             let adopted = match (adopt.is_empty(), init_minor, init_flags) {
                 (false, Some(minor), Some(flags)) => Some(Adopted {
                     fds: adopt,
+                    cache: adopt_cache,
                     params: InitParams { minor, flags },
                     seccomp: seccomp_adopt.split_first().map(|(l, n)| (*l, n.to_vec())),
                     control: control_adopt,
@@ -272,7 +294,7 @@ fn main() {
                 _ => None,
             };
             let seccomp = Seccomp { socket: seccomp_socket, disabled: no_seccomp };
-            serve(&mountpoint, threads, pidfile, view, seccomp, adopted, Lifecycle { reattach: !no_reattach, linger })
+            serve(&mountpoint, threads, pidfile, view, seccomp, adopted, Lifecycle { reattach: !no_reattach, linger, cache: !no_cache })
         }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
         Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
@@ -288,9 +310,17 @@ fn main() {
             println!("{}", args.join(" "));
             Ok(())
         }
-        Cmd::OciHook { mountpoint, log } => {
-            let line = match cgprocfs::hook::run(std::io::stdin(), &mountpoint) {
-                Ok(o) => format!("{}: bound {:?}; skipped {:?}", o.id, o.bound, o.skipped),
+        Cmd::OciHook { mountpoint, log, cache } => {
+            let cache = match cache {
+                Some(c) if c == Path::new("none") => None,
+                Some(c) => Some(c),
+                None => Some(cgprocfs::daemon::cache_dir(&default_pidfile(&mountpoint))),
+            };
+            let line = match cgprocfs::hook::run(std::io::stdin(), &mountpoint, cache.as_deref()) {
+                Ok(o) => {
+                    let tree = if o.cached { "own cached files" } else { "shared files" };
+                    format!("{}: bound {:?} ({tree}); skipped {:?}", o.id, o.bound, o.skipped)
+                }
                 Err(e) => e,
             };
             eprintln!("cgprocfs oci-hook: {line}");
@@ -309,13 +339,21 @@ fn main() {
                 Err(e) => Err(e),
             }
         }
-        Cmd::Worker { fds, state, seccomp_chan, seccomp_fds, view } => {
-            let spin = std::time::Duration::from_micros(view.spin_us);
+        Cmd::Worker { fds, state, seccomp_chan, seccomp_fds, cache_fds, view } => {
             let sec =
                 seccomp_chan.map(|chan| WorkerSeccomp { chan, fds: seccomp_fds, affinity: view.seccomp_affinity });
-            let opts = Options { cpu_count: view.cpu_count };
-            let handles = view.handles_per_container;
-            cgprocfs::daemon::worker(&fds, opts, state, spin, view.bench_floor, handles, sec).context("worker failed")
+            cgprocfs::daemon::worker(cgprocfs::daemon::WorkerArgs {
+                fds,
+                cache: cache_fds,
+                opts: Options { cpu_count: view.cpu_count },
+                state_file: state,
+                spin: std::time::Duration::from_micros(view.spin_us),
+                floor: view.bench_floor,
+                handles: view.handles_per_container,
+                fresh: std::time::Duration::from_millis(view.fresh_ms),
+                sec,
+            })
+            .context("worker failed")
         }
         Cmd::SeccompDrain { fds } => {
             cgprocfs::seccomp::agent::drain(cgprocfs::seccomp::adopt_fds(&fds));
@@ -350,6 +388,8 @@ fn show(pid: Option<u32>, file: &str, view: ViewOpts) -> Result<()> {
 struct Lifecycle {
     reattach: bool,
     linger: bool,
+    /// Serve the cached tree.
+    cache: bool,
 }
 
 /// `serve`'s seccomp listener options.
@@ -436,6 +476,7 @@ fn serve(
     view_args.push(view.cpu_count.to_possible_value().map_or("quota".into(), |v| v.get_name().to_string()));
     view_args.extend(["--spin-us".to_string(), view.spin_us.to_string()]);
     view_args.extend(["--handles-per-container".to_string(), view.handles_per_container.to_string()]);
+    view_args.extend(["--fresh-ms".to_string(), view.fresh_ms.to_string()]);
     if view.bench_floor {
         view_args.push("--bench-floor".to_string());
     }
@@ -449,6 +490,7 @@ fn serve(
         _ => Some(cgprocfs::files::companion(&pidfile, "sock")),
     };
     let cfg = KeeperConfig {
+        cache: life.cache.then(|| cgprocfs::daemon::cache_dir(&pidfile)),
         mountpoint: mountpoint.clone(),
         binary,
         view_args,
@@ -526,13 +568,14 @@ fn run(limits: RunLimits, mountpoint: &Path, seccomp: Option<bool>, cmd: &[Strin
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
     let canonical = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
     let mut own = None;
-    let (mnt, socket) = if mountpoint_state(&canonical, &mountinfo) == MountpointState::Served {
+    let (mnt, socket, cache) = if mountpoint_state(&canonical, &mountinfo) == MountpointState::Served {
         let socket = if canonical == Path::new(DEFAULT_MOUNTPOINT) {
             PathBuf::from(DEFAULT_SECCOMP_SOCKET)
         } else {
             cgprocfs::files::companion(&default_pidfile(&canonical), "sock")
         };
-        (canonical, socket)
+        let cache = cgprocfs::daemon::cache_dir(&default_pidfile(&canonical));
+        (canonical, socket, cache)
     } else {
         // No daemon there: start one on a private mount point for the duration.
         // A fresh directory nobody else can have prepared (mode 0700, random name).
@@ -550,6 +593,7 @@ fn run(limits: RunLimits, mountpoint: &Path, seccomp: Option<bool>, cmd: &[Strin
             .spawn()
             .context("cannot start a daemon")?;
         let socket = cgprocfs::files::companion(&dir.join("keeper.pid"), "sock");
+        let cache = cgprocfs::daemon::cache_dir(&dir.join("keeper.pid"));
         own = Some(OwnDaemon { child, dir });
         let t = std::time::Instant::now();
         while std::fs::read(mnt.join("proc/meminfo")).map(|b| b.is_empty()).unwrap_or(true) {
@@ -558,11 +602,15 @@ fn run(limits: RunLimits, mountpoint: &Path, seccomp: Option<bool>, cmd: &[Strin
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        (mnt, socket)
+        (mnt, socket, cache)
     };
+    // The cached tree if it answers (this process's own files: it is in no container, and
+    // the check only asks whether the tree is served).
+    let live = std::fs::metadata(cache.join(cgprocfs::fs::cached::SELF).join("proc/meminfo")).is_ok();
+    let cache = live.then_some(cache);
     let cg = Transient::create(&format!("cgprocfs-run-{}", std::process::id()), &limits)
         .context("cannot create the transient cgroup")?;
-    let (procs, binds) = (cg.procs_files(), bind_pairs(&mnt));
+    let (procs, binds) = (cg.procs_files(), bind_pairs(&mnt, cache.as_deref()));
     let mut command = std::process::Command::new(&cmd[0]);
     command.args(&cmd[1..]);
     // The command's seccomp listener comes back over this pair; the parent hands it on.

@@ -9,7 +9,9 @@
 //! 2. old: refuses a version it does not speak ([`Reply::Refused`]) and goes on serving.
 //!    Otherwise it stops its worker (the kernel queues requests meanwhile, as for a worker
 //!    crash) and sends [`Reply::Offer`] with the FUSE fds, the seccomp listener and
-//!    notification fds and its control listener, in chunks of at most [`CHUNK`] fds.
+//!    notification fds, its control listener and the cached tree's fds, in chunks of at most
+//!    [`CHUNK`] fds. (A keeper from before the cached tree counts fewer fds than it gets and
+//!    drops the offer: the old keeper serves on.)
 //! 3. new: checks the fds, starts its worker, then sends `taken`. The old keeper exits
 //!    without unmounting and without a seccomp drain. If `taken` does not come (the new one
 //!    died or refused the offer), the old keeper starts a worker again and goes on.
@@ -74,11 +76,15 @@ pub struct Offer {
     pub notify: usize,
     /// Whether the control listener follows.
     pub control: bool,
+    /// Number of fds of the cached tree's connection, sent last (0 from a keeper without
+    /// one: the taker mounts its own).
+    #[serde(default)]
+    pub cache: usize,
 }
 
 impl Offer {
     fn total(&self) -> usize {
-        self.fuse + usize::from(self.listener) + self.notify + usize::from(self.control)
+        self.fuse + usize::from(self.listener) + self.notify + usize::from(self.control) + self.cache
     }
 }
 
@@ -95,6 +101,8 @@ pub struct Received {
     pub notify: Vec<OwnedFd>,
     /// The old keeper's control listener.
     pub control: Option<OwnedFd>,
+    /// The cached tree's connection.
+    pub cache: Vec<OwnedFd>,
 }
 
 /// The control socket's path for a keeper with pid file `pidfile`.
@@ -301,7 +309,8 @@ pub fn take(path: &Path) -> io::Result<(Taken, Received)> {
     let listener = if offer.listener { it.next() } else { None };
     let notify: Vec<OwnedFd> = it.by_ref().take(offer.notify).collect();
     let control = if offer.control { it.next() } else { None };
-    Ok((Taken(conn), Received { offer, fuse, listener, notify, control }))
+    let cache: Vec<OwnedFd> = it.by_ref().take(offer.cache).collect();
+    Ok((Taken(conn), Received { offer, fuse, listener, notify, control, cache }))
 }
 
 /// The new keeper's promise to confirm once it serves.
@@ -326,7 +335,7 @@ mod tests {
         let listener = bind(&path).unwrap();
         assert!(bind(&path).is_err(), "a second keeper cannot bind a live control socket");
         // 250 notification fds: more than one message's worth.
-        let files: Vec<std::fs::File> = (0..254).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let files: Vec<std::fs::File> = (0..255).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
         let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
         let offer = Offer {
             handover: VERSION,
@@ -337,6 +346,7 @@ mod tests {
             listener: true,
             notify: 250,
             control: true,
+            cache: 1,
         };
         let old = std::thread::spawn(move || {
             // The second bind's probe came first: not a request, skipped.
@@ -348,6 +358,7 @@ mod tests {
         assert_eq!((got.offer.minor, got.offer.flags), (41, 7));
         assert_eq!((got.fuse.len(), got.notify.len()), (2, 250));
         assert!(got.listener.is_some() && got.control.is_some());
+        assert_eq!(got.cache.len(), 1, "the cached tree's connection comes last");
         taken.confirm().unwrap();
         assert!(old.join().unwrap(), "the old side saw the confirmation");
         drop(files);
@@ -369,6 +380,7 @@ mod tests {
             listener: false,
             notify: 0,
             control: false,
+            cache: 0,
         };
         let old = std::thread::spawn(move || {
             let (conn, req) = accept(&listener).unwrap().unwrap();

@@ -25,6 +25,7 @@ use crate::service::{Options, Service};
 use crate::Root;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -52,6 +53,8 @@ pub struct KeeperConfig {
     pub reattach: bool,
     /// After a handover, wait for SIGTERM/SIGINT instead of exiting (a DaemonSet pod).
     pub linger: bool,
+    /// Where the cached tree's connection is mounted (fs/cached.rs); `None` serves none.
+    pub cache: Option<PathBuf>,
 }
 
 /// A live connection handed over by a previous keeper through `exec`.
@@ -59,6 +62,8 @@ pub struct KeeperConfig {
 pub struct Adopted {
     /// The inherited `/dev/fuse` fds; the first is the session fd.
     pub fds: Vec<RawFd>,
+    /// The cached tree's connection, if the previous keeper had one.
+    pub cache: Vec<RawFd>,
     /// The parameters negotiated at the original FUSE_INIT.
     pub params: InitParams,
     /// The seccomp listener socket and the notification fds held, if any.
@@ -74,6 +79,7 @@ impl Adopted {
         use std::os::fd::IntoRawFd;
         Adopted {
             fds: r.fuse.into_iter().map(IntoRawFd::into_raw_fd).collect(),
+            cache: r.cache.into_iter().map(IntoRawFd::into_raw_fd).collect(),
             params: InitParams { minor: r.offer.minor, flags: r.offer.flags },
             seccomp: r.listener.map(|l| (l.into_raw_fd(), r.notify.into_iter().map(IntoRawFd::into_raw_fd).collect())),
             control: r.control.map(IntoRawFd::into_raw_fd),
@@ -90,6 +96,11 @@ pub struct WorkerSeccomp {
     pub fds: Vec<RawFd>,
     /// Also answer `sched_getaffinity`.
     pub affinity: bool,
+}
+
+/// Where the keeper with pid file `pidfile` mounts the cached tree (fs/cached.rs).
+pub fn cache_dir(pidfile: &Path) -> PathBuf {
+    files::companion(pidfile, "cache")
 }
 
 /// The pid file of the keeper serving `mountpoint`.
@@ -112,6 +123,51 @@ fn check_fuse_fd(fd: RawFd) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {fd} is not /dev/fuse")));
     }
     Ok(())
+}
+
+/// Takes ownership of inherited `/dev/fuse` fds (checked, close-on-exec again).
+fn own_fuse_fds(raw: &[RawFd]) -> io::Result<Vec<OwnedFd>> {
+    let mut fds = Vec::new();
+    for &fd in raw {
+        check_fuse_fd(fd)?;
+        cloexec(fd);
+        // SAFETY: the fd was inherited for this process to own.
+        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(fds)
+}
+
+/// Mounts the cached tree's connection at `cfg.cache` (one fd per thread). It is optional:
+/// without it hooks bind the shared files, so a failure is logged and serving goes on.
+fn mount_cache(cfg: &KeeperConfig) -> Vec<OwnedFd> {
+    let Some(dir) = &cfg.cache else { return Vec::new() };
+    let mounted = (|| -> io::Result<Vec<OwnedFd>> {
+        // Cleared first: a dead keeper's mount (ENOTCONN), or a live one whose main mount was
+        // detached (its containers' binds keep it).
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        if session::mountpoint_state(dir, &mountinfo) != session::MountpointState::Free {
+            let _ = session::unmount(dir);
+        }
+        if std::fs::symlink_metadata(dir).is_err() {
+            std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+        }
+        let (master, _) = session::mount(dir, &crate::reattach::source_name(dir))?;
+        let mut fds = vec![master];
+        for _ in 1..cfg.threads.max(1) {
+            fds.push(clone_fd(&fds[0])?);
+        }
+        Ok(fds)
+    })();
+    match mounted {
+        Ok(fds) => {
+            tracing::info!(mountpoint = %dir.display(), "cached tree mounted");
+            fds
+        }
+        Err(e) => {
+            tracing::warn!(mountpoint = %dir.display(), error = %e, "no cached tree: hooks bind the shared files");
+            Vec::new()
+        }
+    }
 }
 
 fn signal_set(sigs: &[libc::c_int]) -> libc::sigset_t {
@@ -168,17 +224,12 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
     let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
     let adopted_seccomp_held = adopted_seccomp.is_some();
     let adopted_control = adopted.as_ref().and_then(|a| a.control);
-    let (fds, params) = match adopted {
+    let (fds, params, cache) = match adopted {
         Some(a) => {
-            let mut fds = Vec::new();
-            for fd in &a.fds {
-                check_fuse_fd(*fd)?;
-                cloexec(*fd);
-                // SAFETY: the fd was inherited across exec for us to own.
-                fds.push(unsafe { OwnedFd::from_raw_fd(*fd) });
-            }
-            tracing::info!(fds = fds.len(), "adopted the live FUSE connection after an upgrade");
-            (fds, a.params)
+            let fds = own_fuse_fds(&a.fds)?;
+            let cache = own_fuse_fds(&a.cache)?;
+            tracing::info!(fds = fds.len(), cache = cache.len(), "adopted the live FUSE connection");
+            (fds, a.params, cache)
         }
         None => {
             let (master, params) = session::mount(&cfg.mountpoint, &crate::reattach::source_name(&cfg.mountpoint))?;
@@ -186,9 +237,11 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
             for _ in 1..cfg.threads.max(1) {
                 fds.push(clone_fd(&fds[0])?);
             }
-            (fds, params)
+            (fds, params, Vec::new())
         }
     };
+    // A previous keeper without a cached tree (or one whose cache mount failed): mount one now.
+    let cache = if cache.is_empty() { mount_cache(&cfg) } else { cache };
     if let Err(e) = files::write_atomic(&cfg.pidfile, format!("{}\n", std::process::id()).as_bytes()) {
         tracing::warn!(pidfile = %cfg.pidfile.display(), error = %e, "cannot write the pid file");
     }
@@ -203,6 +256,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         let sec = agent.map(|a| a.with_fds(|l, n| (l, n.to_vec())));
         systemd::store_connection(
             &raw_fds(&fds),
+            &raw_fds(&cache),
             params,
             sec.as_ref().map(|(l, n)| (*l, n.as_slice())),
             control.as_ref().map(|c| c.listener.as_raw_fd()),
@@ -214,7 +268,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         stop_drain(&cfg);
     }
 
-    let mut worker = Some(spawn_worker(&cfg, &fds, agent)?);
+    let mut worker = Some(spawn_worker(&cfg, &fds, &cache, agent)?);
     start_ready(&cfg, fresh && cfg.reattach);
     if let Some(t) = taken {
         // The old keeper exits once told; until then it could still resume.
@@ -259,6 +313,10 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                     systemd::notify_stopping();
                 }
                 let r = if detached || keep { Ok(()) } else { session::unmount(&cfg.mountpoint) };
+                if let Some(c) = cfg.cache.as_ref().filter(|_| !(detached || keep || cache.is_empty())) {
+                    // Containers' binds of it keep the connection until they go.
+                    let _ = session::unmount(c);
+                }
                 if let Some(w) = worker.take() {
                     stop_child(w, libc::SIGTERM);
                 }
@@ -279,7 +337,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 if let Some(w) = worker.take() {
                     stop_child(w, libc::SIGTERM);
                 }
-                match give(&fds, params, agent, control.as_deref(), &conn) {
+                match give(&fds, &cache, params, agent, control.as_deref(), &conn) {
                     Ok(true) => {
                         // Nothing is unmounted and no drain started: the new keeper serves the
                         // mount and holds the containers' notification fds; the pid file is its.
@@ -310,8 +368,8 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 }
                 let ctl = control.as_ref().map(|c| c.listener.as_raw_fd());
                 let err = match agent {
-                    Some(a) => a.with_fds(|l, n| exec_upgrade(&cfg, &fds, params, Some((l, n)), ctl)),
-                    None => exec_upgrade(&cfg, &fds, params, None, ctl),
+                    Some(a) => a.with_fds(|l, n| exec_upgrade(&cfg, &fds, &cache, params, Some((l, n)), ctl)),
+                    None => exec_upgrade(&cfg, &fds, &cache, params, None, ctl),
                 };
                 tracing::error!(error = %err, "upgrade failed; continuing with this binary");
                 respawn_at = Some(Instant::now());
@@ -349,7 +407,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         }
         if respawn_at.is_some_and(|t| t <= Instant::now()) && worker.is_none() {
             respawn_at = None;
-            match spawn_worker(&cfg, &fds, agent) {
+            match spawn_worker(&cfg, &fds, &cache, agent) {
                 Ok(w) => {
                     worker = Some(w);
                     started = Instant::now();
@@ -500,6 +558,7 @@ fn start_control(cfg: &KeeperConfig, adopted: Option<RawFd>) -> Option<Arc<Contr
 /// the control listener) on `conn`; true once the other keeper took it.
 fn give(
     fds: &[OwnedFd],
+    cache: &[OwnedFd],
     params: InitParams,
     agent: Option<&Agent>,
     control: Option<&Control>,
@@ -514,6 +573,7 @@ fn give(
         if let Some(c) = control {
             all.push(c.listener.as_raw_fd());
         }
+        all.extend(raw_fds(cache));
         let offer = handover::Offer {
             handover: handover::VERSION,
             binary: env!("CARGO_PKG_VERSION").to_string(),
@@ -523,6 +583,7 @@ fn give(
             listener: sec.is_some(),
             notify: sec.map_or(0, |(_, n)| n.len()),
             control: control.is_some(),
+            cache: cache.len(),
         };
         handover::give(conn, &offer, &all)
     };
@@ -610,16 +671,21 @@ fn start_agent(cfg: &KeeperConfig, adopted: Option<(RawFd, Vec<RawFd>)>) -> io::
     Ok(Some(agent))
 }
 
-fn spawn_worker(cfg: &KeeperConfig, fds: &[OwnedFd], agent: Option<&Agent>) -> io::Result<Child> {
+fn spawn_worker(cfg: &KeeperConfig, fds: &[OwnedFd], cache: &[OwnedFd], agent: Option<&Agent>) -> io::Result<Child> {
     let fuse = raw_fds(fds);
+    let cache = raw_fds(cache);
     let spawn = |sec: Option<(RawFd, &[RawFd])>| {
         let mut inherit = fuse.clone();
+        inherit.extend_from_slice(&cache);
         if let Some((chan, notify)) = sec {
             inherit.push(chan);
             inherit.extend_from_slice(notify);
         }
         let mut cmd = command_with_fds(cfg, &inherit);
         cmd.arg("worker").arg("--fds").arg(fd_list(&fuse));
+        if !cache.is_empty() {
+            cmd.arg("--cache-fds").arg(fd_list(&cache));
+        }
         cmd.arg("--state").arg(files::companion(&cfg.pidfile, "state"));
         if let Some((chan, notify)) = sec {
             cmd.arg("--seccomp-chan").arg(chan.to_string());
@@ -683,6 +749,7 @@ fn stop_drain(cfg: &KeeperConfig) {
 fn exec_upgrade(
     cfg: &KeeperConfig,
     fds: &[OwnedFd],
+    cache: &[OwnedFd],
     params: InitParams,
     seccomp: Option<(RawFd, &[RawFd])>,
     control: Option<RawFd>,
@@ -693,6 +760,7 @@ fn exec_upgrade(
         inherit.extend_from_slice(n);
     }
     inherit.extend(control);
+    inherit.extend(raw_fds(cache));
     let mut cmd = command_with_fds(cfg, &inherit);
     cmd.arg("serve")
         .arg(&cfg.mountpoint)
@@ -709,6 +777,15 @@ fn exec_upgrade(
         .arg(params.flags.to_string());
     if cfg.linger {
         cmd.arg("--linger");
+    }
+    match &cfg.cache {
+        Some(_) if !cache.is_empty() => {
+            cmd.arg("--adopt-cache").arg(fd_list(&raw_fds(cache)));
+        }
+        Some(_) => {}
+        None => {
+            cmd.arg("--no-cache");
+        }
     }
     if let Some(c) = control {
         cmd.arg("--control-adopt").arg(c.to_string());
@@ -730,16 +807,32 @@ fn exec_upgrade(
     cmd.exec()
 }
 
+/// What a worker serves and how, from its command line.
+#[derive(Debug, Clone)]
+pub struct WorkerArgs {
+    /// The shared tree's `/dev/fuse` fds.
+    pub fds: Vec<RawFd>,
+    /// The cached tree's fds (none: no cached tree).
+    pub cache: Vec<RawFd>,
+    /// How views are computed.
+    pub opts: Options,
+    /// File keeping per-container counters across worker restarts.
+    pub state_file: Option<PathBuf>,
+    /// How long a thread polls for the next request before sleeping.
+    pub spin: Duration,
+    /// Also serve the benchmark's constant file.
+    pub floor: bool,
+    /// Handles one container may hold open.
+    pub handles: usize,
+    /// The cached tree's freshness bound.
+    pub fresh: Duration,
+    /// Seccomp notifications to answer.
+    pub sec: Option<WorkerSeccomp>,
+}
+
 /// Runs a worker on inherited fds until SIGTERM/SIGINT or the keeper's death.
-pub fn worker(
-    fds: &[RawFd],
-    opts: Options,
-    state_file: Option<PathBuf>,
-    spin: Duration,
-    floor: bool,
-    handles: usize,
-    sec: Option<WorkerSeccomp>,
-) -> io::Result<()> {
+pub fn worker(args: WorkerArgs) -> io::Result<()> {
+    let WorkerArgs { fds, cache, opts, state_file, spin, floor, handles, fresh, sec } = args;
     // Die with the keeper: the pair is one service from the outside.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -754,13 +847,8 @@ pub fn worker(
     let set = signal_set(&[libc::SIGTERM, libc::SIGINT]);
     // SAFETY: block before any thread starts so only the wait below takes them.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    let mut owned = Vec::new();
-    for &fd in fds {
-        check_fuse_fd(fd)?;
-        cloexec(fd);
-        // SAFETY: inherited for this process to own.
-        owned.push(Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }));
-    }
+    let owned: Vec<Arc<OwnedFd>> = own_fuse_fds(&fds)?.into_iter().map(Arc::new).collect();
+    let cache: Vec<Arc<OwnedFd>> = own_fuse_fds(&cache)?.into_iter().map(Arc::new).collect();
     let first = owned.first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no fds"))?;
     let svc = Arc::new(Service::with_state(Root::new("/"), opts, state_file).map_err(io::Error::other)?);
     tracing::info!(layout = ?svc.hierarchies().layout(), "cgroup hierarchies found");
@@ -774,9 +862,14 @@ pub fn worker(
     }
     let fs = Arc::new(ProcFs::with_floor(svc.clone(), floor).with_handles_per_container(handles));
     spawn_workers(&owned, fs, spin)?;
+    if !cache.is_empty() {
+        spawn_workers(&cache, Arc::new(crate::fs::cached::CachedFs::new(svc.clone(), fresh)), spin)?;
+    }
     // Only now, with readers in place: requests a dead predecessor read are queued again.
-    if let Err(e) = notify_resend(first) {
-        tracing::warn!(error = %e, "kernel cannot resend requests (needs Linux 6.9); a predecessor's in-flight requests are lost");
+    for fd in std::iter::once(first).chain(cache.first()) {
+        if let Err(e) = notify_resend(fd) {
+            tracing::warn!(error = %e, "kernel cannot resend requests (needs Linux 6.9); a predecessor's in-flight requests are lost");
+        }
     }
     let sig = wait_signal(&set, None);
     tracing::info!(signal = ?sig, fallbacks = svc.fallbacks.count(), "worker stopping");

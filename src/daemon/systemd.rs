@@ -7,7 +7,7 @@
 //! the next keeper's worker answers them. The notify protocol is the `sd-notify` crate's.
 //!
 //! Store names: `fuse-<i>-<minor>-<flags>` (the INIT parameters travel with the connection),
-//! `seccomp-listener`, `seccomp-notify`, `control`. systemd drops a stored fd by itself when
+//! `cache` (the cached tree's connection, fs/cached.rs), `seccomp-listener`, `seccomp-notify`, `control`. systemd drops a stored fd by itself when
 //! it reports `POLLHUP`/`POLLERR`: a container's notification fd once it exited, the FUSE fds
 //! once no mount uses the connection.
 
@@ -40,6 +40,7 @@ fn store(name: &str, fds: &[RawFd]) {
 /// already holds is a no-op for systemd.
 pub fn store_connection(
     fuse: &[RawFd],
+    cache: &[RawFd],
     params: InitParams,
     seccomp: Option<(RawFd, &[RawFd])>,
     control: Option<RawFd>,
@@ -50,6 +51,8 @@ pub fn store_connection(
     for (i, fd) in fuse.iter().enumerate() {
         store(&format!("fuse-{i}-{}-{}", params.minor, params.flags), &[*fd]);
     }
+    // Their order does not matter: every cloned fd serves the same connection.
+    store("cache", cache);
     if let Some((l, n)) = seccomp {
         store("seccomp-listener", &[l]);
         store("seccomp-notify", n);
@@ -99,7 +102,7 @@ pub fn adopt_from_store() -> Option<Adopted> {
 /// Sorts stored fds by name into a connection to adopt; `None` without FUSE fds.
 pub fn parse_store(fds: &[(RawFd, String)]) -> Option<Adopted> {
     let mut fuse: Vec<(usize, RawFd, InitParams)> = Vec::new();
-    let (mut listener, mut notify, mut control) = (None, Vec::new(), None);
+    let (mut listener, mut notify, mut control, mut cache) = (None, Vec::new(), None, Vec::new());
     for (fd, name) in fds {
         let parts: Vec<&str> = name.split('-').collect();
         match parts.as_slice() {
@@ -111,12 +114,19 @@ pub fn parse_store(fds: &[(RawFd, String)]) -> Option<Adopted> {
             ["seccomp", "listener"] => listener = Some(*fd),
             ["seccomp", "notify"] => notify.push(*fd),
             ["control"] => control = Some(*fd),
+            ["cache"] => cache.push(*fd),
             _ => tracing::warn!(fd, name, "an unknown fd in the store; ignored"),
         }
     }
     fuse.sort_by_key(|f| f.0);
     let params = fuse.first()?.2;
-    Some(Adopted { fds: fuse.iter().map(|f| f.1).collect(), params, seccomp: listener.map(|l| (l, notify)), control })
+    Some(Adopted {
+        fds: fuse.iter().map(|f| f.1).collect(),
+        cache,
+        params,
+        seccomp: listener.map(|l| (l, notify)),
+        control,
+    })
 }
 
 #[cfg(test)]
@@ -130,6 +140,7 @@ mod tests {
             (5, "seccomp-listener"),
             (8, "seccomp-notify"),
             (6, "control"),
+            (10, "cache"),
             (9, "something-else"),
         ];
         let fds: Vec<(i32, String)> = names.iter().map(|(f, n)| (*f, n.to_string())).collect();
@@ -138,6 +149,7 @@ mod tests {
         assert_eq!((a.params.minor, a.params.flags), (41, 99));
         assert_eq!(a.seccomp, Some((5, vec![7, 8])));
         assert_eq!(a.control, Some(6));
+        assert_eq!(a.cache, vec![10]);
         assert!(super::parse_store(&fds[4..]).is_none(), "no FUSE fd: nothing to adopt");
     }
 }

@@ -45,6 +45,9 @@ pub mod op {
 
 /// `FUSE_NOTIFY_RESEND` notification code (protocol 7.40, Linux 6.9).
 pub const FUSE_NOTIFY_RESEND: u32 = 7;
+/// `FUSE_AUTO_INVAL_DATA`: the kernel drops an inode's cached pages when a GETATTR reply shows
+/// a new mtime or size, and checks the attributes (once their timeout passed) on every read.
+pub const FUSE_AUTO_INVAL_DATA: u32 = 1 << 12;
 /// `FUSE_PARALLEL_DIROPS`: lookups and readdirs of one directory may run concurrently.
 pub const FUSE_PARALLEL_DIROPS: u32 = 1 << 18;
 /// INIT flag: the `flags2` word is in use.
@@ -156,6 +159,9 @@ pub struct Attr {
     pub nlink: u32,
     /// Times (seconds since the epoch), all equal.
     pub time: u64,
+    /// Nanoseconds of the times: with [`Attr::time`], a served file's version (the kernel
+    /// drops its cached pages when it changes).
+    pub nsec: u32,
 }
 
 impl Attr {
@@ -163,7 +169,7 @@ impl Attr {
     pub fn encode(&self, o: &mut Out) {
         o.u64(self.ino).u64(self.size).u64(0); // ino, size, blocks
         o.u64(self.time).u64(self.time).u64(self.time); // atime, mtime, ctime
-        o.u32(0).u32(0).u32(0); // nsecs
+        o.u32(self.nsec).u32(self.nsec).u32(self.nsec); // nsecs
         o.u32(self.mode).u32(self.nlink).u32(0).u32(0); // mode, nlink, uid, gid
         o.u32(0).u32(4096).u32(0); // rdev, blksize, flags
     }

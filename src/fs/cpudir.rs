@@ -132,13 +132,13 @@ impl CpuDir {
     pub fn attr(&self, ino: u64, e: &Entry, time: u64) -> std::io::Result<Attr> {
         use std::os::unix::fs::MetadataExt;
         if let Entry::Online(_) = e {
-            return Ok(Attr { ino, size: FILE_SIZE, mode: libc::S_IFREG | 0o444, nlink: 1, time });
+            return Ok(Attr { ino, size: FILE_SIZE, mode: libc::S_IFREG | 0o444, nlink: 1, time, nsec: 0 });
         }
         let m = std::fs::symlink_metadata(self.host_path(e))?;
         let mode = m.mode() & !0o222;
         let nlink = if m.is_dir() { 2 } else { 1 };
         let size = if m.is_file() { FILE_SIZE } else { 0 };
-        Ok(Attr { ino, size, mode, nlink, time })
+        Ok(Attr { ino, size, mode, nlink, time, nsec: 0 })
     }
 
     /// The inode of host entry `rel`, if it exists.

@@ -3,6 +3,7 @@
 //! content comes from the service; all protocol mechanics live in [`session`].
 
 pub mod abi;
+pub mod cached;
 pub mod cpudir;
 pub mod session;
 
@@ -95,11 +96,37 @@ impl Tree {
         }
     }
 
+    /// The view file `ino` is, if it is one (`ino` is the tree's own number).
+    pub(crate) fn view(&self, ino: u64) -> Option<View> {
+        match self.nodes.get((ino as usize).wrapping_sub(1))?.kind {
+            Kind::File(v) => Some(v),
+            Kind::Dir(_) => None,
+        }
+    }
+
+    /// Child `name` of directory `dir` (tree numbers), and whether it is a directory.
+    pub(crate) fn lookup(&self, dir: u64, name: &str) -> Option<u64> {
+        let Kind::Dir(c) = &self.nodes.get((dir as usize).wrapping_sub(1))?.kind else { return None };
+        c.iter().copied().find(|&i| self.nodes.get(i as usize - 1).is_some_and(|n| n.name == name))
+    }
+
+    /// The entries of directory `dir` (tree numbers): its parent, then (number, name, is a
+    /// directory) per child; `None` if `dir` is not a directory.
+    pub(crate) fn list(&self, dir: u64) -> Option<(u64, Vec<(u64, &str, bool)>)> {
+        let n = self.nodes.get((dir as usize).wrapping_sub(1))?;
+        let Kind::Dir(c) = &n.kind else { return None };
+        let children = c
+            .iter()
+            .filter_map(|&i| self.nodes.get(i as usize - 1).map(|k| (i, k.name.as_str(), matches!(k.kind, Kind::Dir(_)))))
+            .collect();
+        Some((n.parent, children))
+    }
+
     fn attr(&self, ino: u64, time: u64) -> Option<Attr> {
         let n = self.node(ino)?;
         Some(match &n.kind {
-            Kind::Dir(c) => Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink: 2 + c.len() as u32, time },
-            Kind::File(_) => Attr { ino, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time },
+            Kind::Dir(c) => Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink: 2 + c.len() as u32, time, nsec: 0 },
+            Kind::File(_) => Attr { ino, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time, nsec: 0 },
         })
     }
 }

@@ -243,7 +243,9 @@ fn init(fd: RawFd, uring: bool) -> io::Result<InitParams> {
             true => (minor.min(42), abi::FUSE_INIT_EXT),
             false => (minor.min(abi::KERNEL_MINOR_VERSION), 0),
         };
-        accepted |= flags & abi::FUSE_PARALLEL_DIROPS;
+        // AUTO_INVAL_DATA serves the cached tree (fs/cached.rs); the shared tree's files are
+        // direct I/O and never in the page cache, so it changes nothing there.
+        accepted |= flags & (abi::FUSE_PARALLEL_DIROPS | abi::FUSE_AUTO_INVAL_DATA);
         let params = InitParams { minor, flags: accepted };
         let mut o = Out::default();
         o.u32(abi::KERNEL_VERSION).u32(params.minor).u32(readahead).u32(params.flags);

@@ -1,0 +1,355 @@
+//! The cached tree: each container's own copy of the served files, on a second FUSE
+//! connection, read from the kernel's page cache.
+//!
+//! The shared tree (`fs/mod.rs`) answers every read itself, because one file there shows each
+//! caller its own container. Here a file belongs to one container, named when the OCI hook or
+//! `cgprocfs run` binds it: `<key>/proc/meminfo`, where `<key>` is `<pid>-<start>`, the pid of
+//! the container's init in the daemon's pid namespace and its start time in clock ticks
+//! (`/proc/<pid>/stat` field 22), or `self` for the caller's own. So its pages can be kept by
+//! the kernel and a repeated read costs no round trip:
+//!
+//! - OPEN and FLUSH answer `ENOSYS`: the kernel stops sending them on this connection
+//!   (`fc->no_open`, `fc->no_flush`, `fs/fuse/file.c`) and opens every file with
+//!   `FOPEN_KEEP_CACHE`. That is why this is a connection of its own.
+//! - `FUSE_AUTO_INVAL_DATA` and an attribute timeout of the freshness bound: on a read whose
+//!   attributes are older than the bound the kernel sends GETATTR
+//!   (`fuse_cache_read_iter` -> `fuse_update_attributes`); the reply gives the size of a new
+//!   rendering and, as mtime, the time its content last changed; a changed mtime or size makes
+//!   the kernel drop the cached pages (`fuse_change_attributes`) and the next READ fetches that
+//!   rendering. Within the bound, reads never reach the daemon.
+//! - The rendering the last GETATTR described is kept (a snapshot) and every READ is answered
+//!   from it, so the pages the kernel caches are one rendering of exactly the size it was told.
+//!
+//! Node ids carry everything needed to answer them, so a restarted worker or a keeper that
+//! took the connection over answers the kernel's existing inodes without any state: the key's
+//! pid (bits 40..61), the low 24 bits of its start time (bits 16..39) and the shared tree's
+//! number of the file or directory (bits 0..15). A process that is gone, or a pid that now
+//! names another process, gets `ENOENT`.
+//!
+//! Only the container's own processes read its content: a READ or GETATTR from any other
+//! process (the host, another container) gets attributes of an empty file that expire at
+//! once, or `EACCES`, never the container's bytes (docs/security.md).
+
+use super::abi::{op, Attr, Body, InHeader, Out};
+use super::session::{Handler, Reply};
+use super::Tree;
+use crate::cgroup::Container;
+use crate::service::Service;
+use crate::view::View;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The name a process looks up for its own container's files.
+pub const SELF: &str = "self";
+/// Node id of the mount's root.
+const ROOT: u64 = 1;
+/// The shared tree's root: a key directory's own number in the low bits.
+const TREE_ROOT: u64 = 1;
+const IDX_MASK: u64 = 0xffff;
+const START_BITS: u32 = 24;
+const START_MASK: u64 = (1 << START_BITS) - 1;
+const PID_SHIFT: u32 = 40;
+/// Two GETATTRs this close together (two readers whose attributes expired together) get the
+/// same snapshot, so both leave the kernel with the same size and version.
+const REUSE: Duration = Duration::from_millis(5);
+/// How long directories' names and attributes are cached: they never change.
+const DIR_TTL: Duration = Duration::from_secs(3600);
+/// Snapshots are dropped when the kernel forgets their inode, or when this old (a read after
+/// that is preceded by a GETATTR anyway: the attributes expired long before).
+const SNAPSHOT_AGE: Duration = Duration::from_secs(60);
+
+/// Which container a key directory is: its init's pid and start time (low bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct Key {
+    pid: u32,
+    start: u64,
+}
+
+impl Key {
+    fn node(self, idx: u64) -> u64 {
+        (u64::from(self.pid) << PID_SHIFT) | ((self.start & START_MASK) << 16) | idx
+    }
+
+    fn of_node(n: u64) -> Option<(Key, u64)> {
+        let pid = (n >> PID_SHIFT) as u32;
+        let idx = n & IDX_MASK;
+        (pid != 0 && idx != 0).then_some((Key { pid, start: (n >> 16) & START_MASK }, idx))
+    }
+}
+
+/// Start time of `pid` in clock ticks after boot, as `/proc/<pid>/stat` gives it.
+fn start_ticks(svc: &Service, pid: u32) -> Option<u64> {
+    crate::host::start_ns(svc.root(), pid).ok().map(|ns| ns / crate::state::cpu::NS_PER_TICK)
+}
+
+/// The directory name of the container whose init is `pid`, as the OCI hook looks it up.
+pub fn key_name(pid: u32) -> std::io::Result<String> {
+    let ticks = crate::host::start_ns(&crate::Root::new("/"), pid).map_err(std::io::Error::other)?
+        / crate::state::cpu::NS_PER_TICK;
+    Ok(format!("{pid}-{ticks}"))
+}
+
+/// One rendering of a file, as the kernel was last told about it.
+struct Snapshot {
+    bytes: Arc<Vec<u8>>,
+    taken: Instant,
+    /// When its content last changed (seconds, nanoseconds): the file's mtime and version.
+    changed: (u64, u32),
+}
+
+/// The FUSE filesystem of the cached tree.
+pub struct CachedFs {
+    tree: Tree,
+    service: Arc<Service>,
+    fresh: Duration,
+    snapshots: Mutex<HashMap<u64, Snapshot>>,
+    start: u64,
+}
+
+impl CachedFs {
+    /// Serves every view of `service`, each file fresh within `fresh`.
+    pub fn new(service: Arc<Service>, fresh: Duration) -> Self {
+        let start = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        CachedFs { tree: Tree::new(View::ALL), service, fresh, snapshots: Mutex::new(HashMap::new()), start }
+    }
+
+    /// The container of `key`, if its process still runs with that start time.
+    fn container(&self, key: Key) -> Result<Container, i32> {
+        match start_ticks(&self.service, key.pid) {
+            Some(t) if t & START_MASK == key.start & START_MASK => {}
+            _ => return Err(libc::ENOENT),
+        }
+        self.service.container_of(key.pid).map_err(|_| libc::ENOENT)
+    }
+
+    /// Whether caller `tid` is a process of `c`.
+    fn is_member(&self, tid: u32, c: &Container) -> bool {
+        tid != 0 && self.service.container_of(tid).is_ok_and(|m| m.cgroups.name() == c.cgroups.name())
+    }
+
+    /// The snapshot of file `node` (`view` of container `c`): the kept one if taken within
+    /// [`REUSE`] (or `reuse_any`, for a READ), else a new rendering.
+    fn snapshot(&self, node: u64, view: View, c: &Container, reuse_any: bool) -> Result<(Arc<Vec<u8>>, (u64, u32)), i32> {
+        if let Some(s) = self.snapshots.lock().get(&node) {
+            if reuse_any || s.taken.elapsed() < REUSE {
+                return Ok((s.bytes.clone(), s.changed));
+            }
+        }
+        let bytes = Arc::new(self.service.render_with(view, Ok(c.clone()))?);
+        let mut map = self.snapshots.lock();
+        let changed = match map.get(&node) {
+            Some(old) if old.bytes == bytes => old.changed,
+            _ => {
+                let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                (d.as_secs(), d.subsec_nanos())
+            }
+        };
+        if map.len() >= 4096 {
+            map.retain(|_, s| s.taken.elapsed() < SNAPSHOT_AGE);
+        }
+        map.insert(node, Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed });
+        Ok((bytes, changed))
+    }
+
+    /// Attributes of `node` for caller `tid`, with how long the kernel may keep them.
+    fn attr(&self, node: u64, tid: u32) -> Result<(Attr, Duration), i32> {
+        let dir = |ino, nlink| Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink, time: self.start, nsec: 0 };
+        if node == ROOT {
+            // Only root walks the root: containers reach their files through bind mounts.
+            let mut a = dir(ROOT, 2);
+            a.mode = libc::S_IFDIR | 0o500;
+            return Ok((a, DIR_TTL));
+        }
+        let (key, idx) = Key::of_node(node).ok_or(libc::ENOENT)?;
+        let c = self.container(key)?;
+        let Some(view) = self.tree.view(idx) else {
+            let (_, children) = self.tree.list(idx).ok_or(libc::ENOENT)?;
+            return Ok((dir(node, 2 + children.len() as u32), DIR_TTL));
+        };
+        let empty = Attr { ino: node, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time: self.start, nsec: 0 };
+        if !self.is_member(tid, &c) {
+            // Not the container's: nothing of its content, and nothing the kernel keeps.
+            return Ok((empty, Duration::ZERO));
+        }
+        let (bytes, (time, nsec)) = self.snapshot(node, view, &c, false)?;
+        Ok((Attr { size: bytes.len() as u64, time, nsec, ..empty }, self.fresh))
+    }
+
+    fn lookup(&self, h: &InHeader, body: &[u8]) -> Reply {
+        let name = body.split(|&b| b == 0).next().unwrap_or(&[]);
+        let Ok(name) = std::str::from_utf8(name) else { return Reply::Err(libc::ENOENT) };
+        let (node, entry_ttl) = if h.nodeid == ROOT {
+            let key = if name == SELF {
+                match start_ticks(&self.service, h.pid) {
+                    Some(start) if h.pid != 0 => (Key { pid: h.pid, start }, Duration::ZERO),
+                    _ => return Reply::Err(libc::ENOENT),
+                }
+            } else {
+                let parsed = name.split_once('-').and_then(|(p, s)| Some((p.parse::<u32>().ok()?, s.parse::<u64>().ok()?)));
+                match parsed {
+                    // The full start time must match, not only the bits a node id keeps.
+                    Some((pid, start)) if pid != 0 && start_ticks(&self.service, pid) == Some(start) => {
+                        (Key { pid, start }, DIR_TTL)
+                    }
+                    _ => return Reply::Err(libc::ENOENT),
+                }
+            };
+            (key.0.node(TREE_ROOT), key.1)
+        } else {
+            let Some((key, idx)) = Key::of_node(h.nodeid) else { return Reply::Err(libc::ENOENT) };
+            match self.tree.lookup(idx, name) {
+                Some(child) => (key.node(child), DIR_TTL),
+                None => return Reply::Err(libc::ENOENT),
+            }
+        };
+        match self.attr(node, h.pid) {
+            Ok((attr, attr_ttl)) => {
+                let mut o = Out::default();
+                o.u64(node).u64(0);
+                o.u64(entry_ttl.as_secs()).u64(attr_ttl.as_secs());
+                o.u32(entry_ttl.subsec_nanos()).u32(attr_ttl.subsec_nanos());
+                attr.encode(&mut o);
+                Reply::Data(o.0)
+            }
+            Err(e) => Reply::Err(e),
+        }
+    }
+
+    fn getattr(&self, h: &InHeader) -> Reply {
+        match self.attr(h.nodeid, h.pid) {
+            Ok((attr, ttl)) => {
+                let mut o = Out::default();
+                o.u64(ttl.as_secs()).u32(ttl.subsec_nanos()).u32(0);
+                attr.encode(&mut o);
+                Reply::Data(o.0)
+            }
+            Err(e) => Reply::Err(e),
+        }
+    }
+
+    fn read(&self, h: &InHeader, body: &[u8]) -> Reply {
+        let b = Body(body);
+        let (Some(offset), Some(size)) = (b.u64(8), b.u32(16)) else { return Reply::Err(libc::EINVAL) };
+        let Some((key, idx)) = Key::of_node(h.nodeid) else { return Reply::Err(libc::EISDIR) };
+        let Some(view) = self.tree.view(idx) else { return Reply::Err(libc::EISDIR) };
+        let c = match self.container(key) {
+            Ok(c) => c,
+            Err(e) => return Reply::Err(e),
+        };
+        if !self.is_member(h.pid, &c) {
+            return Reply::Err(libc::EACCES);
+        }
+        match self.snapshot(h.nodeid, view, &c, true) {
+            Ok((bytes, _)) => {
+                let start = offset.min(bytes.len() as u64) as usize;
+                let end = start.saturating_add(size as usize).min(bytes.len());
+                Reply::Data(bytes[start..end].to_vec())
+            }
+            Err(e) => Reply::Err(e),
+        }
+    }
+
+    fn readdir(&self, h: &InHeader, body: &[u8]) -> Reply {
+        let b = Body(body);
+        let (Some(offset), Some(size)) = (b.u64(8), b.u32(16)) else { return Reply::Err(libc::EINVAL) };
+        let mut entries: Vec<(u64, String, u32)> = vec![(h.nodeid, ".".into(), libc::DT_DIR as u32)];
+        if h.nodeid == ROOT {
+            // Key directories are not listed: each is found by its name.
+            entries.push((ROOT, "..".into(), libc::DT_DIR as u32));
+        } else {
+            let Some((key, idx)) = Key::of_node(h.nodeid) else { return Reply::Err(libc::ENOENT) };
+            let Some((parent, children)) = self.tree.list(idx) else { return Reply::Err(libc::ENOTDIR) };
+            let parent = if idx == TREE_ROOT { ROOT } else { key.node(parent) };
+            entries.push((parent, "..".into(), libc::DT_DIR as u32));
+            for (i, name, is_dir) in children {
+                entries.push((key.node(i), name.to_string(), if is_dir { libc::DT_DIR } else { libc::DT_REG } as u32));
+            }
+        }
+        let mut o = Out::default();
+        for (i, (ino, name, typ)) in entries.iter().enumerate().skip(offset as usize) {
+            let rec = (24 + name.len()).div_ceil(8) * 8;
+            if o.0.len() + rec > size as usize {
+                break;
+            }
+            o.u64(*ino).u64(i as u64 + 1).u32(name.len() as u32).u32(*typ);
+            o.0.extend_from_slice(name.as_bytes());
+            o.zeros(rec - 24 - name.len());
+        }
+        Reply::Data(o.0)
+    }
+
+    fn forget(&self, h: &InHeader, body: &[u8]) {
+        let mut map = self.snapshots.lock();
+        if h.opcode == op::FORGET {
+            map.remove(&h.nodeid);
+            return;
+        }
+        // BATCH_FORGET: a count, then (node id, lookups) pairs.
+        let b = Body(body);
+        let n = b.u32(0).unwrap_or(0) as usize;
+        for i in 0..n {
+            match b.u64(8 + 16 * i) {
+                Some(node) => map.remove(&node),
+                None => break,
+            };
+        }
+    }
+}
+
+impl Handler for CachedFs {
+    fn dispatch(&self, h: &InHeader, body: &[u8]) -> Reply {
+        match h.opcode {
+            op::LOOKUP => self.lookup(h, body),
+            op::GETATTR => self.getattr(h),
+            op::READ => self.read(h, body),
+            op::READDIR => self.readdir(h, body),
+            op::OPENDIR => {
+                let mut o = Out::default();
+                o.u64(0).u32(0).u32(0);
+                Reply::Data(o.0)
+            }
+            // ENOSYS to OPEN and FLUSH: the kernel stops asking for the connection's life and
+            // keeps every file's pages (the point of this tree).
+            op::OPEN | op::FLUSH => Reply::Err(libc::ENOSYS),
+            op::RELEASE | op::RELEASEDIR | op::DESTROY => Reply::Data(vec![]),
+            op::STATFS => {
+                let mut o = Out::default();
+                o.u64(0).u64(0).u64(0).u64(0).u64(0);
+                o.u32(4096).u32(255).u32(4096).u32(0).zeros(24);
+                Reply::Data(o.0)
+            }
+            op::ACCESS => {
+                let mask = Body(body).u32(0).unwrap_or(0) as i32;
+                if mask & libc::W_OK != 0 {
+                    Reply::Err(libc::EROFS)
+                } else {
+                    Reply::Data(vec![])
+                }
+            }
+            op::FORGET | op::BATCH_FORGET => {
+                self.forget(h, body);
+                Reply::None
+            }
+            op::INTERRUPT => Reply::None,
+            op::SETATTR | op::WRITE | op::CREATE => Reply::Err(libc::EROFS),
+            _ => Reply::Err(libc::ENOSYS),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_node_id_names_its_container_and_file_and_nothing_else() {
+        let k = Key { pid: 4_194_303, start: 123_456_789 };
+        let (back, idx) = Key::of_node(k.node(7)).expect("decodes");
+        assert_eq!((back.pid, back.start, idx), (k.pid, k.start & START_MASK, 7));
+        assert!(Key::of_node(ROOT).is_none(), "the root is no container's");
+        assert!(Key::of_node(k.node(0)).is_none(), "index 0 is no file");
+        assert_ne!(k.node(3), Key { pid: k.pid, start: k.start + 1 }.node(3), "another start, another inode");
+    }
+}
