@@ -161,29 +161,99 @@ impl Drop for Transient {
     }
 }
 
-/// Pairs of (served path, host path it is bound over), as NUL-terminated strings prepared
-/// before fork. With `cache` (a live cached tree), the files are the command's own cached
-/// ones: `<cache>/self/...`, which the child looks up itself once in its cgroups, so `self`
-/// names it (fs/cached.rs); the cpu directory is always the shared one.
-pub fn bind_pairs(mountpoint: &Path, cache: Option<&Path>) -> Vec<(CString, CString)> {
+/// What a bind mount of `run` shows: a fixed served path, or one of the command's own cached
+/// files, whose directory is named after the command's pid and start time, known only in the
+/// child (`<dir>/<pid>-<start><rest>`, fs/cached.rs).
+pub enum Source {
+    /// A path of the shared tree.
+    Fixed(CString),
+    /// A file of the cached tree: the path before and after the key.
+    Keyed {
+        /// `<cache>/`.
+        dir: Vec<u8>,
+        /// `/proc/meminfo`.
+        rest: Vec<u8>,
+    },
+}
+
+/// Pairs of (what is bound, host path it is bound over), prepared before fork. With `cache` (a
+/// live cached tree), the files are the command's own cached ones; the cpu directory is
+/// always the shared one.
+pub fn bind_pairs(mountpoint: &Path, cache: Option<&Path>) -> Vec<(Source, CString)> {
     crate::view::bind_targets()
         .into_iter()
         .filter(|p| Path::new("/").join(p).exists())
         .filter_map(|p| {
             let src = match cache {
-                Some(c) if p != crate::view::CPU_DIR => c.join(crate::fs::cached::SELF).join(p),
-                _ => mountpoint.join(p),
+                Some(c) if p != crate::view::CPU_DIR => {
+                    let mut dir = c.as_os_str().as_bytes().to_vec();
+                    dir.push(b'/');
+                    Source::Keyed { dir, rest: format!("/{p}").into_bytes() }
+                }
+                _ => Source::Fixed(CString::new(mountpoint.join(p).as_os_str().as_bytes()).ok()?),
             };
-            let src = CString::new(src.as_os_str().as_bytes()).ok()?;
             let dst = CString::new(format!("/{p}")).ok()?;
             Some((src, dst))
         })
         .collect()
 }
 
+/// This process's start time in clock ticks (`/proc/self/stat` field 22), read without
+/// allocating (it runs between fork and exec).
+fn own_start_ticks() -> Option<u64> {
+    let mut buf = [0u8; 1024];
+    // SAFETY: raw syscalls on a stack buffer.
+    let n = unsafe {
+        let fd = libc::open(c"/proc/self/stat".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let n = libc::read(fd, buf.as_mut_ptr().cast(), buf.len());
+        libc::close(fd);
+        n
+    };
+    let text = buf.get(..usize::try_from(n).ok()?)?;
+    let after = &text[text.iter().rposition(|&b| b == b')')? + 1..];
+    let field = after.split(|&b| b == b' ').filter(|f| !f.is_empty()).nth(19)?;
+    field.iter().try_fold(0u64, |v, &d| d.is_ascii_digit().then(|| v * 10 + u64::from(d - b'0')))
+}
+
+/// Appends the decimal digits of `v` to `out` at `at`; the new end, or `None` if it does not fit.
+fn put_decimal(out: &mut [u8], at: usize, v: u64) -> Option<usize> {
+    let mut digits = [0u8; 20];
+    let (mut v, mut k) = (v, 0);
+    loop {
+        digits[k] = b'0' + (v % 10) as u8;
+        k += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let end = at.checked_add(k)?;
+    let slot = out.get_mut(at..end)?;
+    for (i, d) in digits[..k].iter().rev().enumerate() {
+        slot[i] = *d;
+    }
+    Some(end)
+}
+
+/// `<dir><pid>-<start><rest>\0` into `out`, without allocating.
+fn keyed_path<'a>(out: &'a mut [u8], dir: &[u8], rest: &[u8], pid: u64, start: u64) -> Option<&'a std::ffi::CStr> {
+    let mut at = dir.len();
+    out.get_mut(..at)?.copy_from_slice(dir);
+    at = put_decimal(out, at, pid)?;
+    *out.get_mut(at)? = b'-';
+    at = put_decimal(out, at + 1, start)?;
+    out.get_mut(at..at + rest.len())?.copy_from_slice(rest);
+    *out.get_mut(at + rest.len())? = 0;
+    std::ffi::CStr::from_bytes_with_nul(&out[..=at + rest.len()]).ok()
+}
+
 /// Runs in the child between fork and exec: joins the cgroups, enters a private mount
-/// namespace and binds the views. Only async-signal-safe calls on pre-built strings.
-pub fn enter(procs: &[CString], binds: &[(CString, CString)]) -> io::Result<()> {
+/// namespace and binds the views. Only async-signal-safe calls on pre-built strings and
+/// stack buffers.
+pub fn enter(procs: &[CString], binds: &[(Source, CString)]) -> io::Result<()> {
     // SAFETY: raw syscalls on valid NUL-terminated strings; no allocation.
     unsafe {
         for p in procs {
@@ -211,8 +281,18 @@ pub fn enter(procs: &[CString], binds: &[(CString, CString)]) -> io::Result<()> 
         {
             return Err(io::Error::last_os_error());
         }
+        let start = own_start_ticks();
+        let mut buf = [0u8; 4096];
         for (src, dst) in binds {
-            if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
+            let path = match src {
+                Source::Fixed(p) => p.as_c_str(),
+                Source::Keyed { dir, rest } => {
+                    let start = start.ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+                    keyed_path(&mut buf, dir, rest, u64::from(libc::getpid() as u32), start)
+                        .ok_or_else(|| io::Error::from_raw_os_error(libc::ENAMETOOLONG))?
+                }
+            };
+            if libc::mount(path.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()) != 0 {
                 return Err(io::Error::last_os_error());
             }
         }
@@ -292,6 +372,16 @@ impl NotifyFilter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_keyed_path_is_built_in_place_and_never_overflows() {
+        let mut buf = [0u8; 64];
+        let p = super::keyed_path(&mut buf, b"/run/x.cache/", b"/proc/meminfo", 4321, 1_234_567).unwrap();
+        assert_eq!(p.to_str().unwrap(), "/run/x.cache/4321-1234567/proc/meminfo");
+        let mut small = [0u8; 20];
+        assert!(super::keyed_path(&mut small, b"/run/x.cache/", b"/proc/meminfo", 4321, 1).is_none());
+        assert!(super::own_start_ticks().is_some_and(|t| t > 0));
+    }
+
     #[test]
     fn sizes() {
         assert_eq!(super::parse_size("256M"), Ok(256 << 20));

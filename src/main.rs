@@ -90,8 +90,8 @@ enum Cmd {
         /// which would then take the connection back), until the rollout deletes the pod.
         #[arg(long)]
         linger: bool,
-        /// Do not serve the cached tree (beside the pid file, `.cache`): hooks and `run` then
-        /// bind the shared files, each read answered by the daemon.
+        /// Do not serve the cached tree (mounted beside the pid file, `<name>.cache`): hooks
+        /// and `run` then bind the shared files, each read answered by the daemon.
         #[arg(long)]
         no_cache: bool,
         #[command(flatten)]
@@ -187,8 +187,8 @@ enum Cmd {
         /// output); also written to stderr.
         #[arg(long, default_value = "/run/cgprocfs/oci-hook.log")]
         log: PathBuf,
-        /// The daemon's cached tree (default: beside its default pid file, as `serve` mounts
-        /// it); `none` binds the shared files.
+        /// The daemon's cached tree (default: found in the mount table by its source, which
+        /// names MOUNTPOINT); `none` binds the shared files.
         #[arg(long)]
         cache: Option<PathBuf>,
     },
@@ -294,7 +294,15 @@ fn main() {
                 _ => None,
             };
             let seccomp = Seccomp { socket: seccomp_socket, disabled: no_seccomp };
-            serve(&mountpoint, threads, pidfile, view, seccomp, adopted, Lifecycle { reattach: !no_reattach, linger, cache: !no_cache })
+            serve(
+                &mountpoint,
+                threads,
+                pidfile,
+                view,
+                seccomp,
+                adopted,
+                Lifecycle { reattach: !no_reattach, linger, cache: !no_cache },
+            )
         }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
         Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
@@ -314,7 +322,7 @@ fn main() {
             let cache = match cache {
                 Some(c) if c == Path::new("none") => None,
                 Some(c) => Some(c),
-                None => Some(cgprocfs::daemon::cache_dir(&default_pidfile(&mountpoint))),
+                None => cgprocfs::fs::cached::find(&mountpoint),
             };
             let line = match cgprocfs::hook::run(std::io::stdin(), &mountpoint, cache.as_deref()) {
                 Ok(o) => {
@@ -568,14 +576,13 @@ fn run(limits: RunLimits, mountpoint: &Path, seccomp: Option<bool>, cmd: &[Strin
     let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
     let canonical = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
     let mut own = None;
-    let (mnt, socket, cache) = if mountpoint_state(&canonical, &mountinfo) == MountpointState::Served {
+    let (mnt, socket) = if mountpoint_state(&canonical, &mountinfo) == MountpointState::Served {
         let socket = if canonical == Path::new(DEFAULT_MOUNTPOINT) {
             PathBuf::from(DEFAULT_SECCOMP_SOCKET)
         } else {
             cgprocfs::files::companion(&default_pidfile(&canonical), "sock")
         };
-        let cache = cgprocfs::daemon::cache_dir(&default_pidfile(&canonical));
-        (canonical, socket, cache)
+        (canonical, socket)
     } else {
         // No daemon there: start one on a private mount point for the duration.
         // A fresh directory nobody else can have prepared (mode 0700, random name).
@@ -593,7 +600,6 @@ fn run(limits: RunLimits, mountpoint: &Path, seccomp: Option<bool>, cmd: &[Strin
             .spawn()
             .context("cannot start a daemon")?;
         let socket = cgprocfs::files::companion(&dir.join("keeper.pid"), "sock");
-        let cache = cgprocfs::daemon::cache_dir(&dir.join("keeper.pid"));
         own = Some(OwnDaemon { child, dir });
         let t = std::time::Instant::now();
         while std::fs::read(mnt.join("proc/meminfo")).map(|b| b.is_empty()).unwrap_or(true) {
@@ -602,12 +608,13 @@ fn run(limits: RunLimits, mountpoint: &Path, seccomp: Option<bool>, cmd: &[Strin
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        (mnt, socket, cache)
+        (mnt, socket)
     };
     // The cached tree if it answers (this process's own files: it is in no container, and
     // the check only asks whether the tree is served).
-    let live = std::fs::metadata(cache.join(cgprocfs::fs::cached::SELF).join("proc/meminfo")).is_ok();
-    let cache = live.then_some(cache);
+    let me = cgprocfs::fs::cached::key_name(std::process::id())?;
+    let cache =
+        cgprocfs::fs::cached::find(&mnt).filter(|c| std::fs::metadata(c.join(&me).join("proc/meminfo")).is_ok());
     let cg = Transient::create(&format!("cgprocfs-run-{}", std::process::id()), &limits)
         .context("cannot create the transient cgroup")?;
     let (procs, binds) = (cg.procs_files(), bind_pairs(&mnt, cache.as_deref()));

@@ -72,8 +72,8 @@ struct Hung;
 
 impl Handler for Hung {
     fn dispatch(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let file = Attr { ino: 2, size: 4096, mode: libc::S_IFREG | 0o666, nlink: 1, time: 0 };
-        let dir = Attr { ino: 1, size: 0, mode: libc::S_IFDIR | 0o755, nlink: 2, time: 0 };
+        let file = Attr { ino: 2, size: 4096, mode: libc::S_IFREG | 0o666, nlink: 1, time: 0, nsec: 0 };
+        let dir = Attr { ino: 1, size: 0, mode: libc::S_IFDIR | 0o755, nlink: 2, time: 0, nsec: 0 };
         let mut o = Out::default();
         match h.opcode {
             op::LOOKUP if body.starts_with(b"file\0") => {

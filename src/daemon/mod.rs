@@ -151,7 +151,7 @@ fn mount_cache(cfg: &KeeperConfig) -> Vec<OwnedFd> {
         if std::fs::symlink_metadata(dir).is_err() {
             std::fs::DirBuilder::new().mode(0o700).create(dir)?;
         }
-        let (master, _) = session::mount(dir, &crate::reattach::source_name(dir))?;
+        let (master, _) = session::mount(dir, &crate::fs::cached::source_name(&cfg.mountpoint))?;
         let mut fds = vec![master];
         for _ in 1..cfg.threads.max(1) {
             fds.push(clone_fd(&fds[0])?);

@@ -5,8 +5,9 @@
 //! caller its own container. Here a file belongs to one container, named when the OCI hook or
 //! `cgprocfs run` binds it: `<key>/proc/meminfo`, where `<key>` is `<pid>-<start>`, the pid of
 //! the container's init in the daemon's pid namespace and its start time in clock ticks
-//! (`/proc/<pid>/stat` field 22), or `self` for the caller's own. So its pages can be kept by
-//! the kernel and a repeated read costs no round trip:
+//! (`/proc/<pid>/stat` field 22). (Not a `self` name resolved per caller, like procfs's: one
+//! name whose inode changes with the caller races between two containers starting at once.)
+//! So its pages can be kept by the kernel and a repeated read costs no round trip:
 //!
 //! - OPEN and FLUSH answer `ENOSYS`: the kernel stops sending them on this connection
 //!   (`fc->no_open`, `fc->no_flush`, `fs/fuse/file.c`) and opens every file with
@@ -38,11 +39,10 @@ use crate::service::Service;
 use crate::view::View;
 use parking_lot::Mutex;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// The name a process looks up for its own container's files.
-pub const SELF: &str = "self";
 /// Node id of the mount's root.
 const ROOT: u64 = 1;
 /// The shared tree's root: a key directory's own number in the low bits.
@@ -77,6 +77,25 @@ impl Key {
         let idx = n & IDX_MASK;
         (pid != 0 && idx != 0).then_some((Key { pid, start: (n >> 16) & START_MASK }, idx))
     }
+}
+
+/// The mount source of the cached tree of the daemon serving `mountpoint` (the shared tree's
+/// is [`crate::reattach::source_name`]): how hooks and `run` find it, whatever pid file the
+/// daemon was given.
+pub fn source_name(mountpoint: &Path) -> String {
+    format!("cgprocfs-cache:{:016x}", crate::fd::fnv(mountpoint.as_os_str().as_encoded_bytes()))
+}
+
+/// Where the cached tree of the daemon serving `mountpoint` is mounted, as this process sees
+/// it (the latest such mount).
+pub fn find(mountpoint: &Path) -> Option<PathBuf> {
+    let mountpoint = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
+    let source = source_name(&mountpoint);
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    crate::mountinfo::entries(&text)
+        .filter(|e| e.fstype == super::session::FSTYPE && e.source == source && e.root == "/")
+        .last()
+        .map(|e| PathBuf::from(e.mount_point))
 }
 
 /// Start time of `pid` in clock ticks after boot, as `/proc/<pid>/stat` gives it.
@@ -131,7 +150,13 @@ impl CachedFs {
 
     /// The snapshot of file `node` (`view` of container `c`): the kept one if taken within
     /// [`REUSE`] (or `reuse_any`, for a READ), else a new rendering.
-    fn snapshot(&self, node: u64, view: View, c: &Container, reuse_any: bool) -> Result<(Arc<Vec<u8>>, (u64, u32)), i32> {
+    fn snapshot(
+        &self,
+        node: u64,
+        view: View,
+        c: &Container,
+        reuse_any: bool,
+    ) -> Result<(Arc<Vec<u8>>, (u64, u32)), i32> {
         if let Some(s) = self.snapshots.lock().get(&node) {
             if reuse_any || s.taken.elapsed() < REUSE {
                 return Ok((s.bytes.clone(), s.changed));
@@ -181,20 +206,13 @@ impl CachedFs {
         let name = body.split(|&b| b == 0).next().unwrap_or(&[]);
         let Ok(name) = std::str::from_utf8(name) else { return Reply::Err(libc::ENOENT) };
         let (node, entry_ttl) = if h.nodeid == ROOT {
-            let key = if name == SELF {
-                match start_ticks(&self.service, h.pid) {
-                    Some(start) if h.pid != 0 => (Key { pid: h.pid, start }, Duration::ZERO),
-                    _ => return Reply::Err(libc::ENOENT),
+            let parsed = name.split_once('-').and_then(|(p, s)| Some((p.parse::<u32>().ok()?, s.parse::<u64>().ok()?)));
+            let key = match parsed {
+                // The full start time must match, not only the bits a node id keeps.
+                Some((pid, start)) if pid != 0 && start_ticks(&self.service, pid) == Some(start) => {
+                    (Key { pid, start }, DIR_TTL)
                 }
-            } else {
-                let parsed = name.split_once('-').and_then(|(p, s)| Some((p.parse::<u32>().ok()?, s.parse::<u64>().ok()?)));
-                match parsed {
-                    // The full start time must match, not only the bits a node id keeps.
-                    Some((pid, start)) if pid != 0 && start_ticks(&self.service, pid) == Some(start) => {
-                        (Key { pid, start }, DIR_TTL)
-                    }
-                    _ => return Reply::Err(libc::ENOENT),
-                }
+                _ => return Reply::Err(libc::ENOENT),
             };
             (key.0.node(TREE_ROOT), key.1)
         } else {

@@ -117,7 +117,9 @@ impl Tree {
         let Kind::Dir(c) = &n.kind else { return None };
         let children = c
             .iter()
-            .filter_map(|&i| self.nodes.get(i as usize - 1).map(|k| (i, k.name.as_str(), matches!(k.kind, Kind::Dir(_)))))
+            .filter_map(|&i| {
+                self.nodes.get(i as usize - 1).map(|k| (i, k.name.as_str(), matches!(k.kind, Kind::Dir(_))))
+            })
             .collect();
         Some((n.parent, children))
     }
@@ -125,7 +127,9 @@ impl Tree {
     fn attr(&self, ino: u64, time: u64) -> Option<Attr> {
         let n = self.node(ino)?;
         Some(match &n.kind {
-            Kind::Dir(c) => Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink: 2 + c.len() as u32, time, nsec: 0 },
+            Kind::Dir(c) => {
+                Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink: 2 + c.len() as u32, time, nsec: 0 }
+            }
             Kind::File(_) => Attr { ino, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time, nsec: 0 },
         })
     }

@@ -173,6 +173,11 @@ impl Daemon {
         }
     }
 
+    /// Where the keeper mounts the cached tree (beside its pid file).
+    pub fn cache(&self) -> PathBuf {
+        self.dir.join("keeper.cache")
+    }
+
     /// Pid of the keeper's current worker, waiting up to 10 s for one to be running (the
     /// keeper's other children — the `reattach` helper at start — are not it).
     pub fn worker_pid(&self) -> i32 {
@@ -240,12 +245,14 @@ impl Drop for Daemon {
         if self.child.is_some() {
             self.signal_and_wait(libc::SIGTERM);
         }
-        if is_mounted(&self.mnt) {
-            let c = std::ffi::CString::new(self.mnt.to_string_lossy().as_bytes()).unwrap();
-            // SAFETY: valid path string.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        for m in [self.mnt.clone(), self.cache()] {
+            if is_mounted(&m) {
+                let c = std::ffi::CString::new(m.to_string_lossy().as_bytes()).unwrap();
+                // SAFETY: valid path string.
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
         }
-        if !is_mounted(&self.mnt) {
+        if !is_mounted(&self.mnt) && !is_mounted(&self.cache()) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }

@@ -1,0 +1,250 @@
+//! Live: the cached tree (src/fs/cached.rs). Commands started by `cgprocfs run` get their own
+//! files, read from the kernel's page cache; these tests check that each reads only its own
+//! container, whole, through every read path, while limits change, neighbours read, the
+//! worker is killed, and that nobody else reads them.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Reads /proc/meminfo and /proc/stat for DURATION seconds through read(2), sendfile(2) and
+/// pread at offset 0, checking every content; prints `reads failures wrong`.
+const READER: &str = r#"
+import os, sys, time
+dur, want_mem, cpus = float(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+out = os.open("/dev/null", os.O_WRONLY)
+n = fails = wrong = 0
+end = time.monotonic() + dur
+def whole(path, how):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if how == 0:
+            chunks = []
+            while True:
+                b = os.read(fd, 65536)
+                if not b:
+                    return b"".join(chunks)
+                chunks.append(b)
+        if how == 1:
+            size = os.fstat(fd).st_size
+            sent = os.sendfile(out, fd, 0, 1 << 20)
+            data = os.pread(fd, 1 << 20, 0)
+            if sent != len(data) and sent != size:
+                raise OSError(f"sendfile gave {sent} bytes, the file has {len(data)}")
+            return data
+        return os.pread(fd, 1 << 20, 0)
+    finally:
+        os.close(fd)
+i = first = 0
+while time.monotonic() < end:
+    i += 1
+    for path in ("/proc/meminfo", "/proc/stat"):
+        try:
+            data = whole(path, i % 3).decode()
+        except OSError as e:
+            fails += 1
+            sys.stderr.write(f"{path}: {e}\n")
+            continue
+        n += 1
+        lines = data.splitlines()
+        if path.endswith("meminfo"):
+            # Whole (as many lines as the first read) and this container's (its limit).
+            first = first or len(lines)
+            ok = data.endswith("kB\n") and len(lines) == first and lines[0].startswith("MemTotal:") and int(lines[0].split()[1]) == want_mem
+        else:
+            ok = data.endswith("\n") and sum(1 for l in lines if l.startswith("cpu") and l[3].isdigit()) == cpus and lines[0].startswith("cpu ")
+        if not ok:
+            wrong += 1
+            sys.stderr.write(f"{path}: unexpected content {data[:60]!r}...{data[-40:]!r}\n")
+print(n, fails, wrong)
+"#;
+
+/// `cgprocfs run` against daemon `d` with `limits`, running `sh -c script`.
+fn run(d: &Daemon, limits: &[&str], script: &str) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("run").args(limits).arg("--mountpoint").arg(&d.mnt).arg("--no-seccomp").args(["--", "sh", "-c", script]);
+    c
+}
+
+fn output(mut c: Command) -> (String, String) {
+    let out = c.output().unwrap();
+    let (o, e) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "run failed: {o}{e}");
+    (o, e)
+}
+
+/// Counts from the reader's last line: (reads, failures, wrong).
+fn counts(out: &str, err: &str) -> (u64, u64, u64) {
+    let v: Vec<u64> = out.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    assert_eq!(v.len(), 3, "reader output: {out} {err}");
+    (v[0], v[1], v[2])
+}
+
+#[test]
+fn run_binds_the_commands_own_cached_files_which_follow_its_limits() {
+    if !live_ready("run_binds_the_commands_own_cached_files_which_follow_its_limits") {
+        return;
+    }
+    let d = Daemon::start("cached-own");
+    assert!(is_mounted(&d.cache()), "the keeper mounts the cached tree beside its pid file");
+    let script = "findmnt -n -o SOURCE /proc/meminfo; findmnt -n -o SOURCE /proc/stat; \
+                  grep MemTotal /proc/meminfo; stat -c 'size %s' /proc/meminfo; \
+                  python3 -c 'import os; f=os.open(\"/proc/meminfo\", os.O_RDONLY); \
+                  print(\"sendfile\", os.sendfile(os.open(\"/dev/null\", os.O_WRONLY), f, 0, 1<<20), len(open(\"/proc/meminfo\",\"rb\").read()))'";
+    let (out, err) = output(run(&d, &["--memory", "200M"], script));
+    let mut lines = out.lines();
+    let (src_mem, src_stat) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    assert!(
+        src_mem.starts_with("cgprocfs-cache:") && src_mem.ends_with("/proc/meminfo]"),
+        "meminfo is the command's own cached file: {out}{err}"
+    );
+    assert!(src_stat.starts_with("cgprocfs-cache:") && src_stat.ends_with("/proc/stat]"), "{out}");
+    assert_eq!(field(&out, "MemTotal"), 200 * 1024, "{out}");
+    // A real size (the page cache needs one), equal to what read(2) and sendfile(2) give.
+    let size: u64 = out.lines().find_map(|l| l.strip_prefix("size ")).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let sf: Vec<u64> = out
+        .lines()
+        .find_map(|l| l.strip_prefix("sendfile "))
+        .unwrap_or("")
+        .split(' ')
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert!(size > 1000, "{out}");
+    assert_eq!(sf, vec![size, size], "sendfile copies the whole file, as read does: {out}");
+
+    // A limit raised while the command runs shows within the freshness bound (100 ms by
+    // default; waited for up to 2 s here, the bound itself is measured in the benchmark).
+    let dir = Scratch::new("cached-limit");
+    let (pidfile, flag) = (dir.0.join("pid"), dir.0.join("go"));
+    let script = format!(
+        "echo $$ > {p}; grep MemTotal /proc/meminfo; while [ ! -e {f} ]; do sleep 0.02; done; t=0; \
+         while [ $t -lt 200 ] && ! grep -q 'MemTotal: *262144 kB' /proc/meminfo; do sleep 0.01; t=$((t+1)); done; \
+         grep MemTotal /proc/meminfo",
+        p = pidfile.display(),
+        f = flag.display()
+    );
+    let child = run(&d, &["--memory", "128M"], &script).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("the command's pid", Duration::from_secs(10), || pidfile.exists(), String::new);
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let v1 = cgroups.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()));
+    let limit = match v1 {
+        Some(p) => format!("/sys/fs/cgroup/memory{p}/memory.limit_in_bytes"),
+        None => format!("/sys/fs/cgroup{}/memory.max", cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap()),
+    };
+    std::fs::write(&limit, (256u64 << 20).to_string()).unwrap();
+    std::fs::write(&flag, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(field(&text, "MemTotal"), 128 * 1024, "the first limit showed: {text}");
+    assert!(
+        text.trim_end().ends_with("262144 kB"),
+        "the new limit shows: {text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn two_containers_read_their_cached_files_at_once_never_a_neighbours_or_a_torn_one() {
+    if !live_ready("two_containers_read_their_cached_files_at_once_never_a_neighbours_or_a_torn_one") {
+        return;
+    }
+    let d = Daemon::start("cached-two");
+    let secs = 4;
+    // Two containers of different limits, two readers each, all at once; a third process
+    // in each allocates and frees memory so that meminfo changes (and the cached pages are
+    // dropped and fetched again) while they read.
+    let readers: Vec<(u64, std::process::Child)> = [(128u64, 1u32), (384, 2)]
+        .iter()
+        .flat_map(|&(mib, cpus)| {
+            let d = &d;
+            (0..2).map(move |_| {
+                let script = format!(
+                    "python3 -c 'import time\nend=time.time()+{secs}\nwhile time.time()<end: x=bytearray(8<<20); time.sleep(0.01)' & \
+                     python3 -c \"$0\" {secs} {kb} {cpus}",
+                    kb = mib * 1024
+                );
+                let mut c = run(d, &["--memory", &format!("{mib}M"), "--cpuset", &format!("0-{}", cpus.min(host_cpus() as u32) - 1)], &script);
+                c.arg(READER);
+                let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+                (mib, child)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for (mib, child) in readers {
+        let out = child.wait_with_output().unwrap();
+        let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let (n, fails, wrong) = counts(&o, &e);
+        eprintln!("{mib} MiB container: {n} reads, {fails} failed, {wrong} wrong");
+        assert_eq!((fails, wrong), (0, 0), "{mib} MiB container: {e}");
+        assert!(n > 100, "the reader ran: {o} {e}");
+        total += n;
+    }
+    assert!(total > 400);
+}
+
+#[test]
+fn a_worker_killed_under_cached_readers_loses_and_mixes_nothing() {
+    if !live_ready("a_worker_killed_under_cached_readers_loses_and_mixes_nothing") {
+        return;
+    }
+    let d = Daemon::start("cached-crash");
+    let secs = 5;
+    let mut c = run(&d, &["--memory", "96M", "--cpuset", "0"], &format!("python3 -c \"$0\" {secs} {} 1", 96 * 1024));
+    c.arg(READER);
+    let child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    for _ in 0..4 {
+        let w = d.worker_pid();
+        // SAFETY: the worker is a child of the daemon this test started.
+        unsafe { libc::kill(w, libc::SIGKILL) };
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    let out = child.wait_with_output().unwrap();
+    let (o, e) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let (n, fails, wrong) = counts(&o, &e);
+    eprintln!("{n} reads, {fails} failed, {wrong} wrong across 4 worker kills");
+    assert_eq!((fails, wrong), (0, 0), "{e}");
+    assert!(n > 100, "{o} {e}");
+}
+
+#[test]
+fn nobody_but_the_container_reads_its_cached_files() {
+    if !live_ready("nobody_but_the_container_reads_its_cached_files") {
+        return;
+    }
+    let d = Daemon::start("cached-foreign");
+    let dir = Scratch::new("cached-foreign");
+    let pidfile = dir.0.join("pid");
+    // The command writes its pid (the key of its files: `run` execs it in the same process)
+    // and waits.
+    let script = format!("echo $$ > {}; grep MemTotal /proc/meminfo; sleep 30", pidfile.display());
+    let child = run(&d, &["--memory", "64M"], &script).stdout(Stdio::piped()).spawn().unwrap();
+    wait_for("the command's pid", Duration::from_secs(10), || pidfile.exists(), String::new);
+    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start: u64 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap().parse().unwrap();
+    let own = d.cache().join(format!("{pid}-{start}/proc/meminfo"));
+    // This test process is on the host: the name resolves, the content does not. (Within
+    // the freshness bound after the container's own read, the kernel's caches answer whoever
+    // opens the inode, which only root on the host can reach; past it the kernel asks.)
+    std::thread::sleep(Duration::from_millis(300));
+    let meta = std::fs::metadata(&own).expect("the container's directory is found by its key");
+    assert_eq!(meta.len(), 0, "a foreign caller learns not even the size");
+    assert_eq!(std::fs::read(&own).expect("an empty file"), b"", "a foreign caller reads nothing");
+    // Another start time (a recycled pid) is no container at all.
+    let stale = d.cache().join(format!("{pid}-{}/proc/meminfo", start + 1));
+    assert_eq!(std::fs::metadata(&stale).map(|_| ()).unwrap_err().raw_os_error(), Some(libc::ENOENT));
+    // SAFETY: the command is a child of the run this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        field(&String::from_utf8_lossy(&out.stdout), "MemTotal"),
+        64 * 1024,
+        "the container itself read its own"
+    );
+}
