@@ -106,6 +106,9 @@ fn main() {
     }
     // Not available_parallelism(): inside the quota it reports the quota, not the cores.
     let cores = common::host_cpus();
+    // The cached tree's files of this process's container (this process is its "init"), as
+    // the OCI hook binds them.
+    let own = d.cache().join(cgprocfs::fs::cached::key_name(std::process::id()).unwrap());
     let mut targets: Vec<(String, PathBuf)> = vec![
         ("kernel /proc/meminfo".into(), "/proc/meminfo".into()),
         ("cgprocfs FUSE floor (constant)".into(), d.path(".bench/floor")),
@@ -113,8 +116,11 @@ fn main() {
         ("cgprocfs meminfo".into(), d.path("proc/meminfo")),
         ("cgprocfs meminfo, --spin-us 0".into(), nospin.path("proc/meminfo")),
         ("cgprocfs cpuinfo".into(), d.path("proc/cpuinfo")),
+        ("cgprocfs cached meminfo".into(), own.join("proc/meminfo")),
         ("kernel /proc/stat".into(), "/proc/stat".into()),
         ("cgprocfs stat".into(), d.path("proc/stat")),
+        ("cgprocfs cached stat".into(), own.join("proc/stat")),
+        ("cgprocfs cached loadavg".into(), own.join("proc/loadavg")),
     ];
     if let Some(b) = &baseline {
         targets.push(("baseline meminfo".into(), b.dir.join("mnt/proc/meminfo")));
@@ -131,6 +137,7 @@ fn main() {
             rows.push(measure(name, p, threads, secs));
         }
     }
+    let stale = staleness(&cg, &own.join("proc/meminfo"));
     // Back to the original cgroups so the test cgroup can be removed.
     for line in before.lines() {
         let mut it = line.splitn(3, ':');
@@ -165,7 +172,8 @@ fn main() {
         "file", "threads", "median us", "p99 us", "reads/s", "x kernel", "x floor", "x lxcfs"
     );
     for r in &rows {
-        let k = find("kernel /proc/meminfo", r.threads).map_or(String::new(), |k| format!("{:.1}", r.median_us / k));
+        let kernel = if r.name.ends_with("stat") { "kernel /proc/stat" } else { "kernel /proc/meminfo" };
+        let k = find(kernel, r.threads).map_or(String::new(), |k| format!("{:.1}", r.median_us / k));
         let fl = find("cgprocfs FUSE floor (constant)", r.threads)
             .map_or(String::new(), |f| format!("{:.2}", r.median_us / f));
         let lx_name = if r.name.contains("cpuinfo") { "lxcfs cpuinfo" } else { "lxcfs meminfo" };
@@ -175,4 +183,47 @@ fn main() {
             r.name, r.threads, r.median_us, r.p99_us, r.per_sec, k, fl, l
         );
     }
+    if let Some((delays, bound)) = stale {
+        let ms: Vec<f64> = delays.iter().map(|d| d.as_secs_f64() * 1e3).collect();
+        let median = ms[ms.len() / 2];
+        let max = ms.last().copied().unwrap_or(0.0);
+        println!(
+            "\ncached meminfo staleness ({} limit changes, read in a tight loop): median {median:.1} ms, max {max:.1} ms; bound {} ms",
+            ms.len(),
+            bound.as_millis()
+        );
+    }
+}
+
+/// How long after a memory limit changes the cached meminfo shows it: the limit is switched
+/// 20 times while this thread reads in a tight loop. Returns the sorted delays and the bound.
+fn staleness(cg: &TestCgroup, file: &Path) -> Option<(Vec<Duration>, Duration)> {
+    let limit = cg
+        .dirs
+        .iter()
+        .flat_map(|(_, d)| [d.join("memory.limit_in_bytes"), d.join("memory.max")])
+        .find(|p| p.exists())?;
+    let mut delays = Vec::new();
+    for i in 0..20u64 {
+        let mib = 256 + 16 * (i % 2 + 1);
+        // Let a read fill the page cache first, at a random point of the bound.
+        std::thread::sleep(Duration::from_millis(37 + 11 * i));
+        let _ = std::fs::read(file);
+        std::fs::write(&limit, (mib << 20).to_string()).ok()?;
+        let t = Instant::now();
+        let want = format!(" {} kB", mib * 1024);
+        loop {
+            let text = std::fs::read_to_string(file).ok()?;
+            if text.lines().next().is_some_and(|l| l.ends_with(&want)) {
+                break;
+            }
+            if t.elapsed() > Duration::from_secs(5) {
+                return None;
+            }
+        }
+        delays.push(t.elapsed());
+    }
+    let _ = std::fs::write(&limit, (256u64 << 20).to_string());
+    delays.sort();
+    Some((delays, Duration::from_millis(100)))
 }

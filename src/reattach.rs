@@ -78,6 +78,16 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
         .map_err(|e| io::Error::new(e.kind(), format!("{} is not served: {e}", mountpoint.display())))?;
     let live_dev = format!("{}:{}", libc::major(live.dev()), libc::minor(live.dev()));
     let source = source_name(&mountpoint.canonicalize()?);
+    // The cached tree's binds (hook- and run-bound containers) are repaired from the live
+    // cached tree: their key directories name the same containers to the new daemon.
+    let cache = crate::fs::cached::find(mountpoint).and_then(|c| {
+        let m = std::fs::metadata(&c).ok()?;
+        Some((
+            crate::fs::cached::source_name(&mountpoint.canonicalize().ok()?),
+            format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev())),
+            c,
+        ))
+    });
     let own_ns = std::fs::read_link("/proc/self/ns/mnt")?;
     let own = std::fs::File::open("/proc/self/ns/mnt")?;
     let mut seen: HashSet<PathBuf> = HashSet::from([own_ns]);
@@ -93,12 +103,20 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
             continue;
         }
         let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else { continue };
-        let dead = dead_mounts(&info, &live_dev, &source);
+        let mut dead: Vec<(DeadMount, &Path)> =
+            dead_mounts(&info, &live_dev, &source).into_iter().map(|d| (d, mountpoint)).collect();
+        if let Some((src, dev, dir)) = &cache {
+            dead.extend(
+                crate::mountinfo::entries(&info)
+                    .filter(|e| e.fstype == crate::fs::session::FSTYPE && e.dev != dev && e.source == src)
+                    .map(|e| (DeadMount { mount_point: e.mount_point, root: e.root }, dir.as_path())),
+            );
+        }
         if dead.is_empty() {
             continue;
         }
         let mut r = Repaired { pid, ns: ns.to_string_lossy().into_owned(), ..Default::default() };
-        repair_ns(pid, &dead, mountpoint, &own, &mut r);
+        repair_ns(pid, &dead, &own, &mut r);
         if !r.files.is_empty() || !r.left.is_empty() {
             out.push(r);
         }
@@ -106,11 +124,13 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
     Ok(out)
 }
 
-fn repair_ns(pid: u32, dead: &[DeadMount], mountpoint: &Path, own: &std::fs::File, r: &mut Repaired) {
+/// Repairs the `dead` mounts of `pid`'s namespace, each from the same path under its live
+/// mount.
+fn repair_ns(pid: u32, dead: &[(DeadMount, &Path)], own: &std::fs::File, r: &mut Repaired) {
     // Clones of the live files, made here before entering the container's namespace.
     let mut work: Vec<(&DeadMount, OwnedFd)> = Vec::new();
-    for d in dead {
-        match clone_tree(&mountpoint.join(d.root.trim_start_matches('/'))) {
+    for (d, live) in dead {
+        match clone_tree(&live.join(d.root.trim_start_matches('/'))) {
             Ok(t) => work.push((d, t)),
             Err(e) => r.left.push((d.mount_point.clone(), format!("no such served file: {e}"))),
         }

@@ -31,7 +31,12 @@ fn containers_read_again_after_the_keeper_is_killed_and_a_new_serve_starts() {
     d.spawn(&[]);
     // Readers recover within a few seconds: wait until the daemon logged its repair.
     let t = Instant::now();
-    while d.log().matches("/proc/meminfo /proc/stat]").count() < 2 {
+    let repaired = |log: String| {
+        log.lines()
+            .filter(|l| l.contains("reattached") && l.contains(" /proc/meminfo") && l.contains(" /proc/stat"))
+            .count()
+    };
+    while repaired(d.log()) < 2 {
         assert!(t.elapsed() < Duration::from_secs(10), "no repair logged:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -87,4 +92,41 @@ fn reattach_by_hand_repairs_a_container_and_says_so() {
     std::fs::write(&go, "").unwrap();
     let o = c.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout).split_whitespace().nth(1), Some("196608"), "{o:?}");
+}
+
+#[test]
+fn a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed() {
+    let test = "a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed";
+    if !live_ready(test) || !programs_ready(test, &["findmnt", "head", "sleep"]) {
+        return;
+    }
+    let mut d = Daemon::start("repair-cached");
+    let go = d.own_file("go-cached");
+    // A command of `cgprocfs run` (its own cached files bound) that waits, then reads.
+    let c = Command::new(bin())
+        .args(["run", "--memory", "160M", "--no-seccomp", "--mountpoint"])
+        .arg(&d.mnt)
+        .args(["--", "sh", "-c"])
+        .arg(format!(
+            "findmnt -n -o SOURCE /proc/meminfo; while [ ! -e {} ]; do sleep 0.05; done; head -n1 /proc/meminfo",
+            go.display()
+        ))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    d.signal_and_wait(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    d.spawn(&[]);
+    let t = Instant::now();
+    while !d.log().contains("/proc/meminfo") {
+        assert!(t.elapsed() < Duration::from_secs(10), "no repair logged:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(&go, "").unwrap();
+    let o = c.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.starts_with("cgprocfs-cache:"), "the command had its cached files: {out}");
+    assert_eq!(field(&out, "MemTotal"), 160 * 1024, "{out} {}\n{}", String::from_utf8_lossy(&o.stderr), d.log());
 }

@@ -124,6 +124,8 @@ pub struct CachedFs {
     service: Arc<Service>,
     fresh: Duration,
     snapshots: Mutex<HashMap<u64, Snapshot>>,
+    /// When old snapshots were last dropped.
+    pruned: Mutex<Instant>,
     start: u64,
 }
 
@@ -131,7 +133,14 @@ impl CachedFs {
     /// Serves every view of `service`, each file fresh within `fresh`.
     pub fn new(service: Arc<Service>, fresh: Duration) -> Self {
         let start = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        CachedFs { tree: Tree::new(View::ALL), service, fresh, snapshots: Mutex::new(HashMap::new()), start }
+        CachedFs {
+            tree: Tree::new(View::ALL),
+            service,
+            fresh,
+            snapshots: Mutex::new(HashMap::new()),
+            pruned: Mutex::new(Instant::now()),
+            start,
+        }
     }
 
     /// The container of `key`, if its process still runs with that start time.
@@ -171,9 +180,13 @@ impl CachedFs {
                 (d.as_secs(), d.subsec_nanos())
             }
         };
-        if map.len() >= 4096 {
+        // Bounded without a scan per insert: at most one sweep per SNAPSHOT_AGE / 6.
+        let mut pruned = self.pruned.lock();
+        if map.len() >= 4096 && pruned.elapsed() > SNAPSHOT_AGE / 6 {
             map.retain(|_, s| s.taken.elapsed() < SNAPSHOT_AGE);
+            *pruned = Instant::now();
         }
+        drop(pruned);
         map.insert(node, Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed });
         Ok((bytes, changed))
     }
