@@ -1,5 +1,7 @@
 //! The daemon's own footprint at scale: worker RSS after 1000 containers have each read every
-//! served file, and the CPU the load-average sampler uses for 1000 idle containers.
+//! served file, the CPU the load-average sampler uses for 1000 idle containers, and the CPU
+//! of an agent in every container reading `stat`, `meminfo`, `loadavg`, `uptime` and
+//! `diskstats` once a second, through the shared tree and through the cached tree.
 //!   cargo bench --bench scale [-- CONTAINERS]
 
 #[path = "../tests/common/mod.rs"]
@@ -46,6 +48,19 @@ fn main() {
     let (c1, secs) = (cpu_ticks(worker), t0.elapsed().as_secs_f64());
     let cpu_pct = (c1 - c0) as f64 / 100.0 / secs * 100.0;
 
+    // A monitoring agent per container, once a second, for AGENT_SECS: on the shared tree,
+    // then on each container's own cached files (its key: the agent itself, as a container's
+    // init is for the hook).
+    let shared = agents(&cgs, &|_| AGENT_FILES.iter().map(|f| d.path(f)).collect(), worker);
+    let cached = agents(
+        &cgs,
+        &|pid| {
+            let own = d.cache().join(cgprocfs::fs::cached::key_name(pid).unwrap_or_default());
+            AGENT_FILES.iter().map(|f| own.join(f)).collect()
+        },
+        worker,
+    );
+
     for s in sleepers.iter_mut() {
         let _ = s.kill();
         let _ = s.wait();
@@ -55,4 +70,70 @@ fn main() {
     println!("RSS at start:                         {rss0} KiB");
     println!("RSS after every container read all:   {rss1} KiB (peak {hwm} KiB)");
     println!("load sampling, {n} idle containers:  {cpu_pct:.2} % of one core over {secs:.0} s");
+    for (name, (pct, reads, failed)) in [("shared tree", shared), ("cached tree", cached)] {
+        println!(
+            "agents, {name}: {n} containers x {} files each second: {pct:.2} % of one core (sampler included), {reads} reads, {failed} failed",
+            AGENT_FILES.len()
+        );
+    }
+}
+
+/// What a node agent reads from each container every second.
+const AGENT_FILES: [&str; 5] = ["proc/stat", "proc/meminfo", "proc/loadavg", "proc/uptime", "proc/diskstats"];
+/// How long the agents run.
+const AGENT_SECS: u64 = 20;
+
+/// Runs one agent process in each cgroup for [`AGENT_SECS`], reading `files(its pid)` once a
+/// second (spread over the second); returns the worker's CPU use in % of one core meanwhile,
+/// the reads done and those that failed.
+fn agents(cgs: &[TestCgroup], files: &dyn Fn(u32) -> Vec<std::path::PathBuf>, worker: i32) -> (f64, u64, u64) {
+    let dir = std::env::temp_dir().join(common::unique("agents"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (c0, t0) = (cpu_ticks(worker), Instant::now());
+    let mut pids = Vec::new();
+    for (i, cg) in cgs.iter().enumerate() {
+        let offset = Duration::from_micros(1_000_000 * i as u64 / cgs.len() as u64);
+        let report = dir.join(i.to_string());
+        // SAFETY: this bench has no other thread, so the child may run ordinary code; it
+        // leaves with _exit.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            let me = std::process::id();
+            for (_, d) in &cg.dirs {
+                let _ = std::fs::write(d.join("cgroup.procs"), me.to_string());
+            }
+            let paths = files(me);
+            let (mut reads, mut failed) = (0u64, 0u64);
+            std::thread::sleep(offset);
+            let start = Instant::now();
+            for k in 1..=AGENT_SECS {
+                for p in &paths {
+                    match std::fs::read(p) {
+                        Ok(b) if !b.is_empty() => reads += 1,
+                        _ => failed += 1,
+                    }
+                }
+                std::thread::sleep((start + Duration::from_secs(k)).saturating_duration_since(Instant::now()));
+            }
+            let _ = std::fs::write(&report, format!("{reads} {failed}"));
+            // SAFETY: ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(0) };
+        }
+        pids.push(pid);
+    }
+    for pid in pids {
+        let mut status = 0;
+        // SAFETY: reaping a child this bench forked.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
+    }
+    let (c1, secs) = (cpu_ticks(worker), t0.elapsed().as_secs_f64());
+    let (mut reads, mut failed) = (0, 0);
+    for i in 0..cgs.len() {
+        let r = std::fs::read_to_string(dir.join(i.to_string())).unwrap_or_default();
+        let v: Vec<u64> = r.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        reads += v.first().copied().unwrap_or(0);
+        failed += v.get(1).copied().unwrap_or(AGENT_FILES.len() as u64 * AGENT_SECS);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    ((c1 - c0) as f64 / 100.0 / secs * 100.0, reads, failed)
 }
