@@ -248,3 +248,25 @@ fn nobody_but_the_container_reads_its_cached_files() {
         "the container itself read its own"
     );
 }
+
+#[test]
+fn top_on_cached_files_shows_the_containers_cpu_use_and_steal() {
+    let test = "top_on_cached_files_shows_the_containers_cpu_use_and_steal";
+    if !live_ready(test) || !programs_ready(test, &["top", "findmnt"]) {
+        return;
+    }
+    let d = Daemon::start("cached-top");
+    // A spinner held to 20 % of one CPU by its quota: top's second sample (one second of
+    // deltas of the cached /proc/stat) shows it busy ~20 % and most of the rest as steal.
+    let script = "findmnt -n -o SOURCE /proc/stat; while :; do :; done & sleep 1; top -bn2 -d1 | grep '^%Cpu'; kill $!";
+    let (out, _) = output(run(&d, &["--cpus", "0.2", "--memory", "256M"], script));
+    eprintln!("{out}");
+    assert!(out.starts_with("cgprocfs-cache:"), "top read the cached /proc/stat: {out}");
+    let cpu = out.lines().rfind(|l| l.starts_with("%Cpu")).expect("top printed a %Cpu line");
+    let value = |name: &str| -> f64 {
+        let i = cpu.find(&format!(" {name}")).unwrap_or_else(|| panic!("no {name} in {cpu}"));
+        cpu[..i].rsplit([',', ':']).next().unwrap().trim().parse().unwrap()
+    };
+    assert!(value("st") > 40.0, "{cpu}");
+    assert!(value("us") + value("sy") > 5.0 && value("us") + value("sy") < 40.0, "{cpu}");
+}

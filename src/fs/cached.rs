@@ -110,12 +110,16 @@ pub fn key_name(pid: u32) -> std::io::Result<String> {
     Ok(format!("{pid}-{ticks}"))
 }
 
+/// When a file's content last changed (seconds, nanoseconds since the epoch): its mtime, which
+/// the kernel compares to drop stale pages.
+type Version = (u64, u32);
+
 /// One rendering of a file, as the kernel was last told about it.
 struct Snapshot {
     bytes: Arc<Vec<u8>>,
     taken: Instant,
-    /// When its content last changed (seconds, nanoseconds): the file's mtime and version.
-    changed: (u64, u32),
+    /// When its content last changed.
+    changed: Version,
 }
 
 /// The FUSE filesystem of the cached tree.
@@ -159,13 +163,7 @@ impl CachedFs {
 
     /// The snapshot of file `node` (`view` of container `c`): the kept one if taken within
     /// [`REUSE`] (or `reuse_any`, for a READ), else a new rendering.
-    fn snapshot(
-        &self,
-        node: u64,
-        view: View,
-        c: &Container,
-        reuse_any: bool,
-    ) -> Result<(Arc<Vec<u8>>, (u64, u32)), i32> {
+    fn snapshot(&self, node: u64, view: View, c: &Container, reuse_any: bool) -> Result<(Arc<Vec<u8>>, Version), i32> {
         if let Some(s) = self.snapshots.lock().get(&node) {
             if reuse_any || s.taken.elapsed() < REUSE {
                 return Ok((s.bytes.clone(), s.changed));

@@ -51,6 +51,9 @@ struct Node {
     kind: Kind,
 }
 
+/// A child in [`Tree::list`]: its number, name and whether it is a directory.
+pub(crate) type TreeEntry<'a> = (u64, &'a str, bool);
+
 /// The static tree of served files: inode `i` is `nodes[i - 1]`.
 #[derive(Debug)]
 pub struct Tree {
@@ -112,7 +115,7 @@ impl Tree {
 
     /// The entries of directory `dir` (tree numbers): its parent, then (number, name, is a
     /// directory) per child; `None` if `dir` is not a directory.
-    pub(crate) fn list(&self, dir: u64) -> Option<(u64, Vec<(u64, &str, bool)>)> {
+    pub(crate) fn list(&self, dir: u64) -> Option<(u64, Vec<TreeEntry<'_>>)> {
         let n = self.nodes.get((dir as usize).wrapping_sub(1))?;
         let Kind::Dir(c) = &n.kind else { return None };
         let children = c
