@@ -117,13 +117,13 @@ fn run_binds_the_commands_own_cached_files_which_follow_its_limits() {
     // A limit raised while the command runs shows within the freshness bound (100 ms by
     // default; waited for up to 2 s here, the bound itself is measured in the benchmark).
     let dir = Scratch::new("cached-limit");
-    let (pidfile, flag) = (dir.0.join("pid"), dir.0.join("go"));
+    let (pidfile, flag) = (dir.0.join("pid"), Flag(dir.0.join("go")));
     let script = format!(
         "echo $$ > {p}; grep MemTotal /proc/meminfo; while [ ! -e {f} ]; do sleep 0.02; done; t=0; \
          while [ $t -lt 200 ] && ! grep -q 'MemTotal: *262144 kB' /proc/meminfo; do sleep 0.01; t=$((t+1)); done; \
          grep MemTotal /proc/meminfo",
         p = pidfile.display(),
-        f = flag.display()
+        f = flag.0.display()
     );
     let child = run(&d, &["--memory", "128M"], &script).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     wait_for("the command's pid", Duration::from_secs(10), || pidfile.exists(), String::new);
@@ -136,7 +136,7 @@ fn run_binds_the_commands_own_cached_files_which_follow_its_limits() {
         None => format!("/sys/fs/cgroup{}/memory.max", cgroups.lines().find_map(|l| l.strip_prefix("0::")).unwrap()),
     };
     std::fs::write(&limit, (256u64 << 20).to_string()).unwrap();
-    std::fs::write(&flag, b"").unwrap();
+    flag.raise();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(field(&text, "MemTotal"), 128 * 1024, "the first limit showed: {text}");
@@ -222,7 +222,8 @@ fn nobody_but_the_container_reads_its_cached_files() {
     let pidfile = dir.0.join("pid");
     // The command writes its pid (the key of its files: `run` execs it in the same process)
     // and waits.
-    let script = format!("echo $$ > {}; grep MemTotal /proc/meminfo; sleep 30", pidfile.display());
+    // `exec`: the key process is the one that waits, so killing it ends the command.
+    let script = format!("echo $$ > {}; grep MemTotal /proc/meminfo; exec sleep 30", pidfile.display());
     let child = run(&d, &["--memory", "64M"], &script).stdout(Stdio::piped()).spawn().unwrap();
     wait_for("the command's pid", Duration::from_secs(10), || pidfile.exists(), String::new);
     let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();

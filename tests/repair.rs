@@ -101,7 +101,7 @@ fn a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed() {
         return;
     }
     let mut d = Daemon::start("repair-cached");
-    let go = d.own_file("go-cached");
+    let go = Flag(d.own_file("go-cached"));
     // A command of `cgprocfs run` (its own cached files bound) that waits, then reads.
     let c = Command::new(bin())
         .args(["run", "--memory", "160M", "--no-seccomp", "--mountpoint"])
@@ -109,7 +109,7 @@ fn a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed() {
         .args(["--", "sh", "-c"])
         .arg(format!(
             "findmnt -n -o SOURCE /proc/meminfo; while [ ! -e {} ]; do sleep 0.05; done; head -n1 /proc/meminfo",
-            go.display()
+            go.0.display()
         ))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -124,7 +124,7 @@ fn a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed() {
         assert!(t.elapsed() < Duration::from_secs(10), "no repair logged:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::fs::write(&go, "").unwrap();
+    go.raise();
     let o = c.wait_with_output().unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.starts_with("cgprocfs-cache:"), "the command had its cached files: {out}");

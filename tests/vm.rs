@@ -175,7 +175,17 @@ fn tests_sh() -> String {
 
 /// Boots the guest with cgroup layout `mode` and returns (passed, serial output).
 fn boot(dir: &Path, k: &Kernel, initrd: &Path, mode: &str) -> (bool, String) {
-    let mut append = format!("console=ttyS0 panic=-1 cgprocfs.mode={mode}");
+    // The checkout and the target directory, which the guest keeps visible even under its
+    // tmpfs /tmp and /run (a clone in /tmp is a common first try).
+    let target =
+        std::env::current_exe().unwrap().parent().and_then(Path::parent).and_then(Path::parent).unwrap().to_path_buf();
+    let keep = [Path::new(env!("CARGO_MANIFEST_DIR")), target.as_path()]
+        .iter()
+        .map(|p| p.display().to_string())
+        .filter(|p| !p.contains([' ', ',']))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut append = format!("console=ttyS0 panic=-1 cgprocfs.mode={mode} cgprocfs.keep={keep}");
     if mode == "v2" {
         append.push_str(" cgroup_no_v1=all");
     }

@@ -104,6 +104,23 @@ pub fn is_mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(&*p))
 }
 
+/// A file a waiting command polls for: created when the test says so, or when it ends however
+/// it ends (a failed assertion unwinds through it), so no command is left waiting forever.
+pub struct Flag(pub PathBuf);
+
+impl Flag {
+    /// Lets the command go on.
+    pub fn raise(&self) {
+        std::fs::write(&self.0, b"").unwrap();
+    }
+}
+
+impl Drop for Flag {
+    fn drop(&mut self) {
+        let _ = std::fs::write(&self.0, b"");
+    }
+}
+
 /// A `cgprocfs serve` on a fresh mount point.
 pub struct Daemon {
     pub child: Option<Child>,
