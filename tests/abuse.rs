@@ -25,7 +25,6 @@ print("ready", flush=True)
 time.sleep(float(sys.argv[3]))
 "#;
 
-#[test]
 fn bystander_survives_handle_hoarding_and_tight_loops() {
     if !live_ready("bystander_survives_handle_hoarding_and_tight_loops") {
         return;
@@ -92,7 +91,6 @@ fn bystander_survives_handle_hoarding_and_tight_loops() {
     assert_eq!(field(&bystander.run(&format!("cat {}", meminfo.display())), "MemTotal"), 96 * 1024);
 }
 
-#[test]
 fn deep_hierarchy_and_many_cgroups() {
     if !live_ready("deep_hierarchy_and_many_cgroups") {
         return;
@@ -170,7 +168,6 @@ print(len(fs), err, flush=True)
 time.sleep(float(sys.argv[3]))
 "#;
 
-#[test]
 fn a_container_at_its_handle_quota_leaves_the_others_reading() {
     if !live_ready("a_container_at_its_handle_quota_leaves_the_others_reading") {
         return;
@@ -204,7 +201,6 @@ fn a_container_at_its_handle_quota_leaves_the_others_reading() {
 }
 
 /// Short-lived containers (a CI runner's) must not leave a CPU record each behind for ever.
-#[test]
 fn short_lived_cgroups_leave_no_records_behind() {
     if !live_ready("short_lived_cgroups_leave_no_records_behind") {
         return;
@@ -228,3 +224,10 @@ fn short_lived_cgroups_leave_no_records_behind() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+cgprocfs_tests!(
+    bystander_survives_handle_hoarding_and_tight_loops,
+    deep_hierarchy_and_many_cgroups,
+    a_container_at_its_handle_quota_leaves_the_others_reading,
+    short_lived_cgroups_leave_no_records_behind,
+);

@@ -82,7 +82,6 @@ fn counts(out: &str, err: &str) -> (u64, u64, u64) {
     (v[0], v[1], v[2])
 }
 
-#[test]
 fn run_binds_the_commands_own_cached_files_which_follow_its_limits() {
     if !live_ready("run_binds_the_commands_own_cached_files_which_follow_its_limits") {
         return;
@@ -147,7 +146,6 @@ fn run_binds_the_commands_own_cached_files_which_follow_its_limits() {
     );
 }
 
-#[test]
 fn two_containers_read_their_cached_files_at_once_never_a_neighbours_or_a_torn_one() {
     if !live_ready("two_containers_read_their_cached_files_at_once_never_a_neighbours_or_a_torn_one") {
         return;
@@ -187,7 +185,6 @@ fn two_containers_read_their_cached_files_at_once_never_a_neighbours_or_a_torn_o
     assert!(total > 400);
 }
 
-#[test]
 fn a_worker_killed_under_cached_readers_loses_and_mixes_nothing() {
     if !live_ready("a_worker_killed_under_cached_readers_loses_and_mixes_nothing") {
         return;
@@ -212,7 +209,6 @@ fn a_worker_killed_under_cached_readers_loses_and_mixes_nothing() {
     assert!(n > 100, "{o} {e}");
 }
 
-#[test]
 fn nobody_but_the_container_reads_its_cached_files() {
     if !live_ready("nobody_but_the_container_reads_its_cached_files") {
         return;
@@ -250,7 +246,6 @@ fn nobody_but_the_container_reads_its_cached_files() {
     );
 }
 
-#[test]
 fn top_on_cached_files_shows_the_containers_cpu_use_and_steal() {
     let test = "top_on_cached_files_shows_the_containers_cpu_use_and_steal";
     if !live_ready(test) || !programs_ready(test, &["top", "findmnt"]) {
@@ -271,3 +266,11 @@ fn top_on_cached_files_shows_the_containers_cpu_use_and_steal() {
     assert!(value("st") > 40.0, "{cpu}");
     assert!(value("us") + value("sy") > 5.0 && value("us") + value("sy") < 40.0, "{cpu}");
 }
+
+cgprocfs_tests!(
+    run_binds_the_commands_own_cached_files_which_follow_its_limits,
+    two_containers_read_their_cached_files_at_once_never_a_neighbours_or_a_torn_one,
+    a_worker_killed_under_cached_readers_loses_and_mixes_nothing,
+    nobody_but_the_container_reads_its_cached_files,
+    top_on_cached_files_shows_the_containers_cpu_use_and_steal,
+);

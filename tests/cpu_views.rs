@@ -24,7 +24,6 @@ fn cpus_in_stat(stat: &str) -> usize {
 
 const SPIN: &str = "sh -c 'while :; do :; done'";
 
-#[test]
 fn throttled_spinner_shows_busy_and_steal_idle_container_shows_idle() {
     if !live_ready("throttled_spinner_shows_busy_and_steal_idle_container_shows_idle") {
         return;
@@ -88,7 +87,6 @@ fn throttled_spinner_shows_busy_and_steal_idle_container_shows_idle() {
 /// many threads as the host has CPUs, so every thread waits about half the time for a CPU. The
 /// container's CPUs are never idle: half of their time is its work, the rest steal (PSI `some`
 /// alone would count one waiter's wall time and leave a quarter of it idle).
-#[test]
 fn threads_waiting_behind_a_neighbour_are_steal_not_idle() {
     if !live_ready("threads_waiting_behind_a_neighbour_are_steal_not_idle") {
         return;
@@ -125,7 +123,6 @@ fn threads_waiting_behind_a_neighbour_are_steal_not_idle() {
     assert!((0.1..0.75).contains(&busy), "busy {:.0} %: {db:?}", busy * 100.0);
 }
 
-#[test]
 fn fresh_container_uptime_is_its_age_and_counters_survive_a_worker_kill() {
     if !live_ready("fresh_container_uptime_is_its_age_and_counters_survive_a_worker_kill") {
         return;
@@ -158,7 +155,6 @@ fn fresh_container_uptime_is_its_age_and_counters_survive_a_worker_kill() {
     let _ = init.wait();
 }
 
-#[test]
 fn spinning_threads_drive_their_load_not_the_neighbours() {
     if !live_ready("spinning_threads_drive_their_load_not_the_neighbours") {
         return;
@@ -193,7 +189,6 @@ fn spinning_threads_drive_their_load_not_the_neighbours() {
 }
 
 /// procps reading the views through bind mounts in the container's mount namespace.
-#[test]
 fn top_and_uptime_see_the_container() {
     if !live_ready("top_and_uptime_see_the_container") {
         return;
@@ -227,3 +222,11 @@ fn top_and_uptime_see_the_container() {
     let up = out.lines().find(|l| l.contains("load average")).unwrap();
     assert!(up.contains("up 0 min") || up.contains(" up  0 min") || up.contains("up 0:0"), "{up}");
 }
+
+cgprocfs_tests!(
+    throttled_spinner_shows_busy_and_steal_idle_container_shows_idle,
+    threads_waiting_behind_a_neighbour_are_steal_not_idle,
+    fresh_container_uptime_is_its_age_and_counters_survive_a_worker_kill,
+    spinning_threads_drive_their_load_not_the_neighbours,
+    top_and_uptime_see_the_container,
+);

@@ -41,7 +41,6 @@ while time.monotonic() < end:
 print(n, fails, wrong, int(worst * 1e6))
 "#;
 
-#[test]
 fn kill_and_upgrade_are_invisible_to_readers() {
     if !live_ready("kill_and_upgrade_are_invisible_to_readers") {
         return;
@@ -110,7 +109,6 @@ fn kill_and_upgrade_are_invisible_to_readers() {
 
 /// A panic in any thread of the worker (here the sampler, by fault injection) ends the worker,
 /// so the keeper replaces it, instead of leaving a worker that lost a thread.
-#[test]
 fn a_panicking_thread_takes_the_worker_down_and_it_is_replaced() {
     if !live_ready("a_panicking_thread_takes_the_worker_down_and_it_is_replaced") {
         return;
@@ -128,7 +126,6 @@ fn a_panicking_thread_takes_the_worker_down_and_it_is_replaced() {
 
 /// `kill -STOP` / `kill -CONT` (or a tracer attaching) interrupts the worker's and the keeper's
 /// waits; neither may take that for a request to stop.
-#[test]
 fn stop_and_continue_do_not_restart_the_worker() {
     if !live_ready("stop_and_continue_do_not_restart_the_worker") {
         return;
@@ -147,3 +144,9 @@ fn stop_and_continue_do_not_restart_the_worker() {
     assert_eq!(d.worker_pid(), w, "the worker was restarted:\n{}", d.log());
     assert!(!d.log().contains("worker died"), "{}", d.log());
 }
+
+cgprocfs_tests!(
+    kill_and_upgrade_are_invisible_to_readers,
+    a_panicking_thread_takes_the_worker_down_and_it_is_replaced,
+    stop_and_continue_do_not_restart_the_worker,
+);

@@ -10,7 +10,6 @@ use common::*;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-#[test]
 fn a_detached_keeper_gives_its_sockets_up_and_exits_once_unused() {
     let test = "a_detached_keeper_gives_its_sockets_up_and_exits_once_unused";
     if !live_ready(test) || !programs_ready(test, &["unshare", "head"]) {
@@ -59,3 +58,7 @@ fn a_detached_keeper_gives_its_sockets_up_and_exits_once_unused() {
     assert_eq!(pid.trim(), d.pid().to_string());
     assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
 }
+
+cgprocfs_tests!(
+    a_detached_keeper_gives_its_sockets_up_and_exits_once_unused,
+);

@@ -40,7 +40,6 @@ fn take_over(d: &Daemon, old: i32, n: usize) -> Child {
     child
 }
 
-#[test]
 fn a_new_serve_takes_the_connection_over_three_times_without_a_failed_read() {
     let test = "a_new_serve_takes_the_connection_over_three_times_without_a_failed_read";
     if !live_ready(test) || !programs_ready(test, &["unshare", "head"]) {
@@ -92,7 +91,6 @@ fn a_new_serve_takes_the_connection_over_three_times_without_a_failed_read() {
     }
 }
 
-#[test]
 fn an_incompatible_handover_is_refused_and_the_keeper_serves_on() {
     let test = "an_incompatible_handover_is_refused_and_the_keeper_serves_on";
     if !live_ready(test) || !programs_ready(test, &["python3"]) {
@@ -121,3 +119,8 @@ fn an_incompatible_handover_is_refused_and_the_keeper_serves_on() {
     assert!(d.worker_pid() > 0);
     assert!(d.log().contains("refused a handover"), "{}", d.log());
 }
+
+cgprocfs_tests!(
+    a_new_serve_takes_the_connection_over_three_times_without_a_failed_read,
+    an_incompatible_handover_is_refused_and_the_keeper_serves_on,
+);

@@ -52,7 +52,6 @@ fn read(f: &ProcFs, ino: u64, fh: u64) -> Reply {
     f.dispatch(&header(op::READ, ino), &b.0)
 }
 
-#[test]
 fn a_handle_reads_only_the_inode_it_was_opened_on() {
     if !live_ready("a_handle_reads_only_the_inode_it_was_opened_on") {
         return;
@@ -68,7 +67,6 @@ fn a_handle_reads_only_the_inode_it_was_opened_on() {
     }
 }
 
-#[test]
 fn two_servers_in_one_pid_hand_out_different_handle_numbers() {
     if !live_ready("two_servers_in_one_pid_hand_out_different_handle_numbers") {
         return;
@@ -93,7 +91,6 @@ fn read_in(cg: &TestCgroup, d: &Daemon) -> (u32, u64) {
     (pid, field(&String::from_utf8_lossy(&out.stdout), "MemTotal"))
 }
 
-#[test]
 fn a_recycled_pid_is_not_taken_for_its_previous_owner() {
     if !live_ready("a_recycled_pid_is_not_taken_for_its_previous_owner") {
         return;
@@ -117,3 +114,9 @@ fn a_recycled_pid_is_not_taken_for_its_previous_owner() {
     }
     panic!("could not get a pid recycled in 50 tries");
 }
+
+cgprocfs_tests!(
+    a_handle_reads_only_the_inode_it_was_opened_on,
+    two_servers_in_one_pid_hand_out_different_handle_numbers,
+    a_recycled_pid_is_not_taken_for_its_previous_owner,
+);

@@ -77,7 +77,6 @@ fn logs(name: &str) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
 }
 
-#[test]
 fn the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed_read() {
     let test = "the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed_read";
     if !live_ready(test) || !programs_ready(test, &["podman", "ldd", "unshare", "head"]) {
@@ -145,3 +144,7 @@ fn the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed
     }
     assert!(logs(&pod2).contains("took the connection over"), "{}", logs(&pod2));
 }
+
+cgprocfs_tests!(
+    the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed_read,
+);

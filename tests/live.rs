@@ -1,6 +1,6 @@
 //! Live tests on this machine's kernel: a real `cgprocfs serve`, real cgroups with limits, and
 //! readers inside them reading through the FUSE mount. They need root, /dev/fuse and cgroups:
-//! under CI=true a missing prerequisite fails; elsewhere the test says SKIPPED.
+//! under CI=true a missing prerequisite fails; elsewhere the test ends as ignored, with the reason.
 
 mod common;
 
@@ -13,7 +13,6 @@ fn count_processors(cpuinfo: &str) -> usize {
     cpuinfo.lines().filter(|l| l.starts_with("processor")).count()
 }
 
-#[test]
 fn memory_limit_is_memtotal() {
     if !live_ready("memory_limit_is_memtotal") {
         return;
@@ -27,7 +26,6 @@ fn memory_limit_is_memtotal() {
     assert!(field(&out, "SwapFree") <= field(&out, "SwapTotal"));
 }
 
-#[test]
 fn parent_limit_lower_than_child_wins() {
     if !live_ready("parent_limit_lower_than_child_wins") {
         return;
@@ -45,7 +43,6 @@ fn parent_limit_lower_than_child_wins() {
     assert_eq!(count_processors(&cpuinfo), 1, "{cpuinfo}");
 }
 
-#[test]
 fn quota_sets_the_cpu_count() {
     if !live_ready("quota_sets_the_cpu_count") {
         return;
@@ -69,7 +66,6 @@ fn quota_sets_the_cpu_count() {
     }
 }
 
-#[test]
 fn cpuset_of_one_cpu() {
     if !live_ready("cpuset_of_one_cpu") {
         return;
@@ -83,7 +79,6 @@ fn cpuset_of_one_cpu() {
     assert_eq!(cg.run(&format!("cat {}", d.path("sys/devices/system/cpu/online").display())), "0\n");
 }
 
-#[test]
 fn reader_outside_any_limit_sees_the_host() {
     if !live_ready("reader_outside_any_limit_sees_the_host") {
         return;
@@ -97,7 +92,6 @@ fn reader_outside_any_limit_sees_the_host() {
     assert_eq!(count_processors(&cpuinfo), host_cpus());
 }
 
-#[test]
 fn concurrent_readers_each_see_their_own() {
     if !live_ready("concurrent_readers_each_see_their_own") {
         return;
@@ -131,7 +125,6 @@ fn concurrent_readers_each_see_their_own() {
 /// The container's init runs in its own pid namespace; readers enter that namespace but stay
 /// outside the cgroup, so they neither charge its memory nor share the daemon's pid
 /// namespace: the daemon must find the namespace's init and use its cgroup.
-#[test]
 fn show_agrees_with_the_mount_byte_for_byte() {
     if !live_ready("show_agrees_with_the_mount_byte_for_byte") {
         return;
@@ -191,7 +184,6 @@ fn show_agrees_with_the_mount_byte_for_byte() {
 /// whose init is another container's process. Each container that joined it, with its own
 /// mounts and cgroup, reads its own limit; a process in a sub-cgroup of the init's and tools
 /// entering from the host read the init's.
-#[test]
 fn containers_sharing_a_pid_namespace_read_their_own_limits() {
     let test = "containers_sharing_a_pid_namespace_read_their_own_limits";
     if !live_ready(test) || !programs_ready(test, &["unshare", "nsenter"]) {
@@ -270,7 +262,6 @@ fn comparable(file: &str, bytes: &[u8]) -> Vec<String> {
         .collect()
 }
 
-#[test]
 fn writes_and_unknown_names_get_errors() {
     if !live_ready("writes_and_unknown_names_get_errors") {
         return;
@@ -320,7 +311,6 @@ fn writes_and_unknown_names_get_errors() {
     assert_eq!(names, want);
 }
 
-#[test]
 fn daemon_lifecycle_refuses_busy_and_clears_stale_mounts() {
     if !live_ready("daemon_lifecycle_refuses_busy_and_clears_stale_mounts") {
         return;
@@ -362,7 +352,6 @@ fn daemon_lifecycle_refuses_busy_and_clears_stale_mounts() {
 
 /// diskstats from the container's own I/O, swaps consistent with its meminfo, pressure from
 /// its own cgroup.
-#[test]
 fn diskstats_swaps_and_pressure_are_the_containers() {
     if !live_ready("diskstats_swaps_and_pressure_are_the_containers") {
         return;
@@ -431,7 +420,6 @@ fn diskstats_swaps_and_pressure_are_the_containers() {
 /// A swap limit shows as SwapTotal/SwapFree in meminfo and as the one line of /proc/swaps,
 /// with the same figures, while the container has memory swapped out. On a host without swap
 /// both say 0 (the VM tier's guests have a swap file).
-#[test]
 fn swap_limit_and_use_in_meminfo_and_swaps() {
     let test = "swap_limit_and_use_in_meminfo_and_swaps";
     if !live_ready(test) || !programs_ready(test, &["python3"]) {
@@ -471,7 +459,6 @@ fn swap_limit_and_use_in_meminfo_and_swaps() {
 
 /// Readers in a fresh pid namespace, found without the kernel's NS_GET_PID_FROM_PIDNS (as on
 /// Linux before 6.11): the namespace's init is found among the reader's ancestors.
-#[test]
 fn new_pid_namespaces_resolve_without_the_pidns_ioctl() {
     if !live_ready("new_pid_namespaces_resolve_without_the_pidns_ioctl")
         || !programs_ready("new_pid_namespaces_resolve_without_the_pidns_ioctl", &["unshare"])
@@ -487,3 +474,19 @@ fn new_pid_namespaces_resolve_without_the_pidns_ioctl() {
         assert_eq!(field(&out, "MemTotal"), 128 * 1024, "{depth}: {out}");
     }
 }
+
+cgprocfs_tests!(
+    memory_limit_is_memtotal,
+    parent_limit_lower_than_child_wins,
+    quota_sets_the_cpu_count,
+    cpuset_of_one_cpu,
+    reader_outside_any_limit_sees_the_host,
+    concurrent_readers_each_see_their_own,
+    show_agrees_with_the_mount_byte_for_byte,
+    containers_sharing_a_pid_namespace_read_their_own_limits,
+    writes_and_unknown_names_get_errors,
+    daemon_lifecycle_refuses_busy_and_clears_stale_mounts,
+    diskstats_swaps_and_pressure_are_the_containers,
+    swap_limit_and_use_in_meminfo_and_swaps,
+    new_pid_namespaces_resolve_without_the_pidns_ioctl,
+);

@@ -14,7 +14,6 @@ const SCRIPT: &str =
     "head -n 1 /proc/meminfo; grep -c ^processor /proc/cpuinfo; head -n 1 /sys/devices/system/cpu/online; \
                       head -n 1 /proc/uptime; grep -c ^cpu[0-9] /proc/stat; head -n 1 /proc/loadavg";
 
-#[test]
 fn runc_container_sees_its_limits_through_the_hook() {
     if !runc_ready("runc_container_sees_its_limits_through_the_hook") {
         return;
@@ -39,7 +38,6 @@ fn runc_container_sees_its_limits_through_the_hook() {
     assert!(b.hook_log().contains("bound [\"proc/meminfo\""), "{}", b.hook_log());
 }
 
-#[test]
 fn container_starts_without_a_daemon_and_can_opt_out() {
     if !runc_ready("container_starts_without_a_daemon_and_can_opt_out") {
         return;
@@ -67,7 +65,6 @@ fn container_starts_without_a_daemon_and_can_opt_out() {
 
 /// Real podman (`--runtime runc`) with `--hooks-dir` holding the packaged hooks.d file (its
 /// binary path and mount point pointed at this build and this test's daemon).
-#[test]
 fn podman_with_the_packaged_hook() {
     if !runc_ready("podman_with_the_packaged_hook") {
         return;
@@ -158,7 +155,6 @@ fn podman_with_the_packaged_hook() {
 /// sysfs mount, so nothing covers it): the hook must not bind the cpu directory through it.
 /// The host directory is a shared mount and the container's root propagation shared, so a
 /// mount that escaped would show up in the host's mount table.
-#[test]
 fn hook_never_mounts_through_an_image_symlink() {
     let test = "hook_never_mounts_through_an_image_symlink";
     if !runc_ready(test) {
@@ -204,7 +200,6 @@ fn hook_never_mounts_through_an_image_symlink() {
 
 /// Targets that are not the container's procfs (a tmpfs where /proc should be) are skipped;
 /// the read-only bind carries noexec, nosuid and nodev.
-#[test]
 fn hook_binds_only_onto_procfs_and_keeps_noexec() {
     let test = "hook_binds_only_onto_procfs_and_keeps_noexec";
     if !runc_ready(test) {
@@ -237,3 +232,11 @@ fn hook_binds_only_onto_procfs_and_keeps_noexec() {
     assert!(log.contains("is not the container's procfs"), "{log}");
     assert!(!log.contains("bound [\"proc/meminfo\""), "{log}");
 }
+
+cgprocfs_tests!(
+    runc_container_sees_its_limits_through_the_hook,
+    container_starts_without_a_daemon_and_can_opt_out,
+    podman_with_the_packaged_hook,
+    hook_never_mounts_through_an_image_symlink,
+    hook_binds_only_onto_procfs_and_keeps_noexec,
+);

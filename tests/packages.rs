@@ -14,12 +14,12 @@ fn sh(cmd: &str) -> (bool, String) {
     (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
 }
 
-fn require(what: &str, p: Option<PathBuf>) -> Option<PathBuf> {
-    if p.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{what} was not built (.ci/run builds it first)");
-        eprintln!("SKIPPED: no {what} built; run `cargo deb --no-build` / `cargo generate-rpm` first");
-    }
-    p
+fn require(what: &str, p: Option<PathBuf>) -> PathBuf {
+    p.unwrap_or_else(|| {
+        common::harness::skip(format!(
+            "no {what} built: run `cargo deb --no-build` / `cargo generate-rpm` first (.ci/run does)"
+        ))
+    })
 }
 
 const FILES: &[&str] = &[
@@ -33,14 +33,11 @@ const FILES: &[&str] = &[
 const MAN_DEB: &str = "/usr/share/man/man8/cgprocfs.8.gz";
 const MAN_RPM: &str = "/usr/share/man/man8/cgprocfs.8";
 
-#[test]
 fn deb_installs_what_it_should_and_removes_cleanly() {
-    let Some(deb) = require(".deb", built("debian", "deb")) else { return };
+    let deb = require(".deb", built("debian", "deb"));
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "installing the .deb needs root");
-        eprintln!("SKIPPED: installing the .deb needs root");
-        return;
+        common::harness::skip("installing the .deb needs root");
     }
     let (ok, out) = sh(&format!("dpkg -i {}", deb.display()));
     assert!(ok, "dpkg -i: {out}");
@@ -82,13 +79,10 @@ fn deb_installs_what_it_should_and_removes_cleanly() {
     }
 }
 
-#[test]
 fn rpm_has_the_same_contents() {
-    let Some(rpm) = require(".rpm", built("generate-rpm", "rpm")) else { return };
+    let rpm = require(".rpm", built("generate-rpm", "rpm"));
     if !Path::new("/usr/bin/rpm").exists() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "rpm is missing (CI installs it)");
-        eprintln!("SKIPPED: rpm not installed");
-        return;
+        common::harness::skip("rpm is not installed (.ci/run installs it)");
     }
     let (ok, list) = sh(&format!("rpm -qlp {}", rpm.display()));
     assert!(ok, "{list}");
@@ -99,3 +93,8 @@ fn rpm_has_the_same_contents() {
     assert!(ok, "{info}");
     assert!(info.contains("Name        : cgprocfs") && info.contains("License     : Apache-2.0"), "{info}");
 }
+
+cgprocfs_tests!(
+    deb_installs_what_it_should_and_removes_cleanly,
+    rpm_has_the_same_contents,
+);

@@ -44,7 +44,6 @@ fn splice_through_page_cache() -> bool {
     (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (6, 5)
 }
 
-#[test]
 fn every_reader_reads_every_file() {
     let test = "every_reader_reads_every_file";
     if !live_ready(test) || !programs_ready(test, &["busybox", "python3", "dd", "awk", "tail", "cp"]) {
@@ -136,7 +135,6 @@ while time.monotonic() < end:
 print(good, bad)
 "#;
 
-#[test]
 fn two_containers_reading_at_once_never_get_each_others_content() {
     let test = "two_containers_reading_at_once_never_get_each_others_content";
     if !live_ready(test) || !programs_ready(test, &["busybox", "python3"]) {
@@ -177,3 +175,8 @@ fn two_containers_reading_at_once_never_get_each_others_content() {
         );
     }
 }
+
+cgprocfs_tests!(
+    every_reader_reads_every_file,
+    two_containers_reading_at_once_never_get_each_others_content,
+);

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 const MIB: u64 = 1024 * 1024;
 
-#[test]
 fn containers_read_again_after_the_keeper_is_killed_and_a_new_serve_starts() {
     let test = "containers_read_again_after_the_keeper_is_killed_and_a_new_serve_starts";
     if !live_ready(test) || !programs_ready(test, &["unshare", "head"]) {
@@ -59,7 +58,6 @@ fn containers_read_again_after_the_keeper_is_killed_and_a_new_serve_starts() {
     }
 }
 
-#[test]
 fn reattach_by_hand_repairs_a_container_and_says_so() {
     let test = "reattach_by_hand_repairs_a_container_and_says_so";
     if !live_ready(test) || !programs_ready(test, &["unshare", "sleep", "cat"]) {
@@ -94,7 +92,6 @@ fn reattach_by_hand_repairs_a_container_and_says_so() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).split_whitespace().nth(1), Some("196608"), "{o:?}");
 }
 
-#[test]
 fn a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed() {
     let test = "a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed";
     if !live_ready(test) || !programs_ready(test, &["findmnt", "head", "sleep"]) {
@@ -130,3 +127,9 @@ fn a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed() {
     assert!(out.starts_with("cgprocfs-cache:"), "the command had its cached files: {out}");
     assert_eq!(field(&out, "MemTotal"), 160 * 1024, "{out} {}\n{}", String::from_utf8_lossy(&o.stderr), d.log());
 }
+
+cgprocfs_tests!(
+    containers_read_again_after_the_keeper_is_killed_and_a_new_serve_starts,
+    reattach_by_hand_repairs_a_container_and_says_so,
+    a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed,
+);

@@ -40,7 +40,6 @@ fn leftovers(tag: &str) -> Vec<String> {
     v
 }
 
-#[test]
 fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
     let _turn = serial();
     if !live_ready("run_starts_its_own_daemon_and_real_programs_see_the_limits") {
@@ -82,7 +81,6 @@ fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
     let _ = std::fs::remove_dir(&unserved);
 }
 
-#[test]
 fn run_uses_a_serving_daemon_and_a_cpuset() {
     let _turn = serial();
     let test = "run_uses_a_serving_daemon_and_a_cpuset";
@@ -128,11 +126,9 @@ fn run_uses_a_serving_daemon_and_a_cpuset() {
     assert_eq!(lines[11], "read-only", "{out}");
     // psutil counts logical CPUs and, from the cpuN topology files, physical cores.
     if lines[12] == "no-psutil" {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "python3-psutil is missing (CI installs it)");
-        eprintln!("SKIPPED the psutil check: no python3-psutil");
-    } else {
-        assert_eq!(lines[12], "psutil 1 1", "{out}");
+        common::harness::skip("the psutil check needs python3-psutil, which .ci/run installs");
     }
+    assert_eq!(lines[12], "psutil 1 1", "{out}");
     // The same names lead the host to its own CPUs (entries are never cached across callers).
     let cpu_dirs = std::fs::read_dir(d.path(sys.trim_start_matches('/')))
         .unwrap()
@@ -150,7 +146,6 @@ fn run_uses_a_serving_daemon_and_a_cpuset() {
 /// for a container: BusyBox `free` and `uptime` see the limit and the command's age, and with
 /// `--seccomp-affinity` so do `nproc` and the affinity mask. Without a listener it goes on with
 /// the host's values.
-#[test]
 fn run_answers_sysinfo_for_its_command() {
     let _turn = serial();
     let test = "run_answers_sysinfo_for_its_command";
@@ -179,3 +174,9 @@ fn run_answers_sysinfo_for_its_command() {
     assert_eq!(host(&out), host(&host_free), "{out}");
     assert!(err.contains("sees the host's"), "run says why: {err}");
 }
+
+cgprocfs_tests!(
+    run_starts_its_own_daemon_and_real_programs_see_the_limits,
+    run_uses_a_serving_daemon_and_a_cpuset,
+    run_answers_sysinfo_for_its_command,
+);

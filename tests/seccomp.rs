@@ -22,7 +22,6 @@ fn profile(d: &Daemon, affinity: bool) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-#[test]
 fn busybox_free_and_uptime_see_the_container_then_the_host_once_the_daemon_stops() {
     let test = "busybox_free_and_uptime_see_the_container_then_the_host_once_the_daemon_stops";
     if !runc_ready(test) {
@@ -100,7 +99,6 @@ fn host_up() -> String {
 
 /// A JDK without container support sizes its heap from sysinfo's total RAM: a quarter of
 /// the 256 MiB limit with the daemon answering, a quarter of the host without.
-#[test]
 fn jvm_without_container_support_sizes_its_heap_from_the_limit() {
     let test = "jvm_without_container_support_sizes_its_heap_from_the_limit";
     if !runc_ready(test) || !programs_ready(test, &["java"]) {
@@ -152,7 +150,6 @@ fn jvm_without_container_support_sizes_its_heap_from_the_limit() {
 
 /// `seccomp-profile` moves the answered calls out of every other rule into one notify rule,
 /// whatever the base; applied to the packaged profile it keeps every other rule.
-#[test]
 fn profile_gives_the_answered_calls_one_notify_rule() {
     let packaged = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/seccomp/cgprocfs-seccomp.json");
     let base: Value = serde_json::from_str(&std::fs::read_to_string(&packaged).unwrap()).unwrap();
@@ -183,3 +180,9 @@ fn profile_gives_the_answered_calls_one_notify_rule() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a JSON seccomp profile"));
 }
+
+cgprocfs_tests!(
+    busybox_free_and_uptime_see_the_container_then_the_host_once_the_daemon_stops,
+    jvm_without_container_support_sizes_its_heap_from_the_limit,
+    profile_gives_the_answered_calls_one_notify_rule,
+);

@@ -27,7 +27,6 @@ fn as_nobody(cmd: &str) {
 
 /// A local user learns the pid `cgprocfs run` will have (it is its parent's until exec) and
 /// prepares the directory it would use, with its pid file a symlink to a root-owned file.
-#[test]
 fn run_never_writes_through_a_prepared_directory() {
     let test = "run_never_writes_through_a_prepared_directory";
     if !live_ready(test) || !programs_ready(test, &["setpriv"]) {
@@ -64,7 +63,6 @@ fn run_never_writes_through_a_prepared_directory() {
 
 /// Pid files as `mktemp` names them (`tmp.XXXXXX`) in one directory: each daemon's state,
 /// records and socket are its own.
-#[test]
 fn daemons_with_dotted_pid_files_share_nothing() {
     let test = "daemons_with_dotted_pid_files_share_nothing";
     if !live_ready(test) {
@@ -100,7 +98,6 @@ fn daemons_with_dotted_pid_files_share_nothing() {
 
 /// The keeper refuses a pid file directory another user can write (it would write its pid,
 /// state and records there as root).
-#[test]
 fn keeper_refuses_a_pid_file_directory_others_can_write() {
     let test = "keeper_refuses_a_pid_file_directory_others_can_write";
     if !live_ready(test) {
@@ -141,3 +138,9 @@ fn keeper_refuses_a_pid_file_directory_others_can_write() {
     assert!(status.is_some_and(|s| !s.success()) && !mounted, "served with its pid file in a world-writable directory");
     assert!(String::from_utf8_lossy(&out.stderr).contains("writable by other users"), "{out:?}");
 }
+
+cgprocfs_tests!(
+    run_never_writes_through_a_prepared_directory,
+    daemons_with_dotted_pid_files_share_nothing,
+    keeper_refuses_a_pid_file_directory_others_can_write,
+);

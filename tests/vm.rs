@@ -64,11 +64,7 @@ fn ready(test: &str) -> Option<Kernel> {
     }
     let k = guest_kernel();
     if k.is_none() {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "{test}: no guest kernel (apt-get install linux-image-amd64)"
-        );
-        eprintln!("SKIPPED {test}: no /boot/vmlinuz-* with modules (apt-get install linux-image-amd64)");
+        common::harness::skip(format!("{test}: no /boot/vmlinuz-* with modules (apt-get install linux-image-amd64)"));
     }
     k
 }
@@ -245,7 +241,6 @@ fn summary(out: &str) -> String {
         .join("\n")
 }
 
-#[test]
 fn live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1() {
     let test = "live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1";
     let Some(k) = ready(test) else { return };
@@ -293,19 +288,14 @@ fn built_deb() -> Option<PathBuf> {
 /// would: readers in two limited scopes read the bound meminfo in a loop while the service is
 /// restarted, SIGKILLed (Restart=on-failure), reloaded and reinstalled. The connection lives
 /// in the unit's fd store throughout: not one read fails (tests/vm/systemd.sh).
-#[test]
 fn systemd_keeps_every_read_working_across_restart_kill_reload_and_reinstall() {
     let test = "systemd_keeps_every_read_working_across_restart_kill_reload_and_reinstall";
     let Some(k) = ready(test) else { return };
     if !Path::new("/lib/systemd/systemd").exists() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: no systemd (apt-get install systemd)");
-        eprintln!("SKIPPED {test}: no /lib/systemd/systemd");
-        return;
+        common::harness::skip(format!("{test}: no systemd (apt-get install systemd)"));
     }
     let Some(deb) = built_deb() else {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{test}: no .deb (.ci/run builds it with cargo deb)");
-        eprintln!("SKIPPED {test}: no target/debian/*.deb (cargo deb --no-build)");
-        return;
+        common::harness::skip(format!("{test}: no target/debian/*.deb (cargo deb --no-build; .ci/run builds it)"));
     };
     let _turn = one_guest();
     let scratch = Scratch::new("vm-systemd");
@@ -324,3 +314,8 @@ fn systemd_keeps_every_read_working_across_restart_kill_reload_and_reinstall() {
     }
     assert!(ok, "the systemd guest failed");
 }
+
+cgprocfs_tests!(
+    live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1,
+    systemd_keeps_every_read_working_across_restart_kill_reload_and_reinstall,
+);

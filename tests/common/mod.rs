@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bundle;
+pub mod harness;
 pub mod loops;
 
 use cgprocfs::launch::{RunLimits, Transient};
@@ -11,8 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Whether live tests can run here. Under `CI=true` a missing prerequisite fails the test;
-/// elsewhere the test is skipped, saying so on stderr.
+/// Checks that live tests can run here (root, `/dev/fuse`, cgroups) and returns true; when not,
+/// ends the test as ignored, or under `CI=true` as failed ([`harness::skip`]).
 pub fn live_ready(test: &str) -> bool {
     let mut missing = Vec::new();
     // SAFETY: geteuid cannot fail.
@@ -25,15 +26,10 @@ pub fn live_ready(test: &str) -> bool {
     if !std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().contains(" - cgroup") {
         missing.push("cgroups");
     }
-    if missing.is_empty() {
-        return true;
+    if !missing.is_empty() {
+        harness::skip(format!("live test {test} needs {}", missing.join(", ")));
     }
-    let msg = format!("live test {test} needs {}", missing.join(", "));
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{msg} (CI=true: failing instead of skipping)");
-    }
-    eprintln!("SKIPPED: {msg}");
-    false
+    true
 }
 
 /// Whether program `p` is on the PATH.
@@ -41,15 +37,11 @@ pub fn have(p: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {p}")]).output().is_ok_and(|o| o.status.success())
 }
 
-/// Whether every program of `programs` is installed. Under `CI=true` a missing one fails the
-/// test (`.ci/run` installs them); elsewhere the test is skipped, saying so on stderr.
+/// Checks that every program of `programs` is installed and returns true; when one is missing,
+/// ends the test as ignored, or under `CI=true` (`.ci/run` installs them) as failed.
 pub fn programs_ready(test: &str, programs: &[&str]) -> bool {
-    for p in programs {
-        if !have(p) {
-            assert!(std::env::var("CI").as_deref() != Ok("true"), "{test} needs {p}, which .ci/run installs");
-            eprintln!("SKIPPED: {test} needs {p}");
-            return false;
-        }
+    if let Some(p) = programs.iter().find(|p| !have(p)) {
+        harness::skip(format!("{test} needs {p}, which .ci/run installs"));
     }
     true
 }
