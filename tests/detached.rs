@@ -59,6 +59,4 @@ fn a_detached_keeper_gives_its_sockets_up_and_exits_once_unused() {
     assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
 }
 
-cgprocfs_tests!(
-    a_detached_keeper_gives_its_sockets_up_and_exits_once_unused,
-);
+cgprocfs_tests!(a_detached_keeper_gives_its_sockets_up_and_exits_once_unused,);

@@ -145,6 +145,4 @@ fn the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed
     assert!(logs(&pod2).contains("took the connection over"), "{}", logs(&pod2));
 }
 
-cgprocfs_tests!(
-    the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed_read,
-);
+cgprocfs_tests!(the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed_read,);

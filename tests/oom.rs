@@ -44,6 +44,4 @@ fn the_worker_is_not_the_oom_killers_last_choice() {
     assert!(adj(d.worker_pid()) >= 0, "the worker inherited the keeper's -1000");
 }
 
-cgprocfs_tests!(
-    the_worker_is_not_the_oom_killers_last_choice,
-);
+cgprocfs_tests!(the_worker_is_not_the_oom_killers_last_choice,);

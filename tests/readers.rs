@@ -176,7 +176,4 @@ fn two_containers_reading_at_once_never_get_each_others_content() {
     }
 }
 
-cgprocfs_tests!(
-    every_reader_reads_every_file,
-    two_containers_reading_at_once_never_get_each_others_content,
-);
+cgprocfs_tests!(every_reader_reads_every_file, two_containers_reading_at_once_never_get_each_others_content,);
