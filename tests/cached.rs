@@ -189,6 +189,12 @@ fn a_worker_killed_under_cached_readers_loses_and_mixes_nothing() {
     if !live_ready("a_worker_killed_under_cached_readers_loses_and_mixes_nothing") {
         return;
     }
+    // Without FUSE_NOTIFY_RESEND (Linux 6.9) a request the killed worker had read is never
+    // answered and its reader waits forever (docs/architecture.md, "Crash safety"), on either
+    // tree: the VM guests' 6.1 kernel cannot run this.
+    if !kernel_at_least(6, 9) {
+        common::harness::ignore("a worker kill loses in-flight requests before Linux 6.9 (no FUSE_NOTIFY_RESEND)");
+    }
     let d = Daemon::start("cached-crash");
     let secs = 5;
     let mut c = run(&d, &["--memory", "96M", "--cpuset", "0"], &format!("python3 -c \"$0\" {secs} {} 1", 96 * 1024));
@@ -265,6 +271,13 @@ fn top_on_cached_files_shows_the_containers_cpu_use_and_steal() {
     };
     assert!(value("st") > 40.0, "{cpu}");
     assert!(value("us") + value("sy") > 5.0 && value("us") + value("sy") < 40.0, "{cpu}");
+}
+
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> bool {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let mut v = release.trim().split(['.', '-']).map(|x| x.parse::<u32>().unwrap_or(0));
+    (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (major, minor)
 }
 
 cgprocfs_tests!(
