@@ -850,6 +850,7 @@ pub fn worker(args: WorkerArgs) -> io::Result<()> {
     let owned: Vec<Arc<OwnedFd>> = own_fuse_fds(&fds)?.into_iter().map(Arc::new).collect();
     let cache: Vec<Arc<OwnedFd>> = own_fuse_fds(&cache)?.into_iter().map(Arc::new).collect();
     let first = owned.first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no fds"))?;
+    let snapshots = state_file.as_ref().map(|s| s.with_extension("snapshots"));
     let svc = Arc::new(Service::with_state(Root::new("/"), opts, state_file).map_err(io::Error::other)?);
     tracing::info!(layout = ?svc.hierarchies().layout(), "cgroup hierarchies found");
     svc.start_sampler()?;
@@ -863,7 +864,7 @@ pub fn worker(args: WorkerArgs) -> io::Result<()> {
     let fs = Arc::new(ProcFs::with_floor(svc.clone(), floor).with_handles_per_container(handles));
     spawn_workers(&owned, fs, spin)?;
     if !cache.is_empty() {
-        spawn_workers(&cache, Arc::new(crate::fs::cached::CachedFs::new(svc.clone(), fresh)), spin)?;
+        spawn_workers(&cache, Arc::new(crate::fs::cached::CachedFs::new(svc.clone(), fresh, snapshots)), spin)?;
     }
     // Only now, with readers in place: requests a dead predecessor read are queued again.
     for fd in std::iter::once(first).chain(cache.first()) {

@@ -20,6 +20,9 @@
 //!   rendering. Within the bound, reads never reach the daemon.
 //! - The rendering the last GETATTR described is kept (a snapshot) and every READ is answered
 //!   from it, so the pages the kernel caches are one rendering of exactly the size it was told.
+//!   It is also written to a root-only directory before the reply goes out, so a worker that
+//!   replaces a killed one answers a READ with the same bytes (a newer rendering, longer than
+//!   the size the kernel holds, would be cut: a torn file).
 //!
 //! Node ids carry everything needed to answer them, so a restarted worker or a keeper that
 //! took the connection over answers the kernel's existing inodes without any state: the key's
@@ -127,6 +130,11 @@ pub struct CachedFs {
     tree: Tree,
     service: Arc<Service>,
     fresh: Duration,
+    /// Where every snapshot the kernel was told about is also written (a root-only tmpfs
+    /// directory beside the state file), so that the next worker answers a READ with the bytes
+    /// whose size the kernel holds, not a newer rendering of another length (which the page
+    /// cache would cut at the old size).
+    dir: Option<PathBuf>,
     snapshots: Mutex<HashMap<u64, Snapshot>>,
     /// When old snapshots were last dropped.
     pruned: Mutex<Instant>,
@@ -134,13 +142,36 @@ pub struct CachedFs {
 }
 
 impl CachedFs {
-    /// Serves every view of `service`, each file fresh within `fresh`.
-    pub fn new(service: Arc<Service>, fresh: Duration) -> Self {
+    /// Serves every view of `service`, each file fresh within `fresh`, keeping snapshots in
+    /// `dir` across workers.
+    pub fn new(service: Arc<Service>, fresh: Duration, dir: Option<PathBuf>) -> Self {
         let start = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let dir = dir.filter(|d| match crate::files::private_dir(d, 0o700) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(dir = %d.display(), error = %e, "cached tree: snapshots not kept across workers");
+                false
+            }
+        });
+        if let Some(d) = &dir {
+            // A predecessor's snapshots older than any attribute timeout: no READ needs them.
+            let age = SNAPSHOT_AGE.max(fresh * 2);
+            for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok())
+                    .is_none_or(|a| a > age)
+                {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
         CachedFs {
             tree: Tree::new(View::ALL),
             service,
             fresh,
+            dir,
             snapshots: Mutex::new(HashMap::new()),
             pruned: Mutex::new(Instant::now()),
             start,
@@ -161,12 +192,25 @@ impl CachedFs {
         tid != 0 && self.service.container_of(tid).is_ok_and(|m| m.cgroups.name() == c.cgroups.name())
     }
 
+    fn file(&self, node: u64) -> Option<PathBuf> {
+        self.dir.as_ref().map(|d| d.join(format!("{node:016x}")))
+    }
+
     /// The snapshot of file `node` (`view` of container `c`): the kept one if taken within
-    /// [`REUSE`] (or `reuse_any`, for a READ), else a new rendering.
+    /// [`REUSE`] (or, for a READ, `reuse_any`: the kept one, or the one a previous worker
+    /// wrote), else a new rendering, written down before the kernel hears of it.
     fn snapshot(&self, node: u64, view: View, c: &Container, reuse_any: bool) -> Result<(Arc<Vec<u8>>, Version), i32> {
         if let Some(s) = self.snapshots.lock().get(&node) {
             if reuse_any || s.taken.elapsed() < REUSE {
                 return Ok((s.bytes.clone(), s.changed));
+            }
+        }
+        if reuse_any {
+            if let Some(bytes) = self.file(node).and_then(|f| std::fs::read(f).ok()) {
+                let bytes = Arc::new(bytes);
+                let s = Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed: (0, 0) };
+                self.snapshots.lock().insert(node, s);
+                return Ok((bytes, (0, 0)));
             }
         }
         let bytes = Arc::new(self.service.render_with(view, Ok(c.clone()))?);
@@ -174,14 +218,27 @@ impl CachedFs {
         let changed = match map.get(&node) {
             Some(old) if old.bytes == bytes => old.changed,
             _ => {
+                if let Some(f) = self.file(node) {
+                    if let Err(e) = crate::files::write_atomic(&f, &bytes) {
+                        tracing::debug!(file = %f.display(), error = %e, "cached tree: snapshot not written");
+                    }
+                }
                 let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
                 (d.as_secs(), d.subsec_nanos())
             }
         };
-        // Bounded without a scan per insert: at most one sweep per SNAPSHOT_AGE / 6.
+        // Bounded without a scan per insert: at most one sweep per SNAPSHOT_AGE / 6. Past its
+        // age a snapshot's attributes expired long ago, so no READ comes before a GETATTR.
         let mut pruned = self.pruned.lock();
+        let age = SNAPSHOT_AGE.max(self.fresh * 2);
         if map.len() >= 4096 && pruned.elapsed() > SNAPSHOT_AGE / 6 {
-            map.retain(|_, s| s.taken.elapsed() < SNAPSHOT_AGE);
+            let old: Vec<u64> = map.iter().filter(|(_, s)| s.taken.elapsed() >= age).map(|(n, _)| *n).collect();
+            for n in old {
+                map.remove(&n);
+                if let Some(f) = self.file(n) {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
             *pruned = Instant::now();
         }
         drop(pruned);
@@ -311,8 +368,15 @@ impl CachedFs {
 
     fn forget(&self, h: &InHeader, body: &[u8]) {
         let mut map = self.snapshots.lock();
+        let mut drop_node = |node: u64| {
+            if map.remove(&node).is_some() {
+                if let Some(f) = self.file(node) {
+                    let _ = std::fs::remove_file(f);
+                }
+            }
+        };
         if h.opcode == op::FORGET {
-            map.remove(&h.nodeid);
+            drop_node(h.nodeid);
             return;
         }
         // BATCH_FORGET: a count, then (node id, lookups) pairs.
@@ -320,9 +384,9 @@ impl CachedFs {
         let n = b.u32(0).unwrap_or(0) as usize;
         for i in 0..n {
             match b.u64(8 + 16 * i) {
-                Some(node) => map.remove(&node),
+                Some(node) => drop_node(node),
                 None => break,
-            };
+            }
         }
     }
 }
