@@ -118,15 +118,15 @@ fn run_binds_the_commands_own_cached_files_which_follow_its_limits() {
     let dir = Scratch::new("cached-limit");
     let (pidfile, flag) = (dir.0.join("pid"), Flag(dir.0.join("go")));
     let script = format!(
-        "echo $$ > {p}; grep MemTotal /proc/meminfo; while [ ! -e {f} ]; do sleep 0.02; done; t=0; \
+        "grep MemTotal /proc/meminfo; echo $$ > {p}; while [ ! -e {f} ]; do sleep 0.02; done; t=0; \
          while [ $t -lt 200 ] && ! grep -q 'MemTotal: *262144 kB' /proc/meminfo; do sleep 0.01; t=$((t+1)); done; \
          grep MemTotal /proc/meminfo",
         p = pidfile.display(),
         f = flag.0.display()
     );
     let child = run(&d, &["--memory", "128M"], &script).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    wait_for("the command's pid", Duration::from_secs(10), || pidfile.exists(), String::new);
-    std::thread::sleep(Duration::from_millis(300));
+    // The pid file comes after the first read.
+    wait_for("the command's first read", Duration::from_secs(30), || pidfile.exists(), String::new);
     let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let v1 = cgroups.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()));
@@ -232,9 +232,10 @@ fn nobody_but_the_container_reads_its_cached_files() {
     // The command writes its pid (the key of its files: `run` execs it in the same process)
     // and waits.
     // `exec`: the key process is the one that waits, so killing it ends the command.
-    let script = format!("echo $$ > {}; grep MemTotal /proc/meminfo; exec sleep 30", pidfile.display());
+    let script = format!("grep MemTotal /proc/meminfo; echo $$ > {}; exec sleep 30", pidfile.display());
     let child = run(&d, &["--memory", "64M"], &script).stdout(Stdio::piped()).spawn().unwrap();
-    wait_for("the command's pid", Duration::from_secs(10), || pidfile.exists(), String::new);
+    // The pid file comes after the container's own read.
+    wait_for("the command's pid", Duration::from_secs(30), || pidfile.exists(), String::new);
     let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let start: u64 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap().parse().unwrap();
