@@ -126,8 +126,7 @@ fn run_binds_the_commands_own_cached_files_which_follow_its_limits() {
     );
     let child = run(&d, &["--memory", "128M"], &script).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     // The pid file comes after the first read.
-    wait_for("the command's first read", Duration::from_secs(30), || pidfile.exists(), String::new);
-    let pid = std::fs::read_to_string(&pidfile).unwrap().trim().to_string();
+    let pid = wait_pid(&pidfile).to_string();
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     let v1 = cgroups.lines().find_map(|l| l.split_once(":memory:").map(|(_, p)| p.to_string()));
     let limit = match v1 {
@@ -235,8 +234,7 @@ fn nobody_but_the_container_reads_its_cached_files() {
     let script = format!("grep MemTotal /proc/meminfo; echo $$ > {}; exec sleep 30", pidfile.display());
     let child = run(&d, &["--memory", "64M"], &script).stdout(Stdio::piped()).spawn().unwrap();
     // The pid file comes after the container's own read.
-    wait_for("the command's pid", Duration::from_secs(30), || pidfile.exists(), String::new);
-    let pid: u32 = std::fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+    let pid = wait_pid(&pidfile);
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
     let start: u64 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(19).unwrap().parse().unwrap();
     let own = d.cache().join(format!("{pid}-{start}/proc/meminfo"));
@@ -279,6 +277,14 @@ fn top_on_cached_files_shows_the_containers_cpu_use_and_steal() {
     };
     assert!(value("st") > 40.0, "{cpu}");
     assert!(value("us") + value("sy") > 5.0 && value("us") + value("sy") < 40.0, "{cpu}");
+}
+
+/// The pid a command wrote to `file`, once the whole number is there (the shell creates the
+/// file before `echo` writes it).
+fn wait_pid(file: &std::path::Path) -> u32 {
+    let read = || std::fs::read_to_string(file).ok().filter(|s| s.ends_with('\n')).and_then(|s| s.trim().parse().ok());
+    wait_for("the command's pid", Duration::from_secs(30), || read().is_some(), String::new);
+    read().unwrap_or(0)
 }
 
 /// Whether the running kernel is at least `major.minor`.
