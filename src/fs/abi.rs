@@ -146,6 +146,30 @@ impl Out {
     }
 }
 
+/// A READDIR reply: `entries` (inode, name, `DT_*` type) from index `offset` on, as many
+/// `struct fuse_dirent` records as fit in `size` bytes; each record's offset is the next index.
+pub fn dirents(entries: &[(u64, String, u32)], offset: u64, size: u32) -> Vec<u8> {
+    let mut o = Out::default();
+    for (i, (ino, name, typ)) in entries.iter().enumerate().skip(offset as usize) {
+        let rec = (24 + name.len()).div_ceil(8) * 8;
+        if o.0.len() + rec > size as usize {
+            break;
+        }
+        o.u64(*ino).u64(i as u64 + 1).u32(name.len() as u32).u32(*typ);
+        o.0.extend_from_slice(name.as_bytes());
+        o.zeros(rec - 24 - name.len());
+    }
+    o.0
+}
+
+/// A STATFS reply (`struct fuse_kstatfs`) for a read-only tree of `files` inodes.
+pub fn statfs(files: u64) -> Vec<u8> {
+    let mut o = Out::default();
+    o.u64(0).u64(0).u64(0).u64(files).u64(0); // blocks, bfree, bavail, files, ffree
+    o.u32(4096).u32(255).u32(4096).u32(0).zeros(24); // bsize, namelen, frsize, pad, spare
+    o.0
+}
+
 /// Attributes of one inode (`struct fuse_attr`).
 #[derive(Debug, Clone, Copy)]
 pub struct Attr {

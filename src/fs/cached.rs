@@ -34,7 +34,7 @@
 //! process (the host, another container) gets attributes of an empty file that expire at
 //! once, or `EACCES`, never the container's bytes (docs/security.md).
 
-use super::abi::{op, Attr, Body, InHeader, Out};
+use super::abi::{self, op, Attr, Body, InHeader, Out};
 use super::session::{Handler, Reply};
 use super::Tree;
 use crate::cgroup::Container;
@@ -353,17 +353,7 @@ impl CachedFs {
                 entries.push((key.node(i), name.to_string(), if is_dir { libc::DT_DIR } else { libc::DT_REG } as u32));
             }
         }
-        let mut o = Out::default();
-        for (i, (ino, name, typ)) in entries.iter().enumerate().skip(offset as usize) {
-            let rec = (24 + name.len()).div_ceil(8) * 8;
-            if o.0.len() + rec > size as usize {
-                break;
-            }
-            o.u64(*ino).u64(i as u64 + 1).u32(name.len() as u32).u32(*typ);
-            o.0.extend_from_slice(name.as_bytes());
-            o.zeros(rec - 24 - name.len());
-        }
-        Reply::Data(o.0)
+        Reply::Data(abi::dirents(&entries, offset, size))
     }
 
     fn forget(&self, h: &InHeader, body: &[u8]) {
@@ -407,20 +397,8 @@ impl Handler for CachedFs {
             // keeps every file's pages (the point of this tree).
             op::OPEN | op::FLUSH => Reply::Err(libc::ENOSYS),
             op::RELEASE | op::RELEASEDIR | op::DESTROY => Reply::Data(vec![]),
-            op::STATFS => {
-                let mut o = Out::default();
-                o.u64(0).u64(0).u64(0).u64(0).u64(0);
-                o.u32(4096).u32(255).u32(4096).u32(0).zeros(24);
-                Reply::Data(o.0)
-            }
-            op::ACCESS => {
-                let mask = Body(body).u32(0).unwrap_or(0) as i32;
-                if mask & libc::W_OK != 0 {
-                    Reply::Err(libc::EROFS)
-                } else {
-                    Reply::Data(vec![])
-                }
-            }
+            op::STATFS => Reply::Data(abi::statfs(0)),
+            op::ACCESS => super::access(body),
             op::FORGET | op::BATCH_FORGET => {
                 self.forget(h, body);
                 Reply::None

@@ -514,24 +514,22 @@ impl ProcFs {
                 entries.extend(self.cpu.list_top(&views).into_iter().map(|(i, n, k)| (i, n, dt(k))));
             }
         }
-        let mut o = Out::default();
-        for (i, (ino, name, typ)) in entries.iter().enumerate().skip(offset as usize) {
-            let rec = (24 + name.len()).div_ceil(8) * 8;
-            if o.0.len() + rec > size as usize {
-                break;
-            }
-            o.u64(*ino).u64(i as u64 + 1).u32(name.len() as u32).u32(*typ);
-            o.0.extend_from_slice(name.as_bytes());
-            o.zeros(rec - 24 - name.len());
-        }
-        Reply::Data(o.0)
+        Reply::Data(abi::dirents(&entries, offset, size))
     }
 
     fn statfs(&self) -> Reply {
-        let mut o = Out::default();
-        o.u64(0).u64(0).u64(0).u64(self.tree.nodes.len() as u64).u64(0); // blocks.. files, ffree
-        o.u32(4096).u32(255).u32(4096).u32(0).zeros(24); // bsize, namelen, frsize, pad, spare
-        Reply::Data(o.0)
+        Reply::Data(abi::statfs(self.tree.nodes.len() as u64))
+    }
+}
+
+/// ACCESS on a read-only tree: `default_permissions` makes the kernel check modes; a write
+/// is refused outright.
+fn access(body: &[u8]) -> Reply {
+    let mask = Body(body).u32(0).unwrap_or(0) as i32;
+    if mask & libc::W_OK != 0 {
+        Reply::Err(libc::EROFS)
+    } else {
+        Reply::Data(vec![])
     }
 }
 
@@ -584,15 +582,7 @@ impl Handler for ProcFs {
             op::READDIR => self.readdir(h, body),
             op::RELEASEDIR | op::FLUSH => Reply::Data(vec![]),
             op::STATFS => self.statfs(),
-            op::ACCESS => {
-                // default_permissions makes the kernel check modes; refuse writes outright.
-                let mask = Body(body).u32(0).unwrap_or(0) as i32;
-                if mask & libc::W_OK != 0 {
-                    Reply::Err(libc::EROFS)
-                } else {
-                    Reply::Data(vec![])
-                }
-            }
+            op::ACCESS => access(body),
             op::SETATTR | op::WRITE | op::CREATE => Reply::Err(libc::EROFS),
             op::FORGET | op::BATCH_FORGET | op::INTERRUPT => Reply::None,
             op::DESTROY => Reply::Data(vec![]),
