@@ -1,10 +1,11 @@
 //! In-process cost of the read path without FUSE: the pure renderers, and the whole service
 //! (caller -> cgroup files -> render) over a fixture tree captured from a real kernel.
 
+use cgprocfs::catalog::View;
 use cgprocfs::cgroup::memory::MemoryStats;
 use cgprocfs::host::{HostCpuinfo, HostMeminfo};
 use cgprocfs::service::{Options, Service};
-use cgprocfs::view::{cpuinfo, meminfo, View};
+use cgprocfs::view::{cpuinfo, meminfo};
 use cgprocfs::Root;
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use std::path::Path;

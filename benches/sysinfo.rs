@@ -31,7 +31,7 @@ fn notify_sysinfo() -> i32 {
     let f = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
     let prog = [
         f(0x20, 0, 0, 4), // ld arch
-        f(0x15, 0, 3, cgprocfs::seccomp::AUDIT_ARCH_NATIVE),
+        f(0x15, 0, 3, cgprocfs::seccomp::abi::AUDIT_ARCH_NATIVE),
         f(0x20, 0, 0, 0), // ld nr
         f(0x15, 0, 1, libc::SYS_sysinfo as u32),
         f(0x06, 0, 0, 0x7fc0_0000), // SECCOMP_RET_USER_NOTIF

@@ -8,7 +8,7 @@
 
 use crate::cgroup::ProcCgroup;
 use crate::error::{Error, Result};
-use crate::host::innermost_nspid;
+use crate::procfs::innermost_nspid;
 use crate::Root;
 use parking_lot::Mutex;
 use std::collections::HashMap;

@@ -32,6 +32,19 @@ pub enum Error {
     /// No cgroup hierarchy that a view needs is mounted.
     #[error("no cgroup mount for {0}")]
     NoMount(&'static str),
+    /// The container's cgroup directory vanished while it was being read.
+    #[error("cgroup {0} is gone")]
+    Gone(PathBuf),
+}
+
+/// The errno a reader gets, at the FUSE edge and from `show`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Errno(pub i32);
+
+impl From<std::io::Error> for Errno {
+    fn from(e: std::io::Error) -> Self {
+        Errno(e.raw_os_error().unwrap_or(libc::EIO))
+    }
 }
 
 impl Error {
@@ -41,10 +54,10 @@ impl Error {
     }
 
     /// The errno a reader gets for this error: the OS error for I/O, else `EIO`.
-    pub fn errno(&self) -> i32 {
+    pub fn errno(&self) -> Errno {
         match self {
-            Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
-            _ => libc::EIO,
+            Error::Io { source, .. } => Errno(source.raw_os_error().unwrap_or(libc::EIO)),
+            _ => Errno(libc::EIO),
         }
     }
 

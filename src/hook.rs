@@ -17,7 +17,7 @@
 //! sysfs, and the mount goes onto the opened fd (new mount API, Linux 5.12+), so no symlink of
 //! the image can move a mount outside the container (docs/security.md).
 
-use crate::view::{bind_targets, CPU_DIR};
+use crate::catalog::{bind_targets, CPU_DIR};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::io::Read;

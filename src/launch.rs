@@ -180,12 +180,12 @@ pub enum Source {
 /// live cached tree), the files are the command's own cached ones; the cpu directory is
 /// always the shared one.
 pub fn bind_pairs(mountpoint: &Path, cache: Option<&Path>) -> Vec<(Source, CString)> {
-    crate::view::bind_targets()
+    crate::catalog::bind_targets()
         .into_iter()
         .filter(|p| Path::new("/").join(p).exists())
         .filter_map(|p| {
             let src = match cache {
-                Some(c) if p != crate::view::CPU_DIR => {
+                Some(c) if p != crate::catalog::CPU_DIR => {
                     let mut dir = c.as_os_str().as_bytes().to_vec();
                     dir.push(b'/');
                     Source::Keyed { dir, rest: format!("/{p}").into_bytes() }
@@ -326,7 +326,7 @@ impl NotifyFilter {
         // 0: arch; 1: native? else allow; 2: nr; 3..3+n: notify?; then allow, notify.
         let mut prog = vec![
             st(LD_W_ABS, 4),
-            libc::sock_filter { code: JEQ_K, jt: 0, jf: n + 1, k: crate::seccomp::AUDIT_ARCH_NATIVE },
+            libc::sock_filter { code: JEQ_K, jt: 0, jf: n + 1, k: crate::seccomp::abi::AUDIT_ARCH_NATIVE },
             st(LD_W_ABS, 0),
         ];
         for (i, nr) in calls.iter().enumerate() {

@@ -3,25 +3,28 @@
 //!
 //! Data flow of one read: caller tid -> container cgroups ([`caller`]) -> typed snapshots
 //! ([`cgroup`], [`host`]) -> pure renderer ([`view`]) -> bytes kept in the FUSE handle ([`fs`]).
-//! [`service::Service`] ties the first three together and is shared by `serve` and `show`.
+//! [`catalog`] lists the served files and how each is made; [`service::Service`] ties caller,
+//! inputs and renderer together and is shared by `serve` and `show`.
 
 #![warn(missing_docs)]
 
 pub mod caller;
+pub mod catalog;
 pub mod cgroup;
 pub mod daemon;
 pub mod error;
-pub mod fd;
 pub mod files;
 pub mod fs;
 pub mod hook;
 pub mod host;
 pub mod launch;
 pub mod mountinfo;
+pub mod procfs;
 pub mod reattach;
 pub mod seccomp;
 pub mod service;
 pub mod state;
+pub mod sys;
 pub mod view;
 
 pub use error::{Error, Result};
@@ -67,4 +70,10 @@ impl Root {
         p.push(pid.to_string());
         p
     }
+}
+
+/// FNV-1a of `s`: stable names and inode numbers from paths (the same across processes and
+/// versions, which a worker restart or an upgrade relies on).
+pub fn fnv(s: &[u8]) -> u64 {
+    s.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }

@@ -1,21 +1,16 @@
 //! The `cgprocfs` command: `serve` mounts the views, `show` prints one as a container reads it.
 
 use anyhow::{bail, Context, Result};
-use cgprocfs::daemon::{default_pidfile, handover, keeper, Adopted, KeeperConfig, WorkerSeccomp};
-use cgprocfs::fs::session::{mountpoint_state, unmount, InitParams, MountpointState};
+use cgprocfs::catalog::View;
+use cgprocfs::daemon::args::{ServeLine, ServeOptions, WorkerLine, DEFAULT_MOUNTPOINT, DEFAULT_SECCOMP_SOCKET};
+use cgprocfs::daemon::{default_pidfile, handover, keeper, Adopted, KeeperConfig};
+use cgprocfs::fs::session::{mountpoint_state, unmount, MountpointState};
 use cgprocfs::launch::{bind_pairs, enter, NotifyFilter, RunLimits, Transient};
-use cgprocfs::service::{Options, Service};
-use cgprocfs::view::cpus::CpuCount;
-use cgprocfs::view::View;
+use cgprocfs::service::Service;
 use cgprocfs::Root;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-
-/// Default mount point, lxcfs-compatible layout under it.
-const DEFAULT_MOUNTPOINT: &str = "/var/lib/cgprocfs";
-/// Default seccomp listener socket of the daemon on the default mount point.
-const DEFAULT_SECCOMP_SOCKET: &str = "/run/cgprocfs/seccomp.sock";
 
 #[derive(Parser)]
 #[command(name = "cgprocfs", version, about = "Container-correct /proc and /sys files over FUSE")]
@@ -24,97 +19,11 @@ struct Cli {
     cmd: Cmd,
 }
 
-#[derive(clap::Args, Clone, Copy)]
-struct ViewOpts {
-    /// After answering a request, a worker keeps polling for the next one this many
-    /// microseconds before it sleeps: waking a sleeping thread costs more than the request.
-    /// 0 disables it.
-    #[arg(long, default_value_t = 50)]
-    spin_us: u64,
-    /// Also serve `.bench/floor`, a constant file, for the benchmark's FUSE-floor figure.
-    #[arg(long, hide = true)]
-    bench_floor: bool,
-    /// How many CPUs a container sees: `quota` = min(cpuset, ceil(quota/period)); `cpuset`
-    /// ignores the CFS quota.
-    #[arg(long, value_enum, default_value_t = CpuCount::Quota)]
-    cpu_count: CpuCount,
-    /// Also answer sched_getaffinity(2) for containers whose seccomp profile notifies it: a
-    /// mask of their visible CPUs, so programs that size thread pools from the affinity mask
-    /// (JVMs without container support, Go, .NET, nproc) follow the quota. Off by default:
-    /// the mask then no longer says where a thread may run (docs/operations.md).
-    #[arg(long)]
-    seccomp_affinity: bool,
-    /// Open handles one container (cgroup) may hold at once; its further opens fail with
-    /// EMFILE, so no container can exhaust the table the others share.
-    #[arg(long, default_value_t = cgprocfs::fs::HANDLES_PER_CONTAINER)]
-    handles_per_container: usize,
-    /// Freshness bound of the cached tree (the files the OCI hook and `run` bind), in
-    /// milliseconds: a read returns content rendered at most this long before; reads within
-    /// it are served from the page cache without asking the daemon (docs/performance.md).
-    #[arg(long, default_value_t = 100)]
-    fresh_ms: u64,
-}
-
 #[derive(Subcommand)]
 enum Cmd {
     /// Mount the views at MOUNTPOINT and serve them until SIGTERM or SIGINT. SIGHUP upgrades to
     /// the binary now on disk without dropping the connection.
-    Serve {
-        /// Where to mount (created if missing).
-        #[arg(default_value = DEFAULT_MOUNTPOINT)]
-        mountpoint: PathBuf,
-        /// Worker threads reading /dev/fuse, each on its own cloned fd.
-        #[arg(long, default_value_t = 2)]
-        threads: usize,
-        /// Pid file for `cgprocfs upgrade` (default: under /run/cgprocfs, named after MOUNTPOINT).
-        #[arg(long)]
-        pidfile: Option<PathBuf>,
-        /// Enter the cgroup namespace of pid 1 first: for a daemon in a container (a Kubernetes
-        /// DaemonSet with hostPID) whose own cgroup namespace hides the other containers.
-        #[arg(long)]
-        host_cgroupns: bool,
-        /// The unix socket container runtimes hand seccomp notification fds to (OCI
-        /// `linux.seccomp.listenerPath`). Default: /run/cgprocfs/seccomp.sock for the default
-        /// mount point, else beside the pid file.
-        #[arg(long)]
-        seccomp_socket: Option<PathBuf>,
-        /// Do not listen for seccomp notification fds.
-        #[arg(long, conflicts_with = "seccomp_socket")]
-        no_seccomp: bool,
-        /// Do not repair, on start, containers left with binds of a dead daemon's connection
-        /// (`cgprocfs reattach` does it by hand).
-        #[arg(long)]
-        no_reattach: bool,
-        /// After handing the connection over to another keeper, wait for a stop signal instead
-        /// of exiting: a DaemonSet pod's container, which its controller would restart (and
-        /// which would then take the connection back), until the rollout deletes the pod.
-        #[arg(long)]
-        linger: bool,
-        /// Do not serve the cached tree (mounted beside the pid file, `<name>.cache`): hooks
-        /// and `run` then bind the shared files, each read answered by the daemon.
-        #[arg(long)]
-        no_cache: bool,
-        #[command(flatten)]
-        view: ViewOpts,
-        /// Internal, set by an upgrade: the inherited /dev/fuse fds of the live connection.
-        #[arg(long, hide = true, value_delimiter = ',', requires_all = ["init_minor", "init_flags"])]
-        adopt: Vec<i32>,
-        /// Internal, set by an upgrade: the protocol minor negotiated at FUSE_INIT.
-        #[arg(long, hide = true)]
-        init_minor: Option<u32>,
-        /// Internal, set by an upgrade: the flags negotiated at FUSE_INIT.
-        #[arg(long, hide = true)]
-        init_flags: Option<u32>,
-        /// Internal, set by an upgrade: the seccomp listener fd, then the notification fds.
-        #[arg(long, hide = true, value_delimiter = ',')]
-        seccomp_adopt: Vec<i32>,
-        /// Internal, set by an upgrade: the control socket's listening fd.
-        #[arg(long, hide = true)]
-        control_adopt: Option<i32>,
-        /// Internal, set by an upgrade: the cached tree's /dev/fuse fds.
-        #[arg(long, hide = true, value_delimiter = ',')]
-        adopt_cache: Vec<i32>,
-    },
+    Serve(ServeLine),
     /// Print FILE (e.g. proc/meminfo) exactly as PID's container reads it through the mount.
     Show {
         /// The process whose container to render for (default: this one).
@@ -123,7 +32,7 @@ enum Cmd {
         /// Path of the served file, relative to the mount point.
         file: String,
         #[command(flatten)]
-        view: ViewOpts,
+        view: ServeOptions,
     },
     /// Repair running containers after a daemon died hard: mount the live files of MOUNTPOINT
     /// over every bind of a dead connection in other mount namespaces, and print what was
@@ -200,24 +109,7 @@ enum Cmd {
     },
     /// Internal: the serving process started by `serve` on inherited /dev/fuse fds.
     #[command(hide = true)]
-    Worker {
-        #[arg(long, value_delimiter = ',', required = true)]
-        fds: Vec<i32>,
-        /// File keeping per-container counters across worker restarts.
-        #[arg(long)]
-        state: Option<PathBuf>,
-        /// The keeper's socket for new seccomp notification fds.
-        #[arg(long)]
-        seccomp_chan: Option<i32>,
-        /// Inherited seccomp notification fds.
-        #[arg(long, value_delimiter = ',')]
-        seccomp_fds: Vec<i32>,
-        /// The cached tree's /dev/fuse fds.
-        #[arg(long, value_delimiter = ',')]
-        cache_fds: Vec<i32>,
-        #[command(flatten)]
-        view: ViewOpts,
-    },
+    Worker(WorkerLine),
     /// Internal: started by a stopping daemon; lets containers' notified calls run for real
     /// until those containers exit.
     #[command(hide = true)]
@@ -259,50 +151,14 @@ fn main() {
         .init();
     let cli = Cli::parse();
     let r = match cli.cmd {
-        Cmd::Serve {
-            mountpoint,
-            threads,
-            pidfile,
-            host_cgroupns,
-            seccomp_socket,
-            no_seccomp,
-            no_reattach,
-            linger,
-            no_cache,
-            view,
-            adopt,
-            init_minor,
-            init_flags,
-            seccomp_adopt,
-            control_adopt,
-            adopt_cache,
-        } => {
-            if host_cgroupns {
+        Cmd::Serve(line) => {
+            if line.host_cgroupns {
                 if let Err(e) = enter_host_cgroupns() {
                     eprintln!("cgprocfs: {e:#}");
                     std::process::exit(1);
                 }
             }
-            let adopted = match (adopt.is_empty(), init_minor, init_flags) {
-                (false, Some(minor), Some(flags)) => Some(Adopted {
-                    fds: adopt,
-                    cache: adopt_cache,
-                    params: InitParams { minor, flags },
-                    seccomp: seccomp_adopt.split_first().map(|(l, n)| (*l, n.to_vec())),
-                    control: control_adopt,
-                }),
-                _ => None,
-            };
-            let seccomp = Seccomp { socket: seccomp_socket, disabled: no_seccomp };
-            serve(
-                &mountpoint,
-                threads,
-                pidfile,
-                view,
-                seccomp,
-                adopted,
-                Lifecycle { reattach: !no_reattach, linger, cache: !no_cache },
-            )
+            serve(line)
         }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
         Cmd::Upgrade { mountpoint, pid } => upgrade(&mountpoint, pid),
@@ -310,7 +166,7 @@ fn main() {
         Cmd::DockerArgs { mountpoint } => {
             // runc refuses spec mounts under /proc other than a fixed list, which excludes
             // /proc/pressure: those only the OCI hook can bind.
-            let args: Vec<String> = cgprocfs::view::bind_targets()
+            let args: Vec<String> = cgprocfs::catalog::bind_targets()
                 .into_iter()
                 .filter(|p| !p.starts_with("proc/pressure/"))
                 .map(|p| format!("-v {}:/{p}:ro", mountpoint.join(p).display()))
@@ -347,22 +203,7 @@ fn main() {
                 Err(e) => Err(e),
             }
         }
-        Cmd::Worker { fds, state, seccomp_chan, seccomp_fds, cache_fds, view } => {
-            let sec =
-                seccomp_chan.map(|chan| WorkerSeccomp { chan, fds: seccomp_fds, affinity: view.seccomp_affinity });
-            cgprocfs::daemon::worker(cgprocfs::daemon::WorkerArgs {
-                fds,
-                cache: cache_fds,
-                opts: Options { cpu_count: view.cpu_count },
-                state_file: state,
-                spin: std::time::Duration::from_micros(view.spin_us),
-                floor: view.bench_floor,
-                handles: view.handles_per_container,
-                fresh: std::time::Duration::from_millis(view.fresh_ms),
-                sec,
-            })
-            .context("worker failed")
-        }
+        Cmd::Worker(line) => cgprocfs::daemon::worker(line).context("worker failed"),
         Cmd::SeccompDrain { fds } => {
             cgprocfs::seccomp::agent::drain(cgprocfs::seccomp::adopt_fds(&fds));
             Ok(())
@@ -375,11 +216,11 @@ fn main() {
     }
 }
 
-fn service(view: ViewOpts) -> Result<Service> {
-    Service::new(Root::new("/"), Options { cpu_count: view.cpu_count }).context("cannot read the host's cgroup mounts")
+fn service(opts: ServeOptions) -> Result<Service> {
+    Service::new(Root::new("/"), opts.service()).context("cannot read the host's cgroup mounts")
 }
 
-fn show(pid: Option<u32>, file: &str, view: ViewOpts) -> Result<()> {
+fn show(pid: Option<u32>, file: &str, view: ServeOptions) -> Result<()> {
     let Some(v) = View::from_path(file) else {
         let names: Vec<_> = View::ALL.iter().map(|v| v.path()).collect();
         bail!("unknown file {file:?}; served files: {}", names.join(", "));
@@ -392,29 +233,11 @@ fn show(pid: Option<u32>, file: &str, view: ViewOpts) -> Result<()> {
     Ok(())
 }
 
-/// What `serve` does around the connection's life (repair on start, linger after a handover).
-struct Lifecycle {
-    reattach: bool,
-    linger: bool,
-    /// Serve the cached tree.
-    cache: bool,
-}
-
-/// `serve`'s seccomp listener options.
-struct Seccomp {
-    socket: Option<PathBuf>,
-    disabled: bool,
-}
-
-fn serve(
-    mountpoint: &Path,
-    threads: usize,
-    pidfile: Option<PathBuf>,
-    view: ViewOpts,
-    seccomp: Seccomp,
-    adopted: Option<Adopted>,
-    life: Lifecycle,
-) -> Result<()> {
+/// `serve`: mounts (or adopts the live connection: an upgrade's, the service manager's fd
+/// store, another keeper's by handover) and runs the keeper.
+fn serve(line: ServeLine) -> Result<()> {
+    let ServeLine { ref mountpoint, threads, ref pidfile, opts, .. } = line;
+    let adopted = line.adopt.adopted();
     // A restart under systemd: the previous keeper's connection is in the fd store.
     let adopted = match adopted {
         None if cgprocfs::daemon::systemd::managed() => {
@@ -445,12 +268,12 @@ fn serve(
             }
         }
     };
-    let pidfile = pidfile.unwrap_or_else(|| default_pidfile(&mountpoint));
+    let pidfile = pidfile.clone().unwrap_or_else(|| default_pidfile(&mountpoint));
     let mut adopted = adopted;
     let mut taken = None;
     if adopted.is_none() {
         // Fail here, not in a worker restart loop, when the host's cgroups cannot be read.
-        service(view)?;
+        service(opts)?;
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("cannot read mountinfo")?;
         match mountpoint_state(&mountpoint, &mountinfo) {
             MountpointState::Free => {}
@@ -480,33 +303,22 @@ fn serve(
     // The path on disk, so that an upgrade which replaced the file runs the new binary.
     let binary = std::env::current_exe().context("cannot find this binary")?;
     let binary = PathBuf::from(binary.to_string_lossy().trim_end_matches(" (deleted)"));
-    let mut view_args = vec!["--cpu-count".to_string()];
-    view_args.push(view.cpu_count.to_possible_value().map_or("quota".into(), |v| v.get_name().to_string()));
-    view_args.extend(["--spin-us".to_string(), view.spin_us.to_string()]);
-    view_args.extend(["--handles-per-container".to_string(), view.handles_per_container.to_string()]);
-    view_args.extend(["--fresh-ms".to_string(), view.fresh_ms.to_string()]);
-    if view.bench_floor {
-        view_args.push("--bench-floor".to_string());
-    }
-    if view.seccomp_affinity {
-        view_args.push("--seccomp-affinity".to_string());
-    }
-    let seccomp_socket = match seccomp {
-        Seccomp { disabled: true, .. } => None,
-        Seccomp { socket: Some(s), .. } => Some(s),
+    let seccomp_socket = match (line.no_seccomp, line.seccomp_socket.clone()) {
+        (true, _) => None,
+        (false, Some(s)) => Some(s),
         _ if mountpoint == Path::new(DEFAULT_MOUNTPOINT) => Some(PathBuf::from(DEFAULT_SECCOMP_SOCKET)),
         _ => Some(cgprocfs::files::companion(&pidfile, "sock")),
     };
     let cfg = KeeperConfig {
-        cache: life.cache.then(|| cgprocfs::daemon::cache_dir(&pidfile)),
+        cache: (!line.no_cache).then(|| cgprocfs::daemon::cache_dir(&pidfile)),
         mountpoint: mountpoint.clone(),
         binary,
-        view_args,
+        opts,
         threads,
         pidfile,
         seccomp_socket,
-        reattach: life.reattach,
-        linger: life.linger,
+        reattach: !line.no_reattach,
+        linger: line.linger,
     };
     keeper(cfg, adopted, taken).with_context(|| format!("serving {} failed", mountpoint.display()))
 }

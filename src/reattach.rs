@@ -46,7 +46,7 @@ pub struct DeadMount {
 /// the mount point, so a repair only ever replaces binds of a connection that served the same
 /// mount point (not those of another daemon, such as `cgprocfs run`'s own).
 pub fn source_name(mountpoint: &Path) -> String {
-    format!("cgprocfs:{:016x}", crate::fd::fnv(mountpoint.as_os_str().as_encoded_bytes()))
+    format!("cgprocfs:{:016x}", crate::fnv(mountpoint.as_os_str().as_encoded_bytes()))
 }
 
 /// The cgprocfs mounts of a mountinfo text whose device is not `live` (`major:minor`) and whose

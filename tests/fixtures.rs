@@ -3,9 +3,9 @@
 //! pure v1 guests (`v2-*`, `v1-*`, `CGPROCFS_VM_CAPTURE=tests/fixtures cargo test --test vm`), through the same `Service` the daemon uses; plus every kind of
 //! bad input, which must yield the host's file and a counted fallback, never a panic.
 
+use cgprocfs::catalog::View;
 use cgprocfs::service::{Options, Service};
 use cgprocfs::view::cpus::CpuCount;
-use cgprocfs::view::View;
 use cgprocfs::Root;
 use std::path::{Path, PathBuf};
 
@@ -227,7 +227,7 @@ fn deleted_cgroup_and_vanished_caller_fall_back() {
     assert_eq!(svc.render_for(View::CpuOnline, 0), Ok(std::fs::read(t.0.join(View::CpuOnline.path())).unwrap()));
     // A file the host cannot give either answers with the host's errno (no PSI: EOPNOTSUPP
     // in the kernel; here the fixture simply has no pressure files: ENOENT).
-    assert_eq!(svc.render_for(View::PressureIo, 0), Err(libc::ENOENT));
+    assert_eq!(svc.render_for(View::PressureIo, 0), Err(cgprocfs::error::Errno(libc::ENOENT)));
     assert_eq!(svc.fallbacks.count(), 4);
 }
 

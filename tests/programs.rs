@@ -259,7 +259,7 @@ const GO_SRC: &str = "package main\n\nimport (\n\t\"fmt\"\n\t\"runtime\"\n)\n\nf
 /// The Go program, built once (in the target directory; the VM tier, whose root is read-only,
 /// finds it there or builds its own in the temporary directory).
 fn go_numcpu() -> PathBuf {
-    let name = format!("numcpu-{:016x}", cgprocfs::fd::fnv(GO_SRC.as_bytes()));
+    let name = format!("numcpu-{:016x}", cgprocfs::fnv(GO_SRC.as_bytes()));
     let built = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go").join(&name);
     if built.exists() {
         return built;

@@ -55,7 +55,7 @@ fn thread_ids(dir: &CgroupDir, limit: usize) -> (Vec<u32>, u64) {
 /// The state letter of `/proc/<tid>/stat` (field 3, after the last `)`: the command name may
 /// contain spaces and parentheses).
 pub fn state_of(stat: &str) -> Option<char> {
-    stat.rsplit_once(')')?.1.trim_start().chars().next()
+    crate::procfs::stat_fields(stat).next()?.chars().next()
 }
 
 /// Counts the threads of the container whose cgroup is `dir`. With `own_pidns`, also the
@@ -75,7 +75,7 @@ pub fn count(root: &Root, dir: &CgroupDir, own_pidns: bool) -> TaskCounts {
         }
         if own_pidns && seen <= 256 {
             let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
-            let inner = crate::host::innermost_nspid(&status).and_then(|p| p.parse::<u64>().ok());
+            let inner = crate::procfs::innermost_nspid(&status).and_then(|p| p.parse::<u64>().ok());
             c.last_pid = c.last_pid.max(inner);
         }
     }

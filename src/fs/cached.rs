@@ -37,9 +37,9 @@
 use super::abi::{self, op, Attr, Body, InHeader, Out};
 use super::session::{Handler, Reply};
 use super::Tree;
+use crate::catalog::View;
 use crate::cgroup::Container;
 use crate::service::Service;
-use crate::view::View;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -86,7 +86,7 @@ impl Key {
 /// is [`crate::reattach::source_name`]): how hooks and `run` find it, whatever pid file the
 /// daemon was given.
 pub fn source_name(mountpoint: &Path) -> String {
-    format!("cgprocfs-cache:{:016x}", crate::fd::fnv(mountpoint.as_os_str().as_encoded_bytes()))
+    format!("cgprocfs-cache:{:016x}", crate::fnv(mountpoint.as_os_str().as_encoded_bytes()))
 }
 
 /// Where the cached tree of the daemon serving `mountpoint` is mounted, as this process sees
@@ -101,15 +101,9 @@ pub fn find(mountpoint: &Path) -> Option<PathBuf> {
         .map(|e| PathBuf::from(e.mount_point))
 }
 
-/// Start time of `pid` in clock ticks after boot, as `/proc/<pid>/stat` gives it.
-fn start_ticks(svc: &Service, pid: u32) -> Option<u64> {
-    crate::host::start_ns(svc.root(), pid).ok().map(|ns| ns / crate::state::cpu::NS_PER_TICK)
-}
-
 /// The directory name of the container whose init is `pid`, as the OCI hook looks it up.
 pub fn key_name(pid: u32) -> std::io::Result<String> {
-    let ticks = crate::host::start_ns(&crate::Root::new("/"), pid).map_err(std::io::Error::other)?
-        / crate::state::cpu::NS_PER_TICK;
+    let ticks = crate::procfs::start_ticks(&crate::Root::new("/"), pid).map_err(std::io::Error::other)?;
     Ok(format!("{pid}-{ticks}"))
 }
 
@@ -180,7 +174,7 @@ impl CachedFs {
 
     /// The container of `key`, if its process still runs with that start time.
     fn container(&self, key: Key) -> Result<Container, i32> {
-        match start_ticks(&self.service, key.pid) {
+        match crate::procfs::start_ticks(self.service.root(), key.pid).ok() {
             Some(t) if t & START_MASK == key.start & START_MASK => {}
             _ => return Err(libc::ENOENT),
         }
@@ -213,7 +207,7 @@ impl CachedFs {
                 return Ok((bytes, (0, 0)));
             }
         }
-        let bytes = Arc::new(self.service.render_with(view, Ok(c.clone()))?);
+        let bytes = Arc::new(self.service.render_with(view, Ok(c.clone())).map_err(|e| e.0)?);
         let mut map = self.snapshots.lock();
         let changed = match map.get(&node) {
             Some(old) if old.bytes == bytes => old.changed,
@@ -277,7 +271,9 @@ impl CachedFs {
             let parsed = name.split_once('-').and_then(|(p, s)| Some((p.parse::<u32>().ok()?, s.parse::<u64>().ok()?)));
             let key = match parsed {
                 // The full start time must match, not only the bits a node id keeps.
-                Some((pid, start)) if pid != 0 && start_ticks(&self.service, pid) == Some(start) => {
+                Some((pid, start))
+                    if pid != 0 && crate::procfs::start_ticks(self.service.root(), pid).ok() == Some(start) =>
+                {
                     (Key { pid, start }, DIR_TTL)
                 }
                 _ => return Reply::Err(libc::ENOENT),

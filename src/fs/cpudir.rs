@@ -11,7 +11,7 @@
 //! name leads different containers to different inodes.
 
 use super::abi::Attr;
-use crate::fd::fnv;
+use crate::fnv;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -252,7 +252,7 @@ fn plain(name: &str) -> bool {
 
 /// The host's cpu directory under `root`.
 pub fn host_dir(root: &Path) -> PathBuf {
-    root.join("sys/devices/system/cpu")
+    root.join(crate::catalog::CPU_DIR)
 }
 
 #[cfg(test)]

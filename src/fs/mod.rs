@@ -7,8 +7,8 @@ pub mod cached;
 pub mod cpudir;
 pub mod session;
 
+use crate::catalog::View;
 use crate::service::{Container, Service};
-use crate::view::View;
 use abi::{op, Attr, Body, InHeader, Out};
 use cpudir::{cpu_index, CpuDir, Entry as HostEntry, Kind as HostKind, DYN_BIT};
 use parking_lot::Mutex;
@@ -240,7 +240,7 @@ impl ProcFs {
         }
         let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let tree = Tree::new(&views);
-        let cpu_dir = crate::view::CPU_DIR.split('/').try_fold(ROOT, |dir, part| tree.child(dir, part));
+        let cpu_dir = crate::catalog::CPU_DIR.split('/').try_fold(ROOT, |dir, part| tree.child(dir, part));
         ProcFs {
             cpu: CpuDir::new(cpudir::host_dir(service.root().path())),
             cpu_dir,
@@ -294,7 +294,7 @@ impl ProcFs {
     fn container_ino(ino: u64, c: Option<&Container>) -> u64 {
         match c {
             Some(c) => {
-                let h = crate::fd::fnv(c.cgroups.name().as_bytes());
+                let h = crate::fnv(c.cgroups.name().as_bytes());
                 CT_BIT | ((h << 16) & !(CT_BIT | DYN_BIT) & !STATIC_MASK) | ino
             }
             None => ino,
@@ -442,11 +442,11 @@ impl ProcFs {
                         Some(c) => self.service.render_with(*v, Ok(c)),
                         None => self.service.render_for(*v, h.pid),
                     },
-                    Source::Host(e) => self.cpu.read(e).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO)),
+                    Source::Host(e) => self.cpu.read(e).map_err(crate::error::Errno::from),
                 };
                 let d = match bytes {
                     Ok(d) => Arc::new(d),
-                    Err(errno) => return Reply::Err(errno),
+                    Err(errno) => return Reply::Err(errno.0),
                 };
                 // Adopt the predecessor's handle, within the same bounds as opens.
                 let owner = adopted.then(|| self.owner(h.pid).0);

@@ -11,7 +11,7 @@ pub use meminfo::HostMeminfo;
 pub use stat::HostStat;
 
 use crate::cgroup::cpuset::parse_list;
-use crate::error::{read_file, Error, Result};
+use crate::error::{read_file, Result};
 use crate::Root;
 
 /// The host's online CPUs, from `/sys/devices/system/cpu/online`.
@@ -28,20 +28,14 @@ pub fn boottime_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// When process `pid` started, ns after boot (`/proc/<pid>/stat` field 22, in USER_HZ ticks).
-pub fn start_ns(root: &Root, pid: u32) -> Result<u64> {
-    let p = root.proc_pid(pid).join("stat");
-    let t = read_file(&p)?;
-    let ticks = t
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(19))
-        .and_then(|v| v.parse::<u64>().ok())
-        .ok_or_else(|| Error::malformed(&p, "no start time"))?;
-    Ok(ticks.saturating_mul(crate::state::cpu::NS_PER_TICK))
-}
-
-/// The innermost pid of a `/proc/<pid>/status` text (last field of `NSpid:`): the process's
-/// pid in its own pid namespace, 1 for that namespace's init.
-pub fn innermost_nspid(status: &str) -> Option<&str> {
-    status.lines().find_map(|l| l.strip_prefix("NSpid:"))?.split_ascii_whitespace().last()
+/// The kernel's `struct sysinfo` for this process (the host's values: the daemon runs in the
+/// host's namespaces).
+pub fn sysinfo() -> std::io::Result<libc::sysinfo> {
+    // SAFETY: sysinfo fills the zeroed struct it is given.
+    let mut s: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: valid pointer to a struct of the right type.
+    if unsafe { libc::sysinfo(&mut s) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(s)
 }

@@ -10,7 +10,8 @@
 //! worker crash exactly like the FUSE fds. Each worker gets them all at start and new ones over
 //! a socket pair; fds whose container has exited (`POLLHUP`) are closed here.
 
-use super::{is_notify_fd, recv_fds, send_fds};
+use super::is_notify_fd;
+use crate::sys::{recv_fds, send_fds};
 use parking_lot::Mutex;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -82,7 +83,7 @@ impl Agent {
         if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {listener} is not a socket")));
         }
-        crate::fd::cloexec(listener);
+        crate::sys::cloexec(listener);
         // SAFETY: inherited across exec for this process to own.
         let listener = unsafe { OwnedFd::from_raw_fd(listener) };
         Ok(Agent::new(path, listener, super::adopt_fds(notify)))

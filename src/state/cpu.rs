@@ -9,9 +9,6 @@
 
 use crate::cgroup::cpuacct::CpuUsage;
 
-/// Nanoseconds per USER_HZ tick (USER_HZ = 100).
-pub const NS_PER_TICK: u64 = 10_000_000;
-
 /// One virtual CPU's cumulative times, in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct VCpu {

@@ -328,7 +328,7 @@ fn accounts_dir(state_file: &std::path::Path) -> PathBuf {
 
 /// A file name for container key `k` (keys hold paths): FNV-1a of the key.
 fn record_name(k: &str) -> String {
-    format!("{:016x}", crate::fd::fnv(k.as_bytes()))
+    format!("{:016x}", crate::fnv(k.as_bytes()))
 }
 
 /// A container's CPU record: its `cpu` line and its `wait` line.

@@ -4,7 +4,7 @@
 use crate::cgroup::cpu::Quota;
 
 /// How the visible CPU count is derived.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CpuCount {
     /// min(cpuset size, ceil(quota / period)) — what the container can actually use.
     #[default]

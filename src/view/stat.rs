@@ -5,7 +5,8 @@
 
 use crate::cgroup::tasks::TaskCounts;
 use crate::host::HostStat;
-use crate::state::cpu::{VCpu, NS_PER_TICK};
+use crate::procfs::NS_PER_TICK;
+use crate::state::cpu::VCpu;
 use std::fmt::Write;
 
 fn line(out: &mut String, name: &str, v: &VCpu) {

@@ -34,18 +34,13 @@ pub struct Sysinfo {
 }
 
 impl Sysinfo {
-    /// The host's values, from this process's own sysinfo(2), scaled to bytes.
+    /// The values of the kernel's struct (the host's, from `crate::host::sysinfo`), scaled
+    /// to bytes.
     // c_ulong and c_long are 64-bit only on 64-bit targets: the casts are not no-ops everywhere.
     #[allow(clippy::unnecessary_cast)]
-    pub fn host() -> std::io::Result<Sysinfo> {
-        // SAFETY: sysinfo fills the zeroed struct it is given.
-        let mut s: libc::sysinfo = unsafe { std::mem::zeroed() };
-        // SAFETY: valid pointer to a struct of the right type.
-        if unsafe { libc::sysinfo(&mut s) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+    pub fn from_kernel(s: &libc::sysinfo) -> Sysinfo {
         let unit = u64::from(s.mem_unit.max(1));
-        Ok(Sysinfo {
+        Sysinfo {
             uptime: s.uptime as i64,
             loads: s.loads.map(|l| l as u64),
             totalram: s.totalram as u64 * unit,
@@ -56,7 +51,7 @@ impl Sysinfo {
             freeswap: s.freeswap as u64 * unit,
             procs: s.procs,
             mem_unit: 1,
-        })
+        }
     }
 
     /// Sets the loads from avenrun values (fixed point with `FSHIFT` = 11 fraction bits), as
@@ -142,7 +137,7 @@ mod tests {
 
     #[test]
     fn host_values_are_bytes() {
-        let h = Sysinfo::host().expect("sysinfo");
+        let h = Sysinfo::from_kernel(&crate::host::sysinfo().expect("sysinfo"));
         assert_eq!(h.mem_unit, 1);
         assert!(h.totalram >= h.freeram && h.totalram > 0);
     }

@@ -1,27 +1,35 @@
 //! The read path shared by `serve` (through FUSE) and `show` (without it): caller ->
-//! container -> snapshots -> renderer, with the host's file as the answer whenever the
-//! container's cannot be computed.
+//! container -> the inputs a served file needs (cached here) -> its row in
+//! [`crate::catalog`], with the host's file as the answer whenever the container's cannot be
+//! computed.
+
+mod cache;
+mod fallback;
+
+pub use fallback::Fallbacks;
 
 use crate::caller::Resolver;
+use crate::catalog::View;
 use crate::cgroup::cpu::effective_quota;
 use crate::cgroup::cpuacct;
 use crate::cgroup::cpuset::effective_cpus;
 use crate::cgroup::memory::MemoryStats;
+use crate::cgroup::tasks::TaskCounts;
 pub use crate::cgroup::Container;
 use crate::cgroup::{CgroupDir, Cgroups, Hierarchies, ProcCgroup};
-use crate::error::Result;
+use crate::error::{Errno, Error, Result};
 use crate::host::{self, HostCpuinfo, HostMeminfo, HostStat};
+use crate::state::cpu::VCpu;
+use crate::state::load::LoadAvg;
 use crate::state::{self, Store};
 use crate::view::cpus::{visible_cpus, CpuCount};
+use crate::view::meminfo;
 use crate::view::sysinfo::Sysinfo;
-use crate::view::{cpu_online, cpuinfo, diskstats, loadavg, meminfo, stat, swaps, uptime, View};
 use crate::Root;
-use parking_lot::Mutex;
-use std::collections::HashMap;
+use cache::{Ttl, TtlMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a caller's container is remembered.
 pub const CALLER_TTL: Duration = Duration::from_secs(1);
@@ -44,89 +52,18 @@ pub struct Options {
     pub cpu_count: CpuCount,
 }
 
-/// A value loaded from the host and reused for `ttl`. Host files that change slowly or never
-/// (cpuinfo, the online mask) need not be re-read per request.
-struct Ttl<T> {
-    ttl: Duration,
-    slot: Mutex<Option<(Instant, Arc<T>)>>,
-}
-
-impl<T> Ttl<T> {
-    fn new(ttl: Duration) -> Self {
-        Ttl { ttl, slot: Mutex::new(None) }
-    }
-
-    fn get(&self, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
-        if let Some((at, v)) = &*self.slot.lock() {
-            if at.elapsed() < self.ttl {
-                return Ok(v.clone());
-            }
-        }
-        let v = Arc::new(load()?);
-        *self.slot.lock() = Some((Instant::now(), v.clone()));
-        Ok(v)
-    }
-}
-
-/// Values computed per key (a caller, a cgroup) and reused for `ttl`; bounded, so no
-/// container can grow it without limit.
-struct TtlMap<K, V> {
-    ttl: Duration,
-    map: Mutex<HashMap<K, (Instant, V)>>,
-}
-
-impl<K: std::hash::Hash + Eq, V: Clone> TtlMap<K, V> {
-    const MAX: usize = 65_536;
-
-    fn new(ttl: Duration) -> Self {
-        TtlMap { ttl, map: Mutex::new(HashMap::new()) }
-    }
-
-    fn get(&self, key: K, load: impl FnOnce() -> Result<V>) -> Result<V> {
-        if let Some((at, v)) = self.map.lock().get(&key) {
-            if at.elapsed() < self.ttl {
-                return Ok(v.clone());
-            }
-        }
-        let v = load()?;
-        let mut map = self.map.lock();
-        if map.len() >= Self::MAX {
-            let ttl = self.ttl;
-            map.retain(|_, (at, _)| at.elapsed() < ttl);
-        }
-        map.insert(key, (Instant::now(), v.clone()));
-        Ok(v)
-    }
-}
-
-/// Counts requests answered with the host's file and rate-limits the warnings about them.
-#[derive(Default)]
-pub struct Fallbacks {
-    count: AtomicU64,
-    last_warned: Mutex<HashMap<String, Instant>>,
-}
-
-impl Fallbacks {
-    const WARN_EVERY: Duration = Duration::from_secs(60);
-
-    fn record(&self, key: &str, view: View, err: &crate::Error) {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        let mut last = self.last_warned.lock();
-        let now = Instant::now();
-        if last.get(key).is_some_and(|t| now.duration_since(*t) < Self::WARN_EVERY) {
-            return;
-        }
-        if last.len() > 10_000 {
-            last.retain(|_, t| now.duration_since(*t) < Self::WARN_EVERY);
-        }
-        last.insert(key.to_string(), now);
-        tracing::warn!(cgroup = key, file = view.path(), error = %err, "serving the host's file");
-    }
-
-    /// Number of requests answered with the host's file since start.
-    pub fn count(&self) -> u64 {
-        self.count.load(Ordering::Relaxed)
-    }
+/// A container's CPU account at one instant: what `/proc/stat` and `/proc/uptime` show.
+pub struct CpuAccount {
+    /// The container's key in the [`Store`].
+    key: String,
+    /// CLOCK_BOOTTIME of the sample, ns.
+    pub now: u64,
+    /// The container's age, ns.
+    pub age_ns: u64,
+    /// Per visible CPU.
+    pub vcpus: Vec<VCpu>,
+    /// Their sum.
+    pub total: VCpu,
 }
 
 /// Everything a request needs: where cgroups are, how to find a caller's container, and the
@@ -224,122 +161,39 @@ impl Service {
     /// host's file is returned, the fallback counted and logged (rate-limited); only when the
     /// host's file cannot be read either (no PSI in the kernel: `EOPNOTSUPP`) is it the errno
     /// the kernel gave for it.
-    pub fn render_for(&self, view: View, tid: u32) -> std::result::Result<Vec<u8>, i32> {
+    pub fn render_for(&self, view: View, tid: u32) -> std::result::Result<Vec<u8>, Errno> {
         if view == View::Floor {
-            return Ok(View::floor_content().into_bytes());
+            // The floor measures FUSE alone: no caller resolution.
+            return Ok(crate::catalog::floor_content().into_bytes());
         }
         self.render_with(view, self.container_of(tid))
     }
 
     /// Like [`Service::render_for`] for a container already resolved (or the error of its
     /// resolution).
-    pub fn render_with(&self, view: View, c: Result<Container>) -> std::result::Result<Vec<u8>, i32> {
-        if view == View::Floor {
-            return Ok(View::floor_content().into_bytes());
-        }
-        let c = match c {
-            Ok(cg) => cg,
-            Err(e) => {
-                self.fallbacks.record("<caller>", view, &e);
-                return self.host_file(view).map_err(|e| e.errno());
-            }
+    pub fn render_with(&self, view: View, c: Result<Container>) -> std::result::Result<Vec<u8>, Errno> {
+        let (key, err) = match c.map(|c| (view.make(self, &c), c)) {
+            Ok((Ok(s), _)) => return Ok(s.into_bytes()),
+            Ok((Err(e), c)) => (c.cgroups.name(), e),
+            Err(e) => ("<caller>".to_string(), e),
         };
-        match self.render(view, &c) {
-            Ok(s) => Ok(s.into_bytes()),
-            Err(e) => {
-                self.fallbacks.record(&c.cgroups.name(), view, &e);
-                self.host_file(view).map_err(|e| e.errno())
-            }
-        }
+        self.fallbacks.record(&key, view, &err);
+        self.host_file(view).map_err(|e| e.errno())
     }
 
     /// Renders `view` for container `c`.
     pub fn render(&self, view: View, c: &Container) -> Result<String> {
-        let cg = &c.cgroups;
-        match view {
-            View::Meminfo => {
-                let host = self.meminfo.get(|| HostMeminfo::read(&self.root))?;
-                Ok(meminfo::render(&host, &self.container_memory(cg)?))
-            }
-            View::Cpuinfo => {
-                let cpus = self.visible_cpus(cg)?;
-                let host = self.cpuinfo.get(|| HostCpuinfo::read(&self.root))?;
-                Ok(cpuinfo::render(&host, &cpus))
-            }
-            // online, possible and present are the same list for a container: its N CPUs.
-            View::CpuOnline | View::CpuPossible | View::CpuPresent => {
-                Ok(cpu_online::render(self.visible_cpus(cg)?.len()))
-            }
-            View::Floor => Ok(View::floor_content()),
-            View::Diskstats => match &cg.blkio {
-                Some(d) if d.path != d.top => {
-                    let io = crate::cgroup::io::read(d)?;
-                    Ok(diskstats::render(&io, &host::diskstats::read(&self.root)?))
-                }
-                // Not in an I/O cgroup of its own: the host's devices are its devices.
-                _ => self.host_text(view),
-            },
-            View::Swaps => {
-                let host = self.meminfo.get(|| HostMeminfo::read(&self.root))?;
-                // The same SwapTotal/SwapFree as the container's meminfo.
-                match meminfo::compute(&host, &self.container_memory(cg)?) {
-                    Some(v) => Ok(swaps::render(v.get("SwapTotal").unwrap_or(0), v.get("SwapFree").unwrap_or(0))),
-                    None => self.host_text(view),
-                }
-            }
-            View::PressureCpu | View::PressureMemory | View::PressureIo => {
-                let file = match view {
-                    View::PressureCpu => "cpu.pressure",
-                    View::PressureMemory => "memory.pressure",
-                    _ => "io.pressure",
-                };
-                match &cg.unified {
-                    // The cgroup file has the kernel's /proc/pressure format.
-                    Some(d) if d.path != d.top => crate::error::read_file(&d.file(file)),
-                    // No cgroup of its own in the unified tree: the host's pressure.
-                    _ => self.host_text(view),
-                }
-            }
-            View::Stat | View::Uptime | View::Loadavg if cg.cpu_accounting().is_none() => {
-                // Not in a CPU cgroup of its own: the host's file.
-                self.host_text(view)
-            }
-            View::Stat | View::Uptime => {
-                let now = host::boottime_ns();
-                let age = self.age_ns(c, now)?;
-                let n = self.visible_cpus(cg)?.len();
-                let (Some(usage), Some(k)) = (cpuacct::read(cg)?, state::key(cg)) else {
-                    return Err(crate::Error::NoMount("cpuacct"));
-                };
-                let (vcpus, total) = self.store.cpu(&k, c, now, age, usage, n);
-                if view == View::Uptime {
-                    return Ok(uptime::render(age, total.idle));
-                }
-                let (_, tasks) = self.store.load(&self.root, &k, c.clone(), now);
-                let host = self.stat.get(|| HostStat::read(&self.root))?;
-                Ok(stat::render(&host, &vcpus, &total, &tasks))
-            }
-            View::Loadavg => {
-                let k = state::key(cg).ok_or(crate::Error::NoMount("cpu"))?;
-                let (load, tasks) = self.store.load(&self.root, &k, c.clone(), host::boottime_ns());
-                let last_pid = match (c.init, tasks.last_pid) {
-                    (Some(_), Some(p)) => p,
-                    // Same pid namespace as the host: the host's last pid is the container's.
-                    _ => host_last_pid(&self.root),
-                };
-                Ok(loadavg::render(&load, &tasks, last_pid))
-            }
-        }
+        view.make(self, c)
     }
 
     /// `struct sysinfo` for container `c`: the host's values (this process's own sysinfo)
     /// with every field the container has a source for replaced by the number its meminfo,
     /// uptime and loadavg show.
     pub fn sysinfo(&self, c: &Container) -> Result<Sysinfo> {
-        let mut s = Sysinfo::host().map_err(|e| crate::Error::io("sysinfo(2)", e))?;
+        let raw = host::sysinfo().map_err(|e| Error::io("sysinfo(2)", e))?;
+        let mut s = Sysinfo::from_kernel(&raw);
         let cg = &c.cgroups;
-        let host = self.meminfo.get(|| HostMeminfo::read(&self.root))?;
-        if let Some(v) = meminfo::compute(&host, &self.container_memory(cg)?) {
+        if let Some(v) = meminfo::compute(&*self.host_meminfo()?, &self.memory(c)?) {
             let b = |l: &str, or: u64| v.get(l).map_or(or, |k| k * 1024);
             s.totalram = b("MemTotal", s.totalram);
             s.freeram = b("MemFree", s.freeram);
@@ -362,16 +216,16 @@ impl Service {
     /// pid namespace, since the oldest process of its cgroup started.
     /// Cached like the caller: finding it may take a file per process of the container.
     fn age_ns(&self, c: &Container, now: u64) -> Result<u64> {
-        let dir = c.cgroups.cpu_accounting().ok_or(crate::Error::NoMount("cpuacct"))?;
+        let dir = c.cgroups.cpu_accounting().ok_or(Error::NoMount("cpu accounting"))?;
         let start = self.starts.get((c.init, dir.path.clone()), || match c.init {
-            Some(pid) => host::start_ns(&self.root, pid),
+            Some(pid) => crate::procfs::start_ns(&self.root, pid),
             None => {
                 let procs = crate::error::read_file(&dir.file("cgroup.procs"))?;
                 Ok(procs
                     .lines()
                     .take(1024)
                     .filter_map(|l| l.trim().parse::<u32>().ok())
-                    .filter_map(|p| host::start_ns(&self.root, p).ok())
+                    .filter_map(|p| crate::procfs::start_ns(&self.root, p).ok())
                     .min()
                     .unwrap_or(now))
             }
@@ -411,8 +265,8 @@ impl Service {
 
     /// The container's memory snapshot; for an unlimited container (the common case for host
     /// processes) an empty one, without the cost of memory.stat, which renders as the host's.
-    fn container_memory(&self, cg: &Cgroups) -> Result<MemoryStats> {
-        match &cg.memory {
+    pub fn memory(&self, c: &Container) -> Result<MemoryStats> {
+        match &c.cgroups.memory {
             Some(d) if self.memory_limit(d)?.is_some() => self.memory_stats(d),
             _ => Ok(MemoryStats::default()),
         }
@@ -450,15 +304,64 @@ impl Service {
     }
 
     /// The host's own file as the answer for a container that has no cgroup of its own for it.
-    fn host_text(&self, view: View) -> Result<String> {
+    pub fn host_text(&self, view: View) -> Result<String> {
         Ok(String::from_utf8_lossy(&self.host_file(view)?).into_owned())
     }
-}
 
-/// The last pid allocated in the host's pid namespace (field 5 of the host's loadavg).
-fn host_last_pid(root: &Root) -> u64 {
-    std::fs::read_to_string(root.proc().join("loadavg"))
-        .ok()
-        .and_then(|t| t.split_ascii_whitespace().nth(4)?.parse().ok())
-        .unwrap_or(0)
+    /// The host's meminfo, at most 100 ms old (the values that pass through, CommitLimit and
+    /// hugepages, may lag a little).
+    pub fn host_meminfo(&self) -> Result<Arc<HostMeminfo>> {
+        self.meminfo.get(|| HostMeminfo::read(&self.root))
+    }
+
+    /// The host's cpuinfo, at most 10 s old.
+    pub fn host_cpuinfo(&self) -> Result<Arc<HostCpuinfo>> {
+        self.cpuinfo.get(|| HostCpuinfo::read(&self.root))
+    }
+
+    /// The host's stat, at most 100 ms old.
+    pub fn host_stat(&self) -> Result<Arc<HostStat>> {
+        self.stat.get(|| HostStat::read(&self.root))
+    }
+
+    /// The container's key in the [`Store`]; `None` when it has no CPU cgroup of its own.
+    fn account_key(&self, cg: &Cgroups) -> Result<Option<String>> {
+        match cg.cpu_accounting() {
+            None => Ok(None),
+            // The directory could not be stat'ed: the cgroup is being removed.
+            Some(d) => state::key(cg).map(Some).ok_or_else(|| Error::Gone(d.path.clone())),
+        }
+    }
+
+    /// The container's CPU account now; `None` when it has no CPU cgroup of its own (its
+    /// files are then the host's).
+    pub fn cpu_account(&self, c: &Container) -> Result<Option<CpuAccount>> {
+        let Some(key) = self.account_key(&c.cgroups)? else { return Ok(None) };
+        let now = host::boottime_ns();
+        let age_ns = self.age_ns(c, now)?;
+        let n = self.visible_cpus(&c.cgroups)?.len();
+        let usage = cpuacct::read(&c.cgroups)?.ok_or(Error::NoMount("cpu accounting"))?;
+        let (vcpus, total) = self.store.cpu(&key, c, now, age_ns, usage, n);
+        Ok(Some(CpuAccount { key, now, age_ns, vcpus, total }))
+    }
+
+    /// The task counts of the container whose account is `acct`.
+    pub fn tasks(&self, acct: &CpuAccount, c: &Container) -> TaskCounts {
+        self.store.load(&self.root, &acct.key, c.clone(), acct.now).1
+    }
+
+    /// The container's load averages and task counts; `None` when it has no CPU cgroup of its
+    /// own.
+    pub fn load(&self, c: &Container, now: u64) -> Result<Option<(LoadAvg, TaskCounts)>> {
+        let Some(key) = self.account_key(&c.cgroups)? else { return Ok(None) };
+        Ok(Some(self.store.load(&self.root, &key, c.clone(), now)))
+    }
+
+    /// The last pid allocated in the host's pid namespace (field 5 of the host's loadavg).
+    pub fn host_last_pid(&self) -> u64 {
+        std::fs::read_to_string(self.root.proc().join("loadavg"))
+            .ok()
+            .and_then(|t| t.split_ascii_whitespace().nth(4)?.parse().ok())
+            .unwrap_or(0)
+    }
 }

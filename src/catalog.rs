@@ -1,0 +1,186 @@
+//! The served files: one row each, its path under the mount point and how a container's
+//! content is made — the inputs gathered through [`Service`] (cached host files, the
+//! container's cgroup snapshots, its CPU account) and handed to one pure renderer in
+//! [`crate::view`].
+//!
+//! Adding a served file is a renderer in `src/view/` and a row here (docs/architecture.md,
+//! "Adding a served file"); the FUSE tree, `show`, the OCI hook's and `run`'s binds and the
+//! cached tree all follow [`View::ALL`].
+//!
+//! A row returns an error when the container's content cannot be computed: the caller then
+//! answers with the host's file ([`Service::render_with`]).
+
+use crate::cgroup::Container;
+use crate::error::Result;
+use crate::service::Service;
+use crate::view::{cpu_online, cpuinfo, diskstats, loadavg, meminfo, stat, swaps, uptime};
+
+/// How a row makes a container's content.
+type Make = fn(&Service, &Container) -> Result<String>;
+
+/// Declares [`View`] and its table from one list of rows.
+macro_rules! catalog {
+    (
+        [ $( $(#[$doc:meta])* $name:ident => $path:literal, $make:expr; )* ]
+        $(#[$bdoc:meta])* $bname:ident => $bpath:literal, $bmake:expr;
+    ) => {
+        /// A file the daemon serves, named by its path under the mount point.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum View {
+            $( $(#[$doc])* $name, )*
+            $(#[$bdoc])* $bname,
+        }
+
+        /// Every row, in the order of the variants.
+        const ROWS: &[(View, &str, Make)] = &[ $( (View::$name, $path, $make), )* (View::$bname, $bpath, $bmake) ];
+
+        impl View {
+            /// Every served file, in the order the tree lists them (the bench floor is not one).
+            pub const ALL: &'static [View] = &[ $( View::$name, )* ];
+        }
+    };
+}
+
+catalog! {
+    [
+    /// `proc/meminfo`: the memory limit and usage (view/meminfo.rs).
+    Meminfo => "proc/meminfo", |s, c| Ok(meminfo::render(&*s.host_meminfo()?, &s.memory(c)?));
+    /// `proc/cpuinfo`: one block per visible CPU.
+    Cpuinfo => "proc/cpuinfo", |s, c| Ok(cpuinfo::render(&*s.host_cpuinfo()?, &s.visible_cpus(&c.cgroups)?));
+    /// `proc/stat`: per-vCPU times from the container's CPU account.
+    Stat => "proc/stat", stat_file;
+    /// `proc/uptime`: the container's age and idle time.
+    Uptime => "proc/uptime", uptime_file;
+    /// `proc/loadavg`: the container's own load averages.
+    Loadavg => "proc/loadavg", loadavg_file;
+    /// `proc/diskstats`: the container's I/O per device.
+    Diskstats => "proc/diskstats", diskstats_file;
+    /// `proc/swaps`: the container's swap limit and usage.
+    Swaps => "proc/swaps", swaps_file;
+    /// `proc/pressure/cpu`
+    PressureCpu => "proc/pressure/cpu", |s, c| pressure(s, c, View::PressureCpu, "cpu.pressure");
+    /// `proc/pressure/memory`
+    PressureMemory => "proc/pressure/memory", |s, c| pressure(s, c, View::PressureMemory, "memory.pressure");
+    /// `proc/pressure/io`
+    PressureIo => "proc/pressure/io", |s, c| pressure(s, c, View::PressureIo, "io.pressure");
+    /// `sys/devices/system/cpu/online`: the visible CPUs, numbered from 0.
+    CpuOnline => "sys/devices/system/cpu/online", cpu_list;
+    /// `sys/devices/system/cpu/possible` (glibc's `_SC_NPROCESSORS_CONF`): as `online`.
+    CpuPossible => "sys/devices/system/cpu/possible", cpu_list;
+    /// `sys/devices/system/cpu/present`: as `online`.
+    CpuPresent => "sys/devices/system/cpu/present", cpu_list;
+    ]
+    /// `.bench/floor`: a constant meminfo-sized file, served only with `serve --bench-floor`,
+    /// to measure the cost of the FUSE round trips alone.
+    Floor => ".bench/floor", |_, _| Ok(floor_content());
+}
+
+/// The directory whose `cpuN` entries are per container (`crate::fs::cpudir`); bound whole.
+pub const CPU_DIR: &str = "sys/devices/system/cpu";
+
+impl View {
+    fn row(self) -> &'static (View, &'static str, Make) {
+        // The rows are declared in the order of the variants.
+        &ROWS[self as usize]
+    }
+
+    /// Path under the mount point, which is also the host path under `/`.
+    pub fn path(self) -> &'static str {
+        self.row().1
+    }
+
+    /// The container's content, or why it cannot be computed.
+    pub fn make(self, svc: &Service, c: &Container) -> Result<String> {
+        (self.row().2)(svc, c)
+    }
+
+    /// The view served at `path` (leading `/` and a `<mount>/` prefix are not part of it).
+    pub fn from_path(path: &str) -> Option<View> {
+        let p = path.trim_start_matches('/');
+        View::ALL.iter().copied().find(|v| v.path() == p)
+    }
+}
+
+/// What a container gets bound, under the mount point and at the same path in the
+/// container: every view outside [`CPU_DIR`], then [`CPU_DIR`] itself.
+pub fn bind_targets() -> Vec<&'static str> {
+    let mut t: Vec<&'static str> = View::ALL.iter().map(|v| v.path()).filter(|p| !p.starts_with(CPU_DIR)).collect();
+    t.push(CPU_DIR);
+    t
+}
+
+/// The constant content of [`View::Floor`]: meminfo-sized (1.4 KiB).
+pub fn floor_content() -> String {
+    let line = "Floor:          12345678 kB\n";
+    line.repeat(1434 / line.len() + 1)
+}
+
+/// online, possible and present are the same list for a container: its N CPUs.
+fn cpu_list(s: &Service, c: &Container) -> Result<String> {
+    Ok(cpu_online::render(s.visible_cpus(&c.cgroups)?.len()))
+}
+
+fn diskstats_file(s: &Service, c: &Container) -> Result<String> {
+    match &c.cgroups.blkio {
+        Some(d) if d.path != d.top => {
+            Ok(diskstats::render(&crate::cgroup::io::read(d)?, &crate::host::diskstats::read(s.root())?))
+        }
+        // Not in an I/O cgroup of its own: the host's devices are its devices.
+        _ => s.host_text(View::Diskstats),
+    }
+}
+
+fn swaps_file(s: &Service, c: &Container) -> Result<String> {
+    // The same SwapTotal/SwapFree as the container's meminfo.
+    match meminfo::compute(&*s.host_meminfo()?, &s.memory(c)?) {
+        Some(v) => Ok(swaps::render(v.get("SwapTotal").unwrap_or(0), v.get("SwapFree").unwrap_or(0))),
+        None => s.host_text(View::Swaps),
+    }
+}
+
+fn pressure(s: &Service, c: &Container, view: View, file: &str) -> Result<String> {
+    match &c.cgroups.unified {
+        // The cgroup file has the kernel's /proc/pressure format.
+        Some(d) if d.path != d.top => crate::error::read_file(&d.file(file)),
+        // No cgroup of its own in the unified tree: the host's pressure.
+        _ => s.host_text(view),
+    }
+}
+
+fn stat_file(s: &Service, c: &Container) -> Result<String> {
+    let Some(cpu) = s.cpu_account(c)? else { return s.host_text(View::Stat) };
+    let tasks = s.tasks(&cpu, c);
+    Ok(stat::render(&*s.host_stat()?, &cpu.vcpus, &cpu.total, &tasks))
+}
+
+fn uptime_file(s: &Service, c: &Container) -> Result<String> {
+    let Some(cpu) = s.cpu_account(c)? else { return s.host_text(View::Uptime) };
+    Ok(uptime::render(cpu.age_ns, cpu.total.idle))
+}
+
+fn loadavg_file(s: &Service, c: &Container) -> Result<String> {
+    let Some((load, tasks)) = s.load(c, crate::host::boottime_ns())? else { return s.host_text(View::Loadavg) };
+    let last_pid = match (c.init, tasks.last_pid) {
+        (Some(_), Some(p)) => p,
+        // Same pid namespace as the host: the host's last pid is the container's.
+        _ => s.host_last_pid(),
+    };
+    Ok(loadavg::render(&load, &tasks, last_pid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_follow_the_variants() {
+        for (i, (v, path, _)) in ROWS.iter().enumerate() {
+            assert_eq!(*v as usize, i, "{path}");
+            assert_eq!(v.path(), *path);
+        }
+        assert_eq!(View::ALL.len() + 1, ROWS.len(), "every row but the floor is served");
+        assert!(View::ALL.iter().all(|v| *v != View::Floor));
+        assert_eq!(View::from_path("/proc/meminfo"), Some(View::Meminfo));
+        assert_eq!(View::from_path(".bench/floor"), None);
+    }
+}

@@ -1,0 +1,631 @@
+//! The keeper: owns the FUSE connection (and the cached tree's, the seccomp listener, the
+//! control socket) for its whole life, starts and restarts the worker, upgrades by exec and
+//! hands the connection over to another keeper.
+
+use super::args::{AdoptLine, ServeLine, WorkerLine};
+use super::{handover, own_fuse_fds, systemd, Adopted, KeeperConfig};
+use crate::files;
+use crate::fs::session::{self, clone_fd, InitParams};
+use crate::seccomp::agent::Agent;
+use crate::sys::{cloexec, signal_set, wait_signal};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Mounts the cached tree's connection at `cfg.cache` (one fd per thread). It is optional:
+/// without it hooks bind the shared files, so a failure is logged and serving goes on.
+fn mount_cache(cfg: &KeeperConfig) -> Vec<OwnedFd> {
+    let Some(dir) = &cfg.cache else { return Vec::new() };
+    let mounted = (|| -> io::Result<Vec<OwnedFd>> {
+        // Cleared first: a dead keeper's mount (ENOTCONN), or a live one whose main mount was
+        // detached (its containers' binds keep it).
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        if session::mountpoint_state(dir, &mountinfo) != session::MountpointState::Free {
+            let _ = session::unmount(dir);
+        }
+        if std::fs::symlink_metadata(dir).is_err() {
+            std::fs::DirBuilder::new().mode(0o700).create(dir)?;
+        }
+        let (master, _) = session::mount(dir, &crate::fs::cached::source_name(&cfg.mountpoint))?;
+        let mut fds = vec![master];
+        for _ in 1..cfg.threads.max(1) {
+            fds.push(clone_fd(&fds[0])?);
+        }
+        Ok(fds)
+    })();
+    match mounted {
+        Ok(fds) => {
+            tracing::info!(mountpoint = %dir.display(), "cached tree mounted");
+            fds
+        }
+        Err(e) => {
+            tracing::warn!(mountpoint = %dir.display(), error = %e, "no cached tree: hooks bind the shared files");
+            Vec::new()
+        }
+    }
+}
+
+/// Runs the keeper until SIGTERM/SIGINT or until another keeper took the connection over.
+/// `adopted` is set when the connection already exists: this process was exec-ed by an
+/// upgrade, or took it over from another keeper, which `taken` then confirms to once a worker
+/// serves.
+pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handover::Taken>) -> io::Result<()> {
+    let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD, libc::SIGUSR1]);
+    // SAFETY: blocking signals in this (single) thread so sigtimedwait receives them.
+    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+
+    raise_nofile_limit();
+    if let Some(dir) = cfg.pidfile.parent() {
+        // Root writes its pid, state and records here: refuse a directory others can change
+        // (before mounting, so a refusal leaves nothing behind).
+        files::private_dir(dir, 0o755)?;
+    }
+    // A connection that already existed (upgrade, handover, fd store): nothing to repair.
+    let fresh = adopted.is_none();
+    let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
+    let adopted_seccomp_held = adopted_seccomp.is_some();
+    let adopted_control = adopted.as_ref().and_then(|a| a.control);
+    let (fds, params, cache) = match adopted {
+        Some(a) => {
+            let fds = own_fuse_fds(&a.fds)?;
+            let cache = own_fuse_fds(&a.cache)?;
+            tracing::info!(fds = fds.len(), cache = cache.len(), "adopted the live FUSE connection");
+            (fds, a.params, cache)
+        }
+        None => {
+            let (master, params) = session::mount(&cfg.mountpoint, &crate::reattach::source_name(&cfg.mountpoint))?;
+            let mut fds = vec![master];
+            for _ in 1..cfg.threads.max(1) {
+                fds.push(clone_fd(&fds[0])?);
+            }
+            (fds, params, Vec::new())
+        }
+    };
+    // A previous keeper without a cached tree (or one whose cache mount failed): mount one now.
+    let cache = if cache.is_empty() { mount_cache(&cfg) } else { cache };
+    if let Err(e) = files::write_atomic(&cfg.pidfile, format!("{}\n", std::process::id()).as_bytes()) {
+        tracing::warn!(pidfile = %cfg.pidfile.display(), error = %e, "cannot write the pid file");
+    }
+    tracing::info!(mountpoint = %cfg.mountpoint.display(), threads = fds.len(), minor = params.minor, "serving");
+    let agent = start_agent(&cfg, adopted_seccomp)?;
+    let agent = agent.as_deref();
+    let control = start_control(&cfg, adopted_control);
+    if let Some(a) = agent {
+        a.on_new(systemd::store_notify);
+    }
+    if systemd::managed() {
+        let sec = agent.map(|a| a.with_fds(|l, n| (l, n.to_vec())));
+        systemd::store_connection(
+            &raw_fds(&fds),
+            &raw_fds(&cache),
+            params,
+            sec.as_ref().map(|(l, n)| (*l, n.as_slice())),
+            control.as_ref().map(|c| c.listener.as_raw_fd()),
+        );
+    }
+    if adopted_seccomp_held {
+        // A drain a stopping keeper left would answer "run the real call" to the containers
+        // this keeper answers now.
+        stop_drain(&cfg);
+    }
+
+    let mut worker = Some(spawn_worker(&cfg, &fds, &cache, agent)?);
+    start_ready(&cfg, fresh && cfg.reattach);
+    if let Some(t) = taken {
+        // The old keeper exits once told; until then it could still resume.
+        match t.confirm() {
+            Ok(()) => tracing::info!("took the connection over from the previous keeper"),
+            Err(e) => tracing::warn!(error = %e, "cannot confirm the handover (the previous keeper is gone?)"),
+        }
+    }
+    let mut started = Instant::now();
+    let mut backoff = Duration::ZERO;
+    let mut respawn_at: Option<Instant> = None;
+    // The device of this connection's mount, to notice an `umount -l` under the keeper.
+    let source = crate::reattach::source_name(&cfg.mountpoint);
+    let my_dev = mount_dev(&cfg.mountpoint, &source);
+    let mut detached = false;
+    let mut next_check = Instant::now() + CHECK_EVERY;
+    loop {
+        let until_check = next_check.saturating_duration_since(Instant::now());
+        let timeout = respawn_at.map_or(until_check, |t| t.saturating_duration_since(Instant::now()).min(until_check));
+        match wait_signal(&set, Some(timeout)) {
+            Some(libc::SIGCHLD) => {
+                let Some(w) = worker.as_mut() else { continue };
+                if let Ok(Some(status)) = w.try_wait() {
+                    worker = None;
+                    // A worker that keeps dying at once is restarted more slowly, up to 1 s.
+                    backoff = if started.elapsed() < Duration::from_secs(1) {
+                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+                    } else {
+                        Duration::ZERO
+                    };
+                    tracing::error!(%status, restart_in = ?backoff, "worker died; the connection is kept");
+                    respawn_at = Some(Instant::now() + backoff);
+                }
+            }
+            Some(libc::SIGTERM) | Some(libc::SIGINT) => {
+                // Under a service manager the connection is in its fd store: left mounted, it
+                // is the next keeper's after a restart (a plain stop releases the store, and
+                // the next start clears the stale mount). Otherwise unmount while the worker
+                // still answers, then stop it.
+                let keep = systemd::managed();
+                if keep {
+                    systemd::notify_stopping();
+                }
+                let r = if detached || keep { Ok(()) } else { session::unmount(&cfg.mountpoint) };
+                if let Some(c) = cfg.cache.as_ref().filter(|_| !(detached || keep || cache.is_empty())) {
+                    // Containers' binds of it keep the connection until they go.
+                    let _ = session::unmount(c);
+                }
+                if let Some(w) = worker.take() {
+                    stop_child(w, libc::SIGTERM);
+                }
+                if let Some(a) = agent {
+                    start_drain(&cfg, a.close());
+                }
+                remove_own_pidfile(&cfg.pidfile);
+                r?;
+                tracing::info!("stopped");
+                return Ok(());
+            }
+            Some(libc::SIGUSR1) => {
+                let Some((conn, req)) = control.as_ref().and_then(|c| c.pending.lock().take()) else { continue };
+                tracing::info!(binary = %req.binary, "handing the connection over to another keeper");
+                if let Some(a) = agent {
+                    a.pause(true);
+                }
+                if let Some(w) = worker.take() {
+                    stop_child(w, libc::SIGTERM);
+                }
+                match give(&fds, &cache, params, agent, control.as_deref(), &conn) {
+                    Ok(true) => {
+                        // Nothing is unmounted and no drain started: the new keeper serves the
+                        // mount and holds the containers' notification fds; the pid file is its.
+                        if cfg.linger {
+                            tracing::info!("connection handed over; waiting to be stopped");
+                            let stop = signal_set(&[libc::SIGTERM, libc::SIGINT]);
+                            let _ = wait_signal(&stop, None);
+                        }
+                        tracing::info!("connection handed over; exiting");
+                        return Ok(());
+                    }
+                    Ok(false) => tracing::warn!("the other keeper did not take the connection; serving on"),
+                    Err(e) => tracing::warn!(error = %e, "handover failed; serving on"),
+                }
+                if let Some(a) = agent {
+                    a.pause(false);
+                }
+                respawn_at = Some(Instant::now());
+            }
+            Some(libc::SIGHUP) => {
+                tracing::info!(binary = %cfg.binary.display(), "upgrading");
+                systemd::notify_reloading();
+                // The old worker goes first; whatever FUSE request it had read is resent to the
+                // next one (SIGTERM: it finishes a seccomp answer it is writing, which the kernel
+                // would not resend).
+                if let Some(w) = worker.take() {
+                    stop_child(w, libc::SIGTERM);
+                }
+                let ctl = control.as_ref().map(|c| c.listener.as_raw_fd());
+                let err = match agent {
+                    Some(a) => a.with_fds(|l, n| exec_upgrade(&cfg, &fds, &cache, params, Some((l, n)), ctl)),
+                    None => exec_upgrade(&cfg, &fds, &cache, params, None, ctl),
+                };
+                tracing::error!(error = %err, "upgrade failed; continuing with this binary");
+                respawn_at = Some(Instant::now());
+            }
+            _ => {}
+        }
+        if Instant::now() >= next_check {
+            next_check = Instant::now() + CHECK_EVERY;
+            if connection_ended(&fds[0]) {
+                // No mount uses the connection any more (its last bind went): nothing to serve.
+                tracing::info!("the connection ended: no mount uses it any more; exiting");
+                if let Some(w) = worker.take() {
+                    stop_child(w, libc::SIGTERM);
+                }
+                if let Some(a) = agent {
+                    start_drain(&cfg, a.close());
+                }
+                remove_own_pidfile(&cfg.pidfile);
+                return Ok(());
+            }
+            if !detached && my_dev.is_some() && mount_dev(&cfg.mountpoint, &source) != my_dev {
+                // `umount -l` under us: containers' binds may still use the connection, so it
+                // is served until it ends, but the sockets go to whoever serves the mount point
+                // next.
+                detached = true;
+                tracing::warn!(mountpoint = %cfg.mountpoint.display(), "the mount was detached; serving the binds that remain, releasing the seccomp and control sockets");
+                if let Some(a) = agent {
+                    a.release_listener();
+                }
+                if control.is_some() {
+                    let _ = std::fs::remove_file(handover::control_path(&cfg.pidfile));
+                }
+                remove_own_pidfile(&cfg.pidfile);
+            }
+        }
+        if respawn_at.is_some_and(|t| t <= Instant::now()) && worker.is_none() {
+            respawn_at = None;
+            match spawn_worker(&cfg, &fds, &cache, agent) {
+                Ok(w) => {
+                    worker = Some(w);
+                    started = Instant::now();
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start a worker; retrying");
+                    respawn_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// `bind` retried for up to 3 s while another daemon answers on the socket: a keeper whose
+/// mount was detached releases its sockets within [`CHECK_EVERY`].
+fn retry_busy<T>(mut bind: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let t = Instant::now();
+    loop {
+        match bind() {
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse && t.elapsed() < Duration::from_secs(3) => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// How often the keeper checks that its mount is attached and its connection alive.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The device of this keeper's mount at `mountpoint` (source `source`) as this process's
+/// mount namespace shows it now; `None` once it is detached.
+fn mount_dev(mountpoint: &Path, source: &str) -> Option<String> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    crate::reattach::live_dev(&info, mountpoint, source).map(str::to_string)
+}
+
+/// Whether the kernel ended the FUSE connection of `fd` (`POLLERR` on `/dev/fuse`: no mount
+/// uses it any more, or it was aborted).
+fn connection_ended(fd: &OwnedFd) -> bool {
+    let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: 0, revents: 0 };
+    // SAFETY: one valid pollfd, no waiting.
+    let r = unsafe { libc::poll(&mut p, 1, 0) };
+    r > 0 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// Removes the pid file if it still names this process (another keeper may own it now).
+fn remove_own_pidfile(pidfile: &Path) {
+    let mine = std::fs::read_to_string(pidfile).is_ok_and(|s| s.trim() == std::process::id().to_string());
+    if mine {
+        let _ = std::fs::remove_file(pidfile);
+    }
+}
+
+/// Once the mount answers: tells the service manager (`READY=1`) and, with `reattach`,
+/// repairs the containers a dead predecessor left with dead binds (`cgprocfs reattach`, a
+/// single-threaded helper: it enters their mount namespaces).
+fn start_ready(cfg: &KeeperConfig, reattach: bool) {
+    let (binary, mnt) = (cfg.binary.clone(), cfg.mountpoint.clone());
+    let spawned = std::thread::Builder::new().name("ready".into()).spawn(move || {
+        let t = Instant::now();
+        while std::fs::metadata(mnt.join("proc/meminfo")).is_err() {
+            if t.elapsed() > Duration::from_secs(30) {
+                tracing::warn!("the mount does not answer");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        systemd::notify_ready();
+        if !reattach {
+            return;
+        }
+        match Command::new(&binary).arg("reattach").arg(&mnt).stdin(std::process::Stdio::null()).output() {
+            Ok(o) => {
+                for line in String::from_utf8_lossy(&o.stdout).lines().filter(|l| *l != "nothing to reattach") {
+                    tracing::info!("{line}");
+                }
+                if !o.status.success() {
+                    tracing::warn!(status = %o.status, stderr = %String::from_utf8_lossy(&o.stderr).trim(), "reattach failed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot run reattach"),
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no readiness thread");
+    }
+}
+
+/// The keeper's control socket: a thread accepts handover requests and hands a valid one to
+/// the keeper's signal loop (SIGUSR1), which does the handover.
+struct Control {
+    pending: parking_lot::Mutex<Option<(OwnedFd, handover::Request)>>,
+    listener: OwnedFd,
+}
+
+/// Binds the control socket beside the pid file (or uses the previous keeper's listener,
+/// still bound there during a handover). Without one the keeper serves on, only not handing
+/// over.
+fn start_control(cfg: &KeeperConfig, adopted: Option<RawFd>) -> Option<Arc<Control>> {
+    let path = handover::control_path(&cfg.pidfile);
+    let listener = match adopted {
+        // An upgrade's, the fd store's or the previous keeper's (a handover): still bound.
+        // SAFETY: inherited for this process to own.
+        Some(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+        None => match retry_busy(|| handover::bind(&path)) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(socket = %path.display(), error = %e, "no control socket: this keeper cannot hand over");
+                return None;
+            }
+        },
+    };
+    cloexec(listener.as_raw_fd());
+    let c = Arc::new(Control { pending: parking_lot::Mutex::new(None), listener });
+    let me = Arc::clone(&c);
+    let spawned = std::thread::Builder::new().name("control".into()).spawn(move || loop {
+        let (conn, req) = match handover::accept(&me.listener) {
+            Ok(Some(x)) => x,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::debug!(error = %e, "control: accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        if handover::refuse_if_incompatible(&conn, &req) {
+            continue;
+        }
+        let mut p = me.pending.lock();
+        if p.is_some() {
+            continue; // one handover at a time: this connection is closed, the asker fails
+        }
+        *p = Some((conn, req));
+        drop(p);
+        // SAFETY: a signal to this very process, which the keeper's loop waits for.
+        unsafe { libc::kill(std::process::id() as i32, libc::SIGUSR1) };
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no control thread: this keeper cannot hand over");
+        return None;
+    }
+    tracing::info!(socket = %path.display(), "control socket ready");
+    Some(c)
+}
+
+/// Offers the connection (FUSE fds, INIT parameters, seccomp listener and notification fds,
+/// the control listener) on `conn`; true once the other keeper took it.
+fn give(
+    fds: &[OwnedFd],
+    cache: &[OwnedFd],
+    params: InitParams,
+    agent: Option<&Agent>,
+    control: Option<&Control>,
+    conn: &OwnedFd,
+) -> io::Result<bool> {
+    let offer_with = |sec: Option<(RawFd, &[RawFd])>| {
+        let mut all = raw_fds(fds);
+        if let Some((l, n)) = sec {
+            all.push(l);
+            all.extend_from_slice(n);
+        }
+        if let Some(c) = control {
+            all.push(c.listener.as_raw_fd());
+        }
+        all.extend(raw_fds(cache));
+        let offer = handover::Offer {
+            handover: handover::VERSION,
+            binary: env!("CARGO_PKG_VERSION").to_string(),
+            minor: params.minor,
+            flags: params.flags,
+            fuse: fds.len(),
+            listener: sec.is_some(),
+            notify: sec.map_or(0, |(_, n)| n.len()),
+            control: control.is_some(),
+            cache: cache.len(),
+        };
+        handover::give(conn, &offer, &all)
+    };
+    match agent {
+        // Under the agent's lock: no notification fd is closed (container exited) meanwhile.
+        Some(a) => a.with_fds(|l, n| offer_with(Some((l, n)))),
+        None => offer_with(None),
+    }
+}
+
+/// Raises the soft open-file limit to the hard one: the keeper and its worker hold one fd per
+/// container with the seccomp profile, and the default soft limit (1024) would end that at
+/// about a thousand containers. Workers inherit it.
+fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::info!(from = soft, to = hard, "open-file limit raised"),
+            Err(e) => tracing::warn!(error = %e, "cannot raise the open-file limit"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+    }
+}
+
+/// Signals a child and reaps it, escalating to SIGKILL after 5 s.
+fn stop_child(mut c: Child, sig: libc::c_int) {
+    // SAFETY: signal to our own child, not yet reaped.
+    unsafe { libc::kill(c.id() as i32, sig) };
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(5) {
+        if let Ok(Some(_)) = c.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+fn raw_fds(fds: &[OwnedFd]) -> Vec<RawFd> {
+    fds.iter().map(|f| f.as_raw_fd()).collect()
+}
+
+/// A command that keeps `raw` open across exec.
+fn command_with_fds(cfg: &KeeperConfig, raw: &[RawFd]) -> Command {
+    let mut cmd = Command::new(&cfg.binary);
+    let raw = raw.to_vec();
+    // SAFETY: only fcntl, which is async-signal-safe, runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &raw {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// The seccomp listener: adopted from the previous keeper, or bound now. A socket another
+/// daemon listens on only disables the feature for this one.
+fn start_agent(cfg: &KeeperConfig, adopted: Option<(RawFd, Vec<RawFd>)>) -> io::Result<Option<Arc<Agent>>> {
+    let Some(path) = &cfg.seccomp_socket else { return Ok(None) };
+    let agent = match adopted {
+        Some((l, n)) => Agent::adopt(path, l, &n)?,
+        None => match retry_busy(|| Agent::bind(path)) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(socket = %path.display(), error = %e, "seccomp listener disabled");
+                return Ok(None);
+            }
+        },
+    };
+    let agent = Arc::new(agent);
+    agent.start()?;
+    tracing::info!(socket = %path.display(), "seccomp listener ready");
+    Ok(Some(agent))
+}
+
+fn spawn_worker(cfg: &KeeperConfig, fds: &[OwnedFd], cache: &[OwnedFd], agent: Option<&Agent>) -> io::Result<Child> {
+    let fuse = raw_fds(fds);
+    let cache = raw_fds(cache);
+    let spawn = |sec: Option<(RawFd, &[RawFd])>| {
+        let mut inherit = fuse.clone();
+        inherit.extend_from_slice(&cache);
+        if let Some((chan, notify)) = sec {
+            inherit.push(chan);
+            inherit.extend_from_slice(notify);
+        }
+        let line = WorkerLine {
+            fds: fuse.clone(),
+            state: Some(files::companion(&cfg.pidfile, "state")),
+            seccomp_chan: sec.map(|(chan, _)| chan),
+            seccomp_fds: sec.map_or(Vec::new(), |(_, notify)| notify.to_vec()),
+            cache_fds: cache.clone(),
+            opts: cfg.opts,
+        };
+        let mut cmd = command_with_fds(cfg, &inherit);
+        cmd.arg("worker").args(line.to_args());
+        cmd.spawn()
+    };
+    let child = match agent {
+        Some(a) => a.with_worker(|chan, notify| spawn(Some((chan, notify))))?,
+        None => spawn(None)?,
+    };
+    tracing::info!(pid = child.id(), "worker started");
+    Ok(child)
+}
+
+/// Leaves a process answering "run the real call" to the notifications of containers still
+/// running, so that their sysinfo returns the host's values rather than `ENOSYS`.
+fn start_drain(cfg: &KeeperConfig, left: Vec<OwnedFd>) {
+    if left.is_empty() {
+        return;
+    }
+    let raw = raw_fds(&left);
+    let mut cmd = command_with_fds(cfg, &raw);
+    cmd.arg("seccomp-drain").arg("--fds").arg(raw.iter().map(|f| f.to_string()).collect::<Vec<_>>().join(","));
+    cmd.stdin(std::process::Stdio::null());
+    // SAFETY: setsid is async-signal-safe; the drain must outlive this process group.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    match cmd.spawn() {
+        Ok(c) => {
+            tracing::info!(pid = c.id(), containers = left.len(), "seccomp: drain started");
+            let _ = files::write_atomic(&files::companion(&cfg.pidfile, "drain"), format!("{}\n", c.id()).as_bytes());
+        }
+        Err(e) => tracing::error!(error = %e, "seccomp: cannot start the drain; those containers' sysinfo fails"),
+    }
+}
+
+/// Ends the seccomp drain a previous keeper of this pid file left, if it still runs.
+fn stop_drain(cfg: &KeeperConfig) {
+    let file = files::companion(&cfg.pidfile, "drain");
+    let Some(pid) = std::fs::read_to_string(&file).ok().and_then(|s| s.trim().parse::<i32>().ok()) else { return };
+    let _ = std::fs::remove_file(&file);
+    // Only that process: the pid may have been reused since.
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if pid > 1 && cmdline.split(|b| *b == 0).any(|a| a == b"seccomp-drain") {
+        // SAFETY: a signal to the drain a keeper of this pid file started.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        tracing::info!(pid, "stopped the previous keeper's seccomp drain");
+    }
+}
+
+/// Replaces this process with the binary on disk, handing over the connection. Returns only
+/// on failure.
+fn exec_upgrade(
+    cfg: &KeeperConfig,
+    fds: &[OwnedFd],
+    cache: &[OwnedFd],
+    params: InitParams,
+    seccomp: Option<(RawFd, &[RawFd])>,
+    control: Option<RawFd>,
+) -> io::Error {
+    let mut inherit = raw_fds(fds);
+    if let Some((l, n)) = seccomp {
+        inherit.push(l);
+        inherit.extend_from_slice(n);
+    }
+    inherit.extend(control);
+    inherit.extend(raw_fds(cache));
+    let (seccomp_socket, seccomp_adopt) = match (&cfg.seccomp_socket, seccomp) {
+        (Some(path), Some((l, n))) => (Some(path.clone()), std::iter::once(l).chain(n.iter().copied()).collect()),
+        (path, _) => (path.clone(), Vec::new()),
+    };
+    let line = ServeLine {
+        mountpoint: cfg.mountpoint.clone(),
+        threads: fds.len(),
+        pidfile: Some(cfg.pidfile.clone()),
+        host_cgroupns: false,
+        no_seccomp: seccomp_socket.is_none(),
+        seccomp_socket,
+        // An adopted connection has nothing to repair.
+        no_reattach: false,
+        linger: cfg.linger,
+        no_cache: cfg.cache.is_none(),
+        opts: cfg.opts,
+        adopt: AdoptLine {
+            adopt: raw_fds(fds),
+            init_minor: Some(params.minor),
+            init_flags: Some(params.flags),
+            seccomp_adopt,
+            control_adopt: control,
+            adopt_cache: raw_fds(cache),
+        },
+    };
+    let mut cmd = command_with_fds(cfg, &inherit);
+    cmd.arg("serve").args(line.to_args());
+    // The signals stay blocked across exec, as the new keeper expects.
+    cmd.exec()
+}

@@ -1,0 +1,72 @@
+//! The worker: serves the connection its keeper holds, on inherited fds, and does all the work
+//! that touches outside input. It dies with its keeper and is replaced when it dies.
+
+use super::args::WorkerLine;
+use super::own_fuse_fds;
+use crate::fs::session::{self, notify_resend, spawn_workers};
+use crate::fs::ProcFs;
+use crate::seccomp;
+use crate::service::Service;
+use crate::sys::{cloexec, signal_set, wait_signal};
+use crate::Root;
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Runs a worker on inherited fds until SIGTERM/SIGINT or the keeper's death.
+pub fn worker(line: WorkerLine) -> io::Result<()> {
+    let WorkerLine { fds, state: state_file, seccomp_chan, seccomp_fds, cache_fds: cache, opts } = line;
+    // Die with the keeper: the pair is one service from the outside.
+    // SAFETY: prctl with integer arguments.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
+    // The keeper runs at -1000 (the unit): it must never be chosen. The worker is what grows
+    // under abuse, and the keeper replaces it at once: it must not be the last choice.
+    let adj = std::fs::read_to_string("/proc/self/oom_score_adj").ok().and_then(|s| s.trim().parse::<i32>().ok());
+    if adj.is_some_and(|a| a < 0) {
+        if let Err(e) = std::fs::write("/proc/self/oom_score_adj", "0") {
+            tracing::warn!(error = %e, "cannot reset the worker's oom_score_adj");
+        }
+    }
+    let set = signal_set(&[libc::SIGTERM, libc::SIGINT]);
+    // SAFETY: block before any thread starts so only the wait below takes them.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    let owned: Vec<Arc<OwnedFd>> = own_fuse_fds(&fds)?.into_iter().map(Arc::new).collect();
+    let cache: Vec<Arc<OwnedFd>> = own_fuse_fds(&cache)?.into_iter().map(Arc::new).collect();
+    let first = owned.first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no fds"))?;
+    let snapshots = state_file.as_ref().map(|s| s.with_extension("snapshots"));
+    let svc = Arc::new(Service::with_state(Root::new("/"), opts.service(), state_file).map_err(io::Error::other)?);
+    tracing::info!(layout = ?svc.hierarchies().layout(), "cgroup hierarchies found");
+    svc.start_sampler()?;
+    if let Some(chan) = seccomp_chan {
+        cloexec(chan);
+        // SAFETY: inherited for this process to own.
+        let chan = unsafe { OwnedFd::from_raw_fd(chan) };
+        let policy = seccomp::Policy::Serve { svc: svc.clone(), affinity: opts.seccomp_affinity };
+        seccomp::spawn(policy, seccomp::adopt_fds(&seccomp_fds), Some(chan))?;
+    }
+    let spin = Duration::from_micros(opts.spin_us);
+    let fs = Arc::new(
+        ProcFs::with_floor(svc.clone(), opts.bench_floor).with_handles_per_container(opts.handles_per_container),
+    );
+    spawn_workers(&owned, fs, spin)?;
+    if !cache.is_empty() {
+        let fresh = Duration::from_millis(opts.fresh_ms);
+        spawn_workers(&cache, Arc::new(crate::fs::cached::CachedFs::new(svc.clone(), fresh, snapshots)), spin)?;
+    }
+    // Only now, with readers in place: requests a dead predecessor read are queued again.
+    for fd in std::iter::once(first).chain(cache.first()) {
+        if let Err(e) = notify_resend(fd) {
+            tracing::warn!(error = %e, "kernel cannot resend requests (needs Linux 6.9); a predecessor's in-flight requests are lost");
+        }
+    }
+    let sig = wait_signal(&set, None);
+    tracing::info!(signal = ?sig, fallbacks = svc.fallbacks.count(), "worker stopping");
+    // Answer every FUSE request already read, take no more (they wait for the next worker).
+    session::quiesce(Duration::from_secs(2));
+    // Seccomp answers being written are finished first (bounded: one may be held by a
+    // hostile container).
+    seccomp::wait_answered(Duration::from_secs(2));
+    // Exit without unwinding the reader threads, which are blocked in read(2).
+    std::process::exit(0);
+}

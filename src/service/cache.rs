@@ -1,0 +1,63 @@
+//! The two short-lived caches of the read path: one value ([`Ttl`]: a host file) and values
+//! per key ([`TtlMap`]: per caller, per cgroup), each reused for a fixed time.
+
+use crate::error::Result;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A value loaded from the host and reused for `ttl`. Host files that change slowly or never
+/// (cpuinfo, the online mask) need not be re-read per request.
+pub(super) struct Ttl<T> {
+    ttl: Duration,
+    slot: Mutex<Option<(Instant, Arc<T>)>>,
+}
+
+impl<T> Ttl<T> {
+    pub(super) fn new(ttl: Duration) -> Self {
+        Ttl { ttl, slot: Mutex::new(None) }
+    }
+
+    pub(super) fn get(&self, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+        if let Some((at, v)) = &*self.slot.lock() {
+            if at.elapsed() < self.ttl {
+                return Ok(v.clone());
+            }
+        }
+        let v = Arc::new(load()?);
+        *self.slot.lock() = Some((Instant::now(), v.clone()));
+        Ok(v)
+    }
+}
+
+/// Values computed per key (a caller, a cgroup) and reused for `ttl`; bounded, so no
+/// container can grow it without limit.
+pub(super) struct TtlMap<K, V> {
+    ttl: Duration,
+    map: Mutex<HashMap<K, (Instant, V)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> TtlMap<K, V> {
+    const MAX: usize = 65_536;
+
+    pub(super) fn new(ttl: Duration) -> Self {
+        TtlMap { ttl, map: Mutex::new(HashMap::new()) }
+    }
+
+    pub(super) fn get(&self, key: K, load: impl FnOnce() -> Result<V>) -> Result<V> {
+        if let Some((at, v)) = self.map.lock().get(&key) {
+            if at.elapsed() < self.ttl {
+                return Ok(v.clone());
+            }
+        }
+        let v = load()?;
+        let mut map = self.map.lock();
+        if map.len() >= Self::MAX {
+            let ttl = self.ttl;
+            map.retain(|_, (at, _)| at.elapsed() < ttl);
+        }
+        map.insert(key, (Instant::now(), v.clone()));
+        Ok(v)
+    }
+}

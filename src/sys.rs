@@ -1,0 +1,74 @@
+//! System plumbing shared by the keeper, the worker, the seccomp agent and the handover: fd
+//! flags, signal waits, and fd passing over unix sockets (SCM_RIGHTS).
+
+use std::io;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
+
+/// Marks an inherited fd close-on-exec again: an upgrade clears the flag to pass it on, and
+/// the new keeper must not leak it into every process it starts (a drain holding the FUSE fd
+/// would keep the connection alive with nobody answering).
+pub fn cloexec(fd: RawFd) {
+    // SAFETY: fcntl on an fd number; a bad one only returns EBADF.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+/// A signal set of `sigs`.
+pub fn signal_set(sigs: &[libc::c_int]) -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a local set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in sigs {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Waits for one signal of `set` (blocked by the caller), at most `timeout`. An interruption
+/// (a stop and continue, a tracer attaching) is not a signal of the set: the wait goes on.
+pub fn wait_signal(set: &libc::sigset_t, timeout: Option<Duration>) -> Option<libc::c_int> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ts = deadline.map(|d| {
+            let t = d.saturating_duration_since(Instant::now());
+            libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ }
+        });
+        // SAFETY: set and ts are valid for the call; info may be null.
+        let r = unsafe {
+            libc::sigtimedwait(set, std::ptr::null_mut(), ts.as_ref().map_or(std::ptr::null(), |t| t as *const _))
+        };
+        if r > 0 {
+            return Some(r);
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+            return None;
+        }
+    }
+}
+
+/// Receives fds sent over `sock` with SCM_RIGHTS (with up to `buf.len()` bytes of data).
+pub fn recv_fds(sock: RawFd, buf: &mut [u8]) -> io::Result<(usize, Vec<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [io::IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 16]);
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(v) = c {
+            // SAFETY: the kernel installed these fds in this process for us.
+            fds.extend(v.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+    }
+    Ok((msg.bytes, fds))
+}
+
+/// Sends `fds` over `sock` with `data` (at least one byte: a message without data is not
+/// delivered on a stream socket).
+pub fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let iov = [io::IoSlice::new(data)];
+    sendmsg::<()>(sock, &iov, &[ControlMessage::ScmRights(fds)], MsgFlags::MSG_NOSIGNAL, None)?;
+    Ok(())
+}
