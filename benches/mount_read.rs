@@ -108,7 +108,7 @@ fn main() {
     let cores = common::host_cpus();
     // The cached tree's files of this process's container (this process is its "init"), as
     // the OCI hook binds them.
-    let own = d.cache().join(cgprocfs::fs::cached::key_name(std::process::id()).unwrap());
+    let own = d.cache().join(cgprocfs::fuse::cached::key_name(std::process::id()).unwrap());
     let mut targets: Vec<(String, PathBuf)> = vec![
         ("kernel /proc/meminfo".into(), "/proc/meminfo".into()),
         ("cgprocfs FUSE floor (constant)".into(), d.path(".bench/floor")),

@@ -56,7 +56,7 @@ fn main() {
     let cached = agents(
         &cgs,
         &|pid| {
-            let own = d.cache().join(cgprocfs::fs::cached::key_name(pid).unwrap_or_default());
+            let own = d.cache().join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
             AGENT_FILES.iter().map(|f| own.join(f)).collect()
         },
         worker,

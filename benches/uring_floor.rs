@@ -11,9 +11,9 @@ mod common;
 #[path = "support/reads.rs"]
 mod reads;
 
-use cgprocfs::fs::abi::InHeader;
-use cgprocfs::fs::session::{self, Handler, Reply};
-use cgprocfs::fs::ProcFs;
+use cgprocfs::fuse::abi::InHeader;
+use cgprocfs::fuse::session::{self, Handler, Reply};
+use cgprocfs::fuse::ProcFs;
 use cgprocfs::service::{Options, Service};
 use cgprocfs::Root;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
@@ -165,7 +165,7 @@ fn main() {
     let mnt: PathBuf = dir.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
     let (fd, params) = session::mount_with(&mnt, "cgprocfs-uring", true).expect("mount");
-    let uring = params.flags & cgprocfs::fs::abi::FUSE_INIT_EXT != 0;
+    let uring = params.flags & cgprocfs::fuse::abi::FUSE_INIT_EXT != 0;
     let svc = Arc::new(Service::new(Root::new("/"), Options::default()).expect("service"));
     let fs = Arc::new(ProcFs::with_floor(svc, true));
     let fd = Arc::new(fd);

@@ -75,7 +75,7 @@ catalog! {
     Floor => ".bench/floor", |_, _| Ok(floor_content());
 }
 
-/// The directory whose `cpuN` entries are per container (`crate::fs::cpudir`); bound whole.
+/// The directory whose `cpuN` entries are per container (`crate::fuse::cpudir`); bound whole.
 pub const CPU_DIR: &str = "sys/devices/system/cpu";
 
 impl View {

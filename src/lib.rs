@@ -2,7 +2,7 @@
 //! limits (memory, CPUs) over FUSE, so unmodified programs see their real allotment.
 //!
 //! Data flow of one read: caller tid -> container cgroups ([`caller`]) -> typed snapshots
-//! ([`cgroup`], [`host`]) -> pure renderer ([`view`]) -> bytes kept in the FUSE handle ([`fs`]).
+//! ([`cgroup`], [`host`]) -> pure renderer ([`view`]) -> bytes kept in the FUSE handle ([`fuse`]).
 //! [`catalog`] lists the served files and how each is made; [`service::Service`] ties caller,
 //! inputs and renderer together and is shared by `serve` and `show`.
 
@@ -14,13 +14,14 @@ pub mod cgroup;
 pub mod daemon;
 pub mod error;
 pub mod files;
-pub mod fs;
-pub mod hook;
+pub mod fuse;
 pub mod host;
-pub mod launch;
+pub mod mount;
 pub mod mountinfo;
+pub mod oci_hook;
 pub mod procfs;
 pub mod reattach;
+pub mod run;
 pub mod seccomp;
 pub mod service;
 pub mod state;

@@ -12,7 +12,7 @@
 //! there is a dead FUSE connection (`fstatfs` gives `ENOTCONN`; a live one — another daemon's —
 //! is left alone), and attaches the clone onto it read-only (`move_mount`), as the OCI hook does.
 
-use crate::hook::{attach, clone_tree, openat2, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
+use crate::mount::{attach, clone_tree, openat2, RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
 use std::collections::HashSet;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -55,7 +55,7 @@ pub fn source_name(mountpoint: &Path) -> String {
 pub fn dead_mounts(mountinfo: &str, live: &str, source: &str) -> Vec<DeadMount> {
     crate::mountinfo::entries(mountinfo)
         .filter(|e| {
-            e.fstype == crate::fs::session::FSTYPE && e.dev != live && (e.source == source || e.source == "cgprocfs")
+            e.fstype == crate::fuse::session::FSTYPE && e.dev != live && (e.source == source || e.source == "cgprocfs")
         })
         .map(|e| DeadMount { mount_point: e.mount_point, root: e.root })
         .collect()
@@ -66,7 +66,7 @@ pub fn dead_mounts(mountinfo: &str, live: &str, source: &str) -> Vec<DeadMount> 
 pub fn live_dev<'a>(mountinfo: &'a str, mountpoint: &Path, source: &str) -> Option<&'a str> {
     let at = mountpoint.to_string_lossy();
     crate::mountinfo::entries(mountinfo)
-        .filter(|e| e.fstype == crate::fs::session::FSTYPE && e.source == source && e.mount_point == at)
+        .filter(|e| e.fstype == crate::fuse::session::FSTYPE && e.source == source && e.mount_point == at)
         .last()
         .map(|e| e.dev)
 }
@@ -80,10 +80,10 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
     let source = source_name(&mountpoint.canonicalize()?);
     // The cached tree's binds (hook- and run-bound containers) are repaired from the live
     // cached tree: their key directories name the same containers to the new daemon.
-    let cache = crate::fs::cached::find(mountpoint).and_then(|c| {
+    let cache = crate::fuse::cached::find(mountpoint).and_then(|c| {
         let m = std::fs::metadata(&c).ok()?;
         Some((
-            crate::fs::cached::source_name(&mountpoint.canonicalize().ok()?),
+            crate::fuse::cached::source_name(&mountpoint.canonicalize().ok()?),
             format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev())),
             c,
         ))
@@ -108,7 +108,7 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
         if let Some((src, dev, dir)) = &cache {
             dead.extend(
                 crate::mountinfo::entries(&info)
-                    .filter(|e| e.fstype == crate::fs::session::FSTYPE && e.dev != dev && e.source == src)
+                    .filter(|e| e.fstype == crate::fuse::session::FSTYPE && e.dev != dev && e.source == src)
                     .map(|e| (DeadMount { mount_point: e.mount_point, root: e.root }, dir.as_path())),
             );
         }
@@ -153,7 +153,7 @@ fn repair_ns(pid: u32, dead: &[(DeadMount, &Path)], own: &std::fs::File, r: &mut
                     Ok(true) => r.files.push(d.mount_point.clone()),
                     // Repaired before: the dead mount is under a live one.
                     Ok(false) => {}
-                    Err(why) => r.left.push((d.mount_point.clone(), why)),
+                    Err(why) => r.left.push((d.mount_point.clone(), why.to_string())),
                 }
             }
         }
@@ -168,17 +168,17 @@ fn repair_ns(pid: u32, dead: &[(DeadMount, &Path)], own: &std::fs::File, r: &mut
 
 /// Mounts `tree` over `d` if a dead connection is what `d` shows now; false if a live mount
 /// already covers it.
-fn repair_one(root: &OwnedFd, d: &DeadMount, tree: &OwnedFd) -> Result<bool, String> {
+fn repair_one(root: &OwnedFd, d: &DeadMount, tree: &OwnedFd) -> crate::mount::Result<bool> {
     let rel = d.mount_point.trim_start_matches('/');
-    let target = if rel.is_empty() {
-        return Err("the namespace's root".into());
-    } else {
-        openat2(root, rel, libc::O_NOFOLLOW, RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)?
-    };
+    if rel.is_empty() {
+        // The namespace's root is not a bind of ours to replace.
+        return Err(crate::mount::Error::BadPath(d.mount_point.clone()));
+    }
+    let target = openat2(root, rel, libc::O_NOFOLLOW, RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)?;
     match nix::sys::statfs::fstatfs(&target) {
         Err(nix::errno::Errno::ENOTCONN) => {}
         Ok(_) => return Ok(false),
-        Err(e) => return Err(format!("statfs: {e}")),
+        Err(e) => return Err(crate::mount::Error::Sys { what: "statfs".into(), source: e.into() }),
     }
     attach(tree, &target).map(|()| true)
 }

@@ -1,4 +1,4 @@
-//! Live: the cached tree (src/fs/cached.rs). Commands started by `cgprocfs run` get their own
+//! Live: the cached tree (src/fuse/cached.rs). Commands started by `cgprocfs run` get their own
 //! files, read from the kernel's page cache; these tests check that each reads only its own
 //! container, whole, through every read path, while limits change, neighbours read, the
 //! worker is killed, and that nobody else reads them.

@@ -4,9 +4,9 @@
 
 mod common;
 
-use cgprocfs::fs::abi::{op, InHeader, Out};
-use cgprocfs::fs::session::{Handler, Reply};
-use cgprocfs::fs::ProcFs;
+use cgprocfs::fuse::abi::{op, InHeader, Out};
+use cgprocfs::fuse::session::{Handler, Reply};
+use cgprocfs::fuse::ProcFs;
 use cgprocfs::service::{Options, Service};
 use cgprocfs::Root;
 use common::*;

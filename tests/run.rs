@@ -133,7 +133,7 @@ fn run_uses_a_serving_daemon_and_a_cpuset() {
     let cpu_dirs = std::fs::read_dir(d.path(sys.trim_start_matches('/')))
         .unwrap()
         .flatten()
-        .filter(|e| cgprocfs::fs::cpudir::cpu_index(&e.file_name().to_string_lossy()).is_some())
+        .filter(|e| cgprocfs::fuse::cpudir::cpu_index(&e.file_name().to_string_lossy()).is_some())
         .count();
     assert_eq!(cpu_dirs, host_cpus(), "the host reader sees every CPU");
     let core0 = std::fs::read_to_string(d.path("sys/devices/system/cpu/cpu0/topology/core_id")).unwrap();

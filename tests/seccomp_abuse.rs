@@ -7,8 +7,8 @@
 
 mod common;
 
-use cgprocfs::fs::abi::{op, Attr, Body, InHeader, Out};
-use cgprocfs::fs::session::{self, Handler, Reply};
+use cgprocfs::fuse::abi::{op, Attr, Body, InHeader, Out};
+use cgprocfs::fuse::session::{self, Handler, Reply};
 use common::*;
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};

@@ -4,7 +4,7 @@
 //! test keeps the two in step, so a keeper never starts a worker with a flag it does not know.
 
 use super::Adopted;
-use crate::fs::session::InitParams;
+use crate::fuse::session::InitParams;
 use crate::service::Options;
 use crate::view::cpus::CpuCount;
 use std::ffi::OsString;
@@ -59,7 +59,7 @@ pub struct ServeOptions {
     pub seccomp_affinity: bool,
     /// Open handles one container (cgroup) may hold at once; its further opens fail with
     /// EMFILE, so no container can exhaust the table the others share.
-    #[arg(long, default_value_t = crate::fs::HANDLES_PER_CONTAINER)]
+    #[arg(long, default_value_t = crate::fuse::HANDLES_PER_CONTAINER)]
     pub handles_per_container: usize,
     /// Freshness bound of the cached tree (the files the OCI hook and `run` bind), in
     /// milliseconds: a read returns content rendered at most this long before; reads within

@@ -5,7 +5,7 @@
 use super::args::{AdoptLine, ServeLine, WorkerLine};
 use super::{handover, own_fuse_fds, systemd, Adopted, KeeperConfig};
 use crate::files;
-use crate::fs::session::{self, clone_fd, InitParams};
+use crate::fuse::session::{self, clone_fd, InitParams};
 use crate::seccomp::agent::Agent;
 use crate::sys::{cloexec, signal_set, wait_signal};
 use std::io;
@@ -31,7 +31,7 @@ fn mount_cache(cfg: &KeeperConfig) -> Vec<OwnedFd> {
         if std::fs::symlink_metadata(dir).is_err() {
             std::fs::DirBuilder::new().mode(0o700).create(dir)?;
         }
-        let (master, _) = session::mount(dir, &crate::fs::cached::source_name(&cfg.mountpoint))?;
+        let (master, _) = session::mount(dir, &crate::fuse::cached::source_name(&cfg.mountpoint))?;
         let mut fds = vec![master];
         for _ in 1..cfg.threads.max(1) {
             fds.push(clone_fd(&fds[0])?);

@@ -23,7 +23,7 @@ pub use keeper::keeper;
 pub use worker::worker;
 
 use crate::files;
-use crate::fs::session::InitParams;
+use crate::fuse::session::InitParams;
 use crate::sys::cloexec;
 use args::ServeOptions;
 use std::io;
@@ -51,7 +51,7 @@ pub struct KeeperConfig {
     pub reattach: bool,
     /// After a handover, wait for SIGTERM/SIGINT instead of exiting (a DaemonSet pod).
     pub linger: bool,
-    /// Where the cached tree's connection is mounted (fs/cached.rs); `None` serves none.
+    /// Where the cached tree's connection is mounted (fuse/cached.rs); `None` serves none.
     pub cache: Option<PathBuf>,
 }
 
@@ -85,7 +85,7 @@ impl Adopted {
     }
 }
 
-/// Where the keeper with pid file `pidfile` mounts the cached tree (fs/cached.rs).
+/// Where the keeper with pid file `pidfile` mounts the cached tree (fuse/cached.rs).
 pub fn cache_dir(pidfile: &Path) -> PathBuf {
     files::companion(pidfile, "cache")
 }

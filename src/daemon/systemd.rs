@@ -7,12 +7,12 @@
 //! the next keeper's worker answers them. The notify protocol is the `sd-notify` crate's.
 //!
 //! Store names: `fuse-<i>-<minor>-<flags>` (the INIT parameters travel with the connection),
-//! `cache` (the cached tree's connection, fs/cached.rs), `seccomp-listener`, `seccomp-notify`, `control`. systemd drops a stored fd by itself when
+//! `cache` (the cached tree's connection, fuse/cached.rs), `seccomp-listener`, `seccomp-notify`, `control`. systemd drops a stored fd by itself when
 //! it reports `POLLHUP`/`POLLERR`: a container's notification fd once it exited, the FUSE fds
 //! once no mount uses the connection.
 
 use super::Adopted;
-use crate::fs::session::InitParams;
+use crate::fuse::session::InitParams;
 use sd_notify::NotifyState;
 use std::os::fd::{BorrowedFd, RawFd};
 

@@ -3,8 +3,8 @@
 
 use super::args::WorkerLine;
 use super::own_fuse_fds;
-use crate::fs::session::{self, notify_resend, spawn_workers};
-use crate::fs::ProcFs;
+use crate::fuse::session::{self, notify_resend, spawn_workers};
+use crate::fuse::ProcFs;
 use crate::seccomp;
 use crate::service::Service;
 use crate::sys::{cloexec, signal_set, wait_signal};
@@ -52,7 +52,7 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
     spawn_workers(&owned, fs, spin)?;
     if !cache.is_empty() {
         let fresh = Duration::from_millis(opts.fresh_ms);
-        spawn_workers(&cache, Arc::new(crate::fs::cached::CachedFs::new(svc.clone(), fresh, snapshots)), spin)?;
+        spawn_workers(&cache, Arc::new(crate::fuse::cached::CachedFs::new(svc.clone(), fresh, snapshots)), spin)?;
     }
     // Only now, with readers in place: requests a dead predecessor read are queued again.
     for fd in std::iter::once(first).chain(cache.first()) {

@@ -13,6 +13,7 @@
 pub mod abi;
 pub mod agent;
 mod answer;
+pub mod profile;
 
 pub use crate::sys::{recv_fds, send_fds};
 use abi::*;

@@ -6,7 +6,7 @@ pub mod bundle;
 pub mod harness;
 pub mod loops;
 
-use cgprocfs::launch::{RunLimits, Transient};
+use cgprocfs::run::{RunLimits, Transient};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};

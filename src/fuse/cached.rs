@@ -1,7 +1,7 @@
 //! The cached tree: each container's own copy of the served files, on a second FUSE
 //! connection, read from the kernel's page cache.
 //!
-//! The shared tree (`fs/mod.rs`) answers every read itself, because one file there shows each
+//! The shared tree (`fuse/mod.rs`) answers every read itself, because one file there shows each
 //! caller its own container. Here a file belongs to one container, named when the OCI hook or
 //! `cgprocfs run` binds it: `<key>/proc/meminfo`, where `<key>` is `<pid>-<start>`, the pid of
 //! the container's init in the daemon's pid namespace and its start time in clock ticks

@@ -243,7 +243,7 @@ fn init(fd: RawFd, uring: bool) -> io::Result<InitParams> {
             true => (minor.min(42), abi::FUSE_INIT_EXT),
             false => (minor.min(abi::KERNEL_MINOR_VERSION), 0),
         };
-        // AUTO_INVAL_DATA serves the cached tree (fs/cached.rs); the shared tree's files are
+        // AUTO_INVAL_DATA serves the cached tree (fuse/cached.rs); the shared tree's files are
         // direct I/O and never in the page cache, so it changes nothing there.
         accepted |= flags & (abi::FUSE_PARALLEL_DIROPS | abi::FUSE_AUTO_INVAL_DATA);
         let params = InitParams { minor, flags: accepted };
