@@ -119,7 +119,7 @@ fn serve_queue(fd: RawFd, qid: u16, fs: Arc<ProcFs>, served: Arc<AtomicU64>) -> 
             body.extend_from_slice(&e.payload[..payload_sz]);
             let (error, out) = match fs.dispatch(&hdr, &body) {
                 Reply::Data(d) => (0i32, d),
-                Reply::Err(errno) => (-errno, Vec::new()),
+                Reply::Err(errno) => (-errno.0, Vec::new()),
                 Reply::None => (0, Vec::new()),
             };
             let n = out.len().min(PAYLOAD);

@@ -21,7 +21,7 @@ fn fs() -> ProcFs {
 fn data(r: Reply) -> Vec<u8> {
     match r {
         Reply::Data(d) => d,
-        Reply::Err(e) => panic!("errno {e}"),
+        Reply::Err(e) => panic!("errno {}", e.0),
         Reply::None => panic!("no reply"),
     }
 }
@@ -61,7 +61,7 @@ fn a_handle_reads_only_the_inode_it_was_opened_on() {
     let fh = open(&f, meminfo);
     assert!(data(read(&f, meminfo, fh)).starts_with(b"MemTotal:"));
     match read(&f, cpuinfo, fh) {
-        Reply::Err(e) => assert_eq!(e, libc::EBADF),
+        Reply::Err(e) => assert_eq!(e.0, libc::EBADF),
         Reply::Data(d) => panic!("meminfo's handle read through cpuinfo: {:?}", String::from_utf8_lossy(&d[..20])),
         Reply::None => panic!("no reply"),
     }

@@ -7,7 +7,8 @@
 
 mod common;
 
-use cgprocfs::fuse::abi::{op, Attr, Body, InHeader, Out};
+use cgprocfs::fuse::abi::{op, Body, InHeader, Out};
+use cgprocfs::fuse::reply::Attr;
 use cgprocfs::fuse::session::{self, Handler, Reply};
 use common::*;
 use serde_json::Value;
@@ -89,7 +90,7 @@ impl Handler for Hung {
             op::READ => return Reply::None,
             op::FLUSH | op::RELEASE => {}
             op::FORGET | op::BATCH_FORGET | op::INTERRUPT => return Reply::None,
-            _ => return Reply::Err(if Body(body).u32(0).is_some() { libc::ENOSYS } else { libc::ENOENT }),
+            _ => return Reply::err(if Body(body).u32(0).is_some() { libc::ENOSYS } else { libc::ENOENT }),
         }
         Reply::Data(o.0)
     }

@@ -34,11 +34,14 @@
 //! process (the host, another container) gets attributes of an empty file that expire at
 //! once, or `EACCES`, never the container's bytes (docs/security.md).
 
-use super::abi::{self, op, Attr, Body, InHeader, Out};
-use super::session::{Handler, Reply};
+use super::abi::InHeader;
+use super::reply::{Attr, Dirent, Reply};
+use super::request::{forgotten, Request};
+use super::session::Handler;
 use super::Tree;
 use crate::catalog::View;
 use crate::cgroup::Container;
+use crate::error::Errno;
 use crate::service::Service;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -173,12 +176,12 @@ impl CachedFs {
     }
 
     /// The container of `key`, if its process still runs with that start time.
-    fn container(&self, key: Key) -> Result<Container, i32> {
+    fn container(&self, key: Key) -> Result<Container, Errno> {
         match crate::procfs::start_ticks(self.service.root(), key.pid).ok() {
             Some(t) if t & START_MASK == key.start & START_MASK => {}
-            _ => return Err(libc::ENOENT),
+            _ => return Err(Errno(libc::ENOENT)),
         }
-        self.service.container_of(key.pid).map_err(|_| libc::ENOENT)
+        self.service.container_of(key.pid).map_err(|_| Errno(libc::ENOENT))
     }
 
     /// Whether caller `tid` is a process of `c`.
@@ -193,7 +196,13 @@ impl CachedFs {
     /// The snapshot of file `node` (`view` of container `c`): the kept one if taken within
     /// [`REUSE`] (or, for a READ, `reuse_any`: the kept one, or the one a previous worker
     /// wrote), else a new rendering, written down before the kernel hears of it.
-    fn snapshot(&self, node: u64, view: View, c: &Container, reuse_any: bool) -> Result<(Arc<Vec<u8>>, Version), i32> {
+    fn snapshot(
+        &self,
+        node: u64,
+        view: View,
+        c: &Container,
+        reuse_any: bool,
+    ) -> Result<(Arc<Vec<u8>>, Version), Errno> {
         if let Some(s) = self.snapshots.lock().get(&node) {
             if reuse_any || s.taken.elapsed() < REUSE {
                 return Ok((s.bytes.clone(), s.changed));
@@ -207,7 +216,7 @@ impl CachedFs {
                 return Ok((bytes, (0, 0)));
             }
         }
-        let bytes = Arc::new(self.service.render_with(view, Ok(c.clone())).map_err(|e| e.0)?);
+        let bytes = Arc::new(self.service.render_with(view, Ok(c.clone()))?);
         let mut map = self.snapshots.lock();
         let changed = match map.get(&node) {
             Some(old) if old.bytes == bytes => old.changed,
@@ -241,7 +250,7 @@ impl CachedFs {
     }
 
     /// Attributes of `node` for caller `tid`, with how long the kernel may keep them.
-    fn attr(&self, node: u64, tid: u32) -> Result<(Attr, Duration), i32> {
+    fn attr(&self, node: u64, tid: u32) -> Result<(Attr, Duration), Errno> {
         let dir = |ino, nlink| Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink, time: self.start, nsec: 0 };
         if node == ROOT {
             // Only root walks the root: containers reach their files through bind mounts.
@@ -249,10 +258,10 @@ impl CachedFs {
             a.mode = libc::S_IFDIR | 0o500;
             return Ok((a, DIR_TTL));
         }
-        let (key, idx) = Key::of_node(node).ok_or(libc::ENOENT)?;
+        let (key, idx) = Key::of_node(node).ok_or(Errno(libc::ENOENT))?;
         let c = self.container(key)?;
         let Some(view) = self.tree.view(idx) else {
-            let (_, children) = self.tree.list(idx).ok_or(libc::ENOENT)?;
+            let (_, children) = self.tree.list(idx).ok_or(Errno(libc::ENOENT))?;
             return Ok((dir(node, 2 + children.len() as u32), DIR_TTL));
         };
         let empty = Attr { ino: node, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time: self.start, nsec: 0 };
@@ -264,9 +273,8 @@ impl CachedFs {
         Ok((Attr { size: bytes.len() as u64, time, nsec, ..empty }, self.fresh))
     }
 
-    fn lookup(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let name = body.split(|&b| b == 0).next().unwrap_or(&[]);
-        let Ok(name) = std::str::from_utf8(name) else { return Reply::Err(libc::ENOENT) };
+    fn lookup(&self, h: &InHeader, name: &[u8]) -> Reply {
+        let Ok(name) = std::str::from_utf8(name) else { return Reply::err(libc::ENOENT) };
         let (node, entry_ttl) = if h.nodeid == ROOT {
             let parsed = name.split_once('-').and_then(|(p, s)| Some((p.parse::<u32>().ok()?, s.parse::<u64>().ok()?)));
             let key = match parsed {
@@ -276,102 +284,69 @@ impl CachedFs {
                 {
                     (Key { pid, start }, DIR_TTL)
                 }
-                _ => return Reply::Err(libc::ENOENT),
+                _ => return Reply::err(libc::ENOENT),
             };
             (key.0.node(TREE_ROOT), key.1)
         } else {
-            let Some((key, idx)) = Key::of_node(h.nodeid) else { return Reply::Err(libc::ENOENT) };
+            let Some((key, idx)) = Key::of_node(h.nodeid) else { return Reply::err(libc::ENOENT) };
             match self.tree.lookup(idx, name) {
                 Some(child) => (key.node(child), DIR_TTL),
-                None => return Reply::Err(libc::ENOENT),
+                None => return Reply::err(libc::ENOENT),
             }
         };
         match self.attr(node, h.pid) {
-            Ok((attr, attr_ttl)) => {
-                let mut o = Out::default();
-                o.u64(node).u64(0);
-                o.u64(entry_ttl.as_secs()).u64(attr_ttl.as_secs());
-                o.u32(entry_ttl.subsec_nanos()).u32(attr_ttl.subsec_nanos());
-                attr.encode(&mut o);
-                Reply::Data(o.0)
-            }
+            Ok((attr, attr_ttl)) => Reply::entry(node, entry_ttl, attr_ttl, &attr),
             Err(e) => Reply::Err(e),
         }
     }
 
     fn getattr(&self, h: &InHeader) -> Reply {
         match self.attr(h.nodeid, h.pid) {
-            Ok((attr, ttl)) => {
-                let mut o = Out::default();
-                o.u64(ttl.as_secs()).u32(ttl.subsec_nanos()).u32(0);
-                attr.encode(&mut o);
-                Reply::Data(o.0)
-            }
+            Ok((attr, ttl)) => Reply::attr(ttl, &attr),
             Err(e) => Reply::Err(e),
         }
     }
 
-    fn read(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let b = Body(body);
-        let (Some(offset), Some(size)) = (b.u64(8), b.u32(16)) else { return Reply::Err(libc::EINVAL) };
-        let Some((key, idx)) = Key::of_node(h.nodeid) else { return Reply::Err(libc::EISDIR) };
-        let Some(view) = self.tree.view(idx) else { return Reply::Err(libc::EISDIR) };
+    fn read(&self, h: &InHeader, offset: u64, size: u32) -> Reply {
+        let Some((key, idx)) = Key::of_node(h.nodeid) else { return Reply::err(libc::EISDIR) };
+        let Some(view) = self.tree.view(idx) else { return Reply::err(libc::EISDIR) };
         let c = match self.container(key) {
             Ok(c) => c,
             Err(e) => return Reply::Err(e),
         };
         if !self.is_member(h.pid, &c) {
-            return Reply::Err(libc::EACCES);
+            return Reply::err(libc::EACCES);
         }
         match self.snapshot(h.nodeid, view, &c, true) {
-            Ok((bytes, _)) => {
-                let start = offset.min(bytes.len() as u64) as usize;
-                let end = start.saturating_add(size as usize).min(bytes.len());
-                Reply::Data(bytes[start..end].to_vec())
-            }
+            Ok((bytes, _)) => Reply::slice(&bytes, offset, size),
             Err(e) => Reply::Err(e),
         }
     }
 
-    fn readdir(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let b = Body(body);
-        let (Some(offset), Some(size)) = (b.u64(8), b.u32(16)) else { return Reply::Err(libc::EINVAL) };
-        let mut entries: Vec<(u64, String, u32)> = vec![(h.nodeid, ".".into(), libc::DT_DIR as u32)];
+    fn readdir(&self, h: &InHeader, offset: u64, size: u32) -> Reply {
+        let mut entries: Vec<Dirent> = vec![(h.nodeid, ".".into(), libc::DT_DIR as u32)];
         if h.nodeid == ROOT {
             // Key directories are not listed: each is found by its name.
             entries.push((ROOT, "..".into(), libc::DT_DIR as u32));
         } else {
-            let Some((key, idx)) = Key::of_node(h.nodeid) else { return Reply::Err(libc::ENOENT) };
-            let Some((parent, children)) = self.tree.list(idx) else { return Reply::Err(libc::ENOTDIR) };
+            let Some((key, idx)) = Key::of_node(h.nodeid) else { return Reply::err(libc::ENOENT) };
+            let Some((parent, children)) = self.tree.list(idx) else { return Reply::err(libc::ENOTDIR) };
             let parent = if idx == TREE_ROOT { ROOT } else { key.node(parent) };
             entries.push((parent, "..".into(), libc::DT_DIR as u32));
             for (i, name, is_dir) in children {
                 entries.push((key.node(i), name.to_string(), if is_dir { libc::DT_DIR } else { libc::DT_REG } as u32));
             }
         }
-        Reply::Data(abi::dirents(&entries, offset, size))
+        Reply::dirents(&entries, offset, size)
     }
 
-    fn forget(&self, h: &InHeader, body: &[u8]) {
+    fn forget(&self, nodes: impl Iterator<Item = u64>) {
         let mut map = self.snapshots.lock();
-        let mut drop_node = |node: u64| {
+        for node in nodes {
             if map.remove(&node).is_some() {
                 if let Some(f) = self.file(node) {
                     let _ = std::fs::remove_file(f);
                 }
-            }
-        };
-        if h.opcode == op::FORGET {
-            drop_node(h.nodeid);
-            return;
-        }
-        // BATCH_FORGET: a count, then (node id, lookups) pairs.
-        let b = Body(body);
-        let n = b.u32(0).unwrap_or(0) as usize;
-        for i in 0..n {
-            match b.u64(8 + 16 * i) {
-                Some(node) => drop_node(node),
-                None => break,
             }
         }
     }
@@ -379,29 +354,29 @@ impl CachedFs {
 
 impl Handler for CachedFs {
     fn dispatch(&self, h: &InHeader, body: &[u8]) -> Reply {
-        match h.opcode {
-            op::LOOKUP => self.lookup(h, body),
-            op::GETATTR => self.getattr(h),
-            op::READ => self.read(h, body),
-            op::READDIR => self.readdir(h, body),
-            op::OPENDIR => {
-                let mut o = Out::default();
-                o.u64(0).u32(0).u32(0);
-                Reply::Data(o.0)
-            }
+        let req = match Request::parse(h.opcode, body) {
+            Ok(r) => r,
+            Err(e) => return Reply::Err(e),
+        };
+        match req {
+            Request::Lookup { name } => self.lookup(h, name),
+            Request::Getattr => self.getattr(h),
+            Request::Read { offset, size, .. } => self.read(h, offset, size),
+            Request::Readdir { offset, size } => self.readdir(h, offset, size),
+            Request::Opendir => Reply::open(0, 0),
             // ENOSYS to OPEN and FLUSH: the kernel stops asking for the connection's life and
             // keeps every file's pages (the point of this tree).
-            op::OPEN | op::FLUSH => Reply::Err(libc::ENOSYS),
-            op::RELEASE | op::RELEASEDIR | op::DESTROY => Reply::Data(vec![]),
-            op::STATFS => Reply::Data(abi::statfs(0)),
-            op::ACCESS => super::access(body),
-            op::FORGET | op::BATCH_FORGET => {
-                self.forget(h, body);
+            Request::Open { .. } | Request::Flush => Reply::err(libc::ENOSYS),
+            Request::Release { .. } | Request::Releasedir | Request::Destroy => Reply::empty(),
+            Request::Statfs => Reply::statfs(0),
+            Request::Access { mask } => Reply::access(mask),
+            Request::Forget { batch } => {
+                self.forget(forgotten(h.nodeid, batch));
                 Reply::None
             }
-            op::INTERRUPT => Reply::None,
-            op::SETATTR | op::WRITE | op::CREATE => Reply::Err(libc::EROFS),
-            _ => Reply::Err(libc::ENOSYS),
+            Request::Interrupt => Reply::None,
+            Request::Change => Reply::err(libc::EROFS),
+            Request::Readlink | Request::Other(_) => Reply::err(libc::ENOSYS),
         }
     }
 }

@@ -10,7 +10,7 @@
 //! depend on the caller: their entries are never cached by the kernel (TTL 0), and the same
 //! name leads different containers to different inodes.
 
-use super::abi::Attr;
+use super::reply::Attr;
 use crate::fnv;
 use parking_lot::Mutex;
 use std::collections::HashMap;

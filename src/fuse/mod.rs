@@ -5,17 +5,23 @@
 pub mod abi;
 pub mod cached;
 pub mod cpudir;
+pub mod reply;
+pub mod request;
 pub mod session;
 
 use crate::catalog::View;
+use crate::error::Errno;
 use crate::service::{Container, Service};
-use abi::{op, Attr, Body, InHeader, Out};
+use abi::InHeader;
 use cpudir::{cpu_index, CpuDir, Entry as HostEntry, Kind as HostKind, DYN_BIT};
 use parking_lot::Mutex;
-use session::{Handler, Reply};
+use reply::{Attr, Dirent, Reply};
+use request::Request;
+use session::Handler;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Inode number of the mount's root directory (fixed by the kernel).
 const ROOT: u64 = 1;
@@ -36,7 +42,30 @@ const STATIC_MASK: u64 = 0xffff;
 /// the size was taken is still within it.
 const SIZE_MARGIN: u64 = 1024;
 /// How long the kernel may cache names and attributes; the tree never changes.
-const TTL_SECS: u64 = 1;
+const TTL: Duration = Duration::from_secs(1);
+
+/// What an inode number of the shared tree names: the three inode spaces told apart once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ino {
+    /// A node of the static tree (its own number).
+    Tree(u64),
+    /// A served file as one container sees it: the tree's node in the low bits.
+    Own(u64),
+    /// An entry of the host's cpu directory, passed through ([`CpuDir`]).
+    Host(u64),
+}
+
+impl Ino {
+    fn of(ino: u64) -> Ino {
+        if ino & DYN_BIT != 0 {
+            Ino::Host(ino)
+        } else if ino & CT_BIT != 0 {
+            Ino::Own(ino & STATIC_MASK)
+        } else {
+            Ino::Tree(ino)
+        }
+    }
+}
 
 #[derive(Debug)]
 enum Kind {
@@ -86,9 +115,8 @@ impl Tree {
         t
     }
 
+    /// Node `ino` (a tree number).
     fn node(&self, ino: u64) -> Option<&Node> {
-        // A container's own inode of a file names the tree's inode in its low bits.
-        let ino = if ino & CT_BIT != 0 && ino & DYN_BIT == 0 { ino & STATIC_MASK } else { ino };
         self.nodes.get((ino as usize).wrapping_sub(1))
     }
 
@@ -101,7 +129,7 @@ impl Tree {
 
     /// The view file `ino` is, if it is one (`ino` is the tree's own number).
     pub(crate) fn view(&self, ino: u64) -> Option<View> {
-        match self.nodes.get((ino as usize).wrapping_sub(1))?.kind {
+        match self.node(ino)?.kind {
             Kind::File(v) => Some(v),
             Kind::Dir(_) => None,
         }
@@ -109,26 +137,24 @@ impl Tree {
 
     /// Child `name` of directory `dir` (tree numbers), and whether it is a directory.
     pub(crate) fn lookup(&self, dir: u64, name: &str) -> Option<u64> {
-        let Kind::Dir(c) = &self.nodes.get((dir as usize).wrapping_sub(1))?.kind else { return None };
-        c.iter().copied().find(|&i| self.nodes.get(i as usize - 1).is_some_and(|n| n.name == name))
+        self.child(dir, name)
     }
 
     /// The entries of directory `dir` (tree numbers): its parent, then (number, name, is a
     /// directory) per child; `None` if `dir` is not a directory.
     pub(crate) fn list(&self, dir: u64) -> Option<(u64, Vec<TreeEntry<'_>>)> {
-        let n = self.nodes.get((dir as usize).wrapping_sub(1))?;
+        let n = self.node(dir)?;
         let Kind::Dir(c) = &n.kind else { return None };
         let children = c
             .iter()
-            .filter_map(|&i| {
-                self.nodes.get(i as usize - 1).map(|k| (i, k.name.as_str(), matches!(k.kind, Kind::Dir(_))))
-            })
+            .filter_map(|&i| self.node(i).map(|k| (i, k.name.as_str(), matches!(k.kind, Kind::Dir(_)))))
             .collect();
         Some((n.parent, children))
     }
 
-    fn attr(&self, ino: u64, time: u64) -> Option<Attr> {
-        let n = self.node(ino)?;
+    /// The attributes of tree node `node`, reported as inode `ino`.
+    fn attr(&self, node: u64, ino: u64, time: u64) -> Option<Attr> {
+        let n = self.node(node)?;
         Some(match &n.kind {
             Kind::Dir(c) => {
                 Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink: 2 + c.len() as u32, time, nsec: 0 }
@@ -276,14 +302,17 @@ impl ProcFs {
     /// size 0, and takes the size for the end of the file; `tail` seeks from it.
     /// `caller` resolves the caller's container, only for a served file (whose size is its
     /// content's).
-    fn attr(&self, ino: u64, caller: impl FnOnce() -> crate::Result<Container>) -> Result<Attr, i32> {
-        if ino & DYN_BIT != 0 {
-            let e = self.cpu.entry(ino).ok_or(libc::ENOENT)?;
-            return self.cpu.attr(ino, &e, self.start).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO));
-        }
-        let mut a = self.tree.attr(ino, self.start).ok_or(libc::ENOENT)?;
-        if let Some(Node { kind: Kind::File(v), .. }) = self.tree.node(ino) {
-            let len = self.service.render_with(*v, caller()).map_or(0, |d| d.len() as u64);
+    fn attr(&self, ino: u64, caller: impl FnOnce() -> crate::Result<Container>) -> Result<Attr, Errno> {
+        let node = match Ino::of(ino) {
+            Ino::Host(h) => {
+                let e = self.cpu.entry(h).ok_or(Errno(libc::ENOENT))?;
+                return self.cpu.attr(h, &e, self.start).map_err(Errno::from);
+            }
+            Ino::Tree(t) | Ino::Own(t) => t,
+        };
+        let mut a = self.tree.attr(node, ino, self.start).ok_or(Errno(libc::ENOENT))?;
+        if let Some(v) = self.tree.view(node) {
+            let len = self.service.render_with(v, caller()).map_or(0, |d| d.len() as u64);
             a.size = len + SIZE_MARGIN;
         }
         Ok(a)
@@ -303,38 +332,36 @@ impl ProcFs {
 
     /// An entry reply; `caller` as for [`ProcFs::attr`]. `entry_ttl` 0 for names whose inode
     /// depends on the caller.
-    fn entry(&self, ino: u64, entry_ttl: u64, caller: impl FnOnce() -> crate::Result<Container>) -> Reply {
-        let attr = match self.attr(ino, caller) {
-            Ok(a) => a,
-            Err(e) => return Reply::Err(e),
-        };
-        let mut o = Out::default();
-        o.u64(ino).u64(0).u64(entry_ttl).u64(TTL_SECS).u32(0).u32(0);
-        attr.encode(&mut o);
-        Reply::Data(o.0)
+    fn entry(&self, ino: u64, entry_ttl: Duration, caller: impl FnOnce() -> crate::Result<Container>) -> Reply {
+        match self.attr(ino, caller) {
+            Ok(a) => Reply::entry(ino, entry_ttl, TTL, &a),
+            Err(e) => Reply::Err(e),
+        }
     }
 
-    fn lookup(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let name = body.split(|&b| b == 0).next().unwrap_or(&[]);
+    fn lookup(&self, h: &InHeader, name: &[u8]) -> Reply {
         let Ok(name) = std::str::from_utf8(name) else {
-            return Reply::Err(libc::ENOENT);
+            return Reply::err(libc::ENOENT);
         };
         let caller = || self.service.container_of(h.pid);
-        if h.nodeid & DYN_BIT != 0 {
-            let found = self.cpu.entry(h.nodeid).and_then(|dir| self.cpu.lookup(&dir, name));
-            return found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS, caller));
-        }
-        if let Some(ino) = self.tree.child(h.nodeid, name) {
-            if let Some(Node { kind: Kind::File(_), .. }) = self.tree.node(ino) {
+        let dir = match Ino::of(h.nodeid) {
+            Ino::Host(d) => {
+                let found = self.cpu.entry(d).and_then(|dir| self.cpu.lookup(&dir, name));
+                return found.map_or(Reply::err(libc::ENOENT), |ino| self.entry(ino, TTL, caller));
+            }
+            Ino::Tree(d) | Ino::Own(d) => d,
+        };
+        if let Some(ino) = self.tree.child(dir, name) {
+            if self.tree.view(ino).is_some() {
                 // Resolved once for both the container's inode and the file's size.
                 let c = self.service.container_of(h.pid);
                 let ino = Self::container_ino(ino, c.as_ref().ok());
-                return self.entry(ino, TTL_SECS, || c);
+                return self.entry(ino, TTL, || c);
             }
-            return self.entry(ino, TTL_SECS, caller);
+            return self.entry(ino, TTL, caller);
         }
-        if Some(h.nodeid) != self.cpu_dir {
-            return Reply::Err(libc::ENOENT);
+        if Some(dir) != self.cpu_dir {
+            return Reply::err(libc::ENOENT);
         }
         // cpuK: the K-th CPU the caller sees, a different directory for each container.
         let found = match cpu_index(name) {
@@ -343,43 +370,38 @@ impl ProcFs {
                 return cpus
                     .get(k as usize)
                     .and_then(|&c| self.cpu.cpu(c))
-                    .map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, 0, caller));
+                    .map_or(Reply::err(libc::ENOENT), |ino| self.entry(ino, Duration::ZERO, caller));
             }
             None => self.cpu.lookup_top(name),
         };
-        found.map_or(Reply::Err(libc::ENOENT), |ino| self.entry(ino, TTL_SECS, caller))
+        found.map_or(Reply::err(libc::ENOENT), |ino| self.entry(ino, TTL, caller))
     }
 
     fn getattr(&self, h: &InHeader) -> Reply {
-        let attr = match self.attr(h.nodeid, || self.service.container_of(h.pid)) {
-            Ok(a) => a,
-            Err(e) => return Reply::Err(e),
-        };
-        let mut o = Out::default();
-        o.u64(TTL_SECS).u32(0).u32(0);
-        attr.encode(&mut o);
-        Reply::Data(o.0)
+        match self.attr(h.nodeid, || self.service.container_of(h.pid)) {
+            Ok(a) => Reply::attr(TTL, &a),
+            Err(e) => Reply::Err(e),
+        }
     }
 
     /// What inode `ino` reads, if it is a file.
     fn source(&self, ino: u64) -> Option<Source> {
-        if ino & DYN_BIT != 0 {
-            let e = self.cpu.entry(ino)?;
-            return (self.cpu.kind(&e).ok()? == HostKind::File).then_some(Source::Host(e));
-        }
-        match self.tree.node(ino) {
-            Some(Node { kind: Kind::File(v), .. }) => Some(Source::View(*v)),
-            _ => None,
+        match Ino::of(ino) {
+            Ino::Host(h) => {
+                let e = self.cpu.entry(h)?;
+                (self.cpu.kind(&e).ok()? == HostKind::File).then_some(Source::Host(e))
+            }
+            Ino::Tree(t) | Ino::Own(t) => self.tree.view(t).map(Source::View),
         }
     }
 
-    fn open(&self, h: &InHeader, body: &[u8]) -> Reply {
+    fn open(&self, h: &InHeader, flags: u32) -> Reply {
         let Some(source) = self.source(h.nodeid) else {
-            return Reply::Err(libc::EISDIR);
+            return Reply::err(libc::EISDIR);
         };
-        let flags = Body(body).u32(0).unwrap_or(0) as i32;
+        let flags = flags as i32;
         if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
-            return Reply::Err(libc::EROFS);
+            return Reply::err(libc::EROFS);
         }
         let (owner, container) = match source {
             // The benchmark's constant file: the FUSE floor, no caller lookup at all.
@@ -389,35 +411,29 @@ impl ProcFs {
         let opener = container.map(|c| (h.pid, std::time::Instant::now(), c));
         let mut handles = self.handles.lock();
         if handles.map.len() >= MAX_HANDLES {
-            return Reply::Err(libc::ENFILE);
+            return Reply::err(libc::ENFILE);
         }
         // One container's handles never crowd out another's opens.
         if handles.usage.get(&owner).is_some_and(|u| u.handles >= self.per_container) {
-            return Reply::Err(libc::EMFILE);
+            return Reply::err(libc::EMFILE);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         handles.insert(fh, Handle { ino: h.nodeid, source, owner, opener, data: None });
-        let mut o = Out::default();
-        o.u64(fh).u32(abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH).u32(0);
-        Reply::Data(o.0)
+        Reply::open(fh, abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH)
     }
 
-    fn read(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let b = Body(body);
-        let (Some(fh), Some(offset), Some(size)) = (b.u64(0), b.u64(8), b.u32(16)) else {
-            return Reply::Err(libc::EINVAL);
-        };
+    fn read(&self, h: &InHeader, fh: u64, offset: u64, size: u32, read_flags: Option<u32>) -> Reply {
         // A READ that would fill the page cache (splice, sendfile, copy_file_range on Linux
         // 6.5 to 6.18, mmap): pages kept by the kernel could be handed to a later reader
         // without asking the daemon, whoever it is. Refused: sendfile then fails with EINVAL,
         // and BusyBox, Python's shutil and coreutils fall back to read(2), answered per reader
         // (docs/architecture.md, "Read paths").
-        if b.u32(20).is_some_and(|f| f & abi::FUSE_READ_LOCKOWNER == 0) {
-            return Reply::Err(libc::EINVAL);
+        if read_flags.is_some_and(|f| f & abi::FUSE_READ_LOCKOWNER == 0) {
+            return Reply::err(libc::EINVAL);
         }
         let (source, cached, opener, adopted) = match self.handles.lock().map.get(&fh) {
             // A handle answers only for the inode it was opened on.
-            Some(hd) if hd.ino != h.nodeid => return Reply::Err(libc::EBADF),
+            Some(hd) if hd.ino != h.nodeid => return Reply::err(libc::EBADF),
             Some(hd) => {
                 let opener = hd
                     .opener
@@ -429,7 +445,7 @@ impl ProcFs {
             // which file it is; its earlier bytes are gone, so it is rendered afresh.
             None => match self.source(h.nodeid) {
                 Some(s) => (s, None, None, true),
-                None => return Reply::Err(libc::EBADF),
+                None => return Reply::err(libc::EBADF),
             },
         };
         // A read at offset 0 renders afresh (top and free lseek to 0 and re-read the same fd);
@@ -442,11 +458,11 @@ impl ProcFs {
                         Some(c) => self.service.render_with(*v, Ok(c)),
                         None => self.service.render_for(*v, h.pid),
                     },
-                    Source::Host(e) => self.cpu.read(e).map_err(crate::error::Errno::from),
+                    Source::Host(e) => self.cpu.read(e).map_err(Errno::from),
                 };
                 let d = match bytes {
                     Ok(d) => Arc::new(d),
-                    Err(errno) => return Reply::Err(errno.0),
+                    Err(errno) => return Reply::Err(errno),
                 };
                 // Adopt the predecessor's handle, within the same bounds as opens.
                 let owner = adopted.then(|| self.owner(h.pid).0);
@@ -462,74 +478,71 @@ impl ProcFs {
                 d
             }
         };
-        let start = (offset.min(data.len() as u64)) as usize;
-        let end = start.saturating_add(size as usize).min(data.len());
-        Reply::Data(data[start..end].to_vec())
+        Reply::slice(&data, offset, size)
     }
 
-    fn readdir(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let b = Body(body);
-        let (Some(offset), Some(size)) = (b.u64(8), b.u32(16)) else {
-            return Reply::Err(libc::EINVAL);
-        };
+    fn readdir(&self, h: &InHeader, offset: u64, size: u32) -> Reply {
         let dt = |k: HostKind| match k {
             HostKind::Dir => libc::DT_DIR,
             HostKind::File => libc::DT_REG,
             HostKind::Link => libc::DT_LNK,
         } as u32;
-        let mut entries: Vec<(u64, String, u32)> = Vec::new();
-        if h.nodeid & DYN_BIT != 0 {
-            let Some(dir) = self.cpu.entry(h.nodeid) else { return Reply::Err(libc::ENOENT) };
-            if self.cpu.kind(&dir).ok() != Some(HostKind::Dir) {
-                return Reply::Err(libc::ENOTDIR);
-            }
-            entries.push((h.nodeid, ".".into(), libc::DT_DIR as u32));
-            entries.push((self.cpu_dir.unwrap_or(ROOT), "..".into(), libc::DT_DIR as u32));
-            entries.extend(self.cpu.list(&dir).into_iter().map(|(i, n, k)| (i, n, dt(k))));
-        } else {
-            let Some(Node { kind: Kind::Dir(children), parent, .. }) = self.tree.node(h.nodeid) else {
-                return Reply::Err(libc::ENOTDIR);
-            };
-            entries.push((h.nodeid, ".".into(), libc::DT_DIR as u32));
-            entries.push((*parent, "..".into(), libc::DT_DIR as u32));
-            let mut views = Vec::new();
-            for &c in children {
-                if let Some(n) = self.tree.node(c) {
-                    let t = match n.kind {
-                        Kind::Dir(_) => libc::DT_DIR,
-                        Kind::File(_) => libc::DT_REG,
-                    };
-                    entries.push((c, n.name.clone(), t as u32));
-                    views.push(n.name.as_str());
+        let mut entries: Vec<Dirent> = Vec::new();
+        let dir = match Ino::of(h.nodeid) {
+            Ino::Host(d) => {
+                let Some(dir) = self.cpu.entry(d) else { return Reply::err(libc::ENOENT) };
+                if self.cpu.kind(&dir).ok() != Some(HostKind::Dir) {
+                    return Reply::err(libc::ENOTDIR);
                 }
+                entries.push((h.nodeid, ".".into(), libc::DT_DIR as u32));
+                entries.push((self.cpu_dir.unwrap_or(ROOT), "..".into(), libc::DT_DIR as u32));
+                entries.extend(self.cpu.list(&dir).into_iter().map(|(i, n, k)| (i, n, dt(k))));
+                return Reply::dirents(&entries, offset, size);
             }
-            if Some(h.nodeid) == self.cpu_dir {
-                // The caller's CPUs as cpu0..cpuN-1, then the rest of the host's directory.
-                let cpus = self.service.visible_cpus_for(h.pid);
-                for (k, &c) in cpus.iter().enumerate() {
-                    if let Some(ino) = self.cpu.cpu(c) {
-                        entries.push((ino, format!("cpu{k}"), libc::DT_DIR as u32));
-                    }
-                }
-                entries.extend(self.cpu.list_top(&views).into_iter().map(|(i, n, k)| (i, n, dt(k))));
-            }
+            Ino::Tree(d) | Ino::Own(d) => d,
+        };
+        let Some((parent, children)) = self.tree.list(dir) else {
+            return Reply::err(libc::ENOTDIR);
+        };
+        entries.push((h.nodeid, ".".into(), libc::DT_DIR as u32));
+        entries.push((parent, "..".into(), libc::DT_DIR as u32));
+        let mut views = Vec::new();
+        for (c, name, is_dir) in children {
+            entries.push((c, name.to_string(), if is_dir { libc::DT_DIR } else { libc::DT_REG } as u32));
+            views.push(name);
         }
-        Reply::Data(abi::dirents(&entries, offset, size))
+        if Some(dir) == self.cpu_dir {
+            // The caller's CPUs as cpu0..cpuN-1, then the rest of the host's directory.
+            let cpus = self.service.visible_cpus_for(h.pid);
+            for (k, &c) in cpus.iter().enumerate() {
+                if let Some(ino) = self.cpu.cpu(c) {
+                    entries.push((ino, format!("cpu{k}"), libc::DT_DIR as u32));
+                }
+            }
+            entries.extend(self.cpu.list_top(&views).into_iter().map(|(i, n, k)| (i, n, dt(k))));
+        }
+        Reply::dirents(&entries, offset, size)
     }
 
-    fn statfs(&self) -> Reply {
-        Reply::Data(abi::statfs(self.tree.nodes.len() as u64))
+    fn opendir(&self, ino: u64) -> Reply {
+        let is_dir = match Ino::of(ino) {
+            Ino::Host(h) => self.cpu.entry(h).and_then(|e| self.cpu.kind(&e).ok()) == Some(HostKind::Dir),
+            Ino::Tree(t) | Ino::Own(t) => self.tree.list(t).is_some(),
+        };
+        if is_dir {
+            Reply::open(0, 0)
+        } else {
+            Reply::err(libc::ENOTDIR)
+        }
     }
-}
 
-/// ACCESS on a read-only tree: `default_permissions` makes the kernel check modes; a write
-/// is refused outright.
-fn access(body: &[u8]) -> Reply {
-    let mask = Body(body).u32(0).unwrap_or(0) as i32;
-    if mask & libc::W_OK != 0 {
-        Reply::Err(libc::EROFS)
-    } else {
-        Reply::Data(vec![])
+    fn readlink(&self, ino: u64) -> Reply {
+        let Ino::Host(h) = Ino::of(ino) else { return Reply::err(libc::EINVAL) };
+        match self.cpu.entry(h).map(|e| self.cpu.readlink(&e)) {
+            Some(Ok(t)) => Reply::Data(t.into_os_string().into_encoded_bytes()),
+            Some(Err(e)) => Reply::err(e.raw_os_error().unwrap_or(libc::EINVAL)),
+            None => Reply::err(libc::EINVAL),
+        }
     }
 }
 
@@ -547,47 +560,31 @@ fn random_u32() -> u32 {
 
 impl Handler for ProcFs {
     fn dispatch(&self, h: &InHeader, body: &[u8]) -> Reply {
-        match h.opcode {
-            op::LOOKUP => self.lookup(h, body),
-            op::GETATTR => self.getattr(h),
-            op::OPEN => self.open(h, body),
-            op::READ => self.read(h, body),
-            op::RELEASE => {
-                if let Some(fh) = Body(body).u64(0) {
+        let req = match Request::parse(h.opcode, body) {
+            Ok(r) => r,
+            Err(e) => return Reply::Err(e),
+        };
+        match req {
+            Request::Lookup { name } => self.lookup(h, name),
+            Request::Getattr => self.getattr(h),
+            Request::Open { flags } => self.open(h, flags),
+            Request::Read { fh, offset, size, read_flags } => self.read(h, fh, offset, size, read_flags),
+            Request::Release { fh } => {
+                if let Some(fh) = fh {
                     self.handles.lock().remove(fh);
                 }
-                Reply::Data(vec![])
+                Reply::empty()
             }
-            op::OPENDIR => {
-                let is_dir = if h.nodeid & DYN_BIT != 0 {
-                    self.cpu.entry(h.nodeid).and_then(|e| self.cpu.kind(&e).ok()) == Some(HostKind::Dir)
-                } else {
-                    matches!(self.tree.node(h.nodeid), Some(Node { kind: Kind::Dir(_), .. }))
-                };
-                if is_dir {
-                    let mut o = Out::default();
-                    o.u64(0).u32(0).u32(0);
-                    Reply::Data(o.0)
-                } else {
-                    Reply::Err(libc::ENOTDIR)
-                }
-            }
-            op::READLINK => match self.cpu.entry(h.nodeid) {
-                Some(e) if h.nodeid & DYN_BIT != 0 => match self.cpu.readlink(&e) {
-                    Ok(t) => Reply::Data(t.into_os_string().into_encoded_bytes()),
-                    Err(e) => Reply::Err(e.raw_os_error().unwrap_or(libc::EINVAL)),
-                },
-                _ => Reply::Err(libc::EINVAL),
-            },
-            op::READDIR => self.readdir(h, body),
-            op::RELEASEDIR | op::FLUSH => Reply::Data(vec![]),
-            op::STATFS => self.statfs(),
-            op::ACCESS => access(body),
-            op::SETATTR | op::WRITE | op::CREATE => Reply::Err(libc::EROFS),
-            op::FORGET | op::BATCH_FORGET | op::INTERRUPT => Reply::None,
-            op::DESTROY => Reply::Data(vec![]),
+            Request::Opendir => self.opendir(h.nodeid),
+            Request::Readlink => self.readlink(h.nodeid),
+            Request::Readdir { offset, size } => self.readdir(h, offset, size),
+            Request::Releasedir | Request::Flush | Request::Destroy => Reply::empty(),
+            Request::Statfs => Reply::statfs(self.tree.nodes.len() as u64),
+            Request::Access { mask } => Reply::access(mask),
+            Request::Change => Reply::err(libc::EROFS),
+            Request::Forget { .. } | Request::Interrupt => Reply::None,
             // ENOSYS makes the kernel stop asking for the rest of the connection's life.
-            _ => Reply::Err(libc::ENOSYS),
+            Request::Other(_) => Reply::err(libc::ENOSYS),
         }
     }
 }

@@ -14,15 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-/// What a handler answers to one request.
-pub enum Reply {
-    /// Success with this body.
-    Data(Vec<u8>),
-    /// Failure with this errno.
-    Err(i32),
-    /// No reply at all (FORGET, INTERRUPT).
-    None,
-}
+pub use super::reply::Reply;
 
 /// The filesystem side of the transport.
 pub trait Handler: Send + Sync + 'static {
@@ -200,7 +192,7 @@ fn write_reply(fd: RawFd, unique: u64, reply: Reply) {
     let (err, body) = match reply {
         Reply::None => return,
         Reply::Data(d) => (0i32, d),
-        Reply::Err(e) => (-e, Vec::new()),
+        Reply::Err(e) => (-e.0, Vec::new()),
     };
     let mut o = Out(Vec::with_capacity(abi::OUT_HEADER_LEN + body.len()));
     o.u32((abi::OUT_HEADER_LEN + body.len()) as u32).u32(err as u32).u64(unique);
@@ -227,13 +219,13 @@ fn init(fd: RawFd, uring: bool) -> io::Result<InitParams> {
         };
         let body = abi::Body(&buf[abi::IN_HEADER_LEN.min(n)..n]);
         if h.opcode != abi::op::INIT {
-            write_reply(fd, h.unique, Reply::Err(libc::EIO));
+            write_reply(fd, h.unique, Reply::err(libc::EIO));
             continue;
         }
         let (major, minor, readahead, flags) =
             (body.u32(0).unwrap_or(0), body.u32(4).unwrap_or(0), body.u32(8).unwrap_or(0), body.u32(12).unwrap_or(0));
         if major != abi::KERNEL_VERSION {
-            write_reply(fd, h.unique, Reply::Err(libc::EPROTO));
+            write_reply(fd, h.unique, Reply::err(libc::EPROTO));
             return Err(io::Error::new(io::ErrorKind::Unsupported, format!("FUSE protocol {major}.{minor}")));
         }
         let flags2 = body.u32(16).unwrap_or(0);
