@@ -3,7 +3,7 @@
 //! thread pinned to that CPU, requests fetched and answered with `FUSE_IO_URING_CMD_REGISTER` /
 //! `COMMIT_AND_FETCH` — serves the daemon's own `ProcFs` (the constant `.bench/floor` file),
 //! side by side with a classic daemon's floor, 1 and 2 readers.
-//!   cargo bench --bench uring_floor [-- SECONDS]
+//!   cargo bench --features uring-bench --bench uring_floor [-- SECONDS]
 //! Needs root; sets `/sys/module/fuse/parameters/enable_uring` for the run and restores it.
 
 #[path = "../tests/common/mod.rs"]
@@ -164,7 +164,7 @@ fn main() {
     let dir = std::env::temp_dir().join(common::unique("uring"));
     let mnt: PathBuf = dir.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
-    let (fd, params) = session::mount_with(&mnt, "cgprocfs-uring", true).expect("mount");
+    let (fd, params) = session::mount_with_uring(&mnt, "cgprocfs-uring").expect("mount");
     let uring = params.flags & cgprocfs::fuse::abi::FUSE_INIT_EXT != 0;
     let svc = Arc::new(Service::new(Root::new("/"), Options::default()).expect("service"));
     let fs = Arc::new(ProcFs::with_floor(svc, true));

@@ -77,6 +77,13 @@ pub struct Container {
     pub init: Option<u32>,
 }
 
+impl Container {
+    /// No container: no cgroups, no pid namespace of its own (its files are the host's).
+    pub fn nobody() -> Container {
+        Container { cgroups: Cgroups::default(), init: None }
+    }
+}
+
 impl Cgroups {
     /// The directory the container's CPU time is accounted in (v1 `cpuacct`, else the unified
     /// tree), if it is not the top of its hierarchy: a process in a top-level cgroup is not in

@@ -170,12 +170,11 @@ impl Hierarchies {
         self.v1.iter().find(|m| m.controllers.iter().any(|c| c == controller))
     }
 
-    /// Whether the unified hierarchy has `controller` enabled at its top.
-    fn v2_has(&self, controller: &str) -> bool {
-        let Some(m) = &self.v2 else { return false };
-        std::fs::read_to_string(m.point.join("cgroup.controllers"))
-            .map(|t| t.split_ascii_whitespace().any(|c| c == controller))
-            .unwrap_or(false)
+    /// The controllers the unified hierarchy has enabled at its top (read once per resolve:
+    /// `docker update` can enable one at any time).
+    fn v2_controllers(&self) -> String {
+        let Some(m) = &self.v2 else { return String::new() };
+        std::fs::read_to_string(m.point.join("cgroup.controllers")).unwrap_or_default()
     }
 
     /// The cgroup directories of a process's membership, per controller. A controller comes
@@ -186,11 +185,13 @@ impl Hierarchies {
             (Some(m), Some(p)) => dir(m, p, Version::V2),
             _ => None,
         };
+        let v2 = self.v2_controllers();
+        let v2_has = |ctrl: &str| v2.split_ascii_whitespace().any(|c| c == ctrl);
         let pick = |ctrl: &str| -> Option<CgroupDir> {
             if let Some(m) = self.v1_entry(ctrl) {
                 return pc.v1_path(ctrl).and_then(|p| dir(m, p, Version::V1));
             }
-            if self.v2_has(ctrl) {
+            if v2_has(ctrl) {
                 return unified.clone();
             }
             None
@@ -202,7 +203,7 @@ impl Hierarchies {
             cpuset: pick("cpuset"),
             blkio: match self.v1_entry("blkio") {
                 Some(m) => pc.v1_path("blkio").and_then(|p| dir(m, p, Version::V1)),
-                None if self.v2_has("io") => unified.clone(),
+                None if v2_has("io") => unified.clone(),
                 None => None,
             },
             unified,

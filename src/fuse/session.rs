@@ -41,9 +41,14 @@ pub fn mount(mountpoint: &Path, fsname: &str) -> io::Result<(OwnedFd, InitParams
     mount_with(mountpoint, fsname, false)
 }
 
-/// [`mount`], optionally accepting FUSE over io_uring when the kernel offers it (only the
-/// `uring_floor` benchmark's prototype transport asks for it; the daemon does not).
-pub fn mount_with(mountpoint: &Path, fsname: &str, uring: bool) -> io::Result<(OwnedFd, InitParams)> {
+/// [`mount`], accepting FUSE over io_uring when the kernel offers it: only the `uring_floor`
+/// benchmark's prototype transport asks for it (feature `uring-bench`); the daemon does not.
+#[cfg(feature = "uring-bench")]
+pub fn mount_with_uring(mountpoint: &Path, fsname: &str) -> io::Result<(OwnedFd, InitParams)> {
+    mount_with(mountpoint, fsname, true)
+}
+
+fn mount_with(mountpoint: &Path, fsname: &str, uring: bool) -> io::Result<(OwnedFd, InitParams)> {
     let dev = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open("/dev/fuse")?;
     let dev = OwnedFd::from(dev);
     let opts = format!(
@@ -230,7 +235,10 @@ fn init(fd: RawFd, uring: bool) -> io::Result<InitParams> {
         }
         let flags2 = body.u32(16).unwrap_or(0);
         // io_uring (flags2 bit 9) needs the extended flags (FUSE_INIT_EXT) and protocol 7.42.
-        let uring = uring && flags & abi::FUSE_INIT_EXT != 0 && flags2 & abi::FUSE_OVER_IO_URING_2 != 0;
+        let uring = cfg!(feature = "uring-bench")
+            && uring
+            && flags & abi::FUSE_INIT_EXT != 0
+            && flags2 & abi::FUSE_OVER_IO_URING_2 != 0;
         let (minor, mut accepted) = match uring {
             true => (minor.min(42), abi::FUSE_INIT_EXT),
             false => (minor.min(abi::KERNEL_MINOR_VERSION), 0),

@@ -61,18 +61,4 @@ impl HostCpuinfo {
     pub fn block(&self, cpu: u32) -> Option<&Block> {
         self.blocks.iter().find(|b| b.cpu == cpu)
     }
-
-    /// The file as the host kernel wrote it.
-    pub fn raw(&self) -> String {
-        let mut s = String::new();
-        for b in &self.blocks {
-            for l in &b.lines {
-                s.push_str(l);
-                s.push('\n');
-            }
-            s.push('\n');
-        }
-        s.push_str(&self.trailer);
-        s
-    }
 }

@@ -162,11 +162,9 @@ impl Service {
     /// host's file cannot be read either (no PSI in the kernel: `EOPNOTSUPP`) is it the errno
     /// the kernel gave for it.
     pub fn render_for(&self, view: View, tid: u32) -> std::result::Result<Vec<u8>, Errno> {
-        if view == View::Floor {
-            // The floor measures FUSE alone: no caller resolution.
-            return Ok(crate::catalog::floor_content().into_bytes());
-        }
-        self.render_with(view, self.container_of(tid))
+        // The bench floor measures FUSE alone: no caller resolution.
+        let c = if view == View::Floor { Ok(Container::nobody()) } else { self.container_of(tid) };
+        self.render_with(view, c)
     }
 
     /// Like [`Service::render_for`] for a container already resolved (or the error of its

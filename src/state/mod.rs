@@ -403,7 +403,7 @@ mod tests {
 
     /// A container no sampler can find threads of.
     fn nobody() -> Container {
-        Container { cgroups: crate::cgroup::Cgroups::default(), init: None }
+        Container::nobody()
     }
 
     /// A key for a directory that exists (as a cgroup's would).
