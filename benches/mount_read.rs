@@ -88,9 +88,7 @@ fn start_lxcfs() -> Option<(Child, PathBuf)> {
 fn main() {
     // `cargo bench` passes `--bench`; an optional number is the seconds per measurement.
     let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2.0);
-    if !common::live_ready("mount_read bench") {
-        return;
-    }
+    common::live_ready("mount_read bench");
     let d = Daemon::start_with("bench", &["--bench-floor"]);
     let nospin = Daemon::start_with("bench-nospin", &["--spin-us", "0"]);
     let lxcfs = start_lxcfs();

@@ -20,9 +20,7 @@ fn cpu_ticks(pid: i32) -> u64 {
 
 fn main() {
     let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1000);
-    if !common::live_ready("scale bench") {
-        return;
-    }
+    common::live_ready("scale bench");
     let d = Daemon::start("scale");
     let worker = d.worker_pid();
     let rss0 = status_kib(worker, "VmRSS:");

@@ -47,9 +47,7 @@ fn notify_sysinfo() -> i32 {
 
 fn main() {
     let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);
-    if !common::live_ready("sysinfo bench") {
-        return;
-    }
+    common::live_ready("sysinfo bench");
     let d = Daemon::start("bench-sysinfo");
     let cg = TestCgroup::new("bench-sysinfo", &Limits { memory: Some(256 << 20), ..Default::default() });
     let socket = d.seccomp_socket();

@@ -144,9 +144,7 @@ fn measure(path: &Path, threads: usize, secs: f64) -> (f64, f64, f64) {
 
 fn main() {
     let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(3.0);
-    if !common::live_ready("uring_floor bench") {
-        return;
-    }
+    common::live_ready("uring_floor bench");
     let Ok(before) = std::fs::read_to_string(PARAM) else {
         println!("this kernel has no FUSE over io_uring ({PARAM} missing): nothing to compare");
         return;

@@ -26,9 +26,7 @@ time.sleep(float(sys.argv[3]))
 "#;
 
 fn bystander_survives_handle_hoarding_and_tight_loops() {
-    if !live_ready("bystander_survives_handle_hoarding_and_tight_loops") {
-        return;
-    }
+    live_ready("bystander_survives_handle_hoarding_and_tight_loops");
     // One container holds 10 000 handles here: above the default quota, which another test covers.
     let d = Daemon::start_with("abuse", &["--handles-per-container", "20000"]);
     let meminfo = d.path("proc/meminfo");
@@ -92,9 +90,7 @@ fn bystander_survives_handle_hoarding_and_tight_loops() {
 }
 
 fn deep_hierarchy_and_many_cgroups() {
-    if !live_ready("deep_hierarchy_and_many_cgroups") {
-        return;
-    }
+    live_ready("deep_hierarchy_and_many_cgroups");
     let d = Daemon::start("deep");
     // Depth 32: the limits sit near the top, the reader at the bottom.
     let mut chain = vec![TestCgroup::new("deep", &Limits { memory: Some(128 * MIB), ..Default::default() })];
@@ -169,9 +165,7 @@ time.sleep(float(sys.argv[3]))
 "#;
 
 fn a_container_at_its_handle_quota_leaves_the_others_reading() {
-    if !live_ready("a_container_at_its_handle_quota_leaves_the_others_reading") {
-        return;
-    }
+    live_ready("a_container_at_its_handle_quota_leaves_the_others_reading");
     let d = Daemon::start_with("quota", &["--handles-per-container", "1000"]);
     let meminfo = d.path("proc/meminfo");
     let hoarder = TestCgroup::new("quota-hoard", &Limits { memory: Some(512 * MIB), ..Default::default() });
@@ -202,9 +196,7 @@ fn a_container_at_its_handle_quota_leaves_the_others_reading() {
 
 /// Short-lived containers (a CI runner's) must not leave a CPU record each behind for ever.
 fn short_lived_cgroups_leave_no_records_behind() {
-    if !live_ready("short_lived_cgroups_leave_no_records_behind") {
-        return;
-    }
+    live_ready("short_lived_cgroups_leave_no_records_behind");
     let d = Daemon::start("records");
     let records = d.own_file("keeper.accounts");
     let count = || std::fs::read_dir(&records).map(|r| r.count()).unwrap_or(0);

@@ -83,9 +83,7 @@ fn counts(out: &str, err: &str) -> (u64, u64, u64) {
 }
 
 fn run_binds_the_commands_own_cached_files_which_follow_its_limits() {
-    if !live_ready("run_binds_the_commands_own_cached_files_which_follow_its_limits") {
-        return;
-    }
+    live_ready("run_binds_the_commands_own_cached_files_which_follow_its_limits");
     let d = Daemon::start("cached-own");
     assert!(is_mounted(&d.cache()), "the keeper mounts the cached tree beside its pid file");
     let script = "findmnt -n -o SOURCE /proc/meminfo; findmnt -n -o SOURCE /proc/stat; \
@@ -146,9 +144,7 @@ fn run_binds_the_commands_own_cached_files_which_follow_its_limits() {
 }
 
 fn two_containers_read_their_cached_files_at_once_never_a_neighbours_or_a_torn_one() {
-    if !live_ready("two_containers_read_their_cached_files_at_once_never_a_neighbours_or_a_torn_one") {
-        return;
-    }
+    live_ready("two_containers_read_their_cached_files_at_once_never_a_neighbours_or_a_torn_one");
     let d = Daemon::start("cached-two");
     let secs = 4;
     // Two containers of different limits, two readers each, all at once; a third process
@@ -185,9 +181,7 @@ fn two_containers_read_their_cached_files_at_once_never_a_neighbours_or_a_torn_o
 }
 
 fn a_worker_killed_under_cached_readers_loses_and_mixes_nothing() {
-    if !live_ready("a_worker_killed_under_cached_readers_loses_and_mixes_nothing") {
-        return;
-    }
+    live_ready("a_worker_killed_under_cached_readers_loses_and_mixes_nothing");
     // Without FUSE_NOTIFY_RESEND (Linux 6.9) a request the killed worker had read is never
     // answered and its reader waits forever (docs/architecture.md, "Crash safety"), on either
     // tree: the VM guests' 6.1 kernel cannot run this.
@@ -222,9 +216,7 @@ fn a_worker_killed_under_cached_readers_loses_and_mixes_nothing() {
 }
 
 fn nobody_but_the_container_reads_its_cached_files() {
-    if !live_ready("nobody_but_the_container_reads_its_cached_files") {
-        return;
-    }
+    live_ready("nobody_but_the_container_reads_its_cached_files");
     let d = Daemon::start("cached-foreign");
     let dir = Scratch::new("cached-foreign");
     let pidfile = dir.0.join("pid");
@@ -260,9 +252,8 @@ fn nobody_but_the_container_reads_its_cached_files() {
 
 fn top_on_cached_files_shows_the_containers_cpu_use_and_steal() {
     let test = "top_on_cached_files_shows_the_containers_cpu_use_and_steal";
-    if !live_ready(test) || !programs_ready(test, &["top", "findmnt"]) {
-        return;
-    }
+    live_ready(test);
+    programs_ready(test, &["top", "findmnt"]);
     let d = Daemon::start("cached-top");
     // A spinner held to 20 % of one CPU by its quota: top's second sample (one second of
     // deltas of the cached /proc/stat) shows it busy ~20 % and most of the rest as steal.

@@ -25,9 +25,7 @@ fn cpus_in_stat(stat: &str) -> usize {
 const SPIN: &str = "sh -c 'while :; do :; done'";
 
 fn throttled_spinner_shows_busy_and_steal_idle_container_shows_idle() {
-    if !live_ready("throttled_spinner_shows_busy_and_steal_idle_container_shows_idle") {
-        return;
-    }
+    live_ready("throttled_spinner_shows_busy_and_steal_idle_container_shows_idle");
     let d = Daemon::start("steal");
     let stat = d.path("proc/stat");
     let busy = TestCgroup::new("busy", &Limits { cpu: Some((20_000, 100_000)), ..Default::default() });
@@ -88,9 +86,7 @@ fn throttled_spinner_shows_busy_and_steal_idle_container_shows_idle() {
 /// container's CPUs are never idle: half of their time is its work, the rest steal (PSI `some`
 /// alone would count one waiter's wall time and leave a quarter of it idle).
 fn threads_waiting_behind_a_neighbour_are_steal_not_idle() {
-    if !live_ready("threads_waiting_behind_a_neighbour_are_steal_not_idle") {
-        return;
-    }
+    live_ready("threads_waiting_behind_a_neighbour_are_steal_not_idle");
     let d = Daemon::start("contention");
     let stat = d.path("proc/stat");
     let n = host_cpus();
@@ -124,9 +120,7 @@ fn threads_waiting_behind_a_neighbour_are_steal_not_idle() {
 }
 
 fn fresh_container_uptime_is_its_age_and_counters_survive_a_worker_kill() {
-    if !live_ready("fresh_container_uptime_is_its_age_and_counters_survive_a_worker_kill") {
-        return;
-    }
+    live_ready("fresh_container_uptime_is_its_age_and_counters_survive_a_worker_kill");
     let d = Daemon::start("uptime");
     let cg = TestCgroup::new("uptime", &Limits { cpu: Some((150_000, 100_000)), ..Default::default() });
     // A container with its own pid namespace: its init is the first process.
@@ -156,9 +150,7 @@ fn fresh_container_uptime_is_its_age_and_counters_survive_a_worker_kill() {
 }
 
 fn spinning_threads_drive_their_load_not_the_neighbours() {
-    if !live_ready("spinning_threads_drive_their_load_not_the_neighbours") {
-        return;
-    }
+    live_ready("spinning_threads_drive_their_load_not_the_neighbours");
     let d = Daemon::start("load");
     let loadavg = d.path("proc/loadavg");
     let hot = TestCgroup::new("hot", &Limits::default());
@@ -190,12 +182,8 @@ fn spinning_threads_drive_their_load_not_the_neighbours() {
 
 /// procps reading the views through bind mounts in the container's mount namespace.
 fn top_and_uptime_see_the_container() {
-    if !live_ready("top_and_uptime_see_the_container") {
-        return;
-    }
-    if !programs_ready("top_and_uptime_see_the_container", &["top", "uptime"]) {
-        return;
-    }
+    live_ready("top_and_uptime_see_the_container");
+    programs_ready("top_and_uptime_see_the_container", &["top", "uptime"]);
     let d = Daemon::start("top");
     let cg =
         TestCgroup::new("top", &Limits { memory: Some(256 << 20), cpu: Some((20_000, 100_000)), ..Default::default() });

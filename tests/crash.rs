@@ -42,9 +42,7 @@ print(n, fails, wrong, int(worst * 1e6))
 "#;
 
 fn kill_and_upgrade_are_invisible_to_readers() {
-    if !live_ready("kill_and_upgrade_are_invisible_to_readers") {
-        return;
-    }
+    live_ready("kill_and_upgrade_are_invisible_to_readers");
     let d = Daemon::start("crash");
     let secs = 6;
     let cgs: Vec<(TestCgroup, u64)> = (0..8u64)
@@ -110,9 +108,7 @@ fn kill_and_upgrade_are_invisible_to_readers() {
 /// A panic in any thread of the worker (here the sampler, by fault injection) ends the worker,
 /// so the keeper replaces it, instead of leaving a worker that lost a thread.
 fn a_panicking_thread_takes_the_worker_down_and_it_is_replaced() {
-    if !live_ready("a_panicking_thread_takes_the_worker_down_and_it_is_replaced") {
-        return;
-    }
+    live_ready("a_panicking_thread_takes_the_worker_down_and_it_is_replaced");
     let d = Daemon::start_with_env("panic", &[], &[("CGPROCFS_TEST_PANIC", "sampler")]);
     let t = std::time::Instant::now();
     while !d.log().contains("worker died") {
@@ -127,9 +123,7 @@ fn a_panicking_thread_takes_the_worker_down_and_it_is_replaced() {
 /// `kill -STOP` / `kill -CONT` (or a tracer attaching) interrupts the worker's and the keeper's
 /// waits; neither may take that for a request to stop.
 fn stop_and_continue_do_not_restart_the_worker() {
-    if !live_ready("stop_and_continue_do_not_restart_the_worker") {
-        return;
-    }
+    live_ready("stop_and_continue_do_not_restart_the_worker");
     let d = Daemon::start("stopcont");
     let w = d.worker_pid();
     for pid in [w, d.pid()] {

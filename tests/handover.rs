@@ -42,9 +42,8 @@ fn take_over(d: &Daemon, old: i32, n: usize) -> Child {
 
 fn a_new_serve_takes_the_connection_over_three_times_without_a_failed_read() {
     let test = "a_new_serve_takes_the_connection_over_three_times_without_a_failed_read";
-    if !live_ready(test) || !programs_ready(test, &["unshare", "head"]) {
-        return;
-    }
+    live_ready(test);
+    programs_ready(test, &["unshare", "head"]);
     let mut d = Daemon::start("handover");
     let small = TestCgroup::new("ho-small", &Limits { memory: Some(128 * MIB), ..Default::default() });
     let big = TestCgroup::new("ho-big", &Limits { memory: Some(384 * MIB), ..Default::default() });
@@ -93,9 +92,8 @@ fn a_new_serve_takes_the_connection_over_three_times_without_a_failed_read() {
 
 fn an_incompatible_handover_is_refused_and_the_keeper_serves_on() {
     let test = "an_incompatible_handover_is_refused_and_the_keeper_serves_on";
-    if !live_ready(test) || !programs_ready(test, &["python3"]) {
-        return;
-    }
+    live_ready(test);
+    programs_ready(test, &["python3"]);
     let d = Daemon::start("handover-refused");
     let ctl = d.own_file("keeper.ctl");
     // A client speaking a future protocol, over the same SOCK_SEQPACKET socket.

@@ -53,9 +53,7 @@ fn read(f: &ProcFs, ino: u64, fh: u64) -> Reply {
 }
 
 fn a_handle_reads_only_the_inode_it_was_opened_on() {
-    if !live_ready("a_handle_reads_only_the_inode_it_was_opened_on") {
-        return;
-    }
+    live_ready("a_handle_reads_only_the_inode_it_was_opened_on");
     let f = fs();
     let (meminfo, cpuinfo) = (lookup(&f, "proc/meminfo"), lookup(&f, "proc/cpuinfo"));
     let fh = open(&f, meminfo);
@@ -68,9 +66,7 @@ fn a_handle_reads_only_the_inode_it_was_opened_on() {
 }
 
 fn two_servers_in_one_pid_hand_out_different_handle_numbers() {
-    if !live_ready("two_servers_in_one_pid_hand_out_different_handle_numbers") {
-        return;
-    }
+    live_ready("two_servers_in_one_pid_hand_out_different_handle_numbers");
     // A worker whose pid is its predecessor's: same process here, two servers.
     let (a, b) = (fs(), fs());
     let ino = lookup(&a, "proc/meminfo");
@@ -92,9 +88,7 @@ fn read_in(cg: &TestCgroup, d: &Daemon) -> (u32, u64) {
 }
 
 fn a_recycled_pid_is_not_taken_for_its_previous_owner() {
-    if !live_ready("a_recycled_pid_is_not_taken_for_its_previous_owner") {
-        return;
-    }
+    live_ready("a_recycled_pid_is_not_taken_for_its_previous_owner");
     let d = Daemon::start("recycle");
     let a = TestCgroup::new("recycle-a", &Limits { memory: Some(128 * MIB), ..Default::default() });
     let b = TestCgroup::new("recycle-b", &Limits { memory: Some(256 * MIB), ..Default::default() });

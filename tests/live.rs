@@ -14,9 +14,7 @@ fn count_processors(cpuinfo: &str) -> usize {
 }
 
 fn memory_limit_is_memtotal() {
-    if !live_ready("memory_limit_is_memtotal") {
-        return;
-    }
+    live_ready("memory_limit_is_memtotal");
     let d = Daemon::start("mem");
     let cg = TestCgroup::new("mem", &Limits { memory: Some(256 * MIB), ..Default::default() });
     let out = cg.run(&format!("cat {}", d.path("proc/meminfo").display()));
@@ -27,9 +25,7 @@ fn memory_limit_is_memtotal() {
 }
 
 fn parent_limit_lower_than_child_wins() {
-    if !live_ready("parent_limit_lower_than_child_wins") {
-        return;
-    }
+    live_ready("parent_limit_lower_than_child_wins");
     let d = Daemon::start("nested");
     let parent = TestCgroup::new(
         "parent",
@@ -44,9 +40,7 @@ fn parent_limit_lower_than_child_wins() {
 }
 
 fn quota_sets_the_cpu_count() {
-    if !live_ready("quota_sets_the_cpu_count") {
-        return;
-    }
+    live_ready("quota_sets_the_cpu_count");
     let d = Daemon::start("quota");
     let host = host_cpus();
     for (quota, want) in [(150_000u64, host.min(2)), (50_000, 1)] {
@@ -67,9 +61,7 @@ fn quota_sets_the_cpu_count() {
 }
 
 fn cpuset_of_one_cpu() {
-    if !live_ready("cpuset_of_one_cpu") {
-        return;
-    }
+    live_ready("cpuset_of_one_cpu");
     let d = Daemon::start("cpuset");
     let last = host_cpus() - 1;
     let cg = TestCgroup::new("cpuset", &Limits { cpuset: Some(last.to_string()), ..Default::default() });
@@ -80,9 +72,7 @@ fn cpuset_of_one_cpu() {
 }
 
 fn reader_outside_any_limit_sees_the_host() {
-    if !live_ready("reader_outside_any_limit_sees_the_host") {
-        return;
-    }
+    live_ready("reader_outside_any_limit_sees_the_host");
     let d = Daemon::start("host");
     let cg = TestCgroup::new("unlimited", &Limits::default());
     let out = cg.run(&format!("cat {} /proc/meminfo", d.path("proc/meminfo").display()));
@@ -93,9 +83,7 @@ fn reader_outside_any_limit_sees_the_host() {
 }
 
 fn concurrent_readers_each_see_their_own() {
-    if !live_ready("concurrent_readers_each_see_their_own") {
-        return;
-    }
+    live_ready("concurrent_readers_each_see_their_own");
     let d = Daemon::start("concurrent");
     let sizes = [64u64, 96, 160, 224];
     let cgs: Vec<_> = sizes
@@ -126,9 +114,7 @@ fn concurrent_readers_each_see_their_own() {
 /// outside the cgroup, so they neither charge its memory nor share the daemon's pid
 /// namespace: the daemon must find the namespace's init and use its cgroup.
 fn show_agrees_with_the_mount_byte_for_byte() {
-    if !live_ready("show_agrees_with_the_mount_byte_for_byte") {
-        return;
-    }
+    live_ready("show_agrees_with_the_mount_byte_for_byte");
     let d = Daemon::start("show");
     let cg = TestCgroup::new(
         "show",
@@ -186,9 +172,8 @@ fn show_agrees_with_the_mount_byte_for_byte() {
 /// entering from the host read the init's.
 fn containers_sharing_a_pid_namespace_read_their_own_limits() {
     let test = "containers_sharing_a_pid_namespace_read_their_own_limits";
-    if !live_ready(test) || !programs_ready(test, &["unshare", "nsenter"]) {
-        return;
-    }
+    live_ready(test);
+    programs_ready(test, &["unshare", "nsenter"]);
     let d = Daemon::start("sharedpid");
     let pause = TestCgroup::new("pause", &Limits { memory: Some(200 * MIB), ..Default::default() });
     let app = TestCgroup::new("app", &Limits { memory: Some(100 * MIB), ..Default::default() });
@@ -263,9 +248,7 @@ fn comparable(file: &str, bytes: &[u8]) -> Vec<String> {
 }
 
 fn writes_and_unknown_names_get_errors() {
-    if !live_ready("writes_and_unknown_names_get_errors") {
-        return;
-    }
+    live_ready("writes_and_unknown_names_get_errors");
     let d = Daemon::start("errno");
     let err = |r: std::io::Result<std::fs::File>| r.err().and_then(|e| e.raw_os_error());
     let p = d.path("proc/meminfo");
@@ -312,9 +295,7 @@ fn writes_and_unknown_names_get_errors() {
 }
 
 fn daemon_lifecycle_refuses_busy_and_clears_stale_mounts() {
-    if !live_ready("daemon_lifecycle_refuses_busy_and_clears_stale_mounts") {
-        return;
-    }
+    live_ready("daemon_lifecycle_refuses_busy_and_clears_stale_mounts");
     let mut d = Daemon::start("life");
     // A second daemon on a served mount point is refused.
     let second = std::process::Command::new(bin()).arg("serve").arg(&d.mnt).output().unwrap();
@@ -353,9 +334,7 @@ fn daemon_lifecycle_refuses_busy_and_clears_stale_mounts() {
 /// diskstats from the container's own I/O, swaps consistent with its meminfo, pressure from
 /// its own cgroup.
 fn diskstats_swaps_and_pressure_are_the_containers() {
-    if !live_ready("diskstats_swaps_and_pressure_are_the_containers") {
-        return;
-    }
+    live_ready("diskstats_swaps_and_pressure_are_the_containers");
     let d = Daemon::start("io");
     let cg =
         TestCgroup::new("io", &Limits { memory: Some(256 * MIB), cpu: Some((20_000, 100_000)), ..Default::default() });
@@ -422,9 +401,8 @@ fn diskstats_swaps_and_pressure_are_the_containers() {
 /// both say 0 (the VM tier's guests have a swap file).
 fn swap_limit_and_use_in_meminfo_and_swaps() {
     let test = "swap_limit_and_use_in_meminfo_and_swaps";
-    if !live_ready(test) || !programs_ready(test, &["python3"]) {
-        return;
-    }
+    live_ready(test);
+    programs_ready(test, &["python3"]);
     let host_swap = field(&std::fs::read_to_string("/proc/meminfo").unwrap(), "SwapTotal");
     let d = Daemon::start("swap");
     let cg = TestCgroup::new("swap", &Limits { memory: Some(48 * MIB), swap: Some(48 * MIB), ..Default::default() });
@@ -460,11 +438,8 @@ fn swap_limit_and_use_in_meminfo_and_swaps() {
 /// Readers in a fresh pid namespace, found without the kernel's NS_GET_PID_FROM_PIDNS (as on
 /// Linux before 6.11): the namespace's init is found among the reader's ancestors.
 fn new_pid_namespaces_resolve_without_the_pidns_ioctl() {
-    if !live_ready("new_pid_namespaces_resolve_without_the_pidns_ioctl")
-        || !programs_ready("new_pid_namespaces_resolve_without_the_pidns_ioctl", &["unshare"])
-    {
-        return;
-    }
+    live_ready("new_pid_namespaces_resolve_without_the_pidns_ioctl");
+    programs_ready("new_pid_namespaces_resolve_without_the_pidns_ioctl", &["unshare"]);
     let d = Daemon::start_with_env("pidns-walk", &[], &[("CGPROCFS_NO_PIDNS_IOCTL", "1")]);
     let cg = TestCgroup::new("pidns-walk", &Limits { memory: Some(128 * 1024 * 1024), ..Default::default() });
     let meminfo = d.path("proc/meminfo");

@@ -15,9 +15,7 @@ const SCRIPT: &str =
                       head -n 1 /proc/uptime; grep -c ^cpu[0-9] /proc/stat; head -n 1 /proc/loadavg";
 
 fn runc_container_sees_its_limits_through_the_hook() {
-    if !runc_ready("runc_container_sees_its_limits_through_the_hook") {
-        return;
-    }
+    runc_ready("runc_container_sees_its_limits_through_the_hook");
     let d = Daemon::start("runc");
     let b = Bundle::new("runc", SCRIPT).with_hook(&d.mnt).write();
     let (ok, out, err) = b.run();
@@ -39,9 +37,7 @@ fn runc_container_sees_its_limits_through_the_hook() {
 }
 
 fn container_starts_without_a_daemon_and_can_opt_out() {
-    if !runc_ready("container_starts_without_a_daemon_and_can_opt_out") {
-        return;
-    }
+    runc_ready("container_starts_without_a_daemon_and_can_opt_out");
     let host_total = field(&std::fs::read_to_string("/proc/meminfo").unwrap(), "MemTotal");
     // Nothing serves this mount point: the hook logs why and the container runs unchanged.
     let nowhere = std::env::temp_dir().join(unique("nodaemon"));
@@ -66,12 +62,8 @@ fn container_starts_without_a_daemon_and_can_opt_out() {
 /// Real podman (`--runtime runc`) with `--hooks-dir` holding the packaged hooks.d file (its
 /// binary path and mount point pointed at this build and this test's daemon).
 fn podman_with_the_packaged_hook() {
-    if !runc_ready("podman_with_the_packaged_hook") {
-        return;
-    }
-    if !programs_ready("podman_with_the_packaged_hook", &["podman"]) {
-        return;
-    }
+    runc_ready("podman_with_the_packaged_hook");
+    programs_ready("podman_with_the_packaged_hook", &["podman"]);
     let d = Daemon::start("podman");
     let dir = std::env::temp_dir().join(unique("podman"));
     let rootfs = dir.join("rootfs");
@@ -157,9 +149,7 @@ fn podman_with_the_packaged_hook() {
 /// mount that escaped would show up in the host's mount table.
 fn hook_never_mounts_through_an_image_symlink() {
     let test = "hook_never_mounts_through_an_image_symlink";
-    if !runc_ready(test) {
-        return;
-    }
+    runc_ready(test);
     let d = Daemon::start("escape");
     let host = std::env::temp_dir().join(unique("escape-host"));
     let target = host.join("system/cpu");
@@ -202,9 +192,7 @@ fn hook_never_mounts_through_an_image_symlink() {
 /// the read-only bind carries noexec, nosuid and nodev.
 fn hook_binds_only_onto_procfs_and_keeps_noexec() {
     let test = "hook_binds_only_onto_procfs_and_keeps_noexec";
-    if !runc_ready(test) {
-        return;
-    }
+    runc_ready(test);
     let d = Daemon::start("procfs-only");
     let b =
         Bundle::new("procfs-only", "grep -E ' /proc/(meminfo|stat) ' /proc/self/mountinfo").with_hook(&d.mnt).write();

@@ -12,9 +12,7 @@ use std::time::{Duration, Instant};
 /// The keeper runs at oom_score_adj -1000 (the unit's OOMScoreAdjust); its worker must not
 /// inherit that: it is what grows under abuse, and it is replaced at once.
 fn the_worker_is_not_the_oom_killers_last_choice() {
-    if !live_ready("the_worker_is_not_the_oom_killers_last_choice") {
-        return;
-    }
+    live_ready("the_worker_is_not_the_oom_killers_last_choice");
     // Probed on this process: lowering its own score needs the capability too (raising it
     // back does not).
     let own = std::fs::read_to_string("/proc/self/oom_score_adj").unwrap_or_default();

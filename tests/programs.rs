@@ -51,17 +51,16 @@ fn doc_row(program: &str, seen: &str) {
     assert_eq!(cell, seen, "docs/programs.md, row {program}: the column 'under cgprocfs' differs from what it showed");
 }
 
-fn ready(test: &str, programs: &[&str]) -> bool {
-    live_ready(test) && programs_ready(test, programs)
+fn ready(test: &str, programs: &[&str]) {
+    live_ready(test);
+    programs_ready(test, programs);
 }
 
 /// htop, on a terminal (tmux): one CPU meter instead of one per host CPU, the limit as the
 /// memory meter's total, the container's uptime.
 fn htop_shows_one_cpu_meter_and_the_memory_limit() {
     let test = "htop_shows_one_cpu_meter_and_the_memory_limit";
-    if !ready(test, &["htop", "tmux"]) {
-        return;
-    }
+    ready(test, &["htop", "tmux"]);
     let sock = unique("tmux");
     let out = run(
         &[],
@@ -92,9 +91,7 @@ fn htop_shows_one_cpu_meter_and_the_memory_limit() {
 /// procps `vmstat -s`, sysstat `iostat -c`, util-linux `lscpu`, BusyBox `top`.
 fn vmstat_iostat_lscpu_and_busybox_top_see_the_container() {
     let test = "vmstat_iostat_lscpu_and_busybox_top_see_the_container";
-    if !ready(test, &["vmstat", "iostat", "lscpu", "busybox"]) {
-        return;
-    }
+    ready(test, &["vmstat", "iostat", "lscpu", "busybox"]);
     let out = run(
         &[],
         "echo vmstat $(vmstat -s | grep 'total memory'); echo iostat $(iostat -c | head -1 | grep -o '([0-9]* CPU)'); \
@@ -120,9 +117,7 @@ fn vmstat_iostat_lscpu_and_busybox_top_see_the_container() {
 /// uptime from /proc/uptime, load from sysinfo(2).
 fn node_os_module_sees_the_container() {
     let test = "node_os_module_sees_the_container";
-    if !ready(test, &["node"]) {
-        return;
-    }
+    ready(test, &["node"]);
     let out = run(
         &[],
         "node -e 'const os = require(\"os\"); console.log(\"node\", os.cpus().length, os.totalmem(), os.freemem(), os.uptime(), os.loadavg().length)'",
@@ -141,9 +136,7 @@ fn node_os_module_sees_the_container() {
 /// Python's psutil: memory, CPU count, boot time, and CPU times with steal under a quota.
 fn psutil_sees_memory_cpus_and_steal() {
     let test = "psutil_sees_memory_cpus_and_steal";
-    if !ready(test, &["python3"]) {
-        return;
-    }
+    ready(test, &["python3"]);
     // Debian's python3 (psutil from python3-psutil), whatever python3 the PATH has first.
     let py = "/usr/bin/python3";
     let ok = Command::new(py).args(["-c", "import psutil"]).output().is_ok_and(|o| o.status.success());
@@ -188,9 +181,7 @@ print(\"times\", t.user + t.system, t.steal, t.idle)
 /// seccomp; the CPU count only with `--seccomp-affinity`).
 fn jdk_sees_one_cpu_and_sizes_its_heap_from_the_limit_both_ways() {
     let test = "jdk_sees_one_cpu_and_sizes_its_heap_from_the_limit_both_ways";
-    if !ready(test, &["java"]) {
-        return;
-    }
+    ready(test, &["java"]);
     let scratch = Scratch::new("jdk");
     let src = &scratch.0;
     std::fs::write(
@@ -242,9 +233,7 @@ fn jdk_sees_one_cpu_and_sizes_its_heap_from_the_limit_both_ways() {
 /// sched_getaffinity (`--seccomp-affinity`).
 fn go_numcpu_follows_the_affinity_answer() {
     let test = "go_numcpu_follows_the_affinity_answer";
-    if !ready(test, &["go"]) {
-        return;
-    }
+    ready(test, &["go"]);
     let numcpu = go_numcpu();
     let script = format!("{} ", numcpu.display());
     let plain = run(&[], &script);

@@ -13,9 +13,8 @@ const MIB: u64 = 1024 * 1024;
 
 fn containers_read_again_after_the_keeper_is_killed_and_a_new_serve_starts() {
     let test = "containers_read_again_after_the_keeper_is_killed_and_a_new_serve_starts";
-    if !live_ready(test) || !programs_ready(test, &["unshare", "head"]) {
-        return;
-    }
+    live_ready(test);
+    programs_ready(test, &["unshare", "head"]);
     let mut d = Daemon::start("repair");
     let small = TestCgroup::new("rp-small", &Limits { memory: Some(128 * MIB), ..Default::default() });
     let big = TestCgroup::new("rp-big", &Limits { memory: Some(384 * MIB), ..Default::default() });
@@ -60,9 +59,8 @@ fn containers_read_again_after_the_keeper_is_killed_and_a_new_serve_starts() {
 
 fn reattach_by_hand_repairs_a_container_and_says_so() {
     let test = "reattach_by_hand_repairs_a_container_and_says_so";
-    if !live_ready(test) || !programs_ready(test, &["unshare", "sleep", "cat"]) {
-        return;
-    }
+    live_ready(test);
+    programs_ready(test, &["unshare", "sleep", "cat"]);
     let mut d = Daemon::start_with("reattach", &["--no-reattach"]);
     let cg = TestCgroup::new("rp-hand", &Limits { memory: Some(192 * MIB), ..Default::default() });
     let meminfo = d.path("proc/meminfo");
@@ -94,9 +92,8 @@ fn reattach_by_hand_repairs_a_container_and_says_so() {
 
 fn a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed() {
     let test = "a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed";
-    if !live_ready(test) || !programs_ready(test, &["findmnt", "head", "sleep"]) {
-        return;
-    }
+    live_ready(test);
+    programs_ready(test, &["findmnt", "head", "sleep"]);
     let mut d = Daemon::start("repair-cached");
     let go = Flag(d.own_file("go-cached"));
     // A command of `cgprocfs run` (its own cached files bound) that waits, then reads.

@@ -42,15 +42,11 @@ fn leftovers(tag: &str) -> Vec<String> {
 
 fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
     let _turn = serial();
-    if !live_ready("run_starts_its_own_daemon_and_real_programs_see_the_limits") {
-        return;
-    }
-    if !programs_ready(
+    live_ready("run_starts_its_own_daemon_and_real_programs_see_the_limits");
+    programs_ready(
         "run_starts_its_own_daemon_and_real_programs_see_the_limits",
         &["free", "top", "uptime", "vmstat", "mpstat", "getconf", "python3"],
-    ) {
-        return;
-    }
+    );
     // A mount point nothing serves: run starts a daemon for its duration.
     let unserved = std::env::temp_dir().join(unique("run-unserved"));
     let script = "free -m; top -bn1 -1 | grep '^%Cpu'; uptime; vmstat 1 2 >/dev/null && echo vmstat-ok; \
@@ -84,9 +80,8 @@ fn run_starts_its_own_daemon_and_real_programs_see_the_limits() {
 fn run_uses_a_serving_daemon_and_a_cpuset() {
     let _turn = serial();
     let test = "run_uses_a_serving_daemon_and_a_cpuset";
-    if !live_ready(test) || !programs_ready(test, &["lscpu", "mpstat", "getconf"]) {
-        return;
-    }
+    live_ready(test);
+    programs_ready(test, &["lscpu", "mpstat", "getconf"]);
     let d = Daemon::start("run-served");
     let last = host_cpus() - 1;
     let sys = "/sys/devices/system/cpu";
@@ -149,9 +144,8 @@ fn run_uses_a_serving_daemon_and_a_cpuset() {
 fn run_answers_sysinfo_for_its_command() {
     let _turn = serial();
     let test = "run_answers_sysinfo_for_its_command";
-    if !live_ready(test) || !programs_ready(test, &["busybox", "nproc"]) {
-        return;
-    }
+    live_ready(test);
+    programs_ready(test, &["busybox", "nproc"]);
     let nowhere = std::path::Path::new("/nonexistent-cgprocfs-mountpoint");
     let (code, out, err) = run(nowhere, &["--memory", "256M"], "busybox free -m; busybox uptime");
     assert_eq!(code, 0, "{err}");

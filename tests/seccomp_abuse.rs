@@ -24,8 +24,9 @@ fn helper() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/tests/helpers/notify.py")
 }
 
-fn ready(test: &str) -> bool {
-    live_ready(test) && programs_ready(test, &["python3"])
+fn ready(test: &str) {
+    live_ready(test);
+    programs_ready(test, &["python3"]);
 }
 
 /// Runs `notify.py SOCK call ARGS` in `cg`, waiting at most `limit`; its last JSON line.
@@ -53,9 +54,7 @@ fn call(cg: &TestCgroup, d: &Daemon, args: &str, limit: Duration) -> Result<Valu
 
 fn answers_follow_page_protection() {
     let test = "answers_follow_page_protection";
-    if !ready(test) {
-        return;
-    }
+    ready(test);
     let d = Daemon::start("sec-prot");
     let cg = TestCgroup::new("sec-prot", &Limits { memory: Some(256 * MIB), ..Default::default() });
     let normal = call(&cg, &d, "normal", Duration::from_secs(20)).unwrap();
@@ -112,9 +111,7 @@ impl Drop for HungMount {
 
 fn a_buffer_on_a_hung_fuse_file_cannot_stall_other_containers() {
     let test = "a_buffer_on_a_hung_fuse_file_cannot_stall_other_containers";
-    if !ready(test) {
-        return;
-    }
+    ready(test);
     if !std::path::Path::new("/sys/fs/fuse/connections").read_dir().is_ok_and(|mut d| d.next().is_some()) {
         let _ =
             std::process::Command::new("mount").args(["-t", "fusectl", "none", "/sys/fs/fuse/connections"]).status();
@@ -165,9 +162,7 @@ fn a_buffer_on_a_hung_fuse_file_cannot_stall_other_containers() {
 
 fn only_root_may_hand_fds_and_only_runc_messages_count() {
     let test = "only_root_may_hand_fds_and_only_runc_messages_count";
-    if !ready(test) {
-        return;
-    }
+    ready(test);
     let d = Daemon::start("sec-peer");
     let sock = d.seccomp_socket();
     assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
@@ -186,9 +181,7 @@ fn only_root_may_hand_fds_and_only_runc_messages_count() {
 
 fn two_thousand_containers_under_a_default_open_file_limit() {
     let test = "two_thousand_containers_under_a_default_open_file_limit";
-    if !ready(test) {
-        return;
-    }
+    ready(test);
     let (soft, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
     if hard < 8192 {
         common::harness::skip(format!("{test} needs a hard open-file limit of 8192 (have {hard})"));

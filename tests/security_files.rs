@@ -29,9 +29,8 @@ fn as_nobody(cmd: &str) {
 /// prepares the directory it would use, with its pid file a symlink to a root-owned file.
 fn run_never_writes_through_a_prepared_directory() {
     let test = "run_never_writes_through_a_prepared_directory";
-    if !live_ready(test) || !programs_ready(test, &["setpriv"]) {
-        return;
-    }
+    live_ready(test);
+    programs_ready(test, &["setpriv"]);
     let tmp = sticky_dir("run-tmp");
     let secret = std::env::temp_dir().join(unique("victim"));
     std::fs::create_dir_all(&secret).unwrap();
@@ -65,9 +64,7 @@ fn run_never_writes_through_a_prepared_directory() {
 /// records and socket are its own.
 fn daemons_with_dotted_pid_files_share_nothing() {
     let test = "daemons_with_dotted_pid_files_share_nothing";
-    if !live_ready(test) {
-        return;
-    }
+    live_ready(test);
     let dir = std::env::temp_dir().join(unique("dotted"));
     std::fs::create_dir_all(&dir).unwrap();
     struct Cleanup(std::path::PathBuf);
@@ -100,9 +97,7 @@ fn daemons_with_dotted_pid_files_share_nothing() {
 /// state and records there as root).
 fn keeper_refuses_a_pid_file_directory_others_can_write() {
     let test = "keeper_refuses_a_pid_file_directory_others_can_write";
-    if !live_ready(test) {
-        return;
-    }
+    live_ready(test);
     let dir = sticky_dir("open-dir");
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();

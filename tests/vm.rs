@@ -58,15 +58,12 @@ fn guest_kernel() -> Option<Kernel> {
     found.pop()
 }
 
-fn ready(test: &str) -> Option<Kernel> {
-    if !live_ready(test) || !programs_ready(test, &["qemu-system-x86_64", "cpio", "mkfs.ext4", "modprobe", "busybox"]) {
-        return None;
-    }
-    let k = guest_kernel();
-    if k.is_none() {
-        common::harness::skip(format!("{test}: no /boot/vmlinuz-* with modules (apt-get install linux-image-amd64)"));
-    }
-    k
+fn ready(test: &str) -> Kernel {
+    live_ready(test);
+    programs_ready(test, &["qemu-system-x86_64", "cpio", "mkfs.ext4", "modprobe", "busybox"]);
+    guest_kernel().unwrap_or_else(|| {
+        common::harness::skip(format!("{test}: no /boot/vmlinuz-* with modules (apt-get install linux-image-amd64)"))
+    })
 }
 
 /// The newest built binary of test target `name` beside this one (`target/release/deps`).
@@ -246,7 +243,7 @@ fn summary(out: &str) -> String {
 
 fn live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1() {
     let test = "live_suite_passes_on_pure_cgroup_v2_and_pure_cgroup_v1";
-    let Some(k) = ready(test) else { return };
+    let k = ready(test);
     let _turn = one_guest();
     let scratch = Scratch::new("vm");
     let dir = scratch.0.clone();
@@ -295,7 +292,7 @@ fn built_deb() -> Option<PathBuf> {
 /// in the unit's fd store throughout: not one read fails (tests/vm/systemd.sh).
 fn systemd_keeps_every_read_working_across_restart_kill_reload_and_reinstall() {
     let test = "systemd_keeps_every_read_working_across_restart_kill_reload_and_reinstall";
-    let Some(k) = ready(test) else { return };
+    let k = ready(test);
     if !Path::new("/lib/systemd/systemd").exists() {
         common::harness::skip(format!("{test}: no systemd (apt-get install systemd)"));
     }

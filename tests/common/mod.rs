@@ -12,9 +12,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Checks that live tests can run here (root, `/dev/fuse`, cgroups) and returns true; when not,
-/// ends the test as ignored, or under `CI=true` as failed ([`harness::skip`]).
-pub fn live_ready(test: &str) -> bool {
+/// Checks that live tests can run here (root, `/dev/fuse`, cgroups); when not, ends the test as ignored, or under `CI=true` as failed ([`harness::skip`]).
+pub fn live_ready(test: &str) {
     let mut missing = Vec::new();
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } != 0 {
@@ -29,7 +28,6 @@ pub fn live_ready(test: &str) -> bool {
     if !missing.is_empty() {
         harness::skip(format!("live test {test} needs {}", missing.join(", ")));
     }
-    true
 }
 
 /// Whether program `p` is on the PATH.
@@ -37,13 +35,11 @@ pub fn have(p: &str) -> bool {
     Command::new("sh").args(["-c", &format!("command -v {p}")]).output().is_ok_and(|o| o.status.success())
 }
 
-/// Checks that every program of `programs` is installed and returns true; when one is missing,
-/// ends the test as ignored, or under `CI=true` (`.ci/run` installs them) as failed.
-pub fn programs_ready(test: &str, programs: &[&str]) -> bool {
+/// Checks that every program of `programs` is installed; when one is missing, ends the test as ignored, or under `CI=true` (`.ci/run` installs them) as failed.
+pub fn programs_ready(test: &str, programs: &[&str]) {
     if let Some(p) = programs.iter().find(|p| !have(p)) {
         harness::skip(format!("{test} needs {p}, which .ci/run installs"));
     }
-    true
 }
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), 0 if unreadable.
