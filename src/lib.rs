@@ -78,3 +78,36 @@ impl Root {
 pub fn fnv(s: &[u8]) -> u64 {
     s.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
 }
+
+#[cfg(test)]
+mod tests {
+    /// docs/architecture.md's module map names every source file, and only files that exist.
+    #[test]
+    fn the_module_map_matches_the_tree() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let doc = std::fs::read_to_string(root.join("docs/architecture.md")).expect("docs/architecture.md");
+        let map = doc.split("## The modules").nth(1).and_then(|m| m.split("\n## ").next()).expect("a module map");
+        let named: std::collections::BTreeSet<String> = map
+            .lines()
+            .filter(|l| l.starts_with("- `src/"))
+            .flat_map(|l| {
+                l.split(" — ").next().unwrap_or("").split(", ").map(|p| p.trim_matches(['-', ' ', '`']).to_string())
+            })
+            .collect();
+        let mut files = std::collections::BTreeSet::new();
+        let mut dirs = vec![root.join("src")];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).expect("src").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else if p.extension().is_some_and(|x| x == "rs") {
+                    files.insert(p.strip_prefix(root).expect("under root").display().to_string());
+                }
+            }
+        }
+        let missing: Vec<_> = files.difference(&named).collect();
+        let stale: Vec<_> = named.difference(&files).collect();
+        assert!(missing.is_empty() && stale.is_empty(), "not in the map: {missing:?}; no such file: {stale:?}");
+    }
+}

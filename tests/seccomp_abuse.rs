@@ -7,8 +7,9 @@
 
 mod common;
 
-use cgprocfs::fuse::abi::{op, Body, InHeader, Out};
+use cgprocfs::fuse::abi::InHeader;
 use cgprocfs::fuse::reply::Attr;
+use cgprocfs::fuse::request::Request;
 use cgprocfs::fuse::session::{self, Handler, Reply};
 use common::*;
 use serde_json::Value;
@@ -70,28 +71,19 @@ fn answers_follow_page_protection() {
 struct Hung;
 
 impl Handler for Hung {
-    fn dispatch(&self, h: &InHeader, body: &[u8]) -> Reply {
+    fn handle(&self, h: &InHeader, req: Request<'_>) -> Reply {
         let file = Attr { ino: 2, size: 4096, mode: libc::S_IFREG | 0o666, nlink: 1, time: 0, nsec: 0 };
         let dir = Attr { ino: 1, size: 0, mode: libc::S_IFDIR | 0o755, nlink: 2, time: 0, nsec: 0 };
-        let mut o = Out::default();
-        match h.opcode {
-            op::LOOKUP if body.starts_with(b"file\0") => {
-                o.u64(2).u64(0).u64(60).u64(60).u32(0).u32(0);
-                file.encode(&mut o);
-            }
-            op::GETATTR => {
-                o.u64(60).u32(0).u32(0);
-                if h.nodeid == 2 { file } else { dir }.encode(&mut o);
-            }
-            op::OPEN => {
-                o.u64(1).u32(0).u32(0);
-            }
-            op::READ => return Reply::None,
-            op::FLUSH | op::RELEASE => {}
-            op::FORGET | op::BATCH_FORGET | op::INTERRUPT => return Reply::None,
-            _ => return Reply::err(if Body(body).u32(0).is_some() { libc::ENOSYS } else { libc::ENOENT }),
+        let ttl = Duration::from_secs(60);
+        match req {
+            Request::Lookup { name: b"file" } => Reply::entry(2, ttl, ttl, &file),
+            Request::Lookup { .. } => Reply::err(libc::ENOENT),
+            Request::Getattr => Reply::attr(ttl, if h.nodeid == 2 { &file } else { &dir }),
+            Request::Open { .. } => Reply::open(1, 0),
+            Request::Read { .. } | Request::Forget { .. } | Request::Interrupt => Reply::None,
+            Request::Flush | Request::Release { .. } => Reply::empty(),
+            _ => Reply::err(libc::ENOSYS),
         }
-        Reply::Data(o.0)
     }
 }
 

@@ -353,11 +353,7 @@ impl CachedFs {
 }
 
 impl Handler for CachedFs {
-    fn dispatch(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let req = match Request::parse(h.opcode, body) {
-            Ok(r) => r,
-            Err(e) => return Reply::Err(e),
-        };
+    fn handle(&self, h: &InHeader, req: Request<'_>) -> Reply {
         match req {
             Request::Lookup { name } => self.lookup(h, name),
             Request::Getattr => self.getattr(h),

@@ -559,11 +559,7 @@ fn random_u32() -> u32 {
 }
 
 impl Handler for ProcFs {
-    fn dispatch(&self, h: &InHeader, body: &[u8]) -> Reply {
-        let req = match Request::parse(h.opcode, body) {
-            Ok(r) => r,
-            Err(e) => return Reply::Err(e),
-        };
+    fn handle(&self, h: &InHeader, req: Request<'_>) -> Reply {
         match req {
             Request::Lookup { name } => self.lookup(h, name),
             Request::Getattr => self.getattr(h),

@@ -4,6 +4,7 @@
 //! says why this and not fuser.
 
 use super::abi::{self, InHeader, Out};
+use super::request::Request;
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io;
@@ -18,8 +19,17 @@ pub use super::reply::Reply;
 
 /// The filesystem side of the transport.
 pub trait Handler: Send + Sync + 'static {
-    /// Answers one request; must not block for long and must never panic.
-    fn dispatch(&self, header: &InHeader, body: &[u8]) -> Reply;
+    /// Answers one decoded request; must not block for long and must never panic.
+    fn handle(&self, header: &InHeader, req: Request<'_>) -> Reply;
+
+    /// Decodes the request body of `header`'s operation and answers it (`EINVAL` for a body
+    /// too short for its operation).
+    fn dispatch(&self, header: &InHeader, body: &[u8]) -> Reply {
+        match Request::parse(header.opcode, body) {
+            Ok(req) => self.handle(header, req),
+            Err(e) => Reply::Err(e),
+        }
+    }
 }
 
 /// Parameters agreed with the kernel at FUSE_INIT; a server taking over a live connection
