@@ -70,10 +70,21 @@ pub fn create_new(path: &Path) -> io::Result<File> {
 /// Replaces `path` with `bytes` atomically: a new temporary file beside it (never through a
 /// symlink), renamed over it (`rename` replaces a symlink, it does not follow it).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// [`write_atomic`] with file mode `mode` (e.g. 0644 for a file other users' agents read).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let tmp = companion(path, &format!("tmp{}", std::process::id()));
     // A temporary file of a dead process of the same pid.
     let _ = std::fs::remove_file(&tmp);
-    let r = create_new(&tmp).and_then(|mut f| f.write_all(bytes)).and_then(|_| std::fs::rename(&tmp, path));
+    let r = create_new(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))
+        })
+        .and_then(|_| std::fs::rename(&tmp, path));
     if r.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }

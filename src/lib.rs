@@ -25,6 +25,7 @@ pub mod run;
 pub mod seccomp;
 pub mod service;
 pub mod state;
+pub mod stats;
 pub mod sys;
 pub mod view;
 

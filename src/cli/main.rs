@@ -4,6 +4,7 @@
 
 mod run;
 mod serve;
+mod status;
 
 use anyhow::{bail, Context, Result};
 use cgprocfs::catalog::View;
@@ -36,6 +37,23 @@ enum Cmd {
         file: String,
         #[command(flatten)]
         view: ServeOptions,
+    },
+    /// Show how a running daemon is doing: versions, uptime, restarts, handovers, requests and
+    /// fallbacks per file, open handles by container, the slowest recent requests. Asked of the
+    /// keeper over its control socket (root only).
+    Status {
+        /// The mount point the daemon serves.
+        #[arg(default_value = DEFAULT_MOUNTPOINT)]
+        mountpoint: PathBuf,
+        /// The keeper's pid file, when `serve` was given one.
+        #[arg(long)]
+        pidfile: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Containers and slow requests listed.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
     },
     /// Repair running containers after a daemon died hard: mount the live files of MOUNTPOINT
     /// over every bind of a dead connection in other mount namespaces, and print what was
@@ -164,6 +182,7 @@ fn main() {
             serve::serve(line)
         }
         Cmd::Show { pid, file, view } => show(pid, &file, view),
+        Cmd::Status { mountpoint, pidfile, json, top } => status::status(&mountpoint, pidfile.as_deref(), json, top),
         Cmd::Upgrade { mountpoint, pid } => serve::upgrade(&mountpoint, pid),
         Cmd::Reattach { mountpoint } => serve::reattach(&mountpoint),
         Cmd::DockerArgs { mountpoint } => {

@@ -113,6 +113,45 @@ pub struct WorkerLine {
     /// What is served and how.
     #[command(flatten)]
     pub opts: ServeOptions,
+    /// What the worker reports, and the keeper's facts it reports with.
+    #[command(flatten)]
+    pub report: ReportLine,
+}
+
+/// Where a worker writes its counters, and what it knows of its keeper.
+#[derive(clap::Args, Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReportLine {
+    /// Where the worker writes its counters (JSON, root only) every few seconds.
+    #[arg(long)]
+    pub stats: Option<PathBuf>,
+    /// Where it writes them in the Prometheus text format (readable by node agents).
+    #[arg(long)]
+    pub metrics: Option<PathBuf>,
+    /// Workers the keeper started before this one.
+    #[arg(long, default_value_t = 0)]
+    pub restarts: u64,
+    /// Times the connection was handed on (upgrade, handover, service manager) since it was
+    /// mounted.
+    #[arg(long, default_value_t = 0)]
+    pub handovers: u64,
+    /// When the keeper started, seconds since the epoch.
+    #[arg(long, default_value_t = 0)]
+    pub keeper_started: u64,
+}
+
+impl ReportLine {
+    /// The arguments that parse back into `self`.
+    pub fn to_args(&self) -> Vec<OsString> {
+        let mut a = Vec::new();
+        opt(&mut a, "--stats", self.stats.clone());
+        opt(&mut a, "--metrics", self.metrics.clone());
+        a.extend(args(&[
+            ("--restarts", self.restarts.to_string()),
+            ("--handovers", self.handovers.to_string()),
+            ("--keeper-started", self.keeper_started.to_string()),
+        ]));
+        a
+    }
 }
 
 impl WorkerLine {
@@ -124,6 +163,7 @@ impl WorkerLine {
         opt(&mut a, "--seccomp-chan", self.seccomp_chan.map(|c| c.to_string()));
         opt(&mut a, "--seccomp-fds", (!self.seccomp_fds.is_empty()).then(|| fd_list(&self.seccomp_fds)));
         a.extend(self.opts.to_args());
+        a.extend(self.report.to_args());
         a
     }
 }
@@ -150,6 +190,9 @@ pub struct AdoptLine {
     /// Internal, set by an upgrade: the cached tree's /dev/fuse fds.
     #[arg(long, hide = true, value_delimiter = ',')]
     pub adopt_cache: Vec<RawFd>,
+    /// Internal, set by an upgrade: times the connection was handed on before.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub handovers: u64,
 }
 
 impl AdoptLine {
@@ -162,6 +205,7 @@ impl AdoptLine {
                 params: InitParams { minor, flags },
                 seccomp: self.seccomp_adopt.split_first().map(|(l, n)| (*l, n.to_vec())),
                 control: self.control_adopt,
+                handovers: self.handovers,
             }),
             _ => None,
         }
@@ -176,6 +220,9 @@ impl AdoptLine {
         opt(&mut a, "--seccomp-adopt", (!self.seccomp_adopt.is_empty()).then(|| fd_list(&self.seccomp_adopt)));
         opt(&mut a, "--control-adopt", self.control_adopt.map(|c| c.to_string()));
         opt(&mut a, "--adopt-cache", (!self.adopt_cache.is_empty()).then(|| fd_list(&self.adopt_cache)));
+        if self.handovers > 0 {
+            a.extend(args(&[("--handovers", self.handovers.to_string())]));
+        }
         a
     }
 }
@@ -301,6 +348,13 @@ mod tests {
             seccomp_fds: vec![6, 7],
             cache_fds: vec![8],
             opts: opts(),
+            report: ReportLine {
+                stats: Some("/run/a.stats".into()),
+                metrics: Some("/run/a.prom".into()),
+                restarts: 3,
+                handovers: 2,
+                keeper_started: 1_700_000_000,
+            },
         };
         let Line::Worker(back) = parse("worker", w.to_args()) else { panic!("not a worker line") };
         assert_eq!(back, w);
@@ -311,6 +365,7 @@ mod tests {
             seccomp_fds: vec![],
             cache_fds: vec![],
             opts: ServeOptions { bench_floor: false, seccomp_affinity: false, cpu_count: CpuCountArg::Quota, ..opts() },
+            report: ReportLine::default(),
         };
         let Line::Worker(back) = parse("worker", bare.to_args()) else { panic!("not a worker line") };
         assert_eq!(back, bare);
@@ -336,6 +391,7 @@ mod tests {
                 seccomp_adopt: vec![6, 7],
                 control_adopt: Some(8),
                 adopt_cache: vec![9, 10],
+                handovers: 4,
             },
         };
         let Line::Serve(back) = parse("serve", s.to_args()) else { panic!("not a serve line") };

@@ -36,13 +36,17 @@ const CHUNK: usize = 200;
 /// How long the old keeper waits for `taken` before resuming.
 const TAKE_TIMEOUT: Duration = Duration::from_secs(20);
 
-/// What a new keeper asks.
+/// What a new keeper (or `cgprocfs status`) asks.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Request {
-    /// Protocol version ([`VERSION`]).
+    /// Protocol version ([`VERSION`]); 0 with `status`, which keepers that do not know the
+    /// status request refuse as a version they do not speak, serving on.
     pub handover: u32,
     /// The asking binary's version, for the log.
     pub binary: String,
+    /// A status request (`cgprocfs status`), not a handover.
+    #[serde(default)]
+    pub status: bool,
 }
 
 /// What the old keeper answers.
@@ -55,6 +59,8 @@ pub enum Reply {
     Offer(Offer),
     /// Not handed over, and why; the old keeper goes on serving.
     Refused(String),
+    /// The answer to a status request.
+    Status(Box<crate::stats::Status>),
 }
 
 /// The description of a connection being handed over.
@@ -80,6 +86,9 @@ pub struct Offer {
     /// one: the taker mounts its own).
     #[serde(default)]
     pub cache: usize,
+    /// Times the connection was handed on before (0 from a keeper that did not count).
+    #[serde(default)]
+    pub handovers: u64,
 }
 
 impl Offer {
@@ -279,13 +288,13 @@ pub fn give(conn: &OwnedFd, offer: &Offer, fds: &[RawFd]) -> io::Result<bool> {
 pub fn take(path: &Path) -> io::Result<(Taken, Received)> {
     let conn = connect(path)?;
     set_timeout(&conn, TAKE_TIMEOUT);
-    let req = Request { handover: VERSION, binary: env!("CARGO_PKG_VERSION").to_string() };
+    let req = Request { handover: VERSION, binary: env!("CARGO_PKG_VERSION").to_string(), status: false };
     send(&conn, &serde_json::to_vec(&req)?)?;
     let (head, mut fds) = recv(&conn)?;
     let offer = match serde_json::from_slice::<Reply>(&head) {
         Ok(Reply::Offer(o)) => o,
         Ok(Reply::Refused(why)) => return Err(io::Error::new(io::ErrorKind::Unsupported, why)),
-        Err(e) => return Err(bad(format!("not a handover offer: {e}"))),
+        Ok(Reply::Status(_)) | Err(_) => return Err(bad("not a handover offer")),
     };
     if offer.handover != VERSION {
         // Dropping the connection makes the old keeper resume.
@@ -311,6 +320,27 @@ pub fn take(path: &Path) -> io::Result<(Taken, Received)> {
     let control = if offer.control { it.next() } else { None };
     let cache: Vec<OwnedFd> = it.by_ref().take(offer.cache).collect();
     Ok((Taken(conn), Received { offer, fuse, listener, notify, control, cache }))
+}
+
+/// Asks the keeper answering on `path` how it is doing (`cgprocfs status`).
+pub fn status(path: &Path) -> io::Result<crate::stats::Status> {
+    let conn = connect(path)?;
+    set_timeout(&conn, Duration::from_secs(5));
+    let req = Request { handover: 0, binary: env!("CARGO_PKG_VERSION").to_string(), status: true };
+    send(&conn, &serde_json::to_vec(&req)?)?;
+    let (reply, _) = recv(&conn)?;
+    match serde_json::from_slice::<Reply>(&reply) {
+        Ok(Reply::Status(s)) => Ok(*s),
+        Ok(Reply::Refused(why)) => {
+            Err(io::Error::new(io::ErrorKind::Unsupported, format!("the keeper refused: {why}")))
+        }
+        _ => Err(bad("not a status answer")),
+    }
+}
+
+/// Answers a status request on `conn`.
+pub fn answer_status(conn: &OwnedFd, status: &crate::stats::Status) -> io::Result<()> {
+    send(conn, &serde_json::to_vec(&Reply::Status(Box::new(status.clone())))?)
 }
 
 /// The new keeper's promise to confirm once it serves.
@@ -347,6 +377,7 @@ mod tests {
             notify: 250,
             control: true,
             cache: 1,
+            handovers: 2,
         };
         let old = std::thread::spawn(move || {
             // The second bind's probe came first: not a request, skipped.
@@ -381,6 +412,7 @@ mod tests {
             notify: 0,
             control: false,
             cache: 0,
+            handovers: 0,
         };
         let old = std::thread::spawn(move || {
             let (conn, req) = accept(&listener).unwrap().unwrap();

@@ -2,7 +2,7 @@
 //! control socket) for its whole life, starts and restarts the worker, upgrades by exec and
 //! hands the connection over to another keeper.
 
-use super::args::{AdoptLine, ServeLine, WorkerLine};
+use super::args::{AdoptLine, ReportLine, ServeLine, WorkerLine};
 use super::{handover, own_fuse_fds, systemd, Adopted, KeeperConfig};
 use crate::files;
 use crate::fuse::session::{self, clone_fd, InitParams};
@@ -14,6 +14,7 @@ use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
     }
     // A connection that already existed (upgrade, handover, fd store): nothing to repair.
     let fresh = adopted.is_none();
+    let handovers = adopted.as_ref().map_or(0, |a| a.handovers + 1);
     let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
     let adopted_seccomp_held = adopted_seccomp.is_some();
     let adopted_control = adopted.as_ref().and_then(|a| a.control);
@@ -94,7 +96,14 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
     tracing::info!(mountpoint = %cfg.mountpoint.display(), threads = fds.len(), minor = params.minor, "serving");
     let agent = start_agent(&cfg, adopted_seccomp)?;
     let agent = agent.as_deref();
-    let control = start_control(&cfg, adopted_control);
+    let facts = Arc::new(Facts {
+        started: now_secs(),
+        handovers,
+        spawned: AtomicU64::new(0),
+        worker: AtomicU32::new(0),
+        cache: !cache.is_empty(),
+    });
+    let control = start_control(&cfg, adopted_control, Arc::clone(&facts));
     if let Some(a) = agent {
         a.on_new(systemd::store_notify);
     }
@@ -114,7 +123,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         stop_drain(&cfg);
     }
 
-    let mut worker = Some(spawn_worker(&cfg, &fds, &cache, agent)?);
+    let mut worker = Some(spawn_worker(&cfg, &facts, &fds, &cache, agent)?);
     start_ready(&cfg, fresh && cfg.reattach);
     if let Some(t) = taken {
         // The old keeper exits once told; until then it could still resume.
@@ -139,6 +148,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 let Some(w) = worker.as_mut() else { continue };
                 if let Ok(Some(status)) = w.try_wait() {
                     worker = None;
+                    facts.worker.store(0, Ordering::Relaxed);
                     // A worker that keeps dying at once is restarted more slowly, up to 1 s.
                     backoff = if started.elapsed() < Duration::from_secs(1) {
                         (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
@@ -183,7 +193,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 if let Some(w) = worker.take() {
                     stop_child(w, libc::SIGTERM);
                 }
-                match give(&fds, &cache, params, agent, control.as_deref(), &conn) {
+                match give(&fds, &cache, params, agent, control.as_deref(), &conn, handovers) {
                     Ok(true) => {
                         // Nothing is unmounted and no drain started: the new keeper serves the
                         // mount and holds the containers' notification fds; the pid file is its.
@@ -214,8 +224,10 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 }
                 let ctl = control.as_ref().map(|c| c.listener.as_raw_fd());
                 let err = match agent {
-                    Some(a) => a.with_fds(|l, n| exec_upgrade(&cfg, &fds, &cache, params, Some((l, n)), ctl)),
-                    None => exec_upgrade(&cfg, &fds, &cache, params, None, ctl),
+                    Some(a) => {
+                        a.with_fds(|l, n| exec_upgrade(&cfg, &fds, &cache, params, Some((l, n)), ctl, handovers))
+                    }
+                    None => exec_upgrade(&cfg, &fds, &cache, params, None, ctl, handovers),
                 };
                 tracing::error!(error = %err, "upgrade failed; continuing with this binary");
                 respawn_at = Some(Instant::now());
@@ -253,7 +265,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         }
         if respawn_at.is_some_and(|t| t <= Instant::now()) && worker.is_none() {
             respawn_at = None;
-            match spawn_worker(&cfg, &fds, &cache, agent) {
+            match spawn_worker(&cfg, &facts, &fds, &cache, agent) {
                 Ok(w) => {
                     worker = Some(w);
                     started = Instant::now();
@@ -343,6 +355,49 @@ fn start_ready(cfg: &KeeperConfig, reattach: bool) {
     }
 }
 
+/// What the keeper tells `cgprocfs status` and its workers about itself.
+struct Facts {
+    /// When this keeper started, seconds since the epoch.
+    started: u64,
+    /// Times the connection was handed on before this keeper had it, plus this adoption.
+    handovers: u64,
+    /// Workers started so far.
+    spawned: AtomicU64,
+    /// The running worker's pid, 0 without one.
+    worker: AtomicU32,
+    /// Whether the cached tree is served.
+    cache: bool,
+}
+
+impl Facts {
+    fn keeper(&self, cfg: &KeeperConfig) -> crate::stats::Keeper {
+        crate::stats::Keeper {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            mountpoint: cfg.mountpoint.display().to_string(),
+            pid: std::process::id(),
+            started: self.started,
+            threads: cfg.threads.max(1),
+            cache: cfg.cache.as_ref().filter(|_| self.cache).map(|c| c.display().to_string()),
+            seccomp_socket: cfg.seccomp_socket.as_ref().map(|s| s.display().to_string()),
+            restarts: self.spawned.load(Ordering::Relaxed).saturating_sub(1),
+            handovers: self.handovers,
+            worker: Some(self.worker.load(Ordering::Relaxed)).filter(|p| *p != 0),
+        }
+    }
+
+    /// The status answer: these facts and the worker's last counters.
+    fn status(&self, cfg: &KeeperConfig) -> crate::stats::Status {
+        let worker = std::fs::read(files::companion(&cfg.pidfile, "stats"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<crate::stats::Snapshot>(&b).ok());
+        crate::stats::Status { keeper: self.keeper(cfg), worker }
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
 /// The keeper's control socket: a thread accepts handover requests and hands a valid one to
 /// the keeper's signal loop (SIGUSR1), which does the handover.
 struct Control {
@@ -353,7 +408,7 @@ struct Control {
 /// Binds the control socket beside the pid file (or uses the previous keeper's listener,
 /// still bound there during a handover). Without one the keeper serves on, only not handing
 /// over.
-fn start_control(cfg: &KeeperConfig, adopted: Option<RawFd>) -> Option<Arc<Control>> {
+fn start_control(cfg: &KeeperConfig, adopted: Option<RawFd>, facts: Arc<Facts>) -> Option<Arc<Control>> {
     let path = handover::control_path(&cfg.pidfile);
     let listener = match adopted {
         // An upgrade's, the fd store's or the previous keeper's (a handover): still bound.
@@ -370,6 +425,7 @@ fn start_control(cfg: &KeeperConfig, adopted: Option<RawFd>) -> Option<Arc<Contr
     cloexec(listener.as_raw_fd());
     let c = Arc::new(Control { pending: parking_lot::Mutex::new(None), listener });
     let me = Arc::clone(&c);
+    let cfg = cfg.clone();
     let spawned = std::thread::Builder::new().name("control".into()).spawn(move || loop {
         let (conn, req) = match handover::accept(&me.listener) {
             Ok(Some(x)) => x,
@@ -380,6 +436,12 @@ fn start_control(cfg: &KeeperConfig, adopted: Option<RawFd>) -> Option<Arc<Contr
                 continue;
             }
         };
+        if req.status {
+            if let Err(e) = handover::answer_status(&conn, &facts.status(&cfg)) {
+                tracing::debug!(error = %e, "control: status not delivered");
+            }
+            continue;
+        }
         if handover::refuse_if_incompatible(&conn, &req) {
             continue;
         }
@@ -409,6 +471,7 @@ fn give(
     agent: Option<&Agent>,
     control: Option<&Control>,
     conn: &OwnedFd,
+    handovers: u64,
 ) -> io::Result<bool> {
     let offer_with = |sec: Option<(RawFd, &[RawFd])>| {
         let mut all = raw_fds(fds);
@@ -430,6 +493,7 @@ fn give(
             notify: sec.map_or(0, |(_, n)| n.len()),
             control: control.is_some(),
             cache: cache.len(),
+            handovers,
         };
         handover::give(conn, &offer, &all)
     };
@@ -512,7 +576,20 @@ fn start_agent(cfg: &KeeperConfig, adopted: Option<(RawFd, Vec<RawFd>)>) -> io::
     Ok(Some(agent))
 }
 
-fn spawn_worker(cfg: &KeeperConfig, fds: &[OwnedFd], cache: &[OwnedFd], agent: Option<&Agent>) -> io::Result<Child> {
+fn spawn_worker(
+    cfg: &KeeperConfig,
+    facts: &Facts,
+    fds: &[OwnedFd],
+    cache: &[OwnedFd],
+    agent: Option<&Agent>,
+) -> io::Result<Child> {
+    let report = ReportLine {
+        stats: Some(files::companion(&cfg.pidfile, "stats")),
+        metrics: Some(files::companion(&cfg.pidfile, "prom")),
+        restarts: facts.spawned.load(Ordering::Relaxed),
+        handovers: facts.handovers,
+        keeper_started: facts.started,
+    };
     let fuse = raw_fds(fds);
     let cache = raw_fds(cache);
     let spawn = |sec: Option<(RawFd, &[RawFd])>| {
@@ -529,6 +606,7 @@ fn spawn_worker(cfg: &KeeperConfig, fds: &[OwnedFd], cache: &[OwnedFd], agent: O
             seccomp_fds: sec.map_or(Vec::new(), |(_, notify)| notify.to_vec()),
             cache_fds: cache.clone(),
             opts: cfg.opts,
+            report: report.clone(),
         };
         let mut cmd = command_with_fds(cfg, &inherit);
         cmd.arg("worker").args(line.to_args());
@@ -539,6 +617,8 @@ fn spawn_worker(cfg: &KeeperConfig, fds: &[OwnedFd], cache: &[OwnedFd], agent: O
         None => spawn(None)?,
     };
     tracing::info!(pid = child.id(), "worker started");
+    facts.spawned.fetch_add(1, Ordering::Relaxed);
+    facts.worker.store(child.id(), Ordering::Relaxed);
     Ok(child)
 }
 
@@ -591,6 +671,7 @@ fn exec_upgrade(
     params: InitParams,
     seccomp: Option<(RawFd, &[RawFd])>,
     control: Option<RawFd>,
+    handovers: u64,
 ) -> io::Error {
     let mut inherit = raw_fds(fds);
     if let Some((l, n)) = seccomp {
@@ -622,6 +703,7 @@ fn exec_upgrade(
             seccomp_adopt,
             control_adopt: control,
             adopt_cache: raw_fds(cache),
+            handovers,
         },
     };
     let mut cmd = command_with_fds(cfg, &inherit);

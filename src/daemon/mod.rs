@@ -69,6 +69,8 @@ pub struct Adopted {
     /// The previous keeper's control listener (a handover), used when this keeper's own
     /// control socket path is the one it still holds.
     pub control: Option<RawFd>,
+    /// Times the connection was handed on before this adoption.
+    pub handovers: u64,
 }
 
 impl Adopted {
@@ -81,6 +83,7 @@ impl Adopted {
             params: InitParams { minor: r.offer.minor, flags: r.offer.flags },
             seccomp: r.listener.map(|l| (l.into_raw_fd(), r.notify.into_iter().map(IntoRawFd::into_raw_fd).collect())),
             control: r.control.map(IntoRawFd::into_raw_fd),
+            handovers: r.offer.handovers,
         }
     }
 }

@@ -126,6 +126,8 @@ pub fn parse_store(fds: &[(RawFd, String)]) -> Option<Adopted> {
         params,
         seccomp: listener.map(|l| (l, notify)),
         control,
+        // The store does not count them: this adoption is the first it knows of.
+        handovers: 0,
     })
 }
 

@@ -1,7 +1,7 @@
 //! The worker: serves the connection its keeper holds, on inherited fds, and does all the work
 //! that touches outside input. It dies with its keeper and is replaced when it dies.
 
-use super::args::WorkerLine;
+use super::args::{ReportLine, WorkerLine};
 use super::own_fuse_fds;
 use crate::fuse::session::{self, notify_resend, spawn_workers};
 use crate::fuse::ProcFs;
@@ -16,7 +16,8 @@ use std::time::Duration;
 
 /// Runs a worker on inherited fds until SIGTERM/SIGINT or the keeper's death.
 pub fn worker(line: WorkerLine) -> io::Result<()> {
-    let WorkerLine { fds, state: state_file, seccomp_chan, seccomp_fds, cache_fds: cache, opts } = line;
+    let WorkerLine { fds, state: state_file, seccomp_chan, seccomp_fds, cache_fds: cache, opts, report } = line;
+    let started = now_secs();
     // Die with the keeper: the pair is one service from the outside.
     // SAFETY: prctl with integer arguments.
     unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
@@ -49,7 +50,8 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
     let fs = Arc::new(
         ProcFs::with_floor(svc.clone(), opts.bench_floor).with_handles_per_container(opts.handles_per_container),
     );
-    spawn_workers(&owned, fs, spin)?;
+    spawn_workers(&owned, fs.clone(), spin)?;
+    start_report(report, svc.clone(), fs, started);
     if !cache.is_empty() {
         let fresh = Duration::from_millis(opts.fresh_ms);
         spawn_workers(&cache, Arc::new(crate::fuse::cached::CachedFs::new(svc.clone(), fresh, snapshots)), spin)?;
@@ -69,4 +71,57 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
     seccomp::wait_answered(Duration::from_secs(2));
     // Exit without unwinding the reader threads, which are blocked in read(2).
     std::process::exit(0);
+}
+
+/// How often the counters are written.
+const REPORT_EVERY: Duration = Duration::from_secs(2);
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Writes the counters every [`REPORT_EVERY`]: JSON for `cgprocfs status` (root only) and the
+/// Prometheus text for node agents (0644). A failed write is logged once and retried.
+fn start_report(report: ReportLine, svc: Arc<Service>, fs: Arc<ProcFs>, started: u64) {
+    if report.stats.is_none() && report.metrics.is_none() {
+        return;
+    }
+    let keeper = crate::stats::Keeper {
+        // SAFETY: getppid cannot fail.
+        pid: unsafe { libc::getppid() } as u32,
+        started: report.keeper_started,
+        restarts: report.restarts,
+        handovers: report.handovers,
+        ..Default::default()
+    };
+    let spawned = std::thread::Builder::new().name("report".into()).spawn(move || {
+        let mut warned = false;
+        loop {
+            let mut snap = svc.stats.snapshot();
+            snap.at = now_secs();
+            snap.pid = std::process::id();
+            snap.started = started;
+            snap.handles = fs.handles_by_container();
+            snap.seccomp_containers = seccomp::WATCHED.load(std::sync::atomic::Ordering::Relaxed);
+            let mut written = Ok(());
+            if let Some(p) = &report.stats {
+                let json = serde_json::to_vec(&snap).unwrap_or_default();
+                written = written.and(crate::files::write_atomic(p, &json));
+            }
+            if let Some(p) = &report.metrics {
+                let text = crate::stats::prometheus(&snap, &keeper);
+                written = written.and(crate::files::write_atomic_mode(p, text.as_bytes(), 0o644));
+            }
+            if let Err(e) = written {
+                if !warned {
+                    tracing::warn!(error = %e, "cannot write the counters");
+                    warned = true;
+                }
+            }
+            std::thread::sleep(REPORT_EVERY);
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no report thread: status and metrics show nothing");
+    }
 }

@@ -281,6 +281,19 @@ impl ProcFs {
         }
     }
 
+    /// Open handles by container, most first.
+    pub fn handles_by_container(&self) -> Vec<crate::stats::Handles> {
+        let h = self.handles.lock();
+        let mut v: Vec<crate::stats::Handles> = h
+            .usage
+            .iter()
+            .map(|(c, u)| crate::stats::Handles { container: c.to_string(), handles: u.handles, bytes: u.bytes })
+            .collect();
+        drop(h);
+        v.sort_by(|a, b| b.handles.cmp(&a.handles).then_with(|| a.container.cmp(&b.container)));
+        v
+    }
+
     /// Sets how many handles one container may hold open.
     pub fn with_handles_per_container(mut self, n: usize) -> Self {
         self.per_container = n.max(1);

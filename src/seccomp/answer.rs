@@ -183,7 +183,15 @@ pub fn cpu_mask(cpus: &[u32], size: usize) -> Vec<u8> {
 /// Answers notification `n`, received from `fd`. Errors of the caller's side (it died, it was
 /// interrupted) are normal and only logged at debug level.
 pub fn answer_one(policy: &Policy, fd: RawFd, n: &Notif) {
-    let resp = match answer(policy, fd, n) {
+    let answered = answer(policy, fd, n);
+    if let Policy::Serve { svc, .. } = policy {
+        let counter = match answered {
+            Ok(_) | Err(Error::Errno(_)) => &svc.stats.seccomp_answered,
+            Err(_) => &svc.stats.seccomp_continued,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    let resp = match answered {
         Ok(val) => Resp { id: n.id, val, error: 0, flags: 0 },
         Err(Error::Errno(e)) => Resp { id: n.id, val: 0, error: -e, flags: 0 },
         Err(e) => {

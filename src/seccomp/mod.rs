@@ -97,6 +97,9 @@ impl Pool {
     }
 }
 
+/// Containers whose notifications this process answers now.
+pub static WATCHED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// Serves notifications on `fds`, and on fds arriving over `chan` (from the keeper), until
 /// `chan` is gone and — when `until_empty` — every container has exited. This thread only
 /// polls and receives; answers are written by the [`Pool`], one per container at a time.
@@ -116,6 +119,7 @@ pub fn serve(policy: Policy, fds: Vec<OwnedFd>, mut chan: Option<OwnedFd>, until
     let pool = Pool::new(policy, done_w);
     let mut busy: HashSet<RawFd> = HashSet::new();
     loop {
+        WATCHED.store(fds.len(), std::sync::atomic::Ordering::Relaxed);
         if until_empty && fds.is_empty() && chan.is_none() && busy.is_empty() {
             return;
         }

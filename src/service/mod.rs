@@ -22,6 +22,7 @@ use crate::host::{self, HostCpuinfo, HostMeminfo, HostStat};
 use crate::state::cpu::VCpu;
 use crate::state::load::LoadAvg;
 use crate::state::{self, Store};
+use crate::stats::{Reason, Stats};
 use crate::view::cpus::{visible_cpus, CpuCount};
 use crate::view::meminfo;
 use crate::view::sysinfo::Sysinfo;
@@ -29,7 +30,7 @@ use crate::Root;
 use cache::{Ttl, TtlMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How long a caller's container is remembered.
 pub const CALLER_TTL: Duration = Duration::from_secs(1);
@@ -86,6 +87,8 @@ pub struct Service {
     pub store: Store,
     /// Requests answered with the host's file.
     pub fallbacks: Fallbacks,
+    /// Requests, latencies and fallbacks per file (`cgprocfs status`, the metrics file).
+    pub stats: Stats,
 }
 
 impl Service {
@@ -115,6 +118,7 @@ impl Service {
             starts: TtlMap::new(CALLER_TTL),
             store: Store::new(state_file),
             fallbacks: Fallbacks::default(),
+            stats: Stats::default(),
         })
     }
 
@@ -170,13 +174,20 @@ impl Service {
     /// Like [`Service::render_for`] for a container already resolved (or the error of its
     /// resolution).
     pub fn render_with(&self, view: View, c: Result<Container>) -> std::result::Result<Vec<u8>, Errno> {
-        let (key, err) = match c.map(|c| (view.make(self, &c), c)) {
-            Ok((Ok(s), _)) => return Ok(s.into_bytes()),
-            Ok((Err(e), c)) => (c.cgroups.name(), e),
-            Err(e) => ("<caller>".to_string(), e),
+        let t = Instant::now();
+        let (key, err, resolved) = match c.map(|c| (view.make(self, &c), c)) {
+            Ok((Ok(s), c)) => {
+                self.stats.request(view, t.elapsed(), || c.cgroups.name());
+                return Ok(s.into_bytes());
+            }
+            Ok((Err(e), c)) => (c.cgroups.name(), e, true),
+            Err(e) => ("<caller>".to_string(), e, false),
         };
         self.fallbacks.record(&key, view, &err);
-        self.host_file(view).map_err(|e| e.errno())
+        self.stats.fallback(view, Reason::of(&err, resolved));
+        let host = self.host_file(view).map_err(|e| e.errno());
+        self.stats.request(view, t.elapsed(), || key);
+        host
     }
 
     /// Renders `view` for container `c`.
