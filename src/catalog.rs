@@ -21,18 +21,22 @@ type Make = fn(&Service, &Container) -> Result<String>;
 /// Declares [`View`] and its table from one list of rows.
 macro_rules! catalog {
     (
-        [ $( $(#[$doc:meta])* $name:ident => $path:literal, $make:expr; )* ]
-        $(#[$bdoc:meta])* $bname:ident => $bpath:literal, $bmake:expr;
+        [ $( $(#[doc = $doc:literal])* $name:ident => $path:literal, $make:expr; )* ]
+        $(#[doc = $bdoc:literal])* $bname:ident => $bpath:literal, $bmake:expr;
     ) => {
         /// A file the daemon serves, named by its path under the mount point.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum View {
-            $( $(#[$doc])* $name, )*
-            $(#[$bdoc])* $bname,
+            $( $(#[doc = $doc])* $name, )*
+            $(#[doc = $bdoc])* $bname,
         }
 
-        /// Every row, in the order of the variants.
-        const ROWS: &[(View, &str, Make)] = &[ $( (View::$name, $path, $make), )* (View::$bname, $bpath, $bmake) ];
+        /// Every row, in the order of the variants: the view, its path, how it is made, and
+        /// its doc comment (where its content comes from, for `show --explain`).
+        const ROWS: &[(View, &str, Make, &str)] = &[
+            $( (View::$name, $path, $make, concat!($($doc, "\n"),*)), )*
+            (View::$bname, $bpath, $bmake, concat!($($bdoc, "\n"),*)),
+        ];
 
         impl View {
             /// Every served file, in the order the tree lists them (the bench floor is not one).
@@ -43,27 +47,39 @@ macro_rules! catalog {
 
 catalog! {
     [
-    /// `proc/meminfo`: the memory limit and usage (view/meminfo.rs).
+    /// `proc/meminfo`: the host's lines, with every field that has a cgroup source taken from
+    /// the container's memory controller (limit of the chain, usage, memory.stat); the host's
+    /// file when no limit applies (view/meminfo.rs).
     Meminfo => "proc/meminfo", |s, c| Ok(meminfo::render(&*s.host_meminfo()?, &s.memory(c)?));
-    /// `proc/cpuinfo`: one block per visible CPU.
+    /// `proc/cpuinfo`: the host's block of each visible CPU (cpuset cut to the quota),
+    /// renumbered from 0 (view/cpuinfo.rs).
     Cpuinfo => "proc/cpuinfo", |s, c| Ok(cpuinfo::render(&*s.host_cpuinfo()?, &s.visible_cpus(&c.cgroups)?));
-    /// `proc/stat`: per-vCPU times from the container's CPU account.
+    /// `proc/stat`: per-vCPU times from the container's CPU account (its cgroup's CPU time
+    /// spread over its visible CPUs, steal from throttling and run-queue wait), the host's
+    /// other lines (view/stat.rs, state/cpu.rs).
     Stat => "proc/stat", stat_file;
-    /// `proc/uptime`: the container's age and idle time.
+    /// `proc/uptime`: the container's age and its vCPUs' idle time (view/uptime.rs).
     Uptime => "proc/uptime", uptime_file;
-    /// `proc/loadavg`: the container's own load averages.
+    /// `proc/loadavg`: load averages of the container's own threads, with the kernel's
+    /// arithmetic (view/loadavg.rs, state/load.rs).
     Loadavg => "proc/loadavg", loadavg_file;
-    /// `proc/diskstats`: the container's I/O per device.
+    /// `proc/diskstats`: the container's I/O per device from io.stat / blkio; the host's
+    /// file outside an I/O cgroup of its own (view/diskstats.rs).
     Diskstats => "proc/diskstats", diskstats_file;
-    /// `proc/swaps`: the container's swap limit and usage.
+    /// `proc/swaps`: the container's swap limit and usage, as its meminfo's SwapTotal and
+    /// SwapFree (view/swaps.rs).
     Swaps => "proc/swaps", swaps_file;
-    /// `proc/pressure/cpu`
+    /// `proc/pressure/cpu`: the container's cpu.pressure (cgroup v2); the host's file without a
+    /// unified cgroup of its own.
     PressureCpu => "proc/pressure/cpu", |s, c| pressure(s, c, View::PressureCpu, "cpu.pressure");
-    /// `proc/pressure/memory`
+    /// `proc/pressure/memory`: the container's memory.pressure (cgroup v2); the host's file without a
+    /// unified cgroup of its own.
     PressureMemory => "proc/pressure/memory", |s, c| pressure(s, c, View::PressureMemory, "memory.pressure");
-    /// `proc/pressure/io`
+    /// `proc/pressure/io`: the container's io.pressure (cgroup v2); the host's file without a
+    /// unified cgroup of its own.
     PressureIo => "proc/pressure/io", |s, c| pressure(s, c, View::PressureIo, "io.pressure");
-    /// `sys/devices/system/cpu/online`: the visible CPUs, numbered from 0.
+    /// `sys/devices/system/cpu/online`: the visible CPUs (cpuset cut to the quota), numbered
+    /// from 0 (view/cpu_online.rs).
     CpuOnline => "sys/devices/system/cpu/online", cpu_list;
     /// `sys/devices/system/cpu/possible` (glibc's `_SC_NPROCESSORS_CONF`): as `online`.
     CpuPossible => "sys/devices/system/cpu/possible", cpu_list;
@@ -79,7 +95,7 @@ catalog! {
 pub const CPU_DIR: &str = "sys/devices/system/cpu";
 
 impl View {
-    fn row(self) -> &'static (View, &'static str, Make) {
+    fn row(self) -> &'static (View, &'static str, Make, &'static str) {
         // The rows are declared in the order of the variants.
         &ROWS[self as usize]
     }
@@ -87,6 +103,11 @@ impl View {
     /// Path under the mount point, which is also the host path under `/`.
     pub fn path(self) -> &'static str {
         self.row().1
+    }
+
+    /// Where its content comes from: the row's doc comment, on one line.
+    pub fn about(self) -> String {
+        self.row().3.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
     /// The container's content, or why it cannot be computed.
@@ -174,7 +195,8 @@ mod tests {
 
     #[test]
     fn rows_follow_the_variants() {
-        for (i, (v, path, _)) in ROWS.iter().enumerate() {
+        for (i, (v, path, _, about)) in ROWS.iter().enumerate() {
+            assert!(!about.trim().is_empty(), "{path} says where its content comes from");
             assert_eq!(*v as usize, i, "{path}");
             assert_eq!(v.path(), *path);
         }

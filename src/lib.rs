@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod cgroup;
 pub mod daemon;
 pub mod error;
+pub mod explain;
 pub mod files;
 pub mod fuse;
 pub mod host;

@@ -1,6 +1,7 @@
 //! Live: what a running daemon says of itself — `cgprocfs status` (text and JSON, over the
 //! keeper's control socket) and the Prometheus metrics file, parsed by the reference Python
-//! parser — follows the reads containers make and a worker's restart.
+//! parser — follows the reads containers make and a worker's restart; `show --explain` names
+//! the source of every line.
 
 mod common;
 
@@ -122,4 +123,61 @@ fn status_and_metrics_follow_the_reads_and_a_worker_restart() {
 
 use std::os::unix::fs::PermissionsExt;
 
-cgprocfs_tests!(status_and_metrics_follow_the_reads_and_a_worker_restart);
+/// `show --explain`: the same content as `show`, each line with its source, the inputs named.
+fn show_explain_annotates_every_line_with_its_source() {
+    let test = "show_explain_annotates_every_line_with_its_source";
+    live_ready(test);
+    let cg = TestCgroup::new(
+        "explain",
+        &Limits { memory: Some(256 << 20), cpu: Some((100_000, 100_000)), ..Default::default() },
+    );
+    let mut sleeper = cg.command("sleep 30").spawn().unwrap();
+    let pid = sleeper.id().to_string();
+    // In the cgroup once the shell has exec-ed sleep (it joins first).
+    let t = Instant::now();
+    while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim() != "sleep" {
+        assert!(t.elapsed() < Duration::from_secs(10), "the sleeper never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let show = |file: &str, explain: bool| {
+        let mut c = Command::new(bin());
+        c.args(["show", "--pid", &pid, file]);
+        if explain {
+            c.arg("--explain");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "show {file}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let plain = show("proc/meminfo", false);
+    let explained = show("proc/meminfo", true);
+    let (notes, lines): (Vec<&str>, Vec<&str>) = explained.lines().partition(|l| l.starts_with("# "));
+    assert!(notes.iter().any(|n| n.contains("memory limit of the chain 268435456 B")), "{explained}");
+    assert!(notes.iter().any(|n| n.contains("source: `proc/meminfo`")), "{explained}");
+    assert_eq!(lines.len(), plain.lines().count(), "one annotated line per line of the file");
+    for (e, p) in lines.iter().zip(plain.lines()) {
+        let (content, why) = e.split_once("  <- ").unwrap_or_else(|| panic!("no source on {e:?}"));
+        // Same lines in the same order (values move between the two runs: the host's
+        // Committed_AS, the container's usage).
+        assert_eq!(content.split(':').next(), p.split(':').next(), "the explained content is the served content");
+        assert!(!why.is_empty());
+    }
+    let total = lines.iter().find(|l| l.starts_with("MemTotal:")).unwrap();
+    assert!(plain.lines().any(|l| total.starts_with(l)), "MemTotal as served: {total}");
+    assert!(
+        total.contains("262144 kB") && total.contains("min(memory limit of the cgroup chain, host MemTotal)"),
+        "{total}"
+    );
+    assert!(lines.iter().any(|l| l.starts_with("Shmem:") && l.contains("memory.stat shmem")), "{explained}");
+
+    let online = show("sys/devices/system/cpu/online", true);
+    assert!(online.contains("visible CPUs [") && online.contains("100000/100000 µs"), "{online}");
+    assert!(online.lines().any(|l| l.starts_with("0 ") && l.contains("<- 0..N-1")), "{online}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
+cgprocfs_tests!(
+    status_and_metrics_follow_the_reads_and_a_worker_restart,
+    show_explain_annotates_every_line_with_its_source
+);

@@ -35,6 +35,11 @@ enum Cmd {
         pid: Option<u32>,
         /// Path of the served file, relative to the mount point.
         file: String,
+        /// Annotate each line with where its value comes from (cgroup files, formula, the
+        /// host's line), after notes on the inputs; the host's file, and why, where the mount
+        /// would serve it.
+        #[arg(long)]
+        explain: bool,
         #[command(flatten)]
         view: ServeOptions,
     },
@@ -181,7 +186,7 @@ fn main() {
             }
             serve::serve(line)
         }
-        Cmd::Show { pid, file, view } => show(pid, &file, view),
+        Cmd::Show { pid, file, explain, view } => show(pid, &file, explain, view),
         Cmd::Status { mountpoint, pidfile, json, top } => status::status(&mountpoint, pidfile.as_deref(), json, top),
         Cmd::Upgrade { mountpoint, pid } => serve::upgrade(&mountpoint, pid),
         Cmd::Reattach { mountpoint } => serve::reattach(&mountpoint),
@@ -242,7 +247,7 @@ pub(crate) fn service(opts: ServeOptions) -> Result<Service> {
     Service::new(Root::new("/"), opts.service()).context("cannot read the host's cgroup mounts")
 }
 
-fn show(pid: Option<u32>, file: &str, view: ServeOptions) -> Result<()> {
+fn show(pid: Option<u32>, file: &str, explain: bool, view: ServeOptions) -> Result<()> {
     let Some(v) = View::from_path(file) else {
         let names: Vec<_> = View::ALL.iter().map(|v| v.path()).collect();
         bail!("unknown file {file:?}; served files: {}", names.join(", "));
@@ -250,6 +255,10 @@ fn show(pid: Option<u32>, file: &str, view: ServeOptions) -> Result<()> {
     let svc = service(view)?;
     let pid = pid.unwrap_or_else(std::process::id);
     let c = svc.container_of(pid).with_context(|| format!("cannot find the container of pid {pid}"))?;
+    if explain {
+        print!("{}", cgprocfs::explain::explain(&svc, v, &c).text());
+        return Ok(());
+    }
     let text = svc.render(v, &c).with_context(|| format!("cannot render {file} for pid {pid}"))?;
     std::io::stdout().write_all(text.as_bytes())?;
     Ok(())

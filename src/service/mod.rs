@@ -10,7 +10,7 @@ pub use fallback::Fallbacks;
 
 use crate::caller::Resolver;
 use crate::catalog::View;
-use crate::cgroup::cpu::effective_quota;
+use crate::cgroup::cpu::{effective_quota, Quota};
 use crate::cgroup::cpuacct;
 use crate::cgroup::cpuset::effective_cpus;
 use crate::cgroup::memory::MemoryStats;
@@ -45,6 +45,9 @@ pub const COUNTERS_TTL: Duration = Duration::from_millis(5);
 const DELAY_EVERY_NS: u64 = 1_000_000_000;
 
 type LimitsKey = (Option<PathBuf>, Option<PathBuf>);
+
+/// What the visible CPUs come from: the host's online CPUs, the effective cpuset, the quota.
+type CpuLimits = (Arc<Vec<u32>>, Option<Vec<u32>>, Option<Quota>);
 
 /// Daemon-wide settings that change what is rendered.
 #[derive(Debug, Clone, Copy, Default)]
@@ -294,6 +297,13 @@ impl Service {
     }
 
     fn read_visible_cpus(&self, cg: &Cgroups) -> Result<Vec<u32>> {
+        let (online, cpuset, quota) = self.cpu_limits(cg)?;
+        Ok(visible_cpus(&online, cpuset.as_deref(), quota, self.opts.cpu_count))
+    }
+
+    /// What the visible CPUs are computed from: the host's online CPUs, the effective cpuset
+    /// and the tightest quota of the chain.
+    fn cpu_limits(&self, cg: &Cgroups) -> Result<CpuLimits> {
         let online = self.online.get(|| host::online_cpus(&self.root))?;
         let cpuset = match &cg.cpuset {
             Some(d) => effective_cpus(d)?,
@@ -303,7 +313,22 @@ impl Service {
             Some(d) => effective_quota(d)?,
             None => None,
         };
-        Ok(visible_cpus(&online, cpuset.as_deref(), quota, self.opts.cpu_count))
+        Ok((online, cpuset, quota))
+    }
+
+    /// The visible CPUs and what they come from, in words (`show --explain`).
+    pub fn cpu_inputs(&self, cg: &Cgroups) -> Result<String> {
+        let (online, cpuset, quota) = self.cpu_limits(cg)?;
+        let cpus = visible_cpus(&online, cpuset.as_deref(), quota, self.opts.cpu_count);
+        Ok(format!(
+            "visible CPUs {:?} (N = {}): host online {:?}, effective cpuset {}, quota {} ({:?} mode)",
+            cpus,
+            cpus.len(),
+            online,
+            cpuset.map_or("none (all online)".into(), |c| format!("{c:?}")),
+            quota.map_or("none".into(), |q| format!("{}/{} µs = {} CPUs rounded up", q.quota, q.period, q.cpus_ceil())),
+            self.opts.cpu_count,
+        ))
     }
 
     /// The host's own file, read fresh.

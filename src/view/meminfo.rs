@@ -8,14 +8,19 @@ use crate::host::HostMeminfo;
 /// The container's values, in KiB, for the labels it has a source for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Values {
-    /// Pairs of (label, KiB), substituted for the host's value of the same label.
-    pub fields: Vec<(&'static str, u64)>,
+    /// (label, KiB, where it comes from), substituted for the host's value of the same label.
+    pub fields: Vec<(&'static str, u64, &'static str)>,
 }
 
 impl Values {
     /// Value of `label`, if the container has one.
     pub fn get(&self, label: &str) -> Option<u64> {
-        self.fields.iter().find(|(l, _)| *l == label).map(|(_, v)| *v)
+        self.fields.iter().find(|(l, _, _)| *l == label).map(|(_, v, _)| *v)
+    }
+
+    /// Where the value of `label` comes from, if the container has one (`show --explain`).
+    pub fn why(&self, label: &str) -> Option<&'static str> {
+        self.fields.iter().find(|(l, _, _)| *l == label).map(|(_, _, w)| *w)
     }
 }
 
@@ -52,44 +57,44 @@ pub fn compute(host: &HostMeminfo, m: &MemoryStats) -> Option<Values> {
     let slab = s.slab.map_or(slab_r + slab_u, |v| v / 1024);
     Some(Values {
         fields: vec![
-            ("MemTotal", total),
-            ("MemFree", free),
-            ("MemAvailable", available),
+            ("MemTotal", total, "min(memory limit of the cgroup chain, host MemTotal)"),
+            ("MemFree", free, "MemTotal - usage, at least 0"),
+            ("MemAvailable", available, "MemFree + active_file + inactive_file + slab_reclaimable, at most MemTotal"),
             // Buffer pages are inside memcg's `file`; the kernel has no separate counter.
-            ("Buffers", 0),
-            ("Cached", cached),
-            ("SwapCached", kb(s.swapcached)),
-            ("Active", anon.0 + file.0),
-            ("Inactive", anon.1 + file.1),
-            ("Active(anon)", anon.0),
-            ("Inactive(anon)", anon.1),
-            ("Active(file)", file.0),
-            ("Inactive(file)", file.1),
-            ("Unevictable", kb(s.unevictable)),
+            ("Buffers", 0, "0: buffer pages are counted in memory.stat file"),
+            ("Cached", cached, "memory.stat file - swapcached"),
+            ("SwapCached", kb(s.swapcached), "memory.stat swapcached"),
+            ("Active", anon.0 + file.0, "memory.stat active_anon + active_file"),
+            ("Inactive", anon.1 + file.1, "memory.stat inactive_anon + inactive_file"),
+            ("Active(anon)", anon.0, "memory.stat active_anon"),
+            ("Inactive(anon)", anon.1, "memory.stat inactive_anon"),
+            ("Active(file)", file.0, "memory.stat active_file"),
+            ("Inactive(file)", file.1, "memory.stat inactive_file"),
+            ("Unevictable", kb(s.unevictable), "memory.stat unevictable"),
             // NR_MLOCK is a zone counter with no memcg equivalent.
-            ("Mlocked", 0),
-            ("SwapTotal", swap_total),
-            ("SwapFree", swap_free),
-            ("Zswap", kb(s.zswap)),
-            ("Zswapped", kb(s.zswapped)),
-            ("Dirty", kb(s.file_dirty)),
-            ("Writeback", kb(s.file_writeback)),
-            ("AnonPages", kb(s.anon)),
-            ("Mapped", kb(s.file_mapped)),
-            ("Shmem", kb(s.shmem)),
-            ("KReclaimable", slab_r),
-            ("Slab", slab),
-            ("SReclaimable", slab_r),
-            ("SUnreclaim", slab_u),
-            ("KernelStack", kb(s.kernel_stack)),
-            ("PageTables", kb(s.pagetables)),
-            ("SecPageTables", kb(s.sec_pagetables)),
-            ("Percpu", kb(s.percpu)),
-            ("AnonHugePages", kb(s.anon_thp)),
-            ("ShmemHugePages", kb(s.shmem_thp)),
-            ("ShmemPmdMapped", 0),
-            ("FileHugePages", kb(s.file_thp)),
-            ("FilePmdMapped", 0),
+            ("Mlocked", 0, "0: no per-cgroup counter"),
+            ("SwapTotal", swap_total, "min(swap limit of the chain, host SwapTotal); no swap limit: host SwapTotal"),
+            ("SwapFree", swap_free, "SwapTotal - swap usage; no swap counter: min(host SwapFree, SwapTotal)"),
+            ("Zswap", kb(s.zswap), "memory.stat zswap"),
+            ("Zswapped", kb(s.zswapped), "memory.stat zswapped"),
+            ("Dirty", kb(s.file_dirty), "memory.stat file_dirty"),
+            ("Writeback", kb(s.file_writeback), "memory.stat file_writeback"),
+            ("AnonPages", kb(s.anon), "memory.stat anon"),
+            ("Mapped", kb(s.file_mapped), "memory.stat file_mapped"),
+            ("Shmem", kb(s.shmem), "memory.stat shmem"),
+            ("KReclaimable", slab_r, "memory.stat slab_reclaimable"),
+            ("Slab", slab, "memory.stat slab (v1: slab_reclaimable + slab_unreclaimable)"),
+            ("SReclaimable", slab_r, "memory.stat slab_reclaimable"),
+            ("SUnreclaim", slab_u, "memory.stat slab_unreclaimable"),
+            ("KernelStack", kb(s.kernel_stack), "memory.stat kernel_stack"),
+            ("PageTables", kb(s.pagetables), "memory.stat pagetables"),
+            ("SecPageTables", kb(s.sec_pagetables), "memory.stat sec_pagetables"),
+            ("Percpu", kb(s.percpu), "memory.stat percpu"),
+            ("AnonHugePages", kb(s.anon_thp), "memory.stat anon_thp"),
+            ("ShmemHugePages", kb(s.shmem_thp), "memory.stat shmem_thp"),
+            ("ShmemPmdMapped", 0, "0: no per-cgroup counter"),
+            ("FileHugePages", kb(s.file_thp), "memory.stat file_thp"),
+            ("FilePmdMapped", 0, "0: no per-cgroup counter"),
         ],
     })
 }
@@ -111,6 +116,22 @@ pub fn render(host: &HostMeminfo, m: &MemoryStats) -> String {
         }
     }
     out
+}
+
+/// Where each line of `rendered` (this file as [`render`] made it) comes from: the formula of
+/// a container value, or the host's line passed through (`show --explain`).
+pub fn explain(host: &HostMeminfo, m: &MemoryStats, rendered: &str) -> Vec<&'static str> {
+    let values = compute(host, m);
+    rendered
+        .lines()
+        .map(|l| {
+            let label = l.split(':').next().unwrap_or("");
+            match &values {
+                None => "the host's: no memory limit anywhere in the cgroup chain",
+                Some(v) => v.why(label).unwrap_or("the host's line (no per-cgroup source)"),
+            }
+        })
+        .collect()
 }
 
 /// Appends `format!("{:<16}{:>8} kB\n", label + ":", v)` without the formatting machinery,

@@ -1,0 +1,141 @@
+//! `cgprocfs show --explain`: a served file as a container reads it, each line with where its
+//! value came from. The content is the very rendering the mount serves ([`Service::render_with`]
+//! through the file's catalog row); the per-line sources come from the renderer's own module
+//! (meminfo's from the same `compute` that makes its values), the inputs from the same service
+//! calls the row makes.
+
+use crate::catalog::View;
+use crate::cgroup::{CgroupDir, Container};
+use crate::service::Service;
+use crate::view::meminfo;
+
+/// A file explained: notes on its inputs, then each line with its source.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Explained {
+    /// What the file was computed from (cgroup directories, limits, CPUs), or why it is the
+    /// host's.
+    pub notes: Vec<String>,
+    /// Each line of the content, with where it comes from.
+    pub lines: Vec<(String, &'static str)>,
+}
+
+impl Explained {
+    /// As text: notes as `#` comments, then each line padded to a column and its source.
+    pub fn text(&self) -> String {
+        let mut o = String::new();
+        for n in &self.notes {
+            o.push_str("# ");
+            o.push_str(n);
+            o.push('\n');
+        }
+        let width = self.lines.iter().map(|(l, _)| l.len()).max().unwrap_or(0).min(60);
+        for (l, why) in &self.lines {
+            o.push_str(&format!("{l:<width$}  <- {why}\n"));
+        }
+        o
+    }
+}
+
+fn dir(name: &str, d: &Option<CgroupDir>) -> Option<String> {
+    d.as_ref().map(|d| format!("{name} {} ({:?})", d.path.display(), d.version))
+}
+
+/// `view` as container `c` reads it, explained.
+pub fn explain(svc: &Service, view: View, c: &Container) -> Explained {
+    let mut notes = Vec::new();
+    let cg = &c.cgroups;
+    let dirs: Vec<String> = [
+        dir("memory", &cg.memory),
+        dir("cpu", &cg.cpu),
+        dir("cpuacct", &cg.cpuacct),
+        dir("cpuset", &cg.cpuset),
+        dir("blkio", &cg.blkio),
+        dir("unified", &cg.unified),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    notes.push(format!("{} for the container of cgroups: {}", view.path(), dirs.join(", ")));
+    notes.push(match c.init {
+        Some(p) => format!("its pid namespace's init is host pid {p}"),
+        None => "it shares the host's pid namespace".into(),
+    });
+    notes.push(format!("source: {}", view.about()));
+    notes.extend(inputs(svc, view, c));
+    let (content, fallback) = match view.make(svc, c) {
+        Ok(s) => (s, None),
+        Err(e) => {
+            let host = svc.host_text(view).unwrap_or_default();
+            (host, Some(e))
+        }
+    };
+    if let Some(e) = &fallback {
+        notes.push(format!("the host's file, because the container's cannot be computed: {e}"));
+    }
+    let whys: Vec<&'static str> = match (view, &fallback) {
+        (_, Some(_)) => vec!["the host's (fallback)"; content.lines().count()],
+        (View::Meminfo, None) => match (svc.host_meminfo(), svc.memory(c)) {
+            (Ok(h), Ok(m)) => meminfo::explain(&h, &m, &content),
+            _ => vec!["computed by the renderer"; content.lines().count()],
+        },
+        (v, None) => content.lines().map(|l| line_source(v, l)).collect(),
+    };
+    Explained { notes, lines: content.lines().map(str::to_string).zip(whys).collect() }
+}
+
+/// The inputs the row of `view` reads, as the service computes them.
+fn inputs(svc: &Service, view: View, c: &Container) -> Vec<String> {
+    let mut n = Vec::new();
+    match view {
+        View::Meminfo | View::Swaps => match svc.memory(c) {
+            Ok(m) => n.push(format!(
+                "memory limit of the chain {}, usage {} B, swap limit {}, swap usage {}",
+                m.limit.map_or("none (the host's file)".into(), |l| format!("{l} B")),
+                m.usage,
+                m.swap_limit.map_or("none".into(), |l| format!("{l} B")),
+                m.swap_usage.map_or("none".into(), |u| format!("{u} B")),
+            )),
+            Err(e) => n.push(format!("memory counters unreadable: {e}")),
+        },
+        View::Cpuinfo | View::CpuOnline | View::CpuPossible | View::CpuPresent | View::Stat => {
+            match svc.cpu_inputs(&c.cgroups) {
+                Ok(i) => n.push(i),
+                Err(e) => n.push(format!("CPU limits unreadable: {e}")),
+            }
+        }
+        _ => {}
+    }
+    if matches!(view, View::Stat | View::Uptime | View::Loadavg) {
+        n.push(match c.cgroups.cpu_accounting() {
+            Some(d) => format!("CPU time and threads from {}", d.path.display()),
+            None => "no CPU cgroup of its own: the host's file".into(),
+        });
+    }
+    n
+}
+
+/// Where a line of a file other than meminfo comes from.
+fn line_source(view: View, line: &str) -> &'static str {
+    let first = line.split([' ', '\t', ':']).next().unwrap_or("");
+    match view {
+        View::Stat => match first {
+            "cpu" => "sum over every vCPU the container had: user/system split of its CPU time, idle = age - used, steal = throttled + run-queue wait",
+            c if c.starts_with("cpu") => "one visible vCPU: the container's CPU time spread over its N CPUs",
+            "procs_running" | "procs_blocked" => "the container's threads in R / D state",
+            _ => "the host's line",
+        },
+        View::Cpuinfo => match first {
+            "processor" => "renumbered 0..N-1 over the visible CPUs",
+            "siblings" | "cpu cores" => "the visible CPU count",
+            "" => "",
+            _ => "the host's block of that CPU",
+        },
+        View::Uptime => "the container's age (its init's start, or its oldest process's) and its vCPUs' idle time",
+        View::Loadavg => "the container's runnable + blocked threads, sampled every 5 s with the kernel's arithmetic; running/total threads; last pid of its namespace",
+        View::CpuOnline | View::CpuPossible | View::CpuPresent => "0..N-1, N the visible CPUs",
+        View::Swaps => "the same SwapTotal/SwapFree as the container's meminfo",
+        View::Diskstats => "the container's io.stat / blkio counters per device",
+        View::PressureCpu | View::PressureMemory | View::PressureIo => "the container's cgroup pressure file (the host's without a unified cgroup of its own)",
+        View::Meminfo | View::Floor => "computed by the renderer",
+    }
+}
