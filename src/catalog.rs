@@ -16,7 +16,24 @@ use crate::service::Service;
 use crate::view::{cpu_online, cpuinfo, diskstats, loadavg, meminfo, stat, swaps, uptime};
 
 /// How a row makes a container's content.
-type Make = fn(&Service, &Container) -> Result<String>;
+type Make = fn(&Service, &Container) -> Result<Content>;
+
+/// A file's content for one container, and whether it is the host's file served as the
+/// container's (no cgroup of its own for it): the row decides, `show --explain` says so.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Content {
+    /// The bytes the container reads.
+    pub text: String,
+    /// The host's own file, for want of a cgroup of its own.
+    pub hosts: bool,
+}
+
+impl From<String> for Content {
+    /// The container's own content.
+    fn from(text: String) -> Content {
+        Content { text, hosts: false }
+    }
+}
 
 /// Declares [`View`] and its table from one list of rows.
 macro_rules! catalog {
@@ -50,10 +67,10 @@ catalog! {
     /// `proc/meminfo`: the host's lines, with every field that has a cgroup source taken from
     /// the container's memory controller (limit of the chain, usage, memory.stat); the host's
     /// file when no limit applies (view/meminfo.rs).
-    Meminfo => "proc/meminfo", |s, c| Ok(meminfo::render(&*s.host_meminfo()?, &s.memory(c)?));
+    Meminfo => "proc/meminfo", |s, c| Ok(meminfo::render(&*s.host_meminfo()?, &s.memory(c)?).into());
     /// `proc/cpuinfo`: the host's block of each visible CPU (cpuset cut to the quota),
     /// renumbered from 0 (view/cpuinfo.rs).
-    Cpuinfo => "proc/cpuinfo", |s, c| Ok(cpuinfo::render(&*s.host_cpuinfo()?, &s.visible_cpus(&c.cgroups)?));
+    Cpuinfo => "proc/cpuinfo", |s, c| Ok(cpuinfo::render(&*s.host_cpuinfo()?, &s.visible_cpus(&c.cgroups)?).into());
     /// `proc/stat`: per-vCPU times from the container's CPU account (its cgroup's CPU time
     /// spread over its visible CPUs, steal from throttling and run-queue wait), the host's
     /// other lines (view/stat.rs, state/cpu.rs).
@@ -88,7 +105,7 @@ catalog! {
     ]
     /// `.bench/floor`: a constant meminfo-sized file, served only with `serve --bench-floor`,
     /// to measure the cost of the FUSE round trips alone.
-    Floor => ".bench/floor", |_, _| Ok(floor_content());
+    Floor => ".bench/floor", |_, _| Ok(floor_content().into());
 }
 
 /// The directory whose `cpuN` entries are per container (`crate::fuse::cpudir`); bound whole.
@@ -111,7 +128,7 @@ impl View {
     }
 
     /// The container's content, or why it cannot be computed.
-    pub fn make(self, svc: &Service, c: &Container) -> Result<String> {
+    pub fn make(self, svc: &Service, c: &Container) -> Result<Content> {
         (self.row().2)(svc, c)
     }
 
@@ -137,56 +154,56 @@ pub fn floor_content() -> String {
 }
 
 /// online, possible and present are the same list for a container: its N CPUs.
-fn cpu_list(s: &Service, c: &Container) -> Result<String> {
-    Ok(cpu_online::render(s.visible_cpus(&c.cgroups)?.len()))
+fn cpu_list(s: &Service, c: &Container) -> Result<Content> {
+    Ok(cpu_online::render(s.visible_cpus(&c.cgroups)?.len()).into())
 }
 
-fn diskstats_file(s: &Service, c: &Container) -> Result<String> {
+fn diskstats_file(s: &Service, c: &Container) -> Result<Content> {
     match &c.cgroups.blkio {
         Some(d) if d.path != d.top => {
-            Ok(diskstats::render(&crate::cgroup::io::read(d)?, &crate::host::diskstats::read(s.root())?))
+            Ok(diskstats::render(&crate::cgroup::io::read(d)?, &crate::host::diskstats::read(s.root())?).into())
         }
         // Not in an I/O cgroup of its own: the host's devices are its devices.
         _ => s.host_text(View::Diskstats),
     }
 }
 
-fn swaps_file(s: &Service, c: &Container) -> Result<String> {
+fn swaps_file(s: &Service, c: &Container) -> Result<Content> {
     // The same SwapTotal/SwapFree as the container's meminfo.
     match meminfo::compute(&*s.host_meminfo()?, &s.memory(c)?) {
-        Some(v) => Ok(swaps::render(v.get("SwapTotal").unwrap_or(0), v.get("SwapFree").unwrap_or(0))),
+        Some(v) => Ok(swaps::render(v.get("SwapTotal").unwrap_or(0), v.get("SwapFree").unwrap_or(0)).into()),
         None => s.host_text(View::Swaps),
     }
 }
 
-fn pressure(s: &Service, c: &Container, view: View, file: &str) -> Result<String> {
+fn pressure(s: &Service, c: &Container, view: View, file: &str) -> Result<Content> {
     match &c.cgroups.unified {
         // The cgroup file has the kernel's /proc/pressure format.
-        Some(d) if d.path != d.top => crate::error::read_file(&d.file(file)),
+        Some(d) if d.path != d.top => crate::error::read_file(&d.file(file)).map(Content::from),
         // No cgroup of its own in the unified tree: the host's pressure.
         _ => s.host_text(view),
     }
 }
 
-fn stat_file(s: &Service, c: &Container) -> Result<String> {
+fn stat_file(s: &Service, c: &Container) -> Result<Content> {
     let Some(cpu) = s.cpu_account(c)? else { return s.host_text(View::Stat) };
     let tasks = s.tasks(&cpu, c);
-    Ok(stat::render(&*s.host_stat()?, &cpu.vcpus, &cpu.total, &tasks))
+    Ok(stat::render(&*s.host_stat()?, &cpu.vcpus, &cpu.total, &tasks).into())
 }
 
-fn uptime_file(s: &Service, c: &Container) -> Result<String> {
+fn uptime_file(s: &Service, c: &Container) -> Result<Content> {
     let Some(cpu) = s.cpu_account(c)? else { return s.host_text(View::Uptime) };
-    Ok(uptime::render(cpu.age_ns, cpu.total.idle))
+    Ok(uptime::render(cpu.age_ns, cpu.total.idle).into())
 }
 
-fn loadavg_file(s: &Service, c: &Container) -> Result<String> {
+fn loadavg_file(s: &Service, c: &Container) -> Result<Content> {
     let Some((load, tasks)) = s.load(c, crate::host::boottime_ns())? else { return s.host_text(View::Loadavg) };
     let last_pid = match (c.init, tasks.last_pid) {
         (Some(_), Some(p)) => p,
         // Same pid namespace as the host: the host's last pid is the container's.
         _ => s.host_last_pid(),
     };
-    Ok(loadavg::render(&load, &tasks, last_pid))
+    Ok(loadavg::render(&load, &tasks, last_pid).into())
 }
 
 #[cfg(test)]

@@ -62,18 +62,16 @@ pub fn explain(svc: &Service, view: View, c: &Container) -> Explained {
     });
     notes.push(format!("source: {}", view.about()));
     notes.extend(inputs(svc, view, c));
-    let (content, fallback) = match view.make(svc, c) {
-        Ok(s) => (s, None),
-        Err(e) => {
-            let host = svc.host_text(view).unwrap_or_default();
-            (host, Some(e))
-        }
+    let (content, hosts, fallback) = match view.make(svc, c) {
+        Ok(s) => (s.text, s.hosts, None),
+        Err(e) => (svc.host_text(view).map(|h| h.text).unwrap_or_default(), true, Some(e)),
     };
     if let Some(e) = &fallback {
         notes.push(format!("the host's file, because the container's cannot be computed: {e}"));
     }
     let whys: Vec<&'static str> = match (view, &fallback) {
         (_, Some(_)) => vec!["the host's (fallback)"; content.lines().count()],
+        (_, None) if hosts => vec!["the host's line: no cgroup of its own for this file"; content.lines().count()],
         (View::Meminfo, None) => match (svc.host_meminfo(), svc.memory(c)) {
             (Ok(h), Ok(m)) => meminfo::explain(&h, &m, &content),
             _ => vec!["computed by the renderer"; content.lines().count()],

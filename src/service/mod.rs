@@ -9,7 +9,7 @@ mod fallback;
 pub use fallback::Fallbacks;
 
 use crate::caller::Resolver;
-use crate::catalog::View;
+use crate::catalog::{Content, View};
 use crate::cgroup::cpu::{effective_quota, Quota};
 use crate::cgroup::cpuacct;
 use crate::cgroup::cpuset::effective_cpus;
@@ -181,7 +181,7 @@ impl Service {
         let (key, err, resolved) = match c.map(|c| (view.make(self, &c), c)) {
             Ok((Ok(s), c)) => {
                 self.stats.request(view, t.elapsed(), || c.cgroups.name());
-                return Ok(s.into_bytes());
+                return Ok(s.text.into_bytes());
             }
             Ok((Err(e), c)) => (c.cgroups.name(), e, true),
             Err(e) => ("<caller>".to_string(), e, false),
@@ -195,7 +195,7 @@ impl Service {
 
     /// Renders `view` for container `c`.
     pub fn render(&self, view: View, c: &Container) -> Result<String> {
-        view.make(self, c)
+        view.make(self, c).map(|content| content.text)
     }
 
     /// `struct sysinfo` for container `c`: the host's values (this process's own sysinfo)
@@ -338,8 +338,8 @@ impl Service {
     }
 
     /// The host's own file as the answer for a container that has no cgroup of its own for it.
-    pub fn host_text(&self, view: View) -> Result<String> {
-        Ok(String::from_utf8_lossy(&self.host_file(view)?).into_owned())
+    pub fn host_text(&self, view: View) -> Result<Content> {
+        Ok(Content { text: String::from_utf8_lossy(&self.host_file(view)?).into_owned(), hosts: true })
     }
 
     /// The host's meminfo, at most 100 ms old (the values that pass through, CommitLimit and
