@@ -86,6 +86,10 @@ catalog! {
     /// `proc/swaps`: the container's swap limit and usage, as its meminfo's SwapTotal and
     /// SwapFree (view/swaps.rs).
     Swaps => "proc/swaps", swaps_file;
+    /// `proc/slabinfo`: the container's own slab caches where the kernel gives them per
+    /// cgroup (v1 `memory.kmem.slabinfo`, filled before Linux 5.9); the host's file elsewhere,
+    /// as lxcfs does. Readable by root only, like the host's.
+    Slabinfo => "proc/slabinfo", slabinfo_file;
     /// `proc/pressure/cpu`: the container's cpu.pressure (cgroup v2); the host's file without a
     /// unified cgroup of its own.
     PressureCpu => "proc/pressure/cpu", |s, c| pressure(s, c, View::PressureCpu, "cpu.pressure");
@@ -125,6 +129,15 @@ impl View {
     /// Where its content comes from: the row's doc comment, on one line.
     pub fn about(self) -> String {
         self.row().3.split_whitespace().collect::<Vec<_>>().join(" ")
+    }
+
+    /// The file's permission bits: read-only for everyone, except what the host keeps to root
+    /// (slabinfo: kernel heap layout is an exploit's map).
+    pub fn mode(self) -> u32 {
+        match self {
+            View::Slabinfo => 0o400,
+            _ => 0o444,
+        }
     }
 
     /// The container's content, or why it cannot be computed.
@@ -173,6 +186,16 @@ fn swaps_file(s: &Service, c: &Container) -> Result<Content> {
     match meminfo::compute(&*s.host_meminfo()?, &s.memory(c)?) {
         Some(v) => Ok(swaps::render(v.get("SwapTotal").unwrap_or(0), v.get("SwapFree").unwrap_or(0)).into()),
         None => s.host_text(View::Swaps),
+    }
+}
+
+fn slabinfo_file(s: &Service, c: &Container) -> Result<Content> {
+    match &c.cgroups.memory {
+        Some(d) if d.path != d.top => match crate::cgroup::memory::slabinfo(d)? {
+            Some(t) => Ok(t.into()),
+            None => s.host_text(View::Slabinfo),
+        },
+        _ => s.host_text(View::Slabinfo),
     }
 }
 

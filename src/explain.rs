@@ -134,6 +134,8 @@ fn line_source(view: View, line: &str) -> &'static str {
         View::Swaps => "the same SwapTotal/SwapFree as the container's meminfo",
         View::Diskstats => "the container's io.stat / blkio counters per device",
         View::PressureCpu | View::PressureMemory | View::PressureIo => "the container's cgroup pressure file (the host's without a unified cgroup of its own)",
-        View::Meminfo | View::Floor => "computed by the renderer",
+        View::Slabinfo => "the container's memory.kmem.slabinfo",
+        // Meminfo's lines come from its own explain; a file added later says this much.
+        _ => "computed by the file's renderer",
     }
 }

@@ -213,6 +213,33 @@ fn bad_cgroup_files_fall_back_to_the_host_file() {
     }
 }
 
+/// `proc/slabinfo`: the memory cgroup's `memory.kmem.slabinfo` where the kernel fills it
+/// (v1 before 5.9), else the host's. The text is this format as a 6.18 kernel wrote it
+/// (`fixtures/slabinfo-linux-6.18`, the head of its /proc/slabinfo).
+#[test]
+fn slabinfo_is_the_cgroups_where_the_kernel_fills_it_else_the_hosts() {
+    let t = TempTree::of("hybrid-limited", "slabinfo");
+    let host = std::fs::read_to_string(fixture("slabinfo-linux-6.18")).unwrap();
+    // The cgroup's: the header and every other cache of the host's.
+    let own: String =
+        host.lines().enumerate().filter(|(i, _)| *i < 2 || i % 2 == 0).map(|(_, l)| format!("{l}\n")).collect();
+    std::fs::write(t.0.join("proc/slabinfo"), &host).unwrap();
+    let memcg = t.0.join(LEAF).join("memory.kmem.slabinfo");
+    std::fs::write(&memcg, &own).unwrap();
+    let svc = service(&t.0);
+    let pid = captured_pid(&t.0);
+    assert_eq!(render(&svc, View::Slabinfo, pid), own);
+    // 5.9+ kernels leave the file empty: the host's, served as the container's (no fallback).
+    std::fs::write(&memcg, "").unwrap();
+    assert_eq!(render(&svc, View::Slabinfo, pid), host);
+    assert_eq!(svc.fallbacks.count(), 0);
+    // Garbage is not served: the host's file, counted as a fallback.
+    std::fs::write(&memcg, "not slabinfo\n").unwrap();
+    assert_eq!(render(&svc, View::Slabinfo, pid), host);
+    assert_eq!(svc.fallbacks.count(), 1);
+    assert_eq!(View::Slabinfo.mode(), 0o400, "root only, like the host's");
+}
+
 #[test]
 fn deleted_cgroup_and_vanished_caller_fall_back() {
     let t = TempTree::of("hybrid-limited", "deleted");

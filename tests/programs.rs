@@ -277,7 +277,31 @@ fn go_numcpu() -> PathBuf {
     out
 }
 
+/// slabtop reads `/proc/slabinfo` through the bind `run` makes: the file the daemon serves
+/// (per cgroup where the kernel keeps one, the host's on 5.9+ kernels), root only like the
+/// host's.
+fn slabtop_reads_the_served_slabinfo() {
+    let test = "slabtop_reads_the_served_slabinfo";
+    ready(test, &["slabtop", "setpriv"]);
+    let out = run(
+        &[],
+        "echo MOUNT $(grep ' /proc/slabinfo ' /proc/self/mountinfo | sed 's/.* - //' | cut -d' ' -f1); \
+         echo OBJECTS $(slabtop -o | grep -c 'Active / Total Objects'); \
+         echo CACHES $(slabtop -o | awk 'f && NF {n++} /OBJS ACTIVE/ {f=1} END {print n}'); \
+         echo SERVED $(awk 'NR > 2' /proc/slabinfo | wc -l); \
+         echo NOBODY $(setpriv --reuid=65534 --regid=65534 --clear-groups cat /proc/slabinfo 2>&1 >/dev/null | grep -c 'Permission denied')",
+    );
+    assert_eq!(tagged(&out, "MOUNT"), "fuse.cgprocfs", "bound from the mount: {out}");
+    assert_eq!(tagged(&out, "OBJECTS"), "1", "slabtop's summary: {out}");
+    let caches: u64 = tagged(&out, "CACHES").parse().unwrap();
+    let served: u64 = tagged(&out, "SERVED").parse().unwrap();
+    assert!(caches > 0 && caches <= served, "slabtop lists the served caches ({caches} of {served}): {out}");
+    assert_eq!(tagged(&out, "NOBODY"), "1", "other users are refused: {out}");
+    doc_row("`slabtop -o`", "the served caches (per cgroup before Linux 5.9, the host's after); root only");
+}
+
 cgprocfs_tests!(
+    slabtop_reads_the_served_slabinfo,
     htop_shows_one_cpu_meter_and_the_memory_limit,
     vmstat_iostat_lscpu_and_busybox_top_see_the_container,
     node_os_module_sees_the_container,

@@ -132,6 +132,24 @@ impl MemoryStats {
     }
 }
 
+/// The cgroup's own slab caches (`/proc/slabinfo` format): v1 `memory.kmem.slabinfo`, which
+/// kernels before 5.9 fill; `None` on v2, which has none, and where the kernel leaves it empty
+/// (5.9+ deprecated it: `memcg_slab_show` returns nothing).
+pub fn slabinfo(dir: &CgroupDir) -> Result<Option<String>> {
+    if dir.version != Version::V1 {
+        return Ok(None);
+    }
+    let p = dir.file("memory.kmem.slabinfo");
+    match std::fs::read_to_string(&p) {
+        Ok(t) if t.starts_with("slabinfo - version:") => Ok(Some(t)),
+        Ok(t) if t.trim().is_empty() => Ok(None),
+        Ok(_) => Err(Error::malformed(&p, "no slabinfo header")),
+        // Kernels built without CONFIG_SLUB_DEBUG / CONFIG_MEMCG_KMEM have no such file.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(p, e)),
+    }
+}
+
 /// The lowest memory limit of the cgroup and its ancestors, from the small limit files only
 /// (`memory.max` on v2, `memory.limit_in_bytes` on v1): cheap enough to decide, before reading
 /// `memory.stat`, whether the container is limited at all.

@@ -264,7 +264,7 @@ impl CachedFs {
             let (_, children) = self.tree.list(idx).ok_or(Errno(libc::ENOENT))?;
             return Ok((dir(node, 2 + children.len() as u32), DIR_TTL));
         };
-        let empty = Attr { ino: node, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time: self.start, nsec: 0 };
+        let empty = Attr { ino: node, size: 0, mode: libc::S_IFREG | view.mode(), nlink: 1, time: self.start, nsec: 0 };
         if !self.is_member(tid, &c) {
             // Not the container's: nothing of its content, and nothing the kernel keeps.
             return Ok((empty, Duration::ZERO));

@@ -159,7 +159,7 @@ impl Tree {
             Kind::Dir(c) => {
                 Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink: 2 + c.len() as u32, time, nsec: 0 }
             }
-            Kind::File(_) => Attr { ino, size: 0, mode: libc::S_IFREG | 0o444, nlink: 1, time, nsec: 0 },
+            Kind::File(v) => Attr { ino, size: 0, mode: libc::S_IFREG | v.mode(), nlink: 1, time, nsec: 0 },
         })
     }
 }
