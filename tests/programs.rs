@@ -199,7 +199,7 @@ fn jdk_sees_one_cpu_and_sizes_its_heap_from_the_limit_both_ways() {
     let affinity = run(&["--seccomp-affinity"], &script);
     let host_heap = {
         let o = Command::new("java")
-            .args(["-XX:-UseContainerSupport"])
+            .args(["-Xint", "-XX:-UseContainerSupport"])
             .arg(src.join("P.java"))
             .arg("host")
             .output()
