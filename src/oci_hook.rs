@@ -17,7 +17,7 @@
 //! sysfs, and the mount goes onto the opened fd (new mount API, Linux 5.12+), so no symlink of
 //! the image can move a mount outside the container (docs/security.md).
 
-use crate::catalog::{bind_shared, bind_targets, bind_writable, CPU_DIR};
+use crate::catalog::{bind_targets, CPU_DIR};
 use crate::mount::{bind_into, FUSE_SUPER_MAGIC};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -184,10 +184,10 @@ pub fn run(mut input: impl Read, mountpoint: &Path, cache: Option<&Path>) -> Res
         // The cpu directory is bound whole (its cpuN entries are per container); the rest
         // are files.
         let src = match &own {
-            Some(dir) if !bind_shared(path) => dir.join(path),
+            Some(dir) if path != CPU_DIR => dir.join(path),
             _ => mountpoint.join(path),
         };
-        match bind_into(&root, &src, path, path == CPU_DIR, bind_writable(path)) {
+        match bind_into(&root, &src, path, path == CPU_DIR) {
             Ok(()) => out.bound.push(path.into()),
             Err(e) => out.skipped.push((path.into(), e.to_string())),
         }

@@ -180,7 +180,7 @@ fn repair_one(root: &OwnedFd, d: &DeadMount, tree: &OwnedFd) -> crate::mount::Re
         Ok(_) => return Ok(false),
         Err(e) => return Err(crate::mount::Error::Sys { what: "statfs".into(), source: e.into() }),
     }
-    attach(tree, &target, crate::catalog::bind_writable(d.root.trim_start_matches('/'))).map(|()| true)
+    attach(tree, &target).map(|()| true)
 }
 
 #[cfg(test)]

@@ -47,20 +47,10 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
         seccomp::spawn(policy, seccomp::adopt_fds(&seccomp_fds), Some(chan))?;
     }
     let spin = Duration::from_micros(opts.spin_us);
-    // The poll handles waiting on PSI triggers, beside the state file for the next worker.
-    let pollers_file = snapshots.as_ref().map(|s| s.with_extension("pollers"));
-    let left = pollers_file.as_ref().and_then(|f| std::fs::read_to_string(f).ok().map(|_| f.clone()));
-    let pollers = crate::fuse::psi::Pollers::start(Arc::clone(first), pollers_file)?;
     let fs = Arc::new(
-        ProcFs::with_floor(svc.clone(), opts.bench_floor)
-            .with_handles_per_container(opts.handles_per_container)
-            .with_pollers(pollers),
+        ProcFs::with_floor(svc.clone(), opts.bench_floor).with_handles_per_container(opts.handles_per_container),
     );
     spawn_workers(&owned, fs.clone(), spin)?;
-    if let Some(f) = left {
-        // A predecessor's pollers: woken, they ask again and find their trigger gone.
-        crate::fuse::psi::Pollers::wake_left(first, &f);
-    }
     start_report(report, svc.clone(), fs, started);
     if !cache.is_empty() {
         let fresh = Duration::from_millis(opts.fresh_ms);

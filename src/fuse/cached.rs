@@ -371,9 +371,7 @@ impl Handler for CachedFs {
                 Reply::None
             }
             Request::Interrupt => Reply::None,
-            Request::Change | Request::Write { .. } | Request::Setattr { .. } => Reply::err(libc::EROFS),
-            // Pressure files are bound from the shared tree (their triggers need handles).
-            Request::Poll { .. } => Reply::err(libc::ENOSYS),
+            Request::Change => Reply::err(libc::EROFS),
             Request::Readlink | Request::Other(_) => Reply::err(libc::ENOSYS),
         }
     }

@@ -71,9 +71,7 @@ fn mount_with(mountpoint: &Path, fsname: &str, uring: bool) -> io::Result<(Owned
     let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
     let (src, target, fstype, data) =
         (c(fsname.as_bytes())?, c(mountpoint.as_os_str().as_bytes())?, c(FSTYPE.as_bytes())?, c(opts.as_bytes())?);
-    // Not MS_RDONLY: a pressure file takes trigger writes (fuse/psi.rs); the handler refuses
-    // every other change with EROFS.
-    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
     let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
     if r != 0 {
@@ -109,18 +107,6 @@ pub fn clone_fd(master: &OwnedFd) -> io::Result<OwnedFd> {
 pub fn notify_resend(fd: &OwnedFd) -> io::Result<()> {
     let mut o = Out::default();
     o.u32(abi::OUT_HEADER_LEN as u32).u32(abi::FUSE_NOTIFY_RESEND).u64(0);
-    // SAFETY: the buffer is valid for reads of its length.
-    let n = unsafe { libc::write(fd.as_raw_fd(), o.0.as_ptr().cast(), o.0.len()) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Wakes the pollers of poll handle `kh` (`FUSE_NOTIFY_POLL`).
-pub fn notify_poll(fd: &OwnedFd, kh: u64) -> io::Result<()> {
-    let mut o = Out::default();
-    o.u32(abi::OUT_HEADER_LEN as u32 + 8).u32(abi::FUSE_NOTIFY_POLL).u64(0).u64(kh);
     // SAFETY: the buffer is valid for reads of its length.
     let n = unsafe { libc::write(fd.as_raw_fd(), o.0.as_ptr().cast(), o.0.len()) };
     if n < 0 {

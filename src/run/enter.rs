@@ -31,7 +31,7 @@ pub fn bind_pairs(mountpoint: &Path, cache: Option<&Path>) -> Vec<(Source, CStri
         .filter(|p| Path::new("/").join(p).exists())
         .filter_map(|p| {
             let src = match cache {
-                Some(c) if !crate::catalog::bind_shared(p) => {
+                Some(c) if p != crate::catalog::CPU_DIR => {
                     let mut dir = c.as_os_str().as_bytes().to_vec();
                     dir.push(b'/');
                     Source::Keyed { dir, rest: format!("/{p}").into_bytes() }
