@@ -58,8 +58,10 @@ impl Reason {
 /// Rows of the per-file counters: every served file and the bench floor.
 const FILES: usize = View::ALL.len() + 1;
 
+/// A file's row: the catalog declares `View::ALL` in the order of the variants, the bench floor
+/// last (its test checks it), so the variant's number is the row — no search per request.
 fn row(v: View) -> usize {
-    View::ALL.iter().position(|x| *x == v).unwrap_or(FILES - 1)
+    (v as usize).min(FILES - 1)
 }
 
 /// One slow request.
