@@ -92,13 +92,13 @@ catalog! {
     Slabinfo => "proc/slabinfo", slabinfo_file;
     /// `proc/pressure/cpu`: the container's cpu.pressure (cgroup v2); the host's file without a
     /// unified cgroup of its own.
-    PressureCpu => "proc/pressure/cpu", |s, c| pressure(s, c, View::PressureCpu, "cpu.pressure");
+    PressureCpu => "proc/pressure/cpu", |s, c| pressure(s, c, View::PressureCpu);
     /// `proc/pressure/memory`: the container's memory.pressure (cgroup v2); the host's file without a
     /// unified cgroup of its own.
-    PressureMemory => "proc/pressure/memory", |s, c| pressure(s, c, View::PressureMemory, "memory.pressure");
+    PressureMemory => "proc/pressure/memory", |s, c| pressure(s, c, View::PressureMemory);
     /// `proc/pressure/io`: the container's io.pressure (cgroup v2); the host's file without a
     /// unified cgroup of its own.
-    PressureIo => "proc/pressure/io", |s, c| pressure(s, c, View::PressureIo, "io.pressure");
+    PressureIo => "proc/pressure/io", |s, c| pressure(s, c, View::PressureIo);
     /// `sys/devices/system/cpu/online`: the visible CPUs (cpuset cut to the quota), numbered
     /// from 0 (view/cpu_online.rs).
     CpuOnline => "sys/devices/system/cpu/online", cpu_list;
@@ -131,12 +131,24 @@ impl View {
         self.row().3.split_whitespace().collect::<Vec<_>>().join(" ")
     }
 
-    /// The file's permission bits: read-only for everyone, except what the host keeps to root
-    /// (slabinfo: kernel heap layout is an exploit's map).
+    /// The file's permission bits, as the host's: read-only for everyone, except what the host
+    /// keeps to root (slabinfo: kernel heap layout is an exploit's map) and the pressure files,
+    /// which take PSI triggers (fuse/psi.rs).
     pub fn mode(self) -> u32 {
         match self {
             View::Slabinfo => 0o400,
+            _ if self.pressure_file().is_some() => 0o666,
             _ => 0o444,
+        }
+    }
+
+    /// The cgroup file of a pressure view (`memory.pressure` for `proc/pressure/memory`).
+    pub fn pressure_file(self) -> Option<&'static str> {
+        match self {
+            View::PressureCpu => Some("cpu.pressure"),
+            View::PressureMemory => Some("memory.pressure"),
+            View::PressureIo => Some("io.pressure"),
+            _ => None,
         }
     }
 
@@ -158,6 +170,29 @@ pub fn bind_targets() -> Vec<&'static str> {
     let mut t: Vec<&'static str> = View::ALL.iter().map(|v| v.path()).filter(|p| !p.starts_with(CPU_DIR)).collect();
     t.push(CPU_DIR);
     t
+}
+
+/// The served tree a bind of a [`bind_targets`] path comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BindFrom {
+    /// The shared tree: the cpu directory, whose `cpuN` entries follow the caller.
+    Shared,
+    /// The container's own directory of the cached tree (fuse/cached.rs), else the shared tree.
+    Own,
+    /// The trigger connection (fuse/psi.rs), bound writable: the pressure files, whose triggers
+    /// live in open handles. The shared tree (read-only, no triggers) where it is not served.
+    Trigger,
+}
+
+/// Where the bind of `path` (a [`bind_targets`] entry) comes from.
+pub fn bind_from(path: &str) -> BindFrom {
+    if path == CPU_DIR {
+        BindFrom::Shared
+    } else if View::from_path(path).is_some_and(|v| v.pressure_file().is_some()) {
+        BindFrom::Trigger
+    } else {
+        BindFrom::Own
+    }
 }
 
 /// The constant content of [`View::Floor`]: meminfo-sized (1.4 KiB).
@@ -199,13 +234,19 @@ fn slabinfo_file(s: &Service, c: &Container) -> Result<Content> {
     }
 }
 
-fn pressure(s: &Service, c: &Container, view: View, file: &str) -> Result<Content> {
-    match &c.cgroups.unified {
+fn pressure(s: &Service, c: &Container, view: View) -> Result<Content> {
+    match (&c.cgroups.unified, view.pressure_file()) {
         // The cgroup file has the kernel's /proc/pressure format.
-        Some(d) if d.path != d.top => crate::error::read_file(&d.file(file)).map(Content::from),
+        (Some(d), Some(file)) if d.path != d.top => crate::error::read_file(&d.file(file)).map(Content::from),
         // No cgroup of its own in the unified tree: the host's pressure.
         _ => s.host_text(view),
     }
+}
+
+/// Whether the container has a unified cgroup of its own: where its pressure files (and
+/// triggers) come from.
+pub fn own_unified(c: &Container) -> Option<&crate::cgroup::CgroupDir> {
+    c.cgroups.unified.as_ref().filter(|d| d.path != d.top)
 }
 
 fn stat_file(s: &Service, c: &Container) -> Result<Content> {

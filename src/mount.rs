@@ -115,7 +115,7 @@ fn fs_magic(fd: &OwnedFd) -> Result<i64> {
 /// without following a symlink, the parent must be the container's procfs (or sysfs for the
 /// cpu directory), the target must be on that same mount (not already covered by another
 /// mount) and of the expected type, and the mount goes onto the opened target itself.
-pub fn bind_into(root: &OwnedFd, src: &Path, path: &str, want_dir: bool) -> Result<()> {
+pub fn bind_into(root: &OwnedFd, src: &Path, path: &str, want_dir: bool, writable: bool) -> Result<()> {
     let (parent, leaf) = path.rsplit_once('/').ok_or_else(|| Error::BadPath(path.into()))?;
     let pfd = openat2(root, parent, libc::O_DIRECTORY, RESOLVE_IN_ROOT | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)?;
     let want = if parent.starts_with("sys") { SYSFS_MAGIC } else { PROC_SUPER_MAGIC };
@@ -142,7 +142,7 @@ pub fn bind_into(root: &OwnedFd, src: &Path, path: &str, want_dir: bool) -> Resu
     }
     // A detached copy of the served file, made read-only, noexec, nosuid, nodev before it is
     // attached: the container never sees it writable, and nothing is resolved by path twice.
-    attach(&clone_tree(src)?, &tfd)
+    attach(&clone_tree(src)?, &tfd, writable)
 }
 
 /// A detached copy (`open_tree(OPEN_TREE_CLONE)`) of the mount at or the file under `src`.
@@ -159,11 +159,13 @@ pub(crate) fn clone_tree(src: &Path) -> Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(tree as i32) })
 }
 
-/// Makes the detached `tree` read-only, noexec, nosuid, nodev and mounts it onto the opened
-/// `target` (over whatever is mounted there).
-pub(crate) fn attach(tree: &OwnedFd, target: &OwnedFd) -> Result<()> {
+/// Makes the detached `tree` read-only (unless `writable`: a pressure file, whose writes the
+/// daemon's handler takes as PSI triggers), noexec, nosuid, nodev and mounts it onto the
+/// opened `target` (over whatever is mounted there).
+pub(crate) fn attach(tree: &OwnedFd, target: &OwnedFd, writable: bool) -> Result<()> {
+    let ro = if writable { 0 } else { MOUNT_ATTR_RDONLY };
     let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+        attr_set: ro | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
         attr_clr: 0,
         propagation: 0,
         userns_fd: 0,

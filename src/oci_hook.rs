@@ -17,7 +17,7 @@
 //! sysfs, and the mount goes onto the opened fd (new mount API, Linux 5.12+), so no symlink of
 //! the image can move a mount outside the container (docs/security.md).
 
-use crate::catalog::{bind_targets, CPU_DIR};
+use crate::catalog::{bind_from, bind_targets, BindFrom, CPU_DIR};
 use crate::mount::{bind_into, FUSE_SUPER_MAGIC};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -130,9 +130,15 @@ pub struct Outcome {
 }
 
 /// Runs the hook: reads the state from `input`, binds the views of the daemon at `mountpoint`
-/// (the container's own cached files from `cache` where that tree is served, fuse/cached.rs).
-/// Returns an error only for the log; the caller exits 0 regardless.
-pub fn run(mut input: impl Read, mountpoint: &Path, cache: Option<&Path>) -> Result<Outcome, Error> {
+/// (the container's own cached files from `cache` where that tree is served, fuse/cached.rs;
+/// the pressure files from the trigger connection `psi`, fuse/psi.rs). Returns an error only
+/// for the log; the caller exits 0 regardless.
+pub fn run(
+    mut input: impl Read,
+    mountpoint: &Path,
+    cache: Option<&Path>,
+    psi: Option<&Path>,
+) -> Result<Outcome, Error> {
     let mut text = String::new();
     input.read_to_string(&mut text).map_err(Error::Stdin)?;
     let state: State = serde_json::from_str(&text).map_err(Error::State)?;
@@ -183,11 +189,12 @@ pub fn run(mut input: impl Read, mountpoint: &Path, cache: Option<&Path>) -> Res
     for path in bind_targets() {
         // The cpu directory is bound whole (its cpuN entries are per container); the rest
         // are files.
-        let src = match &own {
-            Some(dir) if path != CPU_DIR => dir.join(path),
-            _ => mountpoint.join(path),
+        let (src, writable) = match (bind_from(path), &own, psi) {
+            (BindFrom::Own, Some(dir), _) => (dir.join(path), false),
+            (BindFrom::Trigger, _, Some(p)) => (p.join(path), true),
+            _ => (mountpoint.join(path), false),
         };
-        match bind_into(&root, &src, path, path == CPU_DIR) {
+        match bind_into(&root, &src, path, path == CPU_DIR, writable) {
             Ok(()) => out.bound.push(path.into()),
             Err(e) => out.skipped.push((path.into(), e.to_string())),
         }

@@ -78,16 +78,26 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
         .map_err(|e| io::Error::new(e.kind(), format!("{} is not served: {e}", mountpoint.display())))?;
     let live_dev = format!("{}:{}", libc::major(live.dev()), libc::minor(live.dev()));
     let source = source_name(&mountpoint.canonicalize()?);
-    // The cached tree's binds (hook- and run-bound containers) are repaired from the live
-    // cached tree: their key directories name the same containers to the new daemon.
-    let cache = crate::fuse::cached::find(mountpoint).and_then(|c| {
+    // The companion trees' binds are repaired from the live companions: the cached tree's
+    // (hook- and run-bound containers: their key directories name the same containers to the
+    // new daemon) and the trigger connection's (pressure files, bound writable again).
+    let companion = |dir: Option<PathBuf>, source: fn(&Path) -> String, writable: bool| {
+        let c = dir?;
         let m = std::fs::metadata(&c).ok()?;
         Some((
-            crate::fuse::cached::source_name(&mountpoint.canonicalize().ok()?),
+            source(&mountpoint.canonicalize().ok()?),
             format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev())),
             c,
+            writable,
         ))
-    });
+    };
+    let companions: Vec<(String, String, PathBuf, bool)> = [
+        companion(crate::fuse::cached::find(mountpoint), crate::fuse::cached::source_name, false),
+        companion(crate::fuse::psi::find(mountpoint), crate::fuse::psi::source_name, true),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     let own_ns = std::fs::read_link("/proc/self/ns/mnt")?;
     let own = std::fs::File::open("/proc/self/ns/mnt")?;
     let mut seen: HashSet<PathBuf> = HashSet::from([own_ns]);
@@ -103,13 +113,13 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
             continue;
         }
         let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else { continue };
-        let mut dead: Vec<(DeadMount, &Path)> =
-            dead_mounts(&info, &live_dev, &source).into_iter().map(|d| (d, mountpoint)).collect();
-        if let Some((src, dev, dir)) = &cache {
+        let mut dead: Vec<(DeadMount, &Path, bool)> =
+            dead_mounts(&info, &live_dev, &source).into_iter().map(|d| (d, mountpoint, false)).collect();
+        for (src, dev, dir, writable) in &companions {
             dead.extend(
                 crate::mountinfo::entries(&info)
                     .filter(|e| e.fstype == crate::fuse::session::FSTYPE && e.dev != dev && e.source == src)
-                    .map(|e| (DeadMount { mount_point: e.mount_point, root: e.root }, dir.as_path())),
+                    .map(|e| (DeadMount { mount_point: e.mount_point, root: e.root }, dir.as_path(), *writable)),
             );
         }
         if dead.is_empty() {
@@ -126,30 +136,30 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
 
 /// Repairs the `dead` mounts of `pid`'s namespace, each from the same path under its live
 /// mount.
-fn repair_ns(pid: u32, dead: &[(DeadMount, &Path)], own: &std::fs::File, r: &mut Repaired) {
+fn repair_ns(pid: u32, dead: &[(DeadMount, &Path, bool)], own: &std::fs::File, r: &mut Repaired) {
     // Clones of the live files, made here before entering the container's namespace.
-    let mut work: Vec<(&DeadMount, OwnedFd)> = Vec::new();
-    for (d, live) in dead {
+    let mut work: Vec<(&DeadMount, OwnedFd, bool)> = Vec::new();
+    for (d, live, writable) in dead {
         match clone_tree(&live.join(d.root.trim_start_matches('/'))) {
-            Ok(t) => work.push((d, t)),
+            Ok(t) => work.push((d, t, *writable)),
             Err(e) => r.left.push((d.mount_point.clone(), format!("no such served file: {e}"))),
         }
     }
     let theirs = match std::fs::File::open(format!("/proc/{pid}/ns/mnt")) {
         Ok(f) => f,
         Err(e) => {
-            r.left.extend(work.iter().map(|(d, _)| (d.mount_point.clone(), format!("namespace gone: {e}"))));
+            r.left.extend(work.iter().map(|(d, _, _)| (d.mount_point.clone(), format!("namespace gone: {e}"))));
             return;
         }
     };
     if let Err(e) = nix::sched::setns(&theirs, nix::sched::CloneFlags::CLONE_NEWNS) {
-        r.left.extend(work.iter().map(|(d, _)| (d.mount_point.clone(), format!("cannot enter the namespace: {e}"))));
+        r.left.extend(work.iter().map(|(d, _, _)| (d.mount_point.clone(), format!("cannot enter the namespace: {e}"))));
         return;
     }
     match std::fs::File::open("/").map(OwnedFd::from) {
         Ok(root) => {
-            for (d, tree) in &work {
-                match repair_one(&root, d, tree) {
+            for (d, tree, writable) in &work {
+                match repair_one(&root, d, tree, *writable) {
                     Ok(true) => r.files.push(d.mount_point.clone()),
                     // Repaired before: the dead mount is under a live one.
                     Ok(false) => {}
@@ -157,7 +167,7 @@ fn repair_ns(pid: u32, dead: &[(DeadMount, &Path)], own: &std::fs::File, r: &mut
                 }
             }
         }
-        Err(e) => r.left.extend(work.iter().map(|(d, _)| (d.mount_point.clone(), format!("no root: {e}")))),
+        Err(e) => r.left.extend(work.iter().map(|(d, _, _)| (d.mount_point.clone(), format!("no root: {e}")))),
     }
     if let Err(e) = nix::sched::setns(own, nix::sched::CloneFlags::CLONE_NEWNS) {
         // Nothing else can be done from a foreign namespace.
@@ -166,9 +176,9 @@ fn repair_ns(pid: u32, dead: &[(DeadMount, &Path)], own: &std::fs::File, r: &mut
     }
 }
 
-/// Mounts `tree` over `d` if a dead connection is what `d` shows now; false if a live mount
-/// already covers it.
-fn repair_one(root: &OwnedFd, d: &DeadMount, tree: &OwnedFd) -> crate::mount::Result<bool> {
+/// Mounts `tree` over `d` (writable: a trigger connection's pressure file) if a dead
+/// connection is what `d` shows now; false if a live mount already covers it.
+fn repair_one(root: &OwnedFd, d: &DeadMount, tree: &OwnedFd, writable: bool) -> crate::mount::Result<bool> {
     let rel = d.mount_point.trim_start_matches('/');
     if rel.is_empty() {
         // The namespace's root is not a bind of ours to replace.
@@ -180,7 +190,7 @@ fn repair_one(root: &OwnedFd, d: &DeadMount, tree: &OwnedFd) -> crate::mount::Re
         Ok(_) => return Ok(false),
         Err(e) => return Err(crate::mount::Error::Sys { what: "statfs".into(), source: e.into() }),
     }
-    attach(tree, &target).map(|()| true)
+    attach(tree, &target, writable).map(|()| true)
 }
 
 #[cfg(test)]

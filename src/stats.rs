@@ -261,6 +261,9 @@ pub struct Keeper {
     pub threads: usize,
     /// The cached tree's mount point, when it serves one.
     pub cache: Option<String>,
+    /// The trigger connection's mount point (PSI triggers), when it serves one.
+    #[serde(default)]
+    pub psi: Option<String>,
     /// The seccomp listener socket, when it listens.
     pub seccomp_socket: Option<String>,
     /// Workers started after the first (crashes, upgrades' new workers, handovers resumed).

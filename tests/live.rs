@@ -258,6 +258,13 @@ fn writes_and_unknown_names_get_errors() {
     assert_eq!(err(std::fs::File::open(d.path("proc/nonexistent"))), Some(libc::ENOENT));
     assert_eq!(std::fs::create_dir(d.path("proc/dir")).unwrap_err().raw_os_error(), Some(libc::EROFS));
     assert_eq!(std::fs::remove_file(&p).unwrap_err().raw_os_error(), Some(libc::EROFS));
+    // The mount takes writes (the pressure files' triggers): every other change is refused.
+    assert_eq!(std::fs::rename(&p, d.path("proc/moved")).unwrap_err().raw_os_error(), Some(libc::EROFS));
+    assert_eq!(std::fs::hard_link(&p, d.path("proc/link")).unwrap_err().raw_os_error(), Some(libc::EROFS));
+    assert_eq!(
+        std::os::unix::fs::symlink("meminfo", d.path("proc/sym")).unwrap_err().raw_os_error(),
+        Some(libc::EROFS)
+    );
     let perm = std::fs::metadata(&p).unwrap();
     use std::os::unix::fs::PermissionsExt;
     assert_eq!(perm.permissions().mode() & 0o7777, 0o444);

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 /// The test binaries run in the guest: everything that reads through the mount from limited
 /// cgroups. (Runtime tests need image storage on a writable root; the transport tests do not
 /// depend on the cgroup version.)
-const SUITE: &[&str] = &["live", "cpu_views", "run", "oom", "readers", "programs", "cached", "status"];
+const SUITE: &[&str] = &["live", "cpu_views", "run", "oom", "readers", "programs", "cached", "status", "psi"];
 
 /// Modules the guest loads, with their dependencies (resolved by modprobe for its kernel).
 const MODULES: &[&str] = &["virtio_pci", "virtio_blk", "9pnet_virtio", "9p", "ext4", "fuse"];

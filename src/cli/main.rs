@@ -126,6 +126,11 @@ enum Cmd {
         /// names MOUNTPOINT); `none` binds the shared files.
         #[arg(long)]
         cache: Option<PathBuf>,
+        /// The daemon's trigger connection, where the pressure files take PSI triggers
+        /// (default: found in the mount table like the cached tree); `none` binds the shared,
+        /// read-only pressure files.
+        #[arg(long)]
+        psi: Option<PathBuf>,
     },
     /// Print the `docker run` options that bind every served file over the container's own.
     DockerArgs {
@@ -201,13 +206,15 @@ fn main() {
             println!("{}", args.join(" "));
             Ok(())
         }
-        Cmd::OciHook { mountpoint, log, cache } => {
-            let cache = match cache {
+        Cmd::OciHook { mountpoint, log, cache, psi } => {
+            let pick = |given: Option<PathBuf>, find: fn(&Path) -> Option<PathBuf>| match given {
                 Some(c) if c == Path::new("none") => None,
                 Some(c) => Some(c),
-                None => cgprocfs::fuse::cached::find(&mountpoint),
+                None => find(&mountpoint),
             };
-            let line = match cgprocfs::oci_hook::run(std::io::stdin(), &mountpoint, cache.as_deref()) {
+            let cache = pick(cache, cgprocfs::fuse::cached::find);
+            let psi = pick(psi, cgprocfs::fuse::psi::find);
+            let line = match cgprocfs::oci_hook::run(std::io::stdin(), &mountpoint, cache.as_deref(), psi.as_deref()) {
                 Ok(o) => {
                     let tree = if o.cached { "own cached files" } else { "shared files" };
                     format!("{}: bound {:?} ({tree}); skipped {:?}", o.id, o.bound, o.skipped)

@@ -78,7 +78,8 @@ pub fn run(limits: RunLimits, mountpoint: &Path, seccomp: Option<bool>, cmd: &[S
         cgprocfs::fuse::cached::find(&mnt).filter(|c| std::fs::metadata(c.join(&me).join("proc/meminfo")).is_ok());
     let cg = Transient::create(&format!("cgprocfs-run-{}", std::process::id()), &limits)
         .context("cannot create the transient cgroup")?;
-    let (procs, binds) = (cg.procs_files(), bind_pairs(&mnt, cache.as_deref()));
+    let (procs, binds) =
+        (cg.procs_files(), bind_pairs(&mnt, cache.as_deref(), cgprocfs::fuse::psi::find(&mnt).as_deref()));
     let mut command = std::process::Command::new(&cmd[0]);
     command.args(&cmd[1..]);
     // The command's seccomp listener comes back over this pair; the parent hands it on.

@@ -84,6 +84,7 @@ pub fn serve(line: ServeLine) -> Result<()> {
     };
     let cfg = KeeperConfig {
         cache: (!line.no_cache).then(|| cgprocfs::daemon::cache_dir(&pidfile)),
+        psi: (!line.no_psi).then(|| cgprocfs::daemon::psi_dir(&pidfile)),
         mountpoint: mountpoint.clone(),
         binary,
         opts,

@@ -71,9 +71,10 @@ fn text(s: &Status, top: usize, now: u64) -> String {
     );
     let _ = writeln!(
         o,
-        "transport: /dev/fuse, {} thread(s); cached tree: {}; seccomp: {}",
+        "transport: /dev/fuse, {} thread(s); cached tree: {}; triggers: {}; seccomp: {}",
         k.threads,
         k.cache.as_deref().unwrap_or("none"),
+        k.psi.as_deref().unwrap_or("none"),
         k.seccomp_socket.as_deref().unwrap_or("off")
     );
     let Some(w) = &s.worker else {

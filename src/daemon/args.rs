@@ -110,6 +110,9 @@ pub struct WorkerLine {
     /// The cached tree's /dev/fuse fds.
     #[arg(long, value_delimiter = ',')]
     pub cache_fds: Vec<RawFd>,
+    /// The trigger connection's /dev/fuse fds (fuse/psi.rs).
+    #[arg(long, value_delimiter = ',')]
+    pub psi_fds: Vec<RawFd>,
     /// What is served and how.
     #[command(flatten)]
     pub opts: ServeOptions,
@@ -159,6 +162,7 @@ impl WorkerLine {
     pub fn to_args(&self) -> Vec<OsString> {
         let mut a = args(&[("--fds", fd_list(&self.fds))]);
         opt(&mut a, "--cache-fds", (!self.cache_fds.is_empty()).then(|| fd_list(&self.cache_fds)));
+        opt(&mut a, "--psi-fds", (!self.psi_fds.is_empty()).then(|| fd_list(&self.psi_fds)));
         opt(&mut a, "--state", self.state.clone());
         opt(&mut a, "--seccomp-chan", self.seccomp_chan.map(|c| c.to_string()));
         opt(&mut a, "--seccomp-fds", (!self.seccomp_fds.is_empty()).then(|| fd_list(&self.seccomp_fds)));
@@ -190,6 +194,9 @@ pub struct AdoptLine {
     /// Internal, set by an upgrade: the cached tree's /dev/fuse fds.
     #[arg(long, hide = true, value_delimiter = ',')]
     pub adopt_cache: Vec<RawFd>,
+    /// Internal, set by an upgrade: the trigger connection's /dev/fuse fds.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub adopt_psi: Vec<RawFd>,
     /// Internal, set by an upgrade: times the connection was handed on before.
     #[arg(long, hide = true, default_value_t = 0)]
     pub handovers: u64,
@@ -202,6 +209,7 @@ impl AdoptLine {
             (false, Some(minor), Some(flags)) => Some(Adopted {
                 fds: self.adopt.clone(),
                 cache: self.adopt_cache.clone(),
+                psi: self.adopt_psi.clone(),
                 params: InitParams { minor, flags },
                 seccomp: self.seccomp_adopt.split_first().map(|(l, n)| (*l, n.to_vec())),
                 control: self.control_adopt,
@@ -220,6 +228,7 @@ impl AdoptLine {
         opt(&mut a, "--seccomp-adopt", (!self.seccomp_adopt.is_empty()).then(|| fd_list(&self.seccomp_adopt)));
         opt(&mut a, "--control-adopt", self.control_adopt.map(|c| c.to_string()));
         opt(&mut a, "--adopt-cache", (!self.adopt_cache.is_empty()).then(|| fd_list(&self.adopt_cache)));
+        opt(&mut a, "--adopt-psi", (!self.adopt_psi.is_empty()).then(|| fd_list(&self.adopt_psi)));
         if self.handovers > 0 {
             a.extend(args(&[("--handovers", self.handovers.to_string())]));
         }
@@ -264,6 +273,11 @@ pub struct ServeLine {
     /// and `run` then bind the shared files, each read answered by the daemon.
     #[arg(long)]
     pub no_cache: bool,
+    /// Do not serve the trigger connection (mounted beside the pid file, `<name>.psi`):
+    /// hooks and `run` then bind the shared, read-only pressure files, which take no PSI
+    /// triggers.
+    #[arg(long)]
+    pub no_psi: bool,
     /// What is served and how.
     #[command(flatten)]
     pub opts: ServeOptions,
@@ -284,6 +298,7 @@ impl ServeLine {
         flag(&mut a, self.no_reattach, "--no-reattach");
         flag(&mut a, self.linger, "--linger");
         flag(&mut a, self.no_cache, "--no-cache");
+        flag(&mut a, self.no_psi, "--no-psi");
         a.extend(self.opts.to_args());
         a.extend(self.adopt.to_args());
         a
@@ -347,6 +362,7 @@ mod tests {
             seccomp_chan: Some(5),
             seccomp_fds: vec![6, 7],
             cache_fds: vec![8],
+            psi_fds: vec![11],
             opts: opts(),
             report: ReportLine {
                 stats: Some("/run/a.stats".into()),
@@ -364,6 +380,7 @@ mod tests {
             seccomp_chan: None,
             seccomp_fds: vec![],
             cache_fds: vec![],
+            psi_fds: vec![],
             opts: ServeOptions { bench_floor: false, seccomp_affinity: false, cpu_count: CpuCountArg::Quota, ..opts() },
             report: ReportLine::default(),
         };
@@ -383,6 +400,7 @@ mod tests {
             no_reattach: true,
             linger: true,
             no_cache: true,
+            no_psi: true,
             opts: opts(),
             adopt: AdoptLine {
                 adopt: vec![3, 4, 5],
@@ -391,6 +409,7 @@ mod tests {
                 seccomp_adopt: vec![6, 7],
                 control_adopt: Some(8),
                 adopt_cache: vec![9, 10],
+                adopt_psi: vec![11],
                 handovers: 4,
             },
         };

@@ -9,9 +9,10 @@
 //! 2. old: refuses a version it does not speak ([`Reply::Refused`]) and goes on serving.
 //!    Otherwise it stops its worker (the kernel queues requests meanwhile, as for a worker
 //!    crash) and sends [`Reply::Offer`] with the FUSE fds, the seccomp listener and
-//!    notification fds, its control listener and the cached tree's fds, in chunks of at most
-//!    [`CHUNK`] fds. (A keeper from before the cached tree counts fewer fds than it gets and
-//!    drops the offer: the old keeper serves on.)
+//!    notification fds, its control listener, the cached tree's fds and the trigger
+//!    connection's, in chunks of at most [`CHUNK`] fds. (A keeper from before the cached tree
+//!    or the trigger connection counts fewer fds than it gets and drops the offer: the old
+//!    keeper serves on.)
 //! 3. new: checks the fds, starts its worker, then sends `taken`. The old keeper exits
 //!    without unmounting and without a seccomp drain. If `taken` does not come (the new one
 //!    died or refused the offer), the old keeper starts a worker again and goes on.
@@ -86,6 +87,10 @@ pub struct Offer {
     /// one: the taker mounts its own).
     #[serde(default)]
     pub cache: usize,
+    /// Number of fds of the trigger connection (fuse/psi.rs), after the cached tree's (0 from
+    /// a keeper without one: the taker mounts its own).
+    #[serde(default)]
+    pub psi: usize,
     /// Times the connection was handed on before (0 from a keeper that did not count).
     #[serde(default)]
     pub handovers: u64,
@@ -93,7 +98,7 @@ pub struct Offer {
 
 impl Offer {
     fn total(&self) -> usize {
-        self.fuse + usize::from(self.listener) + self.notify + usize::from(self.control) + self.cache
+        self.fuse + usize::from(self.listener) + self.notify + usize::from(self.control) + self.cache + self.psi
     }
 }
 
@@ -112,6 +117,8 @@ pub struct Received {
     pub control: Option<OwnedFd>,
     /// The cached tree's connection.
     pub cache: Vec<OwnedFd>,
+    /// The trigger connection.
+    pub psi: Vec<OwnedFd>,
 }
 
 /// The control socket's path for a keeper with pid file `pidfile`.
@@ -319,7 +326,8 @@ pub fn take(path: &Path) -> io::Result<(Taken, Received)> {
     let notify: Vec<OwnedFd> = it.by_ref().take(offer.notify).collect();
     let control = if offer.control { it.next() } else { None };
     let cache: Vec<OwnedFd> = it.by_ref().take(offer.cache).collect();
-    Ok((Taken(conn), Received { offer, fuse, listener, notify, control, cache }))
+    let psi: Vec<OwnedFd> = it.by_ref().take(offer.psi).collect();
+    Ok((Taken(conn), Received { offer, fuse, listener, notify, control, cache, psi }))
 }
 
 /// Asks the keeper answering on `path` how it is doing (`cgprocfs status`).
@@ -365,7 +373,7 @@ mod tests {
         let listener = bind(&path).unwrap();
         assert!(bind(&path).is_err(), "a second keeper cannot bind a live control socket");
         // 250 notification fds: more than one message's worth.
-        let files: Vec<std::fs::File> = (0..255).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
+        let files: Vec<std::fs::File> = (0..256).map(|_| std::fs::File::open("/dev/null").unwrap()).collect();
         let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
         let offer = Offer {
             handover: VERSION,
@@ -377,6 +385,7 @@ mod tests {
             notify: 250,
             control: true,
             cache: 1,
+            psi: 1,
             handovers: 2,
         };
         let old = std::thread::spawn(move || {
@@ -389,7 +398,8 @@ mod tests {
         assert_eq!((got.offer.minor, got.offer.flags), (41, 7));
         assert_eq!((got.fuse.len(), got.notify.len()), (2, 250));
         assert!(got.listener.is_some() && got.control.is_some());
-        assert_eq!(got.cache.len(), 1, "the cached tree's connection comes last");
+        assert_eq!(got.cache.len(), 1, "the cached tree's connection comes after the control listener");
+        assert_eq!(got.psi.len(), 1, "the trigger connection comes last");
         taken.confirm().unwrap();
         assert!(old.join().unwrap(), "the old side saw the confirmation");
         drop(files);
@@ -412,6 +422,7 @@ mod tests {
             notify: 0,
             control: false,
             cache: 0,
+            psi: 0,
             handovers: 0,
         };
         let old = std::thread::spawn(move || {

@@ -18,10 +18,25 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Mounts the cached tree's connection at `cfg.cache` (one fd per thread). It is optional:
-/// without it hooks bind the shared files, so a failure is logged and serving goes on.
-fn mount_cache(cfg: &KeeperConfig) -> Vec<OwnedFd> {
-    let Some(dir) = &cfg.cache else { return Vec::new() };
+/// The connections beside the main one, each empty when not served: the cached tree's
+/// (fuse/cached.rs) and the trigger connection (fuse/psi.rs).
+struct Companions {
+    cache: Vec<OwnedFd>,
+    psi: Vec<OwnedFd>,
+}
+
+impl Companions {
+    /// Every fd, cached tree's first: the order of an offer and of an upgrade's inheritance.
+    fn raw(&self) -> Vec<RawFd> {
+        raw_fds(&self.cache).into_iter().chain(raw_fds(&self.psi)).collect()
+    }
+}
+
+/// Mounts a companion connection at `dir` (the cached tree, or the trigger connection on a
+/// writable superblock) with `threads` fds. Both are optional: without them hooks bind the
+/// shared files, so a failure is logged and serving goes on.
+fn mount_companion(dir: Option<&Path>, source: &str, writable: bool, threads: usize) -> Vec<OwnedFd> {
+    let Some(dir) = dir else { return Vec::new() };
     let mounted = (|| -> io::Result<Vec<OwnedFd>> {
         // Cleared first: a dead keeper's mount (ENOTCONN), or a live one whose main mount was
         // detached (its containers' binds keep it).
@@ -32,20 +47,20 @@ fn mount_cache(cfg: &KeeperConfig) -> Vec<OwnedFd> {
         if std::fs::symlink_metadata(dir).is_err() {
             std::fs::DirBuilder::new().mode(0o700).create(dir)?;
         }
-        let (master, _) = session::mount(dir, &crate::fuse::cached::source_name(&cfg.mountpoint))?;
+        let (master, _) = if writable { session::mount_writable(dir, source)? } else { session::mount(dir, source)? };
         let mut fds = vec![master];
-        for _ in 1..cfg.threads.max(1) {
+        for _ in 1..threads.max(1) {
             fds.push(clone_fd(&fds[0])?);
         }
         Ok(fds)
     })();
     match mounted {
         Ok(fds) => {
-            tracing::info!(mountpoint = %dir.display(), "cached tree mounted");
+            tracing::info!(mountpoint = %dir.display(), source, "companion tree mounted");
             fds
         }
         Err(e) => {
-            tracing::warn!(mountpoint = %dir.display(), error = %e, "no cached tree: hooks bind the shared files");
+            tracing::warn!(mountpoint = %dir.display(), source, error = %e, "companion tree not served: hooks bind the shared files");
             Vec::new()
         }
     }
@@ -72,12 +87,13 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
     let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
     let adopted_seccomp_held = adopted_seccomp.is_some();
     let adopted_control = adopted.as_ref().and_then(|a| a.control);
-    let (fds, params, cache) = match adopted {
+    let (fds, params, cache, psi) = match adopted {
         Some(a) => {
             let fds = own_fuse_fds(&a.fds)?;
             let cache = own_fuse_fds(&a.cache)?;
-            tracing::info!(fds = fds.len(), cache = cache.len(), "adopted the live FUSE connection");
-            (fds, a.params, cache)
+            let psi = own_fuse_fds(&a.psi)?;
+            tracing::info!(fds = fds.len(), cache = cache.len(), psi = psi.len(), "adopted the live FUSE connection");
+            (fds, a.params, cache, psi)
         }
         None => {
             let (master, params) = session::mount(&cfg.mountpoint, &crate::reattach::source_name(&cfg.mountpoint))?;
@@ -85,11 +101,22 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
             for _ in 1..cfg.threads.max(1) {
                 fds.push(clone_fd(&fds[0])?);
             }
-            (fds, params, Vec::new())
+            (fds, params, Vec::new(), Vec::new())
         }
     };
-    // A previous keeper without a cached tree (or one whose cache mount failed): mount one now.
-    let cache = if cache.is_empty() { mount_cache(&cfg) } else { cache };
+    // A previous keeper without a companion (or one whose mount failed): mount it now. One
+    // thread serves the trigger connection: triggers are written and polled rarely.
+    let cache = if cache.is_empty() {
+        mount_companion(cfg.cache.as_deref(), &crate::fuse::cached::source_name(&cfg.mountpoint), false, cfg.threads)
+    } else {
+        cache
+    };
+    let psi = if psi.is_empty() {
+        mount_companion(cfg.psi.as_deref(), &crate::fuse::psi::source_name(&cfg.mountpoint), true, 1)
+    } else {
+        psi
+    };
+    let comp = Companions { cache, psi };
     if let Err(e) = files::write_atomic(&cfg.pidfile, format!("{}\n", std::process::id()).as_bytes()) {
         tracing::warn!(pidfile = %cfg.pidfile.display(), error = %e, "cannot write the pid file");
     }
@@ -101,7 +128,8 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         handovers,
         spawned: AtomicU64::new(0),
         worker: AtomicU32::new(0),
-        cache: !cache.is_empty(),
+        cache: !comp.cache.is_empty(),
+        psi: !comp.psi.is_empty(),
     });
     let control = start_control(&cfg, adopted_control, Arc::clone(&facts));
     if let Some(a) = agent {
@@ -111,7 +139,8 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         let sec = agent.map(|a| a.with_fds(|l, n| (l, n.to_vec())));
         systemd::store_connection(
             &raw_fds(&fds),
-            &raw_fds(&cache),
+            &raw_fds(&comp.cache),
+            &raw_fds(&comp.psi),
             params,
             sec.as_ref().map(|(l, n)| (*l, n.as_slice())),
             control.as_ref().map(|c| c.listener.as_raw_fd()),
@@ -123,7 +152,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         stop_drain(&cfg);
     }
 
-    let mut worker = Some(spawn_worker(&cfg, &facts, &fds, &cache, agent)?);
+    let mut worker = Some(spawn_worker(&cfg, &facts, &fds, &comp, agent)?);
     start_ready(&cfg, fresh && cfg.reattach);
     if let Some(t) = taken {
         // The old keeper exits once told; until then it could still resume.
@@ -169,9 +198,11 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                     systemd::notify_stopping();
                 }
                 let r = if detached || keep { Ok(()) } else { session::unmount(&cfg.mountpoint) };
-                if let Some(c) = cfg.cache.as_ref().filter(|_| !(detached || keep || cache.is_empty())) {
-                    // Containers' binds of it keep the connection until they go.
-                    let _ = session::unmount(c);
+                for (dir, held) in [(&cfg.cache, &comp.cache), (&cfg.psi, &comp.psi)] {
+                    if let Some(c) = dir.as_ref().filter(|_| !(detached || keep || held.is_empty())) {
+                        // Containers' binds of it keep the connection until they go.
+                        let _ = session::unmount(c);
+                    }
                 }
                 if let Some(w) = worker.take() {
                     stop_child(w, libc::SIGTERM);
@@ -193,7 +224,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 if let Some(w) = worker.take() {
                     stop_child(w, libc::SIGTERM);
                 }
-                match give(&fds, &cache, params, agent, control.as_deref(), &conn, handovers) {
+                match give(&fds, &comp, params, agent, control.as_deref(), &conn, handovers) {
                     Ok(true) => {
                         // Nothing is unmounted and no drain started: the new keeper serves the
                         // mount and holds the containers' notification fds; the pid file is its.
@@ -224,10 +255,8 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 }
                 let ctl = control.as_ref().map(|c| c.listener.as_raw_fd());
                 let err = match agent {
-                    Some(a) => {
-                        a.with_fds(|l, n| exec_upgrade(&cfg, &fds, &cache, params, Some((l, n)), ctl, handovers))
-                    }
-                    None => exec_upgrade(&cfg, &fds, &cache, params, None, ctl, handovers),
+                    Some(a) => a.with_fds(|l, n| exec_upgrade(&cfg, &fds, &comp, params, Some((l, n)), ctl, handovers)),
+                    None => exec_upgrade(&cfg, &fds, &comp, params, None, ctl, handovers),
                 };
                 tracing::error!(error = %err, "upgrade failed; continuing with this binary");
                 respawn_at = Some(Instant::now());
@@ -265,7 +294,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
         }
         if respawn_at.is_some_and(|t| t <= Instant::now()) && worker.is_none() {
             respawn_at = None;
-            match spawn_worker(&cfg, &facts, &fds, &cache, agent) {
+            match spawn_worker(&cfg, &facts, &fds, &comp, agent) {
                 Ok(w) => {
                     worker = Some(w);
                     started = Instant::now();
@@ -367,6 +396,8 @@ struct Facts {
     worker: AtomicU32,
     /// Whether the cached tree is served.
     cache: bool,
+    /// Whether the trigger connection is served.
+    psi: bool,
 }
 
 impl Facts {
@@ -378,6 +409,7 @@ impl Facts {
             started: self.started,
             threads: cfg.threads.max(1),
             cache: cfg.cache.as_ref().filter(|_| self.cache).map(|c| c.display().to_string()),
+            psi: cfg.psi.as_ref().filter(|_| self.psi).map(|c| c.display().to_string()),
             seccomp_socket: cfg.seccomp_socket.as_ref().map(|s| s.display().to_string()),
             restarts: self.spawned.load(Ordering::Relaxed).saturating_sub(1),
             handovers: self.handovers,
@@ -466,7 +498,7 @@ fn start_control(cfg: &KeeperConfig, adopted: Option<RawFd>, facts: Arc<Facts>) 
 /// the control listener) on `conn`; true once the other keeper took it.
 fn give(
     fds: &[OwnedFd],
-    cache: &[OwnedFd],
+    comp: &Companions,
     params: InitParams,
     agent: Option<&Agent>,
     control: Option<&Control>,
@@ -482,7 +514,7 @@ fn give(
         if let Some(c) = control {
             all.push(c.listener.as_raw_fd());
         }
-        all.extend(raw_fds(cache));
+        all.extend(comp.raw());
         let offer = handover::Offer {
             handover: handover::VERSION,
             binary: env!("CARGO_PKG_VERSION").to_string(),
@@ -492,7 +524,8 @@ fn give(
             listener: sec.is_some(),
             notify: sec.map_or(0, |(_, n)| n.len()),
             control: control.is_some(),
-            cache: cache.len(),
+            cache: comp.cache.len(),
+            psi: comp.psi.len(),
             handovers,
         };
         handover::give(conn, &offer, &all)
@@ -580,7 +613,7 @@ fn spawn_worker(
     cfg: &KeeperConfig,
     facts: &Facts,
     fds: &[OwnedFd],
-    cache: &[OwnedFd],
+    comp: &Companions,
     agent: Option<&Agent>,
 ) -> io::Result<Child> {
     let report = ReportLine {
@@ -591,10 +624,10 @@ fn spawn_worker(
         keeper_started: facts.started,
     };
     let fuse = raw_fds(fds);
-    let cache = raw_fds(cache);
+    let (cache, psi) = (raw_fds(&comp.cache), raw_fds(&comp.psi));
     let spawn = |sec: Option<(RawFd, &[RawFd])>| {
         let mut inherit = fuse.clone();
-        inherit.extend_from_slice(&cache);
+        inherit.extend(comp.raw());
         if let Some((chan, notify)) = sec {
             inherit.push(chan);
             inherit.extend_from_slice(notify);
@@ -605,6 +638,7 @@ fn spawn_worker(
             seccomp_chan: sec.map(|(chan, _)| chan),
             seccomp_fds: sec.map_or(Vec::new(), |(_, notify)| notify.to_vec()),
             cache_fds: cache.clone(),
+            psi_fds: psi.clone(),
             opts: cfg.opts,
             report: report.clone(),
         };
@@ -667,7 +701,7 @@ fn stop_drain(cfg: &KeeperConfig) {
 fn exec_upgrade(
     cfg: &KeeperConfig,
     fds: &[OwnedFd],
-    cache: &[OwnedFd],
+    comp: &Companions,
     params: InitParams,
     seccomp: Option<(RawFd, &[RawFd])>,
     control: Option<RawFd>,
@@ -679,7 +713,7 @@ fn exec_upgrade(
         inherit.extend_from_slice(n);
     }
     inherit.extend(control);
-    inherit.extend(raw_fds(cache));
+    inherit.extend(comp.raw());
     let (seccomp_socket, seccomp_adopt) = match (&cfg.seccomp_socket, seccomp) {
         (Some(path), Some((l, n))) => (Some(path.clone()), std::iter::once(l).chain(n.iter().copied()).collect()),
         (path, _) => (path.clone(), Vec::new()),
@@ -695,6 +729,7 @@ fn exec_upgrade(
         no_reattach: false,
         linger: cfg.linger,
         no_cache: cfg.cache.is_none(),
+        no_psi: cfg.psi.is_none(),
         opts: cfg.opts,
         adopt: AdoptLine {
             adopt: raw_fds(fds),
@@ -702,7 +737,8 @@ fn exec_upgrade(
             init_flags: Some(params.flags),
             seccomp_adopt,
             control_adopt: control,
-            adopt_cache: raw_fds(cache),
+            adopt_cache: raw_fds(&comp.cache),
+            adopt_psi: raw_fds(&comp.psi),
             handovers,
         },
     };

@@ -53,6 +53,8 @@ pub struct KeeperConfig {
     pub linger: bool,
     /// Where the cached tree's connection is mounted (fuse/cached.rs); `None` serves none.
     pub cache: Option<PathBuf>,
+    /// Where the trigger connection is mounted (fuse/psi.rs); `None` serves none.
+    pub psi: Option<PathBuf>,
 }
 
 /// A live connection handed over by a previous keeper through `exec`.
@@ -62,6 +64,8 @@ pub struct Adopted {
     pub fds: Vec<RawFd>,
     /// The cached tree's connection, if the previous keeper had one.
     pub cache: Vec<RawFd>,
+    /// The trigger connection, if the previous keeper had one.
+    pub psi: Vec<RawFd>,
     /// The parameters negotiated at the original FUSE_INIT.
     pub params: InitParams,
     /// The seccomp listener socket and the notification fds held, if any.
@@ -80,6 +84,7 @@ impl Adopted {
         Adopted {
             fds: r.fuse.into_iter().map(IntoRawFd::into_raw_fd).collect(),
             cache: r.cache.into_iter().map(IntoRawFd::into_raw_fd).collect(),
+            psi: r.psi.into_iter().map(IntoRawFd::into_raw_fd).collect(),
             params: InitParams { minor: r.offer.minor, flags: r.offer.flags },
             seccomp: r.listener.map(|l| (l.into_raw_fd(), r.notify.into_iter().map(IntoRawFd::into_raw_fd).collect())),
             control: r.control.map(IntoRawFd::into_raw_fd),
@@ -91,6 +96,11 @@ impl Adopted {
 /// Where the keeper with pid file `pidfile` mounts the cached tree (fuse/cached.rs).
 pub fn cache_dir(pidfile: &Path) -> PathBuf {
     files::companion(pidfile, "cache")
+}
+
+/// Where the keeper with pid file `pidfile` mounts the trigger connection (fuse/psi.rs).
+pub fn psi_dir(pidfile: &Path) -> PathBuf {
+    files::companion(pidfile, "psi")
 }
 
 /// The pid file of the keeper serving `mountpoint`.

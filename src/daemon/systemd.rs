@@ -7,8 +7,9 @@
 //! the next keeper's worker answers them. The notify protocol is the `sd-notify` crate's.
 //!
 //! Store names: `fuse-<i>-<minor>-<flags>` (the INIT parameters travel with the connection),
-//! `cache` (the cached tree's connection, fuse/cached.rs), `seccomp-listener`, `seccomp-notify`, `control`. systemd drops a stored fd by itself when
-//! it reports `POLLHUP`/`POLLERR`: a container's notification fd once it exited, the FUSE fds
+//! `cache` (the cached tree's connection, fuse/cached.rs), `psi` (the trigger connection,
+//! fuse/psi.rs), `seccomp-listener`, `seccomp-notify`, `control`. systemd drops a stored fd by
+//! itself when it reports `POLLHUP`/`POLLERR`: a container's notification fd once it exited, the FUSE fds
 //! once no mount uses the connection.
 
 use super::Adopted;
@@ -41,6 +42,7 @@ fn store(name: &str, fds: &[RawFd]) {
 pub fn store_connection(
     fuse: &[RawFd],
     cache: &[RawFd],
+    psi: &[RawFd],
     params: InitParams,
     seccomp: Option<(RawFd, &[RawFd])>,
     control: Option<RawFd>,
@@ -53,6 +55,7 @@ pub fn store_connection(
     }
     // Their order does not matter: every cloned fd serves the same connection.
     store("cache", cache);
+    store("psi", psi);
     if let Some((l, n)) = seccomp {
         store("seccomp-listener", &[l]);
         store("seccomp-notify", n);
@@ -102,7 +105,8 @@ pub fn adopt_from_store() -> Option<Adopted> {
 /// Sorts stored fds by name into a connection to adopt; `None` without FUSE fds.
 pub fn parse_store(fds: &[(RawFd, String)]) -> Option<Adopted> {
     let mut fuse: Vec<(usize, RawFd, InitParams)> = Vec::new();
-    let (mut listener, mut notify, mut control, mut cache) = (None, Vec::new(), None, Vec::new());
+    let (mut listener, mut notify, mut control) = (None, Vec::new(), None);
+    let (mut cache, mut psi) = (Vec::new(), Vec::new());
     for (fd, name) in fds {
         let parts: Vec<&str> = name.split('-').collect();
         match parts.as_slice() {
@@ -115,6 +119,7 @@ pub fn parse_store(fds: &[(RawFd, String)]) -> Option<Adopted> {
             ["seccomp", "notify"] => notify.push(*fd),
             ["control"] => control = Some(*fd),
             ["cache"] => cache.push(*fd),
+            ["psi"] => psi.push(*fd),
             _ => tracing::warn!(fd, name, "an unknown fd in the store; ignored"),
         }
     }
@@ -123,6 +128,7 @@ pub fn parse_store(fds: &[(RawFd, String)]) -> Option<Adopted> {
     Some(Adopted {
         fds: fuse.iter().map(|f| f.1).collect(),
         cache,
+        psi,
         params,
         seccomp: listener.map(|l| (l, notify)),
         control,
@@ -143,6 +149,7 @@ mod tests {
             (8, "seccomp-notify"),
             (6, "control"),
             (10, "cache"),
+            (11, "psi"),
             (9, "something-else"),
         ];
         let fds: Vec<(i32, String)> = names.iter().map(|(f, n)| (*f, n.to_string())).collect();
@@ -152,6 +159,7 @@ mod tests {
         assert_eq!(a.seccomp, Some((5, vec![7, 8])));
         assert_eq!(a.control, Some(6));
         assert_eq!(a.cache, vec![10]);
+        assert_eq!(a.psi, vec![11]);
         assert!(super::parse_store(&fds[4..]).is_none(), "no FUSE fd: nothing to adopt");
     }
 }

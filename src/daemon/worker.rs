@@ -16,7 +16,8 @@ use std::time::Duration;
 
 /// Runs a worker on inherited fds until SIGTERM/SIGINT or the keeper's death.
 pub fn worker(line: WorkerLine) -> io::Result<()> {
-    let WorkerLine { fds, state: state_file, seccomp_chan, seccomp_fds, cache_fds: cache, opts, report } = line;
+    let WorkerLine { fds, state: state_file, seccomp_chan, seccomp_fds, cache_fds: cache, psi_fds, opts, report } =
+        line;
     let started = now_secs();
     // Die with the keeper: the pair is one service from the outside.
     // SAFETY: prctl with integer arguments.
@@ -34,6 +35,7 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     let owned: Vec<Arc<OwnedFd>> = own_fuse_fds(&fds)?.into_iter().map(Arc::new).collect();
     let cache: Vec<Arc<OwnedFd>> = own_fuse_fds(&cache)?.into_iter().map(Arc::new).collect();
+    let psi: Vec<Arc<OwnedFd>> = own_fuse_fds(&psi_fds)?.into_iter().map(Arc::new).collect();
     let first = owned.first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no fds"))?;
     let snapshots = state_file.as_ref().map(|s| s.with_extension("snapshots"));
     let svc = Arc::new(Service::with_state(Root::new("/"), opts.service(), state_file).map_err(io::Error::other)?);
@@ -47,17 +49,30 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
         seccomp::spawn(policy, seccomp::adopt_fds(&seccomp_fds), Some(chan))?;
     }
     let spin = Duration::from_micros(opts.spin_us);
-    let fs = Arc::new(
-        ProcFs::with_floor(svc.clone(), opts.bench_floor).with_handles_per_container(opts.handles_per_container),
-    );
+    let procfs =
+        || ProcFs::with_floor(svc.clone(), opts.bench_floor).with_handles_per_container(opts.handles_per_container);
+    let fs = Arc::new(procfs());
     spawn_workers(&owned, fs.clone(), spin)?;
+    if let Some(dev) = psi.first() {
+        // The trigger connection: the same tree with pollers. The poll handles waiting on
+        // triggers are written beside the state file for the next worker, which wakes them.
+        let pollers_file = snapshots.as_ref().map(|s| s.with_extension("pollers"));
+        let left = pollers_file.as_ref().filter(|f| f.exists()).cloned();
+        let pollers = crate::fuse::psi::Pollers::start(Arc::clone(dev), pollers_file)?;
+        // No spinning: triggers are written and polled rarely.
+        spawn_workers(&psi, Arc::new(procfs().with_pollers(pollers)), Duration::ZERO)?;
+        if let Some(f) = left {
+            // A predecessor's pollers: woken, they ask again and find their trigger gone.
+            crate::fuse::psi::Pollers::wake_left(dev, &f);
+        }
+    }
     start_report(report, svc.clone(), fs, started);
     if !cache.is_empty() {
         let fresh = Duration::from_millis(opts.fresh_ms);
         spawn_workers(&cache, Arc::new(crate::fuse::cached::CachedFs::new(svc.clone(), fresh, snapshots)), spin)?;
     }
     // Only now, with readers in place: requests a dead predecessor read are queued again.
-    for fd in std::iter::once(first).chain(cache.first()) {
+    for fd in std::iter::once(first).chain(cache.first()).chain(psi.first()) {
         if let Err(e) = notify_resend(fd) {
             tracing::warn!(error = %e, "kernel cannot resend requests (needs Linux 6.9); a predecessor's in-flight requests are lost");
         }

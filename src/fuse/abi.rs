@@ -26,11 +26,20 @@ pub mod op {
     pub const GETATTR: u32 = 3;
     pub const SETATTR: u32 = 4;
     pub const READLINK: u32 = 5;
+    pub const SYMLINK: u32 = 6;
+    pub const MKNOD: u32 = 8;
+    pub const MKDIR: u32 = 9;
+    pub const UNLINK: u32 = 10;
+    pub const RMDIR: u32 = 11;
+    pub const RENAME: u32 = 12;
+    pub const LINK: u32 = 13;
     pub const OPEN: u32 = 14;
     pub const READ: u32 = 15;
     pub const WRITE: u32 = 16;
     pub const STATFS: u32 = 17;
     pub const RELEASE: u32 = 18;
+    pub const SETXATTR: u32 = 21;
+    pub const REMOVEXATTR: u32 = 24;
     pub const FLUSH: u32 = 25;
     pub const INIT: u32 = 26;
     pub const OPENDIR: u32 = 27;
@@ -40,8 +49,19 @@ pub mod op {
     pub const CREATE: u32 = 35;
     pub const INTERRUPT: u32 = 36;
     pub const DESTROY: u32 = 38;
+    pub const POLL: u32 = 40;
     pub const BATCH_FORGET: u32 = 42;
+    pub const FALLOCATE: u32 = 43;
+    pub const RENAME2: u32 = 45;
+    pub const COPY_FILE_RANGE: u32 = 47;
+    pub const TMPFILE: u32 = 51;
 }
+
+/// `FUSE_NOTIFY_POLL` notification code: wake the pollers of poll handle `kh`.
+pub const FUSE_NOTIFY_POLL: u32 = 1;
+/// `FUSE_POLL_SCHEDULE_NOTIFY` in `fuse_poll_in.flags`: the kernel waits for a
+/// `FUSE_NOTIFY_POLL` of this poll handle before asking again.
+pub const FUSE_POLL_SCHEDULE_NOTIFY: u32 = 1;
 
 /// `FUSE_NOTIFY_RESEND` notification code (protocol 7.40, Linux 6.9).
 pub const FUSE_NOTIFY_RESEND: u32 = 7;

@@ -95,13 +95,7 @@ pub fn source_name(mountpoint: &Path) -> String {
 /// Where the cached tree of the daemon serving `mountpoint` is mounted, as this process sees
 /// it (the latest such mount).
 pub fn find(mountpoint: &Path) -> Option<PathBuf> {
-    let mountpoint = mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf());
-    let source = source_name(&mountpoint);
-    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    crate::mountinfo::entries(&text)
-        .filter(|e| e.fstype == super::session::FSTYPE && e.source == source && e.root == "/")
-        .last()
-        .map(|e| PathBuf::from(e.mount_point))
+    super::session::find_source(&source_name(&mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf())))
 }
 
 /// The directory name of the container whose init is `pid`, as the OCI hook looks it up.
@@ -371,7 +365,9 @@ impl Handler for CachedFs {
                 Reply::None
             }
             Request::Interrupt => Reply::None,
-            Request::Change => Reply::err(libc::EROFS),
+            Request::Change | Request::Write { .. } | Request::Setattr { .. } => Reply::err(libc::EROFS),
+            // Pressure files are bound from the shared tree (their triggers need handles).
+            Request::Poll { .. } => Reply::err(libc::ENOSYS),
             Request::Readlink | Request::Other(_) => Reply::err(libc::ENOSYS),
         }
     }

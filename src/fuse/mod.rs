@@ -5,6 +5,7 @@
 pub mod abi;
 pub mod cached;
 pub mod cpudir;
+pub mod psi;
 pub mod reply;
 pub mod request;
 pub mod session;
@@ -181,6 +182,8 @@ struct Handle {
     /// [`crate::service::CALLER_TTL`] of the open (a read after an open resolves nothing again).
     opener: Option<(u32, std::time::Instant, crate::service::Container)>,
     data: Option<Arc<Vec<u8>>>,
+    /// The PSI trigger written to this handle: the container's cgroup pressure file, open.
+    trigger: Option<Arc<std::os::fd::OwnedFd>>,
 }
 
 /// What one container holds in the handle table.
@@ -250,6 +253,8 @@ pub struct ProcFs {
     per_container: usize,
     next_fh: AtomicU64,
     start: u64,
+    /// Pollers of PSI triggers; without it POLL answers as for a file without a trigger.
+    pollers: Option<Arc<psi::Pollers>>,
 }
 
 impl ProcFs {
@@ -278,7 +283,14 @@ impl ProcFs {
             // pid may be ours again): a random high half per process.
             next_fh: AtomicU64::new((u64::from(random_u32().max(1)) << 32) | 1),
             start,
+            pollers: None,
         }
+    }
+
+    /// Wakes the pollers of PSI triggers through `pollers`.
+    pub fn with_pollers(mut self, pollers: Arc<psi::Pollers>) -> Self {
+        self.pollers = Some(pollers);
+        self
     }
 
     /// Open handles by container, most first.
@@ -413,7 +425,11 @@ impl ProcFs {
             return Reply::err(libc::EISDIR);
         };
         let flags = flags as i32;
-        if flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0 {
+        // Only a pressure file takes writes (a PSI trigger); O_TRUNC is harmless there, as on
+        // the host (`echo ... > /proc/pressure/memory`).
+        // Only on the trigger connection (the main one is a read-only superblock).
+        let writable = self.pollers.is_some() && matches!(source, Source::View(v) if v.pressure_file().is_some());
+        if !writable && (flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0) {
             return Reply::err(libc::EROFS);
         }
         let (owner, container) = match source {
@@ -431,7 +447,7 @@ impl ProcFs {
             return Reply::err(libc::EMFILE);
         }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        handles.insert(fh, Handle { ino: h.nodeid, source, owner, opener, data: None });
+        handles.insert(fh, Handle { ino: h.nodeid, source, owner, opener, data: None, trigger: None });
         Reply::open(fh, abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH)
     }
 
@@ -484,7 +500,10 @@ impl ProcFs {
                     let room = handles.map.len() < MAX_HANDLES
                         && handles.usage.get(&owner).is_none_or(|u| u.handles < self.per_container);
                     if room && !handles.map.contains_key(&fh) {
-                        handles.insert(fh, Handle { ino: h.nodeid, source, owner, opener: None, data: None });
+                        handles.insert(
+                            fh,
+                            Handle { ino: h.nodeid, source, owner, opener: None, data: None, trigger: None },
+                        );
                     }
                 }
                 handles.keep(fh, &d);
@@ -537,6 +556,92 @@ impl ProcFs {
         Reply::dirents(&entries, offset, size)
     }
 
+    /// WRITE: a PSI trigger on a pressure file's handle, registered on the container's own
+    /// cgroup pressure file; every other write is refused.
+    fn write(&self, h: &InHeader, fh: u64, data: &[u8]) -> Reply {
+        let (source, opener) = match self.handles.lock().map.get(&fh) {
+            Some(hd) if hd.ino == h.nodeid => {
+                if hd.trigger.is_some() {
+                    // The kernel's answer to a second trigger on one open file.
+                    return Reply::err(libc::EBUSY);
+                }
+                (hd.source.clone(), hd.opener.as_ref().map(|(_, _, c)| c.clone()))
+            }
+            _ => return Reply::err(libc::EBADF),
+        };
+        let Source::View(view) = source else { return Reply::err(libc::EROFS) };
+        let Some(file) = view.pressure_file() else { return Reply::err(libc::EROFS) };
+        if let Err(e) = psi::check_trigger(data, psi::caller_caps(h.pid)) {
+            return Reply::Err(e);
+        }
+        let c = match opener.map_or_else(|| self.service.container_of(h.pid), Ok) {
+            Ok(c) => c,
+            Err(e) => return Reply::Err(e.errno()),
+        };
+        // Without a unified cgroup of its own the container has no pressure of its own to
+        // watch: the kernel's answer without PSI (a trigger on the host's would watch the host).
+        let Some(dir) = crate::catalog::own_unified(&c) else { return Reply::err(libc::EOPNOTSUPP) };
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW)
+            .open(dir.file(file));
+        let mut f = match opened {
+            Ok(f) => f,
+            Err(e) => return Reply::Err(Errno::from(e)),
+        };
+        if let Err(e) = f.write_all(data) {
+            return Reply::Err(Errno::from(e));
+        }
+        let fd = Arc::new(std::os::fd::OwnedFd::from(f));
+        match self.handles.lock().map.get_mut(&fh) {
+            Some(hd) if hd.trigger.is_none() => hd.trigger = Some(fd),
+            _ => return Reply::err(libc::EBUSY),
+        }
+        Reply::written(data.len())
+    }
+
+    /// POLL: the trigger's events now; when there are none and the kernel asks to be told, the
+    /// poll handle waits with the watcher.
+    fn poll(&self, h: &InHeader, fh: u64, kh: u64, flags: u32) -> Reply {
+        if !matches!(self.source(h.nodeid), Some(Source::View(v)) if v.pressure_file().is_some()) {
+            // A plain file: always ready, as the kernel's default for files without poll.
+            return Reply::poll(psi::DEFAULT_POLLMASK);
+        }
+        let trigger = match self.handles.lock().map.get(&fh) {
+            Some(hd) if hd.ino == h.nodeid => hd.trigger.clone(),
+            // A predecessor's handle, or none: no trigger (it went with the old worker).
+            _ => None,
+        };
+        let Some(fd) = trigger else { return Reply::poll(psi::NO_TRIGGER) };
+        use std::os::fd::AsRawFd;
+        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLPRI, revents: 0 };
+        // SAFETY: one valid pollfd, no waiting.
+        unsafe { libc::poll(&mut p, 1, 0) };
+        let revents = p.revents as u32 | self.pollers.as_ref().map_or(0, |w| w.take_fired(fh));
+        if revents == 0 && flags & abi::FUSE_POLL_SCHEDULE_NOTIFY != 0 {
+            if let Some(pollers) = &self.pollers {
+                pollers.wait(fh, kh, fd);
+            }
+        }
+        Reply::poll(revents)
+    }
+
+    /// SETATTR: the truncation an `O_TRUNC` open of a pressure file brings is answered like
+    /// procfs (nothing changes); any other change is refused.
+    fn setattr(&self, h: &InHeader) -> Reply {
+        let pressure = matches!(self.source(h.nodeid), Some(Source::View(v)) if v.pressure_file().is_some());
+        if !pressure {
+            return Reply::err(libc::EROFS);
+        }
+        match self.attr(h.nodeid, || self.service.container_of(h.pid)) {
+            Ok(a) => Reply::attr(TTL, &a),
+            Err(e) => Reply::Err(e),
+        }
+    }
+
     fn opendir(&self, ino: u64) -> Reply {
         let is_dir = match Ino::of(ino) {
             Ino::Host(h) => self.cpu.entry(h).and_then(|e| self.cpu.kind(&e).ok()) == Some(HostKind::Dir),
@@ -581,9 +686,15 @@ impl Handler for ProcFs {
             Request::Release { fh } => {
                 if let Some(fh) = fh {
                     self.handles.lock().remove(fh);
+                    if let Some(p) = &self.pollers {
+                        p.forget(fh);
+                    }
                 }
                 Reply::empty()
             }
+            Request::Write { fh, data } => self.write(h, fh, data),
+            Request::Poll { fh, kh, flags } => self.poll(h, fh, kh, flags),
+            Request::Setattr { .. } => self.setattr(h),
             Request::Opendir => self.opendir(h.nodeid),
             Request::Readlink => self.readlink(h.nodeid),
             Request::Readdir { offset, size } => self.readdir(h, offset, size),

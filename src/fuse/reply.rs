@@ -85,6 +85,20 @@ impl Reply {
         Reply::Data(o.0)
     }
 
+    /// A WRITE answer (`fuse_write_out`): `n` bytes taken.
+    pub fn written(n: usize) -> Reply {
+        let mut o = Out::default();
+        o.u32(u32::try_from(n).unwrap_or(u32::MAX)).u32(0);
+        Reply::Data(o.0)
+    }
+
+    /// A POLL answer (`fuse_poll_out`): the ready events.
+    pub fn poll(revents: u32) -> Reply {
+        let mut o = Out::default();
+        o.u32(revents).u32(0);
+        Reply::Data(o.0)
+    }
+
     /// A READ answer: at most `size` bytes of `data` from `offset`.
     pub fn slice(data: &[u8], offset: u64, size: u32) -> Reply {
         let start = offset.min(data.len() as u64) as usize;

@@ -68,7 +68,28 @@ pub enum Request<'a> {
     Interrupt,
     /// DESTROY (unmount).
     Destroy,
-    /// SETATTR, WRITE or CREATE: a change to a read-only tree.
+    /// WRITE of `data` to handle `fh` (a trigger on a pressure file; elsewhere refused).
+    Write {
+        /// The handle OPEN gave.
+        fh: u64,
+        /// The bytes written.
+        data: &'a [u8],
+    },
+    /// POLL of handle `fh` for poll handle `kh`.
+    Poll {
+        /// The handle OPEN gave.
+        fh: u64,
+        /// The kernel's poll handle, for `FUSE_NOTIFY_POLL`.
+        kh: u64,
+        /// `FUSE_POLL_SCHEDULE_NOTIFY` when the kernel waits for a notification.
+        flags: u32,
+    },
+    /// SETATTR (the truncation of an `O_TRUNC` open, a chmod, a utime).
+    Setattr {
+        /// `FATTR_*` bits of what is set.
+        valid: u32,
+    },
+    /// CREATE, MKDIR, UNLINK, RENAME and the other changes to the tree.
     Change,
     /// Any other operation.
     Other(u32),
@@ -104,7 +125,33 @@ impl<'a> Request<'a> {
             op::BATCH_FORGET => Request::Forget { batch: Some(body) },
             op::INTERRUPT => Request::Interrupt,
             op::DESTROY => Request::Destroy,
-            op::SETATTR | op::WRITE | op::CREATE => Request::Change,
+            op::WRITE => {
+                // fuse_write_in: fh, offset, size, write_flags, lock_owner, flags, padding.
+                let (Some(fh), Some(size)) = (b.u64(0), b.u32(16)) else { return Err(Errno(libc::EINVAL)) };
+                let data = body.get(40..).unwrap_or(&[]);
+                Request::Write { fh, data: data.get(..size as usize).unwrap_or(data) }
+            }
+            op::POLL => {
+                let (Some(fh), Some(kh), Some(flags)) = (b.u64(0), b.u64(8), b.u32(16)) else {
+                    return Err(Errno(libc::EINVAL));
+                };
+                Request::Poll { fh, kh, flags }
+            }
+            op::SETATTR => Request::Setattr { valid: b.u32(0).unwrap_or(0) },
+            op::CREATE
+            | op::SYMLINK
+            | op::MKNOD
+            | op::MKDIR
+            | op::UNLINK
+            | op::RMDIR
+            | op::RENAME
+            | op::LINK
+            | op::SETXATTR
+            | op::REMOVEXATTR
+            | op::FALLOCATE
+            | op::RENAME2
+            | op::COPY_FILE_RANGE
+            | op::TMPFILE => Request::Change,
             other => Request::Other(other),
         })
     }
@@ -139,7 +186,13 @@ mod tests {
         assert_eq!(Request::parse(op::READDIR, &[0; 8]), Err(Errno(libc::EINVAL)));
         assert_eq!(Request::parse(op::LOOKUP, b"meminfo\0junk"), Ok(Request::Lookup { name: b"meminfo" }));
         assert_eq!(Request::parse(op::OPEN, &[]), Ok(Request::Open { flags: 0 }));
-        assert_eq!(Request::parse(op::WRITE, &[]), Ok(Request::Change));
+        assert_eq!(Request::parse(op::MKDIR, &[]), Ok(Request::Change));
+        assert_eq!(Request::parse(op::WRITE, &[0; 8]), Err(Errno(libc::EINVAL)));
+        let mut w = vec![0u8; 40];
+        w[0..8].copy_from_slice(&9u64.to_ne_bytes());
+        w[16..20].copy_from_slice(&4u32.to_ne_bytes());
+        w.extend_from_slice(b"some junk");
+        assert_eq!(Request::parse(op::WRITE, &w), Ok(Request::Write { fh: 9, data: b"some" }));
         assert_eq!(Request::parse(9999, &[]), Ok(Request::Other(9999)));
         let mut batch = 2u32.to_ne_bytes().to_vec();
         batch.extend_from_slice(&[0; 4]);

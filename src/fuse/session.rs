@@ -47,18 +47,28 @@ pub const FSTYPE: &str = "fuse.cgprocfs";
 
 /// Opens `/dev/fuse`, mounts it read-only at `mountpoint` for all users, and answers the
 /// kernel's FUSE_INIT. Returns the session fd and the negotiated parameters.
+///
+/// Read-only is the superblock's flag, and it is what keeps reads cheap: on a writable FUSE
+/// superblock every READ marks the inode's atime stale (`fuse_invalidate_atime`,
+/// fs/fuse/file.c), so the reader's next `fstat` costs a GETATTR round trip.
 pub fn mount(mountpoint: &Path, fsname: &str) -> io::Result<(OwnedFd, InitParams)> {
-    mount_with(mountpoint, fsname, false)
+    mount_with(mountpoint, fsname, false, true)
+}
+
+/// [`mount`] on a writable superblock: the trigger connection (fuse/psi.rs), whose pressure
+/// files take writes. Its handler refuses every other change with `EROFS`.
+pub fn mount_writable(mountpoint: &Path, fsname: &str) -> io::Result<(OwnedFd, InitParams)> {
+    mount_with(mountpoint, fsname, false, false)
 }
 
 /// [`mount`], accepting FUSE over io_uring when the kernel offers it: only the `uring_floor`
 /// benchmark's prototype transport asks for it (feature `uring-bench`); the daemon does not.
 #[cfg(feature = "uring-bench")]
 pub fn mount_with_uring(mountpoint: &Path, fsname: &str) -> io::Result<(OwnedFd, InitParams)> {
-    mount_with(mountpoint, fsname, true)
+    mount_with(mountpoint, fsname, true, true)
 }
 
-fn mount_with(mountpoint: &Path, fsname: &str, uring: bool) -> io::Result<(OwnedFd, InitParams)> {
+fn mount_with(mountpoint: &Path, fsname: &str, uring: bool, rdonly: bool) -> io::Result<(OwnedFd, InitParams)> {
     let dev = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open("/dev/fuse")?;
     let dev = OwnedFd::from(dev);
     let opts = format!(
@@ -71,7 +81,8 @@ fn mount_with(mountpoint: &Path, fsname: &str, uring: bool) -> io::Result<(Owned
     let c = |s: &[u8]| CString::new(s).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
     let (src, target, fstype, data) =
         (c(fsname.as_bytes())?, c(mountpoint.as_os_str().as_bytes())?, c(FSTYPE.as_bytes())?, c(opts.as_bytes())?);
-    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+    let ro = if rdonly { libc::MS_RDONLY } else { 0 };
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | ro;
     // SAFETY: all pointers are valid NUL-terminated strings for the duration of the call.
     let r = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data.as_ptr().cast()) };
     if r != 0 {
@@ -84,6 +95,16 @@ fn mount_with(mountpoint: &Path, fsname: &str, uring: bool) -> io::Result<(Owned
             Err(e)
         }
     }
+}
+
+/// The latest whole-tree cgprocfs mount of `source` this process sees (a companion tree:
+/// cached or trigger connection).
+pub fn find_source(source: &str) -> Option<std::path::PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    crate::mountinfo::entries(&text)
+        .filter(|e| e.fstype == FSTYPE && e.source == source && e.root == "/")
+        .last()
+        .map(|e| std::path::PathBuf::from(e.mount_point))
 }
 
 /// A new `/dev/fuse` fd attached to the session of `master` (`FUSE_DEV_IOC_CLONE`): the
@@ -107,6 +128,18 @@ pub fn clone_fd(master: &OwnedFd) -> io::Result<OwnedFd> {
 pub fn notify_resend(fd: &OwnedFd) -> io::Result<()> {
     let mut o = Out::default();
     o.u32(abi::OUT_HEADER_LEN as u32).u32(abi::FUSE_NOTIFY_RESEND).u64(0);
+    // SAFETY: the buffer is valid for reads of its length.
+    let n = unsafe { libc::write(fd.as_raw_fd(), o.0.as_ptr().cast(), o.0.len()) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Wakes the pollers of poll handle `kh` (`FUSE_NOTIFY_POLL`).
+pub fn notify_poll(fd: &OwnedFd, kh: u64) -> io::Result<()> {
+    let mut o = Out::default();
+    o.u32(abi::OUT_HEADER_LEN as u32 + 8).u32(abi::FUSE_NOTIFY_POLL).u64(0).u64(kh);
     // SAFETY: the buffer is valid for reads of its length.
     let n = unsafe { libc::write(fd.as_raw_fd(), o.0.as_ptr().cast(), o.0.len()) };
     if n < 0 {

@@ -23,20 +23,23 @@ pub enum Source {
 }
 
 /// Pairs of (what is bound, host path it is bound over), prepared before fork. With `cache` (a
-/// live cached tree), the files are the command's own cached ones; the cpu directory is
-/// always the shared one.
-pub fn bind_pairs(mountpoint: &Path, cache: Option<&Path>) -> Vec<(Source, CString)> {
+/// live cached tree), the files are the command's own cached ones; with `psi` (a live trigger
+/// connection) the pressure files come from it; the cpu directory is always the shared one.
+pub fn bind_pairs(mountpoint: &Path, cache: Option<&Path>, psi: Option<&Path>) -> Vec<(Source, CString)> {
+    use crate::catalog::{bind_from, BindFrom};
+    let fixed = |dir: &Path, p: &str| CString::new(dir.join(p).as_os_str().as_bytes()).ok().map(Source::Fixed);
     crate::catalog::bind_targets()
         .into_iter()
         .filter(|p| Path::new("/").join(p).exists())
         .filter_map(|p| {
-            let src = match cache {
-                Some(c) if p != crate::catalog::CPU_DIR => {
+            let src = match (bind_from(p), cache, psi) {
+                (BindFrom::Own, Some(c), _) => {
                     let mut dir = c.as_os_str().as_bytes().to_vec();
                     dir.push(b'/');
                     Source::Keyed { dir, rest: format!("/{p}").into_bytes() }
                 }
-                _ => Source::Fixed(CString::new(mountpoint.join(p).as_os_str().as_bytes()).ok()?),
+                (BindFrom::Trigger, _, Some(t)) => fixed(t, p)?,
+                _ => fixed(mountpoint, p)?,
             };
             let dst = CString::new(format!("/{p}")).ok()?;
             Some((src, dst))
