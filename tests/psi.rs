@@ -49,6 +49,8 @@ const TRIGGER: &str = "some 10000 2000000";
 struct Poller {
     child: Child,
     out: BufReader<std::process::ChildStdout>,
+    /// The poller's own pid, once armed.
+    pid: Option<u32>,
 }
 
 impl Poller {
@@ -66,7 +68,7 @@ impl Poller {
             .spawn()
             .unwrap();
         let out = BufReader::new(child.stdout.take().unwrap());
-        Poller { child, out }
+        Poller { child, out, pid: None }
     }
 
     fn line(&mut self) -> String {
@@ -79,6 +81,7 @@ impl Poller {
     fn armed(&mut self) -> u32 {
         let l = self.line();
         let pid = l.strip_prefix("armed ").and_then(|p| p.parse().ok());
+        self.pid = pid;
         pid.unwrap_or_else(|| panic!("not armed: {l:?}"))
     }
 
@@ -90,7 +93,21 @@ impl Poller {
 }
 
 impl Drop for Poller {
+    /// Ends the poller (its `run` then removes its cgroup and exits), `run` itself only if it
+    /// does not.
     fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        if let Some(pid) = self.pid {
+            // SAFETY: a signal to the poller this test started (a child of its `run`).
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(20) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -135,6 +152,21 @@ fn a_trigger_fires_on_its_containers_pressure_only() {
     // The main mount is a read-only superblock (its reads stay cheap): no trigger there.
     let rw = std::fs::OpenOptions::new().read(true).write(true).open(d.path("proc/pressure/memory"));
     assert_eq!(rw.err().and_then(|e| e.raw_os_error()), Some(libc::EROFS), "the main mount takes no writes");
+    // The trigger connection takes a pressure file's triggers and no other change.
+    let psi = d.own_file("keeper.psi");
+    let meminfo = psi.join("proc/meminfo");
+    let errno = |r: std::io::Result<()>| r.err().and_then(|e| e.raw_os_error());
+    let write_open = |p: &std::path::Path| errno(std::fs::OpenOptions::new().write(true).open(p).map(drop));
+    assert_eq!(write_open(&meminfo), Some(libc::EROFS), "another file of the trigger connection");
+    assert_eq!(errno(std::fs::create_dir(psi.join("proc/dir"))), Some(libc::EROFS));
+    assert_eq!(errno(std::fs::remove_file(&meminfo)), Some(libc::EROFS));
+    assert_eq!(errno(std::fs::rename(&meminfo, psi.join("proc/moved"))), Some(libc::EROFS));
+    assert_eq!(errno(std::fs::hard_link(&meminfo, psi.join("proc/link"))), Some(libc::EROFS));
+    assert_eq!(errno(std::os::unix::fs::symlink("meminfo", psi.join("proc/sym"))), Some(libc::EROFS));
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = std::fs::set_permissions(&meminfo, std::fs::Permissions::from_mode(0o666));
+    assert!(errno(chmod).is_some_and(|e| e == libc::EROFS || e == libc::EPERM), "chmod refused");
+    assert!(std::fs::read_to_string(psi.join("proc/pressure/memory")).is_ok_and(|t| t.starts_with("some ")));
 
     // No unified cgroup of its own (a pure v1 host): no pressure of its own to watch, the
     // kernel's answer without PSI.
