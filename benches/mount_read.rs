@@ -119,6 +119,11 @@ fn main() {
         ("cgprocfs stat".into(), d.path("proc/stat")),
         ("cgprocfs cached stat".into(), own.join("proc/stat")),
         ("cgprocfs cached loadavg".into(), own.join("proc/loadavg")),
+        ("kernel /proc/pressure/memory".into(), "/proc/pressure/memory".into()),
+        ("cgprocfs pressure/memory".into(), d.path("proc/pressure/memory")),
+        // The trigger connection's (a writable superblock, fuse/psi.rs): what a hook- or
+        // run-bound container reads there.
+        ("cgprocfs trigger pressure/memory".into(), d.own_file("keeper.psi").join("proc/pressure/memory")),
     ];
     if let Some(b) = &baseline {
         targets.push(("baseline meminfo".into(), b.dir.join("mnt/proc/meminfo")));
@@ -170,7 +175,13 @@ fn main() {
         "file", "threads", "median us", "p99 us", "reads/s", "x kernel", "x floor", "x lxcfs"
     );
     for r in &rows {
-        let kernel = if r.name.ends_with("stat") { "kernel /proc/stat" } else { "kernel /proc/meminfo" };
+        let kernel = if r.name.ends_with("stat") {
+            "kernel /proc/stat"
+        } else if r.name.ends_with("pressure/memory") {
+            "kernel /proc/pressure/memory"
+        } else {
+            "kernel /proc/meminfo"
+        };
         let k = find(kernel, r.threads).map_or(String::new(), |k| format!("{:.1}", r.median_us / k));
         let fl = find("cgprocfs FUSE floor (constant)", r.threads)
             .map_or(String::new(), |f| format!("{:.2}", r.median_us / f));

@@ -122,6 +122,18 @@ fn podman_with_the_packaged_hook() {
     assert_eq!(l[1], host_cpus().min(2).to_string(), "{out}");
     assert!(l[3].split_whitespace().next().unwrap().parse::<f64>().unwrap() < 10.0, "{out}");
 
+    // The pressure files come from the daemon's trigger connection, writable (the rest stay
+    // read-only): a PSI trigger written inside the container is taken.
+    let script = "echo 'some 150000 2000000' > /proc/pressure/memory && echo psi-armed; \
+                  grep ' /proc/pressure/memory ' /proc/self/mountinfo; grep ' /proc/meminfo ' /proc/self/mountinfo";
+    let (ok, out, err) = run_script(&[], script);
+    assert!(ok && out.contains("psi-armed"), "a trigger inside the container: {out}{err}");
+    let opts = |l: &str| l.split_whitespace().nth(5).unwrap_or_default().to_string();
+    let mounts: Vec<&str> = out.lines().filter(|l| l.contains("fuse.cgprocfs")).collect();
+    assert_eq!(mounts.len(), 2, "{out}");
+    assert!(opts(mounts[0]).starts_with("rw,"), "pressure bound writable: {out}");
+    assert!(opts(mounts[1]).starts_with("ro,"), "meminfo bound read-only: {out}");
+
     // The packaged seccomp profile (podman's default with sysinfo notified), pointed at this
     // daemon's socket: BusyBox free and uptime, which take sysinfo(2), see the container.
     let packaged = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/seccomp/cgprocfs-seccomp.json");
