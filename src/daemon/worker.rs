@@ -59,8 +59,9 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
         let pollers_file = snapshots.as_ref().map(|s| s.with_extension("pollers"));
         let left = pollers_file.as_ref().filter(|f| f.exists()).cloned();
         let pollers = crate::fuse::psi::Pollers::start(Arc::clone(dev), pollers_file)?;
-        // No spinning: triggers are written and polled rarely.
-        spawn_workers(&psi, Arc::new(procfs().with_pollers(pollers)), Duration::ZERO)?;
+        // Its reads cost a GETATTR more (a writable superblock): the same spin as the main
+        // connection's keeps them from also paying a wakeup each.
+        spawn_workers(&psi, Arc::new(procfs().with_pollers(pollers)), spin)?;
         if let Some(f) = left {
             // A predecessor's pollers: woken, they ask again and find their trigger gone.
             crate::fuse::psi::Pollers::wake_left(dev, &f);
