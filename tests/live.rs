@@ -258,7 +258,7 @@ fn writes_and_unknown_names_get_errors() {
     assert_eq!(err(std::fs::File::open(d.path("proc/nonexistent"))), Some(libc::ENOENT));
     assert_eq!(std::fs::create_dir(d.path("proc/dir")).unwrap_err().raw_os_error(), Some(libc::EROFS));
     assert_eq!(std::fs::remove_file(&p).unwrap_err().raw_os_error(), Some(libc::EROFS));
-    // The mount takes writes (the pressure files' triggers): every other change is refused.
+    // Renames and links are refused too: a read-only superblock (triggers have their own).
     assert_eq!(std::fs::rename(&p, d.path("proc/moved")).unwrap_err().raw_os_error(), Some(libc::EROFS));
     assert_eq!(std::fs::hard_link(&p, d.path("proc/link")).unwrap_err().raw_os_error(), Some(libc::EROFS));
     assert_eq!(
