@@ -96,13 +96,16 @@ fn a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed() {
     programs_ready(test, &["findmnt", "head", "sleep"]);
     let mut d = Daemon::start("repair-cached");
     let go = Flag(d.own_file("go-cached"));
-    // A command of `cgprocfs run` (its own cached files bound) that waits, then reads.
+    // A command of `cgprocfs run` (its own cached files bound, the pressure files from the
+    // trigger connection) that waits, then reads and writes a PSI trigger.
     let c = Command::new(bin())
         .args(["run", "--memory", "160M", "--no-seccomp", "--mountpoint"])
         .arg(&d.mnt)
         .args(["--", "sh", "-c"])
         .arg(format!(
-            "findmnt -n -o SOURCE /proc/meminfo; while [ ! -e {} ]; do sleep 0.05; done; head -n1 /proc/meminfo",
+            "findmnt -n -o SOURCE /proc/meminfo; findmnt -n -o SOURCE /proc/pressure/memory; \
+             while [ ! -e {} ]; do sleep 0.05; done; head -n1 /proc/meminfo; \
+             echo 'some 150000 2000000' > /proc/pressure/memory && echo psi-armed",
             go.0.display()
         ))
         .stdout(std::process::Stdio::piped())
@@ -114,7 +117,7 @@ fn a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed() {
     std::thread::sleep(Duration::from_millis(300));
     d.spawn(&[]);
     let t = Instant::now();
-    while !d.log().contains("/proc/meminfo") {
+    while !(d.log().contains("/proc/meminfo") && d.log().contains("/proc/pressure/memory")) {
         assert!(t.elapsed() < Duration::from_secs(10), "no repair logged:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -123,6 +126,12 @@ fn a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed() {
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(out.starts_with("cgprocfs-cache:"), "the command had its cached files: {out}");
     assert_eq!(field(&out, "MemTotal"), 160 * 1024, "{out} {}\n{}", String::from_utf8_lossy(&o.stderr), d.log());
+    assert!(
+        out.lines().nth(1).is_some_and(|l| l.starts_with("cgprocfs-psi:")),
+        "pressure from the trigger connection: {out}"
+    );
+    // Repaired writable: a trigger is taken by the new daemon.
+    assert!(out.contains("psi-armed"), "{out} {}\n{}", String::from_utf8_lossy(&o.stderr), d.log());
 }
 
 cgprocfs_tests!(
