@@ -224,4 +224,32 @@ fn a_killed_worker_leaves_no_poller_hung() {
     assert!(t.elapsed() < Duration::from_secs(30), "woken within {:?}", t.elapsed());
 }
 
-cgprocfs_tests!(a_trigger_fires_on_its_containers_pressure_only, a_killed_worker_leaves_no_poller_hung);
+/// The trigger connection's opens count against the same per-container handle quota as the
+/// main mount's: a container cannot double its quota by opening through both.
+fn both_connections_share_one_handle_quota() {
+    let test = "both_connections_share_one_handle_quota";
+    live_ready(test);
+    programs_ready(test, &["python3"]);
+    let d = Daemon::start_with("psi-quota", &["--handles-per-container", "4"]);
+    let cg = TestCgroup::new("psi-quota", &Limits { memory: Some(256 << 20), ..Default::default() });
+    let (main, trig) = (d.path("proc/meminfo"), d.own_file("keeper.psi").join("proc/pressure/memory"));
+    let script = format!(
+        "import os\n\
+         fds = [os.open('{m}', os.O_RDONLY) for _ in range(4)]\n\
+         try:\n    os.open('{t}', os.O_RDONLY); print('opened')\n\
+         except OSError as e:\n    print('refused', e.errno)\n\
+         os.close(fds.pop())\n\
+         os.open('{t}', os.O_RDONLY); print('after-close ok')",
+        m = main.display(),
+        t = trig.display()
+    );
+    let out = cg.run(&format!("python3 -c \"{script}\""));
+    assert_eq!(out.lines().next(), Some(format!("refused {}", libc::EMFILE).as_str()), "{out}");
+    assert!(out.contains("after-close ok"), "a handle freed on one connection is room on the other: {out}");
+}
+
+cgprocfs_tests!(
+    a_trigger_fires_on_its_containers_pressure_only,
+    a_killed_worker_leaves_no_poller_hung,
+    both_connections_share_one_handle_quota
+);

@@ -61,7 +61,7 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
         let pollers = crate::fuse::psi::Pollers::start(Arc::clone(dev), pollers_file)?;
         // Its reads cost a GETATTR more (a writable superblock): the same spin as the main
         // connection's keeps them from also paying a wakeup each.
-        spawn_workers(&psi, Arc::new(procfs().with_pollers(pollers)), spin)?;
+        spawn_workers(&psi, Arc::new(procfs().with_pollers(pollers).sharing_handles(&fs)), spin)?;
         if let Some(f) = left {
             // A predecessor's pollers: woken, they ask again and find their trigger gone.
             crate::fuse::psi::Pollers::wake_left(dev, &f);

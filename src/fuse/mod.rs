@@ -249,9 +249,11 @@ pub struct ProcFs {
     cpu: CpuDir,
     cpu_dir: Option<u64>,
     service: Arc<Service>,
-    handles: Mutex<Handles>,
+    /// Shared with the trigger connection's filesystem ([`ProcFs::sharing_handles`]): one
+    /// quota per container across both.
+    handles: Arc<Mutex<Handles>>,
     per_container: usize,
-    next_fh: AtomicU64,
+    next_fh: Arc<AtomicU64>,
     start: u64,
     /// Pollers of PSI triggers; without it POLL answers as for a file without a trigger.
     pollers: Option<Arc<psi::Pollers>>,
@@ -277,14 +279,23 @@ impl ProcFs {
             cpu_dir,
             tree,
             service,
-            handles: Mutex::new(Handles::default()),
+            handles: Arc::new(Mutex::new(Handles::default())),
             per_container: HANDLES_PER_CONTAINER,
             // Handle numbers must not repeat a predecessor's still open in some reader (its
             // pid may be ours again): a random high half per process.
-            next_fh: AtomicU64::new((u64::from(random_u32().max(1)) << 32) | 1),
+            next_fh: Arc::new(AtomicU64::new((u64::from(random_u32().max(1)) << 32) | 1)),
             start,
             pollers: None,
         }
+    }
+
+    /// Keeps its handles in `other`'s table, numbered from its counter: the trigger
+    /// connection's opens count against the same per-container quota and global limit as the
+    /// main connection's, and `cgprocfs status` sees them all.
+    pub fn sharing_handles(mut self, other: &ProcFs) -> Self {
+        self.handles = Arc::clone(&other.handles);
+        self.next_fh = Arc::clone(&other.next_fh);
+        self
     }
 
     /// Wakes the pollers of PSI triggers through `pollers`.
