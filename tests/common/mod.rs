@@ -250,14 +250,16 @@ impl Drop for Daemon {
         if self.child.is_some() {
             self.signal_and_wait(libc::SIGTERM);
         }
-        for m in [self.mnt.clone(), self.cache()] {
+        // The keeper's mounts: the main one, the cached tree, the trigger connection.
+        let mounts = [self.mnt.clone(), self.cache(), self.dir.join("keeper.psi")];
+        for m in &mounts {
             if is_mounted(&m) {
                 let c = std::ffi::CString::new(m.to_string_lossy().as_bytes()).unwrap();
                 // SAFETY: valid path string.
                 unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
             }
         }
-        if !is_mounted(&self.mnt) && !is_mounted(&self.cache()) {
+        if !mounts.iter().any(|m| is_mounted(m)) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
