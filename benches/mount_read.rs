@@ -123,7 +123,7 @@ fn main() {
         ("cgprocfs pressure/memory".into(), d.path("proc/pressure/memory")),
         // The trigger connection's (a writable superblock, fuse/psi.rs): what a hook- or
         // run-bound container reads there.
-        ("cgprocfs trigger pressure/memory".into(), d.own_file("keeper.psi").join("proc/pressure/memory")),
+        ("cgprocfs trigger pressure/memory".into(), d.psi().join("proc/pressure/memory")),
     ];
     if let Some(b) = &baseline {
         targets.push(("baseline meminfo".into(), b.dir.join("mnt/proc/meminfo")));

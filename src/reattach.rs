@@ -77,19 +77,15 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
     let live = std::fs::metadata(mountpoint.join("proc/meminfo"))
         .map_err(|e| io::Error::new(e.kind(), format!("{} is not served: {e}", mountpoint.display())))?;
     let live_dev = format!("{}:{}", libc::major(live.dev()), libc::minor(live.dev()));
-    let source = source_name(&mountpoint.canonicalize()?);
+    let canonical = mountpoint.canonicalize()?;
+    let source = source_name(&canonical);
     // The companion trees' binds are repaired from the live companions: the cached tree's
     // (hook- and run-bound containers: their key directories name the same containers to the
     // new daemon) and the trigger connection's (pressure files, bound writable again).
     let companion = |dir: Option<PathBuf>, source: fn(&Path) -> String, writable: bool| {
         let c = dir?;
         let m = std::fs::metadata(&c).ok()?;
-        Some((
-            source(&mountpoint.canonicalize().ok()?),
-            format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev())),
-            c,
-            writable,
-        ))
+        Some((source(&canonical), format!("{}:{}", libc::major(m.dev()), libc::minor(m.dev())), c, writable))
     };
     let companions: Vec<(String, String, PathBuf, bool)> = [
         companion(crate::fuse::cached::find(mountpoint), crate::fuse::cached::source_name, false),

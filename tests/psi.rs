@@ -153,7 +153,7 @@ fn a_trigger_fires_on_its_containers_pressure_only() {
     let rw = std::fs::OpenOptions::new().read(true).write(true).open(d.path("proc/pressure/memory"));
     assert_eq!(rw.err().and_then(|e| e.raw_os_error()), Some(libc::EROFS), "the main mount takes no writes");
     // The trigger connection takes a pressure file's triggers and no other change.
-    let psi = d.own_file("keeper.psi");
+    let psi = d.psi();
     let meminfo = psi.join("proc/meminfo");
     let errno = |r: std::io::Result<()>| r.err().and_then(|e| e.raw_os_error());
     let write_open = |p: &std::path::Path| errno(std::fs::OpenOptions::new().write(true).open(p).map(drop));
@@ -232,7 +232,7 @@ fn both_connections_share_one_handle_quota() {
     programs_ready(test, &["python3"]);
     let d = Daemon::start_with("psi-quota", &["--handles-per-container", "4"]);
     let cg = TestCgroup::new("psi-quota", &Limits { memory: Some(256 << 20), ..Default::default() });
-    let (main, trig) = (d.path("proc/meminfo"), d.own_file("keeper.psi").join("proc/pressure/memory"));
+    let (main, trig) = (d.path("proc/meminfo"), d.psi().join("proc/pressure/memory"));
     let script = format!(
         "import os\n\
          fds = [os.open('{m}', os.O_RDONLY) for _ in range(4)]\n\

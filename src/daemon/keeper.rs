@@ -627,7 +627,7 @@ fn spawn_worker(
     let (cache, psi) = (raw_fds(&comp.cache), raw_fds(&comp.psi));
     let spawn = |sec: Option<(RawFd, &[RawFd])>| {
         let mut inherit = fuse.clone();
-        inherit.extend(comp.raw());
+        inherit.extend(cache.iter().chain(&psi));
         if let Some((chan, notify)) = sec {
             inherit.push(chan);
             inherit.extend_from_slice(notify);

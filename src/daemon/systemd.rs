@@ -9,8 +9,8 @@
 //! Store names: `fuse-<i>-<minor>-<flags>` (the INIT parameters travel with the connection),
 //! `cache` (the cached tree's connection, fuse/cached.rs), `psi` (the trigger connection,
 //! fuse/psi.rs), `seccomp-listener`, `seccomp-notify`, `control`. systemd drops a stored fd by
-//! itself when it reports `POLLHUP`/`POLLERR`: a container's notification fd once it exited, the FUSE fds
-//! once no mount uses the connection.
+//! itself when it reports `POLLHUP`/`POLLERR`: a container's notification fd once it exited,
+//! the FUSE fds once no mount uses the connection.
 
 use super::Adopted;
 use crate::fuse::session::InitParams;

@@ -44,7 +44,7 @@ pub fn source_name(mountpoint: &Path) -> String {
 /// Where the trigger connection of the daemon serving `mountpoint` is mounted, as this process
 /// sees it (the latest such mount).
 pub fn find(mountpoint: &Path) -> Option<PathBuf> {
-    super::session::find_source(&source_name(&mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf())))
+    super::session::find_companion(mountpoint, source_name)
 }
 
 /// `CAP_SYS_RESOURCE`.

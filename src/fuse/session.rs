@@ -97,9 +97,10 @@ fn mount_with(mountpoint: &Path, fsname: &str, uring: bool, rdonly: bool) -> io:
     }
 }
 
-/// The latest whole-tree cgprocfs mount of `source` this process sees (a companion tree:
-/// cached or trigger connection).
-pub fn find_source(source: &str) -> Option<std::path::PathBuf> {
+/// Where the companion tree named by `source_name` (cached tree, trigger connection) of the
+/// daemon serving `mountpoint` is mounted, as this process sees it (the latest such mount).
+pub fn find_companion(mountpoint: &Path, source_name: fn(&Path) -> String) -> Option<std::path::PathBuf> {
+    let source = source_name(&mountpoint.canonicalize().unwrap_or_else(|_| mountpoint.to_path_buf()));
     let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
     crate::mountinfo::entries(&text)
         .filter(|e| e.fstype == FSTYPE && e.source == source && e.root == "/")

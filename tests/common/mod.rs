@@ -178,6 +178,11 @@ impl Daemon {
         }
     }
 
+    /// Where the keeper mounts the trigger connection (beside its pid file).
+    pub fn psi(&self) -> PathBuf {
+        self.dir.join("keeper.psi")
+    }
+
     /// Where the keeper mounts the cached tree (beside its pid file).
     pub fn cache(&self) -> PathBuf {
         self.dir.join("keeper.cache")
@@ -251,9 +256,9 @@ impl Drop for Daemon {
             self.signal_and_wait(libc::SIGTERM);
         }
         // The keeper's mounts: the main one, the cached tree, the trigger connection.
-        let mounts = [self.mnt.clone(), self.cache(), self.dir.join("keeper.psi")];
+        let mounts = [self.mnt.clone(), self.cache(), self.psi()];
         for m in &mounts {
-            if is_mounted(&m) {
+            if is_mounted(m) {
                 let c = std::ffi::CString::new(m.to_string_lossy().as_bytes()).unwrap();
                 // SAFETY: valid path string.
                 unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
