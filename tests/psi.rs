@@ -234,12 +234,13 @@ fn both_connections_share_one_handle_quota() {
     let cg = TestCgroup::new("psi-quota", &Limits { memory: Some(256 << 20), ..Default::default() });
     let (main, trig) = (d.path("proc/meminfo"), d.psi().join("proc/pressure/memory"));
     let script = format!(
-        "import os\n\
+        "import os, time\n\
          fds = [os.open('{m}', os.O_RDONLY) for _ in range(4)]\n\
          try:\n    os.open('{t}', os.O_RDONLY); print('opened')\n\
          except OSError as e:\n    print('refused', e.errno)\n\
          os.close(fds.pop())\n\
-         os.open('{t}', os.O_RDONLY); print('after-close ok')",
+         # The kernel sends RELEASE after close() returns (fs/fuse/file.c): retry a while.\n\
+         for _ in range(100):\n    try:\n        os.open('{t}', os.O_RDONLY); print('after-close ok'); break\n    except OSError as e:\n        if e.errno != 24: raise\n        time.sleep(0.05)",
         m = main.display(),
         t = trig.display()
     );
