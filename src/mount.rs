@@ -57,18 +57,8 @@ pub(crate) const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 const SYSFS_MAGIC: i64 = 0x6265_6572;
 
-/// `struct open_how` of openat2(2).
-#[repr(C)]
-struct OpenHow {
-    flags: u64,
-    mode: u64,
-    resolve: u64,
-}
-const RESOLVE_NO_XDEV: u64 = 0x01;
-pub(crate) const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
-pub(crate) const RESOLVE_NO_SYMLINKS: u64 = 0x04;
-const RESOLVE_BENEATH: u64 = 0x08;
-pub(crate) const RESOLVE_IN_ROOT: u64 = 0x10;
+use crate::sys::{RESOLVE_BENEATH, RESOLVE_NO_XDEV};
+pub(crate) use crate::sys::{RESOLVE_IN_ROOT, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS};
 
 /// `struct mount_attr` of mount_setattr(2).
 #[repr(C)]
@@ -92,17 +82,8 @@ fn cstr(s: &str) -> Result<std::ffi::CString> {
 
 /// openat2(2) of `path` under `dir` with `resolve` restrictions, as an `O_PATH` fd.
 pub(crate) fn openat2(dir: &OwnedFd, path: &str, extra: i32, resolve: u64) -> Result<OwnedFd> {
-    let p = cstr(path)?;
-    let how = OpenHow { flags: (libc::O_PATH | libc::O_CLOEXEC | extra) as u64, mode: 0, resolve };
-    // SAFETY: valid fd, NUL-terminated path and a struct of the size passed.
-    let fd = unsafe {
-        libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), p.as_ptr(), &how as *const OpenHow, size_of::<OpenHow>())
-    };
-    if fd < 0 {
-        return Err(Error::last(format!("cannot resolve {path} without symlinks")));
-    }
-    // SAFETY: a new fd owned here.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    crate::sys::openat2(dir, Path::new(path), libc::O_PATH | extra, resolve)
+        .map_err(|source| Error::Sys { what: format!("cannot resolve {path} without symlinks"), source })
 }
 
 fn fs_magic(fd: &OwnedFd) -> Result<i64> {

@@ -1,8 +1,11 @@
 //! System plumbing shared by the keeper, the worker, the seccomp agent and the handover: fd
-//! flags, signal waits, and fd passing over unix sockets (SCM_RIGHTS).
+//! flags, signal waits, fd passing over unix sockets (SCM_RIGHTS), and openat2(2).
 
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::mem::size_of;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Marks an inherited fd close-on-exec again: an upgrade clears the flag to pass it on, and
@@ -11,6 +14,41 @@ use std::time::{Duration, Instant};
 pub fn cloexec(fd: RawFd) {
     // SAFETY: fcntl on an fd number; a bad one only returns EBADF.
     unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+}
+
+/// `struct open_how` of openat2(2).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+/// openat2(2): no crossing of a mount point.
+pub const RESOLVE_NO_XDEV: u64 = 0x01;
+/// openat2(2): no /proc magic link.
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// openat2(2): no symlink in any component.
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+/// openat2(2): never above the starting directory (`..` and absolute paths refused).
+pub const RESOLVE_BENEATH: u64 = 0x08;
+/// openat2(2): the starting directory is `/` for the lookup.
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
+
+/// openat2(2) of `path` under `dir` with open `flags` (`O_CLOEXEC` always added) and `resolve`
+/// restrictions.
+pub fn openat2(dir: &OwnedFd, path: &Path, flags: i32, resolve: u64) -> io::Result<OwnedFd> {
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?;
+    let how = OpenHow { flags: (flags | libc::O_CLOEXEC) as u64, mode: 0, resolve };
+    // SAFETY: valid fd, NUL-terminated path and a struct of the size passed.
+    let fd = unsafe {
+        libc::syscall(libc::SYS_openat2, dir.as_raw_fd(), p.as_ptr(), &how as *const OpenHow, size_of::<OpenHow>())
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd owned here.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// A signal set of `sigs`.

@@ -48,6 +48,27 @@ impl CgroupDir {
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)
     }
+
+    /// Opens a control file of this cgroup with `flags` to write to it: resolved from the top
+    /// of the hierarchy, never above it, across no mount and through no symlink, as every path
+    /// the daemon writes is (the directory names come from processes it does not trust).
+    pub fn open_file(&self, name: &str, flags: i32) -> std::io::Result<std::fs::File> {
+        use crate::sys::{RESOLVE_BENEATH, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS, RESOLVE_NO_XDEV};
+        let rel = self.path.strip_prefix(&self.top).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} is outside its hierarchy", self.path.display()),
+            )
+        })?;
+        let top = std::fs::File::open(&self.top)?;
+        let fd = crate::sys::openat2(
+            &top.into(),
+            &rel.join(name),
+            flags | libc::O_NOFOLLOW,
+            RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV,
+        )?;
+        Ok(fd.into())
+    }
 }
 
 /// The cgroup directories that describe one container, per controller.
@@ -100,5 +121,36 @@ impl Cgroups {
             .next()
             .map(|d| d.path.display().to_string())
             .unwrap_or_else(|| "<no cgroup>".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_control_file_is_opened_through_no_symlink_and_never_above_the_top() {
+        let top = crate::files::TestDir::new("cgprocfs-cgroup-test-");
+        let real = top.join("a/b");
+        std::fs::create_dir_all(&real).unwrap();
+        std::fs::write(real.join("memory.pressure"), "").unwrap();
+        let outside = crate::files::TestDir::new("cgprocfs-cgroup-outside-");
+        std::fs::write(outside.join("memory.pressure"), "keep").unwrap();
+        std::os::unix::fs::symlink(&real, top.join("a/link")).unwrap();
+        std::os::unix::fs::symlink(&*outside, top.join("away")).unwrap();
+        let dir = |p: PathBuf| CgroupDir { version: Version::V2, path: p, top: top.to_path_buf() };
+
+        let mut f = dir(real.clone()).open_file("memory.pressure", libc::O_RDWR).unwrap();
+        std::io::Write::write_all(&mut f, b"some 1 2").unwrap();
+        assert_eq!(std::fs::read_to_string(real.join("memory.pressure")).unwrap(), "some 1 2");
+        for p in [top.join("a/link"), top.join("away"), top.join("a/b/../../away")] {
+            let e = dir(p.clone()).open_file("memory.pressure", libc::O_RDWR).unwrap_err();
+            assert!(matches!(e.raw_os_error(), Some(libc::ELOOP | libc::EXDEV)), "{}: {e}", p.display());
+        }
+        // A file that is itself a symlink, and a directory outside the hierarchy.
+        std::os::unix::fs::symlink(outside.join("memory.pressure"), real.join("io.pressure")).unwrap();
+        assert!(dir(real.clone()).open_file("io.pressure", libc::O_RDWR).is_err());
+        assert!(dir(outside.to_path_buf()).open_file("memory.pressure", libc::O_RDWR).is_err());
+        assert_eq!(std::fs::read_to_string(outside.join("memory.pressure")).unwrap(), "keep");
     }
 }

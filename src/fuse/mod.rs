@@ -593,13 +593,7 @@ impl ProcFs {
         // watch: the kernel's answer without PSI (a trigger on the host's would watch the host).
         let Some(dir) = crate::catalog::own_unified(&c) else { return Reply::err(libc::EOPNOTSUPP) };
         use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOFOLLOW)
-            .open(dir.file(file));
-        let mut f = match opened {
+        let mut f = match dir.open_file(file, libc::O_RDWR | libc::O_NONBLOCK) {
             Ok(f) => f,
             Err(e) => return Reply::Err(Errno::from(e)),
         };
