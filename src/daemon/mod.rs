@@ -14,6 +14,7 @@
 //! ([`handover`]).
 
 pub mod args;
+mod control;
 pub mod handover;
 mod keeper;
 pub mod systemd;
