@@ -50,12 +50,15 @@ pub fn source_name(mountpoint: &Path) -> String {
 }
 
 /// The cgprocfs mounts of a mountinfo text whose device is not `live` (`major:minor`) and whose
-/// source is `source` (or the plain `cgprocfs` of versions before the source named the mount
-/// point).
-pub fn dead_mounts(mountinfo: &str, live: &str, source: &str) -> Vec<DeadMount> {
+/// source is `source`. With `legacy`, also those of source plain `cgprocfs` (versions before
+/// the source named the mount point), which say nothing of the mount point they served: only
+/// the daemon at the default mount point, where every such version was installed, takes them.
+pub fn dead_mounts(mountinfo: &str, live: &str, source: &str, legacy: bool) -> Vec<DeadMount> {
     crate::mountinfo::entries(mountinfo)
         .filter(|e| {
-            e.fstype == crate::fuse::session::FSTYPE && e.dev != live && (e.source == source || e.source == "cgprocfs")
+            e.fstype == crate::fuse::session::FSTYPE
+                && e.dev != live
+                && (e.source == source || (legacy && e.source == "cgprocfs"))
         })
         .map(|e| DeadMount { mount_point: e.mount_point, root: e.root })
         .collect()
@@ -79,6 +82,7 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
     let live_dev = format!("{}:{}", libc::major(live.dev()), libc::minor(live.dev()));
     let canonical = mountpoint.canonicalize()?;
     let source = source_name(&canonical);
+    let legacy = canonical == Path::new(crate::daemon::args::DEFAULT_MOUNTPOINT);
     // The companion trees' binds are repaired from the live companions: the cached tree's
     // (hook- and run-bound containers: their key directories name the same containers to the
     // new daemon) and the trigger connection's (pressure files, bound writable again).
@@ -110,7 +114,7 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
         }
         let Ok(info) = std::fs::read_to_string(format!("/proc/{pid}/mountinfo")) else { continue };
         let mut dead: Vec<(DeadMount, &Path, bool)> =
-            dead_mounts(&info, &live_dev, &source).into_iter().map(|d| (d, mountpoint, false)).collect();
+            dead_mounts(&info, &live_dev, &source, legacy).into_iter().map(|d| (d, mountpoint, false)).collect();
         for (src, dev, dir, writable) in &companions {
             dead.extend(
                 crate::mountinfo::entries(&info)
@@ -204,12 +208,17 @@ mod tests {
 44 22 0:46 / /other - fuse.sshfs host:/ rw
 45 22 0:47 /proc/meminfo /run/x - fuse.cgprocfs cgprocfs:0aaa rw
 ";
-        let d = dead_mounts(info, "0:52", "cgprocfs:00ff");
+        let d = dead_mounts(info, "0:52", "cgprocfs:00ff", true);
         assert_eq!(d.len(), 3);
         assert_eq!(d[0], DeadMount { mount_point: "/proc/meminfo".into(), root: "/proc/meminfo".into() });
         assert_eq!(d[1].root, "/sys/devices/system/cpu");
         assert_eq!(d[2], DeadMount { mount_point: "/var/lib/with space".into(), root: "/".into() });
         // Another daemon's (another mount point's) dead mount is not ours to replace.
         assert!(d.iter().all(|m| m.mount_point != "/run/x"));
+        // Without `legacy` (a daemon at any other mount point), a plain `cgprocfs` source is
+        // not known to be ours.
+        let d = dead_mounts(info, "0:52", "cgprocfs:00ff", false);
+        assert_eq!(d.len(), 2);
+        assert!(d.iter().all(|m| m.root != "/sys/devices/system/cpu"));
     }
 }

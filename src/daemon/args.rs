@@ -61,6 +61,11 @@ pub struct ServeOptions {
     /// EMFILE, so no container can exhaust the table the others share.
     #[arg(long, default_value_t = crate::fuse::HANDLES_PER_CONTAINER)]
     pub handles_per_container: usize,
+    /// PSI triggers one container (cgroup) may hold at once on the trigger connection; its
+    /// further trigger writes fail with EMFILE. All containers together hold at most half of
+    /// the worker's open-file limit (docs/security.md).
+    #[arg(long, default_value_t = crate::fuse::psi::TRIGGERS_PER_CONTAINER)]
+    pub triggers_per_container: usize,
     /// Freshness bound of the cached tree (the files the OCI hook and `run` bind), in
     /// milliseconds: a read returns content rendered at most this long before; reads within
     /// it are served from the page cache without asking the daemon (docs/performance.md).
@@ -84,6 +89,7 @@ impl ServeOptions {
             ("--cpu-count", cpu.to_string()),
             ("--spin-us", self.spin_us.to_string()),
             ("--handles-per-container", self.handles_per_container.to_string()),
+            ("--triggers-per-container", self.triggers_per_container.to_string()),
             ("--fresh-ms", self.fresh_ms.to_string()),
         ]);
         flag(&mut a, self.bench_floor, "--bench-floor");
@@ -350,6 +356,7 @@ mod tests {
             cpu_count: CpuCountArg::Cpuset,
             seccomp_affinity: true,
             handles_per_container: 9,
+            triggers_per_container: 3,
             fresh_ms: 250,
         }
     }

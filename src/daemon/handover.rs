@@ -258,13 +258,26 @@ pub fn accept(listener: &OwnedFd) -> io::Result<Option<(OwnedFd, Request)>> {
     }
 }
 
+/// How many characters of a peer's `binary` string a log line shows.
+const SHOWN: usize = 64;
+
+/// A peer's `binary` string as logged: at most [`SHOWN`] characters, control characters
+/// escaped (whoever reaches the socket chose it; a log line is not theirs to fill).
+pub fn shown(s: &str) -> String {
+    let mut out: String = s.chars().take(SHOWN).flat_map(char::escape_debug).collect();
+    if s.chars().nth(SHOWN).is_some() {
+        out.push_str(&format!("... ({} bytes)", s.len()));
+    }
+    out
+}
+
 /// Refuses `req` on `conn` if this build cannot hand over to it; true if refused.
 pub fn refuse_if_incompatible(conn: &OwnedFd, req: &Request) -> bool {
     if req.handover == VERSION {
         return false;
     }
     let why = format!("handover protocol {} asked, this keeper speaks {VERSION}", req.handover);
-    tracing::warn!(asked = req.handover, binary = %req.binary, "control: refused a handover: {why}");
+    tracing::warn!(asked = req.handover, binary = %shown(&req.binary), "control: refused a handover: {why}");
     if let Ok(m) = serde_json::to_vec(&Reply::Refused(why)) {
         let _ = send(conn, &m);
     }
@@ -365,6 +378,15 @@ impl Taken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peers_binary_is_logged_bounded_and_escaped() {
+        assert_eq!(shown("0.1.0"), "0.1.0");
+        let long = "x".repeat(60_000);
+        let s = shown(&long);
+        assert!(s.len() < 100 && s.ends_with("... (60000 bytes)"), "{s}");
+        assert_eq!(shown("a\nb"), "a\\nb");
+    }
 
     #[test]
     fn an_offer_and_its_fds_go_over_and_come_back_split_by_kind() {

@@ -105,15 +105,16 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
             (fds, params, Vec::new(), Vec::new())
         }
     };
-    // A previous keeper without a companion (or one whose mount failed): mount it now. One
-    // thread serves the trigger connection: triggers are written and polled rarely.
+    // A previous keeper without a companion (or one whose mount failed): mount it now. Two
+    // threads serve the trigger connection: triggers are written and polled rarely, but one
+    // slow request (a trigger's cgroup file) must not queue every pressure read behind it.
     let cache = if cache.is_empty() {
         mount_companion(cfg.cache.as_deref(), &crate::fuse::cached::source_name(&cfg.mountpoint), false, cfg.threads)
     } else {
         cache
     };
     let psi = if psi.is_empty() {
-        mount_companion(cfg.psi.as_deref(), &crate::fuse::psi::source_name(&cfg.mountpoint), true, 1)
+        mount_companion(cfg.psi.as_deref(), &crate::fuse::psi::source_name(&cfg.mountpoint), true, 2)
     } else {
         psi
     };
@@ -218,7 +219,7 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
             }
             Some(libc::SIGUSR1) => {
                 let Some((conn, req)) = control.as_ref().and_then(|c| c.pending.lock().take()) else { continue };
-                tracing::info!(binary = %req.binary, "handing the connection over to another keeper");
+                tracing::info!(binary = %handover::shown(&req.binary), "handing the connection over to another keeper");
                 if let Some(a) = agent {
                     a.pause(true);
                 }

@@ -57,15 +57,14 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
         // The trigger connection: the same tree with pollers. The poll handles waiting on
         // triggers are written beside the state file for the next worker, which wakes them.
         let pollers_file = snapshots.as_ref().map(|s| s.with_extension("pollers"));
-        let left = pollers_file.as_ref().filter(|f| f.exists()).cloned();
+        let left = pollers_file.as_deref().map(crate::fuse::psi::Pollers::left).unwrap_or_default();
         let pollers = crate::fuse::psi::Pollers::start(Arc::clone(dev), pollers_file)?;
         // Its reads cost a GETATTR more (a writable superblock): the same spin as the main
         // connection's keeps them from also paying a wakeup each.
-        spawn_workers(&psi, Arc::new(procfs().with_pollers(pollers).sharing_handles(&fs)), spin)?;
-        if let Some(f) = left {
-            // A predecessor's pollers: woken, they ask again and find their trigger gone.
-            crate::fuse::psi::Pollers::wake_left(dev, &f);
-        }
+        let triggers = procfs().sharing_handles(&fs).with_triggers(pollers, opts.triggers_per_container)?;
+        spawn_workers(&psi, Arc::new(triggers), spin)?;
+        // A predecessor's pollers: woken, they ask again and find their trigger gone.
+        crate::fuse::psi::Pollers::wake_left(dev, &left);
     }
     start_report(report, svc.clone(), fs, started);
     if !cache.is_empty() {

@@ -30,9 +30,14 @@
 //! number of the file or directory (bits 0..15). A process that is gone, or a pid that now
 //! names another process, gets `ENOENT`.
 //!
-//! Only the container's own processes read its content: a READ or GETATTR from any other
-//! process (the host, another container) gets attributes of an empty file that expire at
-//! once, or `EACCES`, never the container's bytes (docs/security.md).
+//! A file is its container's whoever reads it: GETATTR and READ answer the key's container,
+//! never the caller's. The inode is one for all and its pages are handed by the kernel to
+//! whoever opens it, so anything else would be a lie half the time, and an empty size told
+//! to another caller would cut the pages the container reads (an empty or short file for
+//! it). Who can open it is what keeps it the container's: the tree's root is mode 0500
+//! (`default_permissions`) and lists no key, so only the container (through its binds) and
+//! whoever may already look into its processes (`/proc/<pid>/root`: root, or the processes'
+//! own host user) reach it (docs/security.md).
 
 use super::abi::InHeader;
 use super::reply::{Attr, Dirent, Reply};
@@ -178,11 +183,6 @@ impl CachedFs {
         self.service.container_of(key.pid).map_err(|_| Errno(libc::ENOENT))
     }
 
-    /// Whether caller `tid` is a process of `c`.
-    fn is_member(&self, tid: u32, c: &Container) -> bool {
-        tid != 0 && self.service.container_of(tid).is_ok_and(|m| m.cgroups.name() == c.cgroups.name())
-    }
-
     fn file(&self, node: u64) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.join(format!("{node:016x}")))
     }
@@ -243,8 +243,8 @@ impl CachedFs {
         Ok((bytes, changed))
     }
 
-    /// Attributes of `node` for caller `tid`, with how long the kernel may keep them.
-    fn attr(&self, node: u64, tid: u32) -> Result<(Attr, Duration), Errno> {
+    /// Attributes of `node`, with how long the kernel may keep them.
+    fn attr(&self, node: u64) -> Result<(Attr, Duration), Errno> {
         let dir = |ino, nlink| Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink, time: self.start, nsec: 0 };
         if node == ROOT {
             // Only root walks the root: containers reach their files through bind mounts.
@@ -259,10 +259,9 @@ impl CachedFs {
             return Ok((dir(node, 2 + children.len() as u32), DIR_TTL));
         };
         let empty = Attr { ino: node, size: 0, mode: libc::S_IFREG | view.mode(), nlink: 1, time: self.start, nsec: 0 };
-        if !self.is_member(tid, &c) {
-            // Not the container's: nothing of its content, and nothing the kernel keeps.
-            return Ok((empty, Duration::ZERO));
-        }
+        // Whoever asks (the container, or host root through /proc/<pid>/root) is told the
+        // container's attributes: the inode is one for all, and any other size would make the
+        // kernel cut the pages the container reads (an empty or short file for it).
         let (bytes, (time, nsec)) = self.snapshot(node, view, &c, false)?;
         Ok((Attr { size: bytes.len() as u64, time, nsec, ..empty }, self.fresh))
     }
@@ -288,14 +287,14 @@ impl CachedFs {
                 None => return Reply::err(libc::ENOENT),
             }
         };
-        match self.attr(node, h.pid) {
+        match self.attr(node) {
             Ok((attr, attr_ttl)) => Reply::entry(node, entry_ttl, attr_ttl, &attr),
             Err(e) => Reply::Err(e),
         }
     }
 
     fn getattr(&self, h: &InHeader) -> Reply {
-        match self.attr(h.nodeid, h.pid) {
+        match self.attr(h.nodeid) {
             Ok((attr, ttl)) => Reply::attr(ttl, &attr),
             Err(e) => Reply::Err(e),
         }
@@ -308,9 +307,6 @@ impl CachedFs {
             Ok(c) => c,
             Err(e) => return Reply::Err(e),
         };
-        if !self.is_member(h.pid, &c) {
-            return Reply::err(libc::EACCES);
-        }
         match self.snapshot(h.nodeid, view, &c, true) {
             Ok((bytes, _)) => Reply::slice(&bytes, offset, size),
             Err(e) => Reply::Err(e),

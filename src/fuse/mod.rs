@@ -191,6 +191,8 @@ struct Handle {
 struct Usage {
     handles: usize,
     bytes: usize,
+    /// PSI triggers held, counted until their fd is really closed ([`psi::Closer`]).
+    triggers: usize,
 }
 
 /// Open handles and what each container holds of them.
@@ -198,6 +200,8 @@ struct Usage {
 struct Handles {
     map: HashMap<u64, Handle>,
     usage: HashMap<Arc<str>, Usage>,
+    /// PSI triggers held by all containers.
+    triggers: usize,
 }
 
 impl Handles {
@@ -210,9 +214,33 @@ impl Handles {
         }
     }
 
-    fn remove(&mut self, fh: u64) {
-        if let Some(h) = self.map.remove(&fh) {
-            self.forget(&h);
+    /// Takes handle `fh` out of the table (dropped by the caller, outside the lock).
+    fn remove(&mut self, fh: u64) -> Option<Handle> {
+        let h = self.map.remove(&fh)?;
+        self.forget(&h);
+        Some(h)
+    }
+
+    /// Counts a new trigger for `owner` if it is under `per_container` and all are under
+    /// `global`.
+    fn reserve_trigger(&mut self, owner: &Arc<str>, per_container: usize, global: usize) -> bool {
+        let u = self.usage.entry(owner.clone()).or_default();
+        if u.triggers >= per_container || self.triggers >= global {
+            return false;
+        }
+        u.triggers += 1;
+        self.triggers += 1;
+        true
+    }
+
+    /// A trigger of `owner` is closed (or was never taken).
+    fn trigger_gone(&mut self, owner: &str) {
+        self.triggers = self.triggers.saturating_sub(1);
+        if let Some(u) = self.usage.get_mut(owner) {
+            u.triggers = u.triggers.saturating_sub(1);
+            if u.handles == 0 && u.triggers == 0 {
+                self.usage.remove(owner);
+            }
         }
     }
 
@@ -220,7 +248,7 @@ impl Handles {
         if let Some(u) = self.usage.get_mut(&h.owner) {
             u.handles = u.handles.saturating_sub(1);
             u.bytes = u.bytes.saturating_sub(h.data.as_ref().map_or(0, |d| d.len()));
-            if u.handles == 0 {
+            if u.handles == 0 && u.triggers == 0 {
                 self.usage.remove(&h.owner);
             }
         }
@@ -255,8 +283,16 @@ pub struct ProcFs {
     per_container: usize,
     next_fh: Arc<AtomicU64>,
     start: u64,
-    /// Pollers of PSI triggers; without it POLL answers as for a file without a trigger.
-    pollers: Option<Arc<psi::Pollers>>,
+    /// PSI triggers: set on the trigger connection only.
+    triggers: Option<Triggers>,
+}
+
+/// What the trigger connection keeps for PSI triggers.
+struct Triggers {
+    pollers: Arc<psi::Pollers>,
+    closer: psi::Closer,
+    per_container: usize,
+    global: usize,
 }
 
 impl ProcFs {
@@ -285,7 +321,7 @@ impl ProcFs {
             // pid may be ours again): a random high half per process.
             next_fh: Arc::new(AtomicU64::new((u64::from(random_u32().max(1)) << 32) | 1)),
             start,
-            pollers: None,
+            triggers: None,
         }
     }
 
@@ -298,10 +334,27 @@ impl ProcFs {
         self
     }
 
-    /// Wakes the pollers of PSI triggers through `pollers`.
-    pub fn with_pollers(mut self, pollers: Arc<psi::Pollers>) -> Self {
-        self.pollers = Some(pollers);
-        self
+    /// Takes PSI triggers (the trigger connection): at most `per_container` per container,
+    /// pollers woken through `pollers`, released triggers closed off the request threads.
+    /// Call after [`ProcFs::sharing_handles`]: the triggers are counted in the table it shares.
+    pub fn with_triggers(mut self, pollers: Arc<psi::Pollers>, per_container: usize) -> std::io::Result<Self> {
+        let handles = Arc::clone(&self.handles);
+        let closer = psi::Closer::start(Arc::new(move |owner: &str| handles.lock().trigger_gone(owner)))?;
+        let global = psi::global_trigger_limit();
+        self.triggers = Some(Triggers { pollers, closer, per_container: per_container.max(1), global });
+        Ok(self)
+    }
+
+    /// RELEASE: the handle leaves the table; its trigger, if any, leaves the pollers and is
+    /// closed in the background (closing one waits for an RCU grace period).
+    fn release(&self, fh: u64) {
+        let Some(h) = self.handles.lock().remove(fh) else { return };
+        if let Some(t) = &self.triggers {
+            t.pollers.forget(fh, h.trigger.as_deref());
+            if let Some(fd) = h.trigger.clone() {
+                t.closer.close(h.owner.clone(), fd);
+            }
+        }
     }
 
     /// Open handles by container, most first.
@@ -347,6 +400,11 @@ impl ProcFs {
             Ino::Tree(t) | Ino::Own(t) => t,
         };
         let mut a = self.tree.attr(node, ino, self.start).ok_or(Errno(libc::ENOENT))?;
+        if node == ROOT && self.triggers.is_some() {
+            // The trigger connection is reached through binds only: no local user walks it
+            // (the kernel checks modes: `default_permissions`).
+            a.mode = libc::S_IFDIR | 0o500;
+        }
         if let Some(v) = self.tree.view(node) {
             let len = self.service.render_with(v, caller()).map_or(0, |d| d.len() as u64);
             a.size = len + SIZE_MARGIN;
@@ -439,7 +497,7 @@ impl ProcFs {
         // Only a pressure file takes writes (a PSI trigger); O_TRUNC is harmless there, as on
         // the host (`echo ... > /proc/pressure/memory`).
         // Only on the trigger connection (the main one is a read-only superblock).
-        let writable = self.pollers.is_some() && matches!(source, Source::View(v) if v.pressure_file().is_some());
+        let writable = self.triggers.is_some() && matches!(source, Source::View(v) if v.pressure_file().is_some());
         if !writable && (flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0) {
             return Reply::err(libc::EROFS);
         }
@@ -570,21 +628,23 @@ impl ProcFs {
     /// WRITE: a PSI trigger on a pressure file's handle, registered on the container's own
     /// cgroup pressure file; every other write is refused.
     fn write(&self, h: &InHeader, fh: u64, data: &[u8]) -> Reply {
-        let (source, opener) = match self.handles.lock().map.get(&fh) {
+        let Some(t) = &self.triggers else { return Reply::err(libc::EROFS) };
+        let (source, opener, owner) = match self.handles.lock().map.get(&fh) {
             Some(hd) if hd.ino == h.nodeid => {
                 if hd.trigger.is_some() {
                     // The kernel's answer to a second trigger on one open file.
                     return Reply::err(libc::EBUSY);
                 }
-                (hd.source.clone(), hd.opener.as_ref().map(|(_, _, c)| c.clone()))
+                (hd.source.clone(), hd.opener.as_ref().map(|(_, _, c)| c.clone()), hd.owner.clone())
             }
             _ => return Reply::err(libc::EBADF),
         };
         let Source::View(view) = source else { return Reply::err(libc::EROFS) };
         let Some(file) = view.pressure_file() else { return Reply::err(libc::EROFS) };
-        if let Err(e) = psi::check_trigger(data, psi::caller_caps(h.pid)) {
-            return Reply::Err(e);
-        }
+        let trigger = match psi::parse_trigger(data, psi::caller_caps(h.pid)) {
+            Ok(t) => t,
+            Err(e) => return Reply::Err(e),
+        };
         let c = match opener.map_or_else(|| self.service.container_of(h.pid), Ok) {
             Ok(c) => c,
             Err(e) => return Reply::Err(e.errno()),
@@ -592,18 +652,35 @@ impl ProcFs {
         // Without a unified cgroup of its own the container has no pressure of its own to
         // watch: the kernel's answer without PSI (a trigger on the host's would watch the host).
         let Some(dir) = crate::catalog::own_unified(&c) else { return Reply::err(libc::EOPNOTSUPP) };
-        use std::io::Write;
-        let mut f = match dir.open_file(file, libc::O_RDWR | libc::O_NONBLOCK) {
-            Ok(f) => f,
-            Err(e) => return Reply::Err(Errno::from(e)),
-        };
-        if let Err(e) = f.write_all(data) {
-            return Reply::Err(Errno::from(e));
+        // Each trigger is an fd of the worker: a few per container, a bounded number in all.
+        if !self.handles.lock().reserve_trigger(&owner, t.per_container, t.global) {
+            return Reply::err(libc::EMFILE);
         }
-        let fd = Arc::new(std::os::fd::OwnedFd::from(f));
-        match self.handles.lock().map.get_mut(&fh) {
-            Some(hd) if hd.trigger.is_none() => hd.trigger = Some(fd),
-            _ => return Reply::err(libc::EBUSY),
+        let taken = (|| {
+            use std::io::Write;
+            let mut f = dir.open_file(file, libc::O_RDWR | libc::O_NONBLOCK).map_err(Errno::from)?;
+            // The normalised line, never the caller's bytes.
+            f.write_all(trigger.line().as_bytes()).map_err(Errno::from)?;
+            Ok::<_, Errno>(Arc::new(std::os::fd::OwnedFd::from(f)))
+        })();
+        let fd = match taken {
+            Ok(fd) => fd,
+            Err(e) => {
+                self.handles.lock().trigger_gone(&owner);
+                return Reply::Err(e);
+            }
+        };
+        let stored = match self.handles.lock().map.get_mut(&fh) {
+            Some(hd) if hd.trigger.is_none() => {
+                hd.trigger = Some(Arc::clone(&fd));
+                true
+            }
+            _ => false,
+        };
+        if !stored {
+            // Released meanwhile, or a second trigger won the race.
+            t.closer.close(owner, fd);
+            return Reply::err(libc::EBUSY);
         }
         Reply::written(data.len())
     }
@@ -611,6 +688,12 @@ impl ProcFs {
     /// POLL: the trigger's events now; when there are none and the kernel asks to be told, the
     /// poll handle waits with the watcher.
     fn poll(&self, h: &InHeader, fh: u64, kh: u64, flags: u32) -> Reply {
+        let Some(t) = &self.triggers else {
+            // The main connection has no triggers: ENOSYS makes the kernel stop sending POLL
+            // for the connection's life and answer every poll itself, at once
+            // (`fuse_file_poll`: `fc->no_poll`), so no poll ever waits on this daemon.
+            return Reply::err(libc::ENOSYS);
+        };
         if !matches!(self.source(h.nodeid), Some(Source::View(v)) if v.pressure_file().is_some()) {
             // A plain file: always ready, as the kernel's default for files without poll.
             return Reply::poll(psi::DEFAULT_POLLMASK);
@@ -625,11 +708,9 @@ impl ProcFs {
         let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLPRI, revents: 0 };
         // SAFETY: one valid pollfd, no waiting.
         unsafe { libc::poll(&mut p, 1, 0) };
-        let revents = p.revents as u32 | self.pollers.as_ref().map_or(0, |w| w.take_fired(fh));
+        let revents = p.revents as u32 | t.pollers.take_fired(fh);
         if revents == 0 && flags & abi::FUSE_POLL_SCHEDULE_NOTIFY != 0 {
-            if let Some(pollers) = &self.pollers {
-                pollers.wait(fh, kh, fd);
-            }
+            t.pollers.wait(fh, kh, &fd);
         }
         Reply::poll(revents)
     }
@@ -690,10 +771,7 @@ impl Handler for ProcFs {
             Request::Read { fh, offset, size, read_flags } => self.read(h, fh, offset, size, read_flags),
             Request::Release { fh } => {
                 if let Some(fh) = fh {
-                    self.handles.lock().remove(fh);
-                    if let Some(p) = &self.pollers {
-                        p.forget(fh);
-                    }
+                    self.release(fh);
                 }
                 Reply::empty()
             }

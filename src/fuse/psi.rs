@@ -49,26 +49,72 @@ pub fn find(mountpoint: &Path) -> Option<PathBuf> {
 
 /// `CAP_SYS_RESOURCE`.
 const CAP_SYS_RESOURCE: u32 = 24;
+/// The kernel's bounds of a trigger's window (`kernel/sched/psi.c`: `WINDOW_MIN_US`,
+/// `WINDOW_MAX_US`).
+const WINDOW_MIN_US: u32 = 500_000;
+const WINDOW_MAX_US: u32 = 10_000_000;
+/// Without `CAP_SYS_RESOURCE` a window must be a multiple of this (the kernel's guard against
+/// cheap real-time polling: such triggers are served by the slow averaging work, not psimon).
+const UNPRIVILEGED_WINDOW_US: u32 = 2_000_000;
 
-/// Checks a trigger string the way the kernel would for caller `tid` before it is written as
-/// root: `some|full THRESHOLD_US WINDOW_US`, and for a caller without `CAP_SYS_RESOURCE`, a
-/// window that is a multiple of 2 s. The kernel checks the rest (ranges) and gives its errno.
-pub fn check_trigger(data: &[u8], caller_caps: Option<u64>) -> Result<(), Errno> {
-    let text = std::str::from_utf8(data).map_err(|_| Errno(libc::EINVAL))?;
+/// PSI triggers one container may hold at once by default (`--triggers-per-container`);
+/// further trigger writes fail with `EMFILE`. Pressure monitors use a handful.
+pub const TRIGGERS_PER_CONTAINER: usize = 32;
+
+/// A trigger as the kernel reads it: `some|full THRESHOLD_US WINDOW_US`, both `u32`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trigger {
+    /// `full` rather than `some`.
+    pub full: bool,
+    /// Stall time within the window that fires it, in µs.
+    pub threshold_us: u32,
+    /// The window, in µs.
+    pub window_us: u32,
+}
+
+impl Trigger {
+    /// The line written to the cgroup's pressure file: the normalised trigger, never the
+    /// caller's bytes (which the kernel might read otherwise than this check did).
+    pub fn line(&self) -> String {
+        format!("{} {} {}", if self.full { "full" } else { "some" }, self.threshold_us, self.window_us)
+    }
+}
+
+/// Parses a trigger written by caller with capabilities `caller_caps` as the kernel would
+/// (`psi_trigger_create`: two `u32`s, window within 500 ms–10 s, threshold within 1..=window),
+/// then applies the kernel's rule for callers without `CAP_SYS_RESOURCE` (a window that is a
+/// multiple of 2 s) — the daemon writes as root, so it must apply that rule itself. A number
+/// that does not fit 32 bits is refused, not wrapped: the kernel's `%u` would wrap it into a
+/// window the rule never saw.
+pub fn parse_trigger(data: &[u8], caller_caps: Option<u64>) -> Result<Trigger, Errno> {
+    let inval = Errno(libc::EINVAL);
+    let text = std::str::from_utf8(data).map_err(|_| inval)?;
     let text = text.trim_end_matches(['\0', '\n']);
     let mut f = text.split_ascii_whitespace();
-    let (Some(kind), Some(_), Some(window), None) = (f.next(), f.next(), f.next(), f.next()) else {
-        return Err(Errno(libc::EINVAL));
+    let (Some(kind), Some(threshold), Some(window), None) = (f.next(), f.next(), f.next(), f.next()) else {
+        return Err(inval);
     };
-    if kind != "some" && kind != "full" {
-        return Err(Errno(libc::EINVAL));
+    let full = match kind {
+        "some" => false,
+        "full" => true,
+        _ => return Err(inval),
+    };
+    let num = |s: &str| -> Result<u32, Errno> {
+        // Digits only: no sign, no radix prefix (`u32::from_str` takes a leading '+').
+        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(inval);
+        }
+        s.parse::<u32>().map_err(|_| inval)
+    };
+    let (threshold_us, window_us) = (num(threshold)?, num(window)?);
+    if !(WINDOW_MIN_US..=WINDOW_MAX_US).contains(&window_us) || threshold_us == 0 || threshold_us > window_us {
+        return Err(inval);
     }
-    let window: u64 = window.parse().map_err(|_| Errno(libc::EINVAL))?;
     let privileged = caller_caps.is_some_and(|c| c & (1 << CAP_SYS_RESOURCE) != 0);
-    if !privileged && window % 2_000_000 != 0 {
-        return Err(Errno(libc::EINVAL));
+    if !privileged && window_us % UNPRIVILEGED_WINDOW_US != 0 {
+        return Err(inval);
     }
-    Ok(())
+    Ok(Trigger { full, threshold_us, window_us })
 }
 
 /// The effective capabilities of thread `tid` (`CapEff` of its status), if readable.
@@ -78,45 +124,141 @@ pub fn caller_caps(tid: u32) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// The poll handles waiting for a trigger, and the thread that wakes them.
+/// How many triggers all containers together may hold: half of the open-file limit left after
+/// a reserve for everything else the worker opens (FUSE and seccomp fds, cgroup files).
+pub fn global_trigger_limit() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s);
+    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
+    (soft.saturating_sub(1024) / 2).max(16)
+}
+
+/// Threads closing released triggers. Closing a trigger's fd waits for an RCU grace period
+/// in the kernel (`psi_trigger_destroy` -> `synchronize_rcu`, milliseconds each): done on a
+/// FUSE thread, a process that drops thousands of triggers at once stalled every reader of
+/// the connection behind it. Several closers share grace periods.
+const CLOSERS: usize = 4;
+
+/// A trigger to close, and the container to credit once it is closed.
+type Closing = (Arc<str>, Arc<OwnedFd>);
+
+/// Closes released triggers off the FUSE threads; the trigger counts against its container
+/// until it is really closed, so releasing faster than the kernel destroys cannot grow the
+/// backlog past the quota.
+pub struct Closer {
+    tx: std::sync::mpsc::Sender<Closing>,
+}
+
+impl Closer {
+    /// Starts the closing threads; `closed(owner)` runs after each close.
+    pub fn start(closed: Arc<dyn Fn(&str) + Send + Sync>) -> std::io::Result<Closer> {
+        let (tx, rx) = std::sync::mpsc::channel::<Closing>();
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..CLOSERS {
+            let (rx, closed) = (Arc::clone(&rx), Arc::clone(&closed));
+            std::thread::Builder::new().name(format!("psi-close-{i}")).spawn(move || loop {
+                let next = rx.lock().recv();
+                let Ok((owner, fd)) = next else { return };
+                drop(fd);
+                closed(&owner);
+            })?;
+        }
+        Ok(Closer { tx })
+    }
+
+    /// Closes `fd` (a trigger of `owner`) in the background.
+    pub fn close(&self, owner: Arc<str>, fd: Arc<OwnedFd>) {
+        if let Err(std::sync::mpsc::SendError((owner, fd))) = self.tx.send((owner, fd)) {
+            // No closer left (cannot happen while the process runs): close here.
+            drop(fd);
+            tracing::debug!(%owner, "psi: trigger closed on the request's thread");
+        }
+    }
+}
+
+/// The poll handles waiting for a trigger, and the thread that wakes them. Each trigger fd is
+/// registered once in an epoll set keyed by its handle (`EPOLLONESHOT`, re-armed by the next
+/// wait), so a wait, a wakeup and a release each cost the same whatever the number of triggers.
 pub struct Pollers {
-    /// fh -> (kh, the trigger's fd).
-    waiting: Mutex<HashMap<u64, (u64, Arc<OwnedFd>)>>,
+    /// fh -> the poll handle waiting on its trigger (registered in the epoll set).
+    waiting: Mutex<HashMap<u64, u64>>,
+    /// Handles whose trigger is in the epoll set (armed or spent).
+    registered: Mutex<std::collections::HashSet<u64>>,
     /// fh -> the events the watcher saw: polling the trigger consumed them (the kernel resets
     /// a trigger's event when it reports it), so the handle's next POLL reports them.
     fired: Mutex<HashMap<u64, u32>>,
-    /// Written to when `waiting` changed: the watcher polls the new set.
-    wake: OwnedFd,
-    /// Where the waiting poll handles are written down for the next worker.
+    epoll: OwnedFd,
+    /// Where the waiting poll handles are written down for the next worker: appended to (one
+    /// line per wait), rewritten with only the live ones when it has grown twice past them.
+    /// Waking a handle that no longer waits is harmless (the kernel ignores it).
     file: Option<PathBuf>,
+    log: Mutex<Option<(std::fs::File, usize)>>,
 }
 
 impl Pollers {
-    /// Wakes the pollers a previous worker left waiting in `file` (once this worker answers
+    /// The poll handles a previous worker left waiting, written down in `file` (read before
+    /// [`Pollers::start`] begins a new list there).
+    pub fn left(file: &std::path::Path) -> Vec<u64> {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let mut khs: Vec<u64> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        khs.sort_unstable();
+        khs.dedup();
+        khs
+    }
+
+    /// Wakes poll handles `khs` a previous worker left waiting (once this worker answers
     /// requests: their next POLL finds no trigger).
-    pub fn wake_left(dev: &OwnedFd, file: &std::path::Path) {
-        if let Ok(text) = std::fs::read_to_string(file) {
-            for kh in text.lines().filter_map(|l| l.trim().parse::<u64>().ok()) {
-                let _ = notify_poll(dev, kh);
-            }
+    pub fn wake_left(dev: &OwnedFd, khs: &[u64]) {
+        for &kh in khs {
+            let _ = notify_poll(dev, kh);
         }
     }
 
     /// Starts the watcher, which notifies over `dev` (a fd of the connection) and writes the
     /// waiting poll handles to `file`.
     pub fn start(dev: Arc<OwnedFd>, file: Option<PathBuf>) -> std::io::Result<Arc<Pollers>> {
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)?;
-        let p =
-            Arc::new(Pollers { waiting: Mutex::new(HashMap::new()), fired: Mutex::new(HashMap::new()), wake: w, file });
+        // SAFETY: epoll_create1 with a flag; the fd is ours.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if ep < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd this process owns.
+        let epoll = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(ep) };
+        let log = match &file {
+            Some(f) => {
+                // A predecessor's list is read by `wake_left` before the first wait here.
+                crate::files::write_atomic(f, b"")?;
+                Some((crate::files::open_append(f)?, 0))
+            }
+            None => None,
+        };
+        let p = Arc::new(Pollers {
+            waiting: Mutex::new(HashMap::new()),
+            registered: Mutex::new(std::collections::HashSet::new()),
+            fired: Mutex::new(HashMap::new()),
+            epoll,
+            file,
+            log: Mutex::new(log),
+        });
         let me = Arc::clone(&p);
-        std::thread::Builder::new().name("psi-poll".into()).spawn(move || me.watch(&dev, r))?;
+        std::thread::Builder::new().name("psi-poll".into()).spawn(move || me.watch(&dev))?;
         Ok(p)
     }
 
     /// Waits for `fd`'s trigger on behalf of poll handle `kh` of handle `fh`.
-    pub fn wait(&self, fh: u64, kh: u64, fd: Arc<OwnedFd>) {
-        self.waiting.lock().insert(fh, (kh, fd));
-        self.changed();
+    pub fn wait(&self, fh: u64, kh: u64, fd: &OwnedFd) {
+        let raw = fd.as_raw_fd();
+        let again = self.waiting.lock().insert(fh, kh) == Some(kh);
+        let mut ev = libc::epoll_event { events: (libc::EPOLLPRI | libc::EPOLLONESHOT) as u32, u64: fh };
+        let mut registered = self.registered.lock();
+        let op = if registered.insert(fh) { libc::EPOLL_CTL_ADD } else { libc::EPOLL_CTL_MOD };
+        // SAFETY: a valid epoll fd, a valid fd, a valid event.
+        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, raw, &mut ev) } != 0 {
+            tracing::debug!(error = %std::io::Error::last_os_error(), fh, "psi: trigger not watched");
+        }
+        drop(registered);
+        if !again {
+            self.write_down(kh);
+        }
     }
 
     /// The events the watcher saw for handle `fh` since its last POLL (taken).
@@ -124,72 +266,57 @@ impl Pollers {
         self.fired.lock().remove(&fh).unwrap_or(0)
     }
 
-    /// Handle `fh` is released: nothing waits on it any more.
-    pub fn forget(&self, fh: u64) {
+    /// Handle `fh` is released: nothing waits on it any more, and its trigger (`fd`, about to
+    /// be closed) leaves the epoll set.
+    pub fn forget(&self, fh: u64, fd: Option<&OwnedFd>) {
         self.fired.lock().remove(&fh);
-        if self.waiting.lock().remove(&fh).is_some() {
-            self.changed();
+        self.waiting.lock().remove(&fh);
+        if self.registered.lock().remove(&fh) {
+            if let Some(fd) = fd {
+                // SAFETY: valid fds; a null event is allowed for EPOLL_CTL_DEL.
+                unsafe {
+                    libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd.as_raw_fd(), std::ptr::null_mut())
+                };
+            }
         }
     }
 
-    fn changed(&self) {
-        if let Some(f) = &self.file {
-            let list: String = self.waiting.lock().values().map(|(kh, _)| format!("{kh}\n")).collect();
-            let _ = crate::files::write_atomic(f, list.as_bytes());
+    /// Appends `kh` to the list the next worker wakes, compacting it when it has grown.
+    fn write_down(&self, kh: u64) {
+        let Some(path) = &self.file else { return };
+        use std::io::Write;
+        let mut log = self.log.lock();
+        let Some((f, lines)) = log.as_mut() else { return };
+        let _ = writeln!(f, "{kh}");
+        *lines += 1;
+        let live = self.waiting.lock().len();
+        if *lines > 2 * live + 64 {
+            let list: String = self.waiting.lock().values().map(|kh| format!("{kh}\n")).collect();
+            let n = list.lines().count();
+            if crate::files::write_atomic(path, list.as_bytes()).is_ok() {
+                if let Ok(nf) = crate::files::open_append(path) {
+                    *log = Some((nf, n));
+                }
+            }
         }
-        // SAFETY: one byte to our own non-blocking pipe; a full pipe already wakes the watcher.
-        unsafe { libc::write(self.wake.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
     }
 
-    fn watch(&self, dev: &OwnedFd, wake: OwnedFd) {
+    fn watch(&self, dev: &OwnedFd) {
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
-            let set: Vec<(u64, u64, Arc<OwnedFd>)> =
-                self.waiting.lock().iter().map(|(fh, (kh, fd))| (*fh, *kh, Arc::clone(fd))).collect();
-            let mut pfds: Vec<libc::pollfd> = set
-                .iter()
-                .map(|(_, _, fd)| libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLPRI, revents: 0 })
-                .collect();
-            pfds.push(libc::pollfd { fd: wake.as_raw_fd(), events: libc::POLLIN, revents: 0 });
-            // SAFETY: a valid array of pollfds of its length.
-            let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
-            if n < 0 {
+            // SAFETY: a valid epoll fd and a buffer of events of its length.
+            let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, -1) };
+            if n <= 0 {
                 continue;
             }
-            let mut buf = [0u8; 64];
-            // SAFETY: reads into a local buffer from our own non-blocking pipe.
-            while unsafe { libc::read(wake.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
-            let fired: Vec<(u64, u64, u32)> = set
-                .iter()
-                .zip(&pfds)
-                .filter(|(_, p)| p.revents != 0)
-                .map(|((fh, kh, _), p)| (*fh, *kh, p.revents as u32))
-                .collect();
-            if fired.is_empty() {
-                continue;
-            }
-            {
-                let mut seen = self.fired.lock();
-                for (fh, _, ev) in &fired {
-                    *seen.entry(*fh).or_insert(0) |= ev;
-                }
-            }
-            {
-                let mut w = self.waiting.lock();
-                for (fh, kh, _) in &fired {
-                    // One-shot, as the kernel's poll: it asks again and waits anew.
-                    if w.get(fh).is_some_and(|(k, _)| k == kh) {
-                        w.remove(fh);
-                    }
-                }
-            }
-            for (_, kh, _) in fired {
+            for ev in &events[..n as usize] {
+                let (fh, revents) = (ev.u64, ev.events);
+                // One-shot, as the kernel's poll: it asks again and waits anew.
+                let Some(kh) = self.waiting.lock().remove(&fh) else { continue };
+                *self.fired.lock().entry(fh).or_insert(0) |= revents;
                 if let Err(e) = notify_poll(dev, kh) {
                     tracing::debug!(error = %e, kh, "psi: poll wakeup not delivered");
                 }
-            }
-            if let Some(f) = &self.file {
-                let list: String = self.waiting.lock().values().map(|(kh, _)| format!("{kh}\n")).collect();
-                let _ = crate::files::write_atomic(f, list.as_bytes());
             }
         }
     }
@@ -203,14 +330,37 @@ mod tests {
     fn triggers_are_checked_like_the_kernel_for_unprivileged_callers() {
         let all = Some(u64::MAX);
         let none = Some(0);
-        assert_eq!(check_trigger(b"some 150000 1000000", all), Ok(()));
-        assert_eq!(check_trigger(b"full 150000 1000000\n\0", all), Ok(()));
-        assert_eq!(check_trigger(b"some 150000 1000000", none), Err(Errno(libc::EINVAL)), "unprivileged: 2 s windows");
-        assert_eq!(check_trigger(b"some 500000 2000000", none), Ok(()));
-        assert_eq!(check_trigger(b"avg 1 2", all), Err(Errno(libc::EINVAL)));
-        assert_eq!(check_trigger(b"some 1", all), Err(Errno(libc::EINVAL)));
-        assert_eq!(check_trigger(b"some 1 2 3", all), Err(Errno(libc::EINVAL)));
-        assert_eq!(check_trigger(b"some x y", all), Err(Errno(libc::EINVAL)));
-        assert_eq!(check_trigger(&[0xff, 0xfe], all), Err(Errno(libc::EINVAL)));
+        let ok = |full, threshold_us, window_us| Ok(Trigger { full, threshold_us, window_us });
+        let inval = Err(Errno(libc::EINVAL));
+        assert_eq!(parse_trigger(b"some 150000 1000000", all), ok(false, 150_000, 1_000_000));
+        assert_eq!(parse_trigger(b"full 150000 1000000\n\0", all), ok(true, 150_000, 1_000_000));
+        assert_eq!(parse_trigger(b"some 150000 1000000", none), inval, "unprivileged: 2 s windows");
+        assert_eq!(parse_trigger(b"some 500000 2000000", none), ok(false, 500_000, 2_000_000));
+        assert_eq!(parse_trigger(b"avg 1 2", all), inval);
+        assert_eq!(parse_trigger(b"some 1", all), inval);
+        assert_eq!(parse_trigger(b"some 1 2 3", all), inval);
+        assert_eq!(parse_trigger(b"some x y", all), inval);
+        assert_eq!(parse_trigger(&[0xff, 0xfe], all), inval);
+    }
+
+    #[test]
+    fn numbers_are_u32_and_within_the_kernels_bounds_before_the_window_rule() {
+        let (all, none) = (Some(u64::MAX), Some(0));
+        let inval = Err(Errno(libc::EINVAL));
+        // 19108310000000 is a multiple of 2 s, and wraps (%u) to a 500 096 µs window.
+        assert_eq!(19_108_310_000_000u64 % (1 << 32), 500_096);
+        assert_eq!(parse_trigger(b"some 100000 19108310000000", none), inval);
+        assert_eq!(parse_trigger(b"some 100000 19108310000000", all), inval);
+        assert_eq!(parse_trigger(b"some 100000 4294967296", all), inval);
+        assert_eq!(parse_trigger(b"some +100000 2000000", none), inval);
+        assert_eq!(parse_trigger(b"some 0 2000000", none), inval, "a threshold of 0");
+        assert_eq!(parse_trigger(b"some 2000001 2000000", none), inval, "a threshold past the window");
+        assert_eq!(parse_trigger(b"some 1000 400000", all), inval, "a window under 500 ms");
+        assert_eq!(parse_trigger(b"some 1000 12000000", none), inval, "a window over 10 s");
+        assert_eq!(parse_trigger(b"some 1000 10000000", none).map(|t| t.line()), Ok("some 1000 10000000".into()));
+        assert_eq!(
+            parse_trigger(b"full  0010000   02000000 ", none).map(|t| t.line()),
+            Ok("full 10000 2000000".into())
+        );
     }
 }
