@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::attacker::{Attacker, ATTACKER};
 use common::*;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
@@ -224,6 +225,36 @@ fn a_killed_worker_leaves_no_poller_hung() {
     assert!(t.elapsed() < Duration::from_secs(30), "woken within {:?}", t.elapsed());
 }
 
+/// The kernel reads a trigger's numbers with `%u`: 32 bits. A window of 19108310000000 µs is
+/// a multiple of 2 s (so the unprivileged rule, checked on 64 bits, passed it) and wraps to a
+/// 500 096 µs window, which the daemon then registered as root: a real-time-polled trigger
+/// for an unprivileged container. Now numbers are parsed as the kernel's bounds allow and
+/// the rule applies to what the kernel would see. (Where the daemon itself lacks
+/// CAP_SYS_RESOURCE, as root in some sandboxes, the kernel applies the rule to the daemon's
+/// write too and this passes either way; the VM tier runs it as a root that has it.)
+fn the_unprivileged_window_rule_is_not_bypassed_by_overflow() {
+    let test = "the_unprivileged_window_rule_is_not_bypassed_by_overflow";
+    live_ready(test);
+    programs_ready(test, &["python3"]);
+    if !has_v2() {
+        harness::ignore(format!("{test}: no unified cgroup here (pure v1): no trigger to take"));
+    }
+    let d = Daemon::start("psi-wrap");
+    let dir = Scratch::new("psi-wrap");
+    let script = dir.0.join("attacker.py");
+    std::fs::write(&script, ATTACKER).unwrap();
+    let cases = [
+        ("some 100000 19108310000000", "error 22"),
+        ("some 100000 4295467296", "error 22"),
+        ("some 100000 500000", "error 22"),
+        ("some 100000 2000000", "ok"),
+    ];
+    for (line, want) in cases {
+        let mut a = Attacker::start(&d, &script, &["write", line]);
+        assert_eq!(a.line(), want, "an unprivileged {line:?}");
+    }
+}
+
 /// The trigger connection's opens count against the same per-container handle quota as the
 /// main mount's: a container cannot double its quota by opening through both.
 fn both_connections_share_one_handle_quota() {
@@ -252,5 +283,6 @@ fn both_connections_share_one_handle_quota() {
 cgprocfs_tests!(
     a_trigger_fires_on_its_containers_pressure_only,
     a_killed_worker_leaves_no_poller_hung,
-    both_connections_share_one_handle_quota
+    both_connections_share_one_handle_quota,
+    the_unprivileged_window_rule_is_not_bypassed_by_overflow
 );

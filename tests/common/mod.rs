@@ -2,7 +2,9 @@
 //! throwaway cgroups, all removed on drop even when the test fails.
 #![allow(dead_code)]
 
+pub mod attacker;
 pub mod bundle;
+pub mod bystander;
 pub mod harness;
 pub mod loops;
 
@@ -80,8 +82,10 @@ pub fn unique(tag: &str) -> String {
     format!("cgprocfs-test-{}-{tag}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_cgprocfs")
+/// The binary under test: this build's, or `CGPROCFS_TEST_BIN` (to show a test fails against
+/// another build, such as the one before a fix).
+pub fn bin() -> String {
+    std::env::var("CGPROCFS_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_cgprocfs").to_string())
 }
 
 pub fn is_mounted(p: &Path) -> bool {
