@@ -74,6 +74,26 @@ fn dropping_many_triggers_stalls_no_bystander() {
     assert_eq!(taken(&again.line()).0, quota, "a new container takes its own full quota");
 }
 
+/// Triggers are fds of the worker: bounded only by the handle cap, five cgroups used up a
+/// 20 000 open-file limit and every container's trigger writes failed. All containers
+/// together now hold at most half the worker's open-file limit left after a reserve of 1 024:
+/// under a limit of 1 100 that is 38, so a second container gets 6 past the first one's 32.
+fn all_containers_together_hold_triggers_within_the_open_file_limit() {
+    let test = "all_containers_together_hold_triggers_within_the_open_file_limit";
+    ready(test);
+    let d = Daemon::start_with_nofile("psi-global", &[], 1100);
+    let dir = Scratch::new("psi-global");
+    let script = dir.0.join("attacker.py");
+    std::fs::write(&script, ATTACKER).unwrap();
+    let quota = cgprocfs::fuse::psi::TRIGGERS_PER_CONTAINER;
+    let mut first = Attacker::start(&d, &script, &["take", "100"]);
+    assert_eq!(taken(&first.line()), (quota, "write".to_string(), libc::EMFILE), "the first container's quota");
+    let mut second = Attacker::start(&d, &script, &["take", "100"]);
+    assert_eq!(taken(&second.line()), ((1100 - 1024) / 2 - quota, "write".to_string(), libc::EMFILE), "what is left");
+    // The daemon still serves everyone: its own fds are not used up.
+    assert!(std::fs::read(d.path("proc/meminfo")).is_ok_and(|b| !b.is_empty()));
+}
+
 /// A container polls as many triggers as the daemon lets it hold. Every wait used to rewrite
 /// the whole list of waiting pollers and the watcher to re-poll the full set (1 000
 /// triggers, 3 polls: 1.2 s of the worker's CPU, other containers' pressure reads stalled).
@@ -307,6 +327,7 @@ fn a_process_polling_a_trigger_freezes() {
 cgprocfs_tests!(
     dropping_many_triggers_stalls_no_bystander,
     polling_many_triggers_costs_the_worker_little_and_a_bystander_nothing,
+    all_containers_together_hold_triggers_within_the_open_file_limit,
     no_host_user_reaches_the_trigger_connection_or_the_cached_tree,
     no_outsider_empties_a_containers_cached_file,
     a_poll_on_the_main_mount_never_waits_on_the_daemon,

@@ -145,13 +145,42 @@ impl Daemon {
         d
     }
 
+    /// A daemon started with extra `serve` options under an open-file limit of `nofile`
+    /// (soft and hard).
+    pub fn start_with_nofile(tag: &str, extra: &[&str], nofile: u64) -> Daemon {
+        let dir = std::env::temp_dir().join(unique(tag));
+        let mnt = dir.join("mnt");
+        std::fs::create_dir_all(&mnt).unwrap();
+        let mut d = Daemon { child: None, mnt, dir };
+        d.spawn_limited(extra, &[], Some(nofile));
+        d
+    }
+
     /// Starts (or restarts) the serving process on the same mount point.
     pub fn spawn(&mut self, extra: &[&str]) {
         self.spawn_env(extra, &[])
     }
 
     fn spawn_env(&mut self, extra: &[&str], env: &[(&str, &str)]) {
-        let child = Command::new(bin())
+        self.spawn_limited(extra, env, None)
+    }
+
+    fn spawn_limited(&mut self, extra: &[&str], env: &[(&str, &str)], nofile: Option<u64>) {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(bin());
+        if let Some(n) = nofile {
+            let lim = libc::rlimit { rlim_cur: n, rlim_max: n };
+            // SAFETY: setrlimit is async-signal-safe; it only lowers the child's own limit.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                })
+            };
+        }
+        let child = cmd
             .envs(env.iter().copied())
             .arg("serve")
             .arg(&self.mnt)
