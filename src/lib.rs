@@ -23,6 +23,7 @@ pub mod oci_hook;
 pub mod procfs;
 pub mod reattach;
 pub mod run;
+pub mod runc_wrapper;
 pub mod seccomp;
 pub mod service;
 pub mod state;

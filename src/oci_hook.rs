@@ -202,6 +202,12 @@ pub fn run(
     Ok(out)
 }
 
+/// Whether a daemon serves `mountpoint` (a live FUSE mount whose `proc/meminfo` answers),
+/// and why not.
+pub fn check_served(mountpoint: &Path) -> Result<(), String> {
+    serving(mountpoint).map_err(|e| e.to_string())
+}
+
 /// A live FUSE mount of ours at `mountpoint` (statfs reaches the daemon; a dead one answers
 /// ENOTCONN).
 fn serving(mountpoint: &Path) -> io::Result<()> {

@@ -165,6 +165,15 @@ enum Cmd {
 }
 
 fn main() {
+    // Called as `cgprocfs-runc` (the runc wrapper, a second name of this binary): runc's
+    // command line, not ours.
+    let mut argv = std::env::args_os();
+    let argv0 = argv.next().unwrap_or_default();
+    if Path::new(&argv0).file_name().is_some_and(|n| n == cgprocfs::runc_wrapper::NAME) {
+        let e = cgprocfs::runc_wrapper::main(argv.collect());
+        eprintln!("{}: {e}", cgprocfs::runc_wrapper::NAME);
+        std::process::exit(127);
+    }
     // A panic in any thread ends the whole process (what `panic = "abort"` would do, for every
     // build): a worker that lost its FUSE, seccomp or sampler thread would otherwise look alive
     // to its keeper while serving nothing; dead, it is replaced at once.
