@@ -127,6 +127,8 @@ pub struct Outcome {
     pub skipped: Vec<(String, String)>,
     /// Whether the files are the container's own cached ones (else the shared ones).
     pub cached: bool,
+    /// Why not, when they are not.
+    pub uncached: Option<String>,
 }
 
 /// Runs the hook: reads the state from `input`, binds the views of the daemon at `mountpoint`
@@ -174,11 +176,22 @@ pub fn run(
     }
     // The container's own directory of the cached tree, named by its init's pid and start
     // time; the shared files where there is none (an older daemon, `--no-cache`, no pid).
-    let own = cache.zip(state.pid).and_then(|(c, pid)| {
-        let dir = c.join(crate::fuse::cached::key_name(u32::try_from(pid).ok()?).ok()?);
-        serving_at(c, &dir.join("proc/meminfo")).is_ok().then_some(dir)
-    });
-    let mut out = Outcome { id: state.id.clone(), cached: own.is_some(), ..Default::default() };
+    let own = match (cache, state.pid.map(host_pid)) {
+        (None, _) => Err("no cached tree".to_string()),
+        (_, None) => Err("no pid in the state".to_string()),
+        (Some(c), Some(pid)) => u32::try_from(pid)
+            .map_err(|_| format!("pid {pid}"))
+            .and_then(|pid| crate::fuse::cached::key_name(pid).map_err(|e| format!("pid {pid}: {e}")))
+            .map(|key| c.join(key))
+            .and_then(|dir| serving_at(c, &dir.join("proc/meminfo")).map(|()| dir).map_err(|e| e.to_string())),
+    };
+    let mut out = Outcome {
+        id: state.id.clone(),
+        cached: own.is_ok(),
+        uncached: own.as_ref().err().cloned(),
+        ..Default::default()
+    };
+    let own = own.ok();
     // The root itself is the runtime's (the bundle is trusted); everything below it is the
     // image's and is resolved by bind_into without following a symlink.
     let root = std::fs::File::open(&rootfs).map(OwnedFd::from).map_err(|source| Error::Root {
@@ -200,6 +213,24 @@ pub fn run(
         }
     }
     Ok(out)
+}
+
+/// The container init's pid in the pid namespace of `/proc` (the host's), from the state's
+/// `pid`. runc runs createContainer hooks from the container's init, inside its pid
+/// namespace, and gives `pid` as that namespace sees it (1): read as a host pid that is the
+/// host's init. The hook's parent is then the container's init: its pid in `/proc` (the
+/// `PPid` procfs shows us) is the one, when its innermost pid is the state's.
+fn host_pid(pid: i32) -> i32 {
+    let status = |p: &str| std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+    let me = status("self");
+    let Some(ppid) = me.lines().find_map(|l| l.strip_prefix("PPid:")).map(str::trim) else { return pid };
+    let parent = status(ppid);
+    let nested =
+        parent.lines().find_map(|l| l.strip_prefix("NSpid:")).is_some_and(|l| l.split_whitespace().count() > 1);
+    match (nested, crate::procfs::innermost_nspid(&parent), ppid.parse::<i32>()) {
+        (true, Some(inner), Ok(host)) if inner == pid.to_string() => host,
+        _ => pid,
+    }
 }
 
 /// Whether a daemon serves `mountpoint` (a live FUSE mount whose `proc/meminfo` answers),

@@ -320,7 +320,8 @@ mod tests {
 
     #[test]
     fn own_options_come_first_and_the_rest_is_runcs_untouched() {
-        let (o, rest) = split_args(os(&["--cgprocfs-mountpoint=/m", "--cgprocfs-listener=none", "--root", "/r", "create"]));
+        let (o, rest) =
+            split_args(os(&["--cgprocfs-mountpoint=/m", "--cgprocfs-listener=none", "--root", "/r", "create"]));
         assert_eq!(o.mountpoint, Path::new("/m"));
         assert_eq!(o.listener, None);
         assert_eq!(rest, os(&["--root", "/r", "create"]));
@@ -332,11 +333,31 @@ mod tests {
     #[test]
     fn the_command_and_bundle_are_found_as_runc_reads_them() {
         let docker = os(&[
-            "--root", "/var/run/docker/runtime-runc/moby", "--log", "/x/log.json", "--log-format", "json",
-            "create", "--bundle", "/b/1", "--pid-file", "/b/1/init.pid", "id1",
+            "--root",
+            "/var/run/docker/runtime-runc/moby",
+            "--log",
+            "/x/log.json",
+            "--log-format",
+            "json",
+            "create",
+            "--bundle",
+            "/b/1",
+            "--pid-file",
+            "/b/1/init.pid",
+            "id1",
         ]);
         assert_eq!(command_and_bundle(&docker), Some(("create".into(), Some("/b/1".into()))));
-        let shim = os(&["--root", "/run/containerd/runc/k8s.io", "--log", "/l", "--systemd-cgroup", "create", "-b", "/b/2", "id"]);
+        let shim = os(&[
+            "--root",
+            "/run/containerd/runc/k8s.io",
+            "--log",
+            "/l",
+            "--systemd-cgroup",
+            "create",
+            "-b",
+            "/b/2",
+            "id",
+        ]);
         assert_eq!(command_and_bundle(&shim), Some(("create".into(), Some("/b/2".into()))));
         assert_eq!(command_and_bundle(&os(&["run", "--bundle=/b/3", "x"])), Some(("run".into(), Some("/b/3".into()))));
         assert_eq!(command_and_bundle(&os(&["--root", "create", "start", "x"])), Some(("start".into(), None)));

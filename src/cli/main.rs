@@ -225,7 +225,10 @@ fn main() {
             let psi = pick(psi, cgprocfs::fuse::psi::find);
             let line = match cgprocfs::oci_hook::run(std::io::stdin(), &mountpoint, cache.as_deref(), psi.as_deref()) {
                 Ok(o) => {
-                    let tree = if o.cached { "own cached files" } else { "shared files" };
+                    let tree = match &o.uncached {
+                        None => "own cached files".to_string(),
+                        Some(why) => format!("shared files: {why}"),
+                    };
                     format!("{}: bound {:?} ({tree}); skipped {:?}", o.id, o.bound, o.skipped)
                 }
                 Err(e) => e.to_string(),
