@@ -26,6 +26,7 @@ fn require(what: &str, p: Option<PathBuf>) -> PathBuf {
 
 const FILES: &[&str] = &[
     "/usr/bin/cgprocfs",
+    "/usr/bin/cgprocfs-runc",
     "/usr/share/containers/oci/hooks.d/cgprocfs.json",
     "/usr/share/cgprocfs/containerd-hook.json",
     "/usr/share/cgprocfs/seccomp.json",
@@ -53,6 +54,9 @@ fn deb_installs_what_it_should_and_removes_cleanly() {
             .expect("systemd unit installed");
         let (ok, out) = sh("/usr/bin/cgprocfs --version");
         assert!(ok && out.starts_with("cgprocfs "), "{out}");
+        // The runc wrapper passes a command it does not prepare through untouched.
+        let (ok, out) = sh("/usr/bin/cgprocfs-runc --cgprocfs-runc=/bin/echo --cgprocfs-log=/dev/null state x");
+        assert!(ok && out.trim() == "state x", "cgprocfs-runc: {out}");
         if Path::new("/usr/bin/systemd-analyze").exists() {
             let (ok, out) = sh(&format!("systemd-analyze verify {unit}"));
             // Units named in Before= need not exist on this host; anything else is an error.

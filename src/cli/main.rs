@@ -165,11 +165,19 @@ enum Cmd {
 }
 
 fn main() {
-    // Called as `cgprocfs-runc` (the runc wrapper, a second name of this binary): runc's
-    // command line, not ours.
-    let mut argv = std::env::args_os();
+    // Called as `cgprocfs-runc` (the runc wrapper, a second name of this binary) or as
+    // `cgprocfs runc-wrapper` (the packaged /usr/bin/cgprocfs-runc script): runc's command
+    // line, not ours.
+    let mut argv = std::env::args_os().peekable();
     let argv0 = argv.next().unwrap_or_default();
-    if Path::new(&argv0).file_name().is_some_and(|n| n == cgprocfs::runc_wrapper::NAME) {
+    let by_name = Path::new(&argv0).file_name().is_some_and(|n| n == cgprocfs::runc_wrapper::NAME);
+    if !by_name && argv.peek().is_some_and(|a| a == "runc-wrapper") {
+        argv.next();
+        let e = cgprocfs::runc_wrapper::main(argv.collect());
+        eprintln!("{}: {e}", cgprocfs::runc_wrapper::NAME);
+        std::process::exit(127);
+    }
+    if by_name {
         let e = cgprocfs::runc_wrapper::main(argv.collect());
         eprintln!("{}: {e}", cgprocfs::runc_wrapper::NAME);
         std::process::exit(127);

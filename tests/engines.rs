@@ -1,0 +1,237 @@
+//! Live: the runc wrapper (`cgprocfs-runc`) under a real Docker engine (Debian's `docker.io`
+//! dockerd, started here with its own data root, no bridge, no iptables; an image imported
+//! from a BusyBox rootfs, no pull). Registered with one `daemon.json` entry, it gives
+//! `docker run --runtime=cgprocfs` containers what hooks.d gives podman: their own cached
+//! files, sysinfo(2) answers, the cpu directory and PSI triggers.
+
+mod common;
+
+use common::bundle::busybox_rootfs;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A dockerd of this test's own, stopped (by its pid) and its mounts and files removed on
+/// drop.
+struct Dockerd {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl Dockerd {
+    /// Starts dockerd with `daemon_json` and imports a BusyBox image as `bb:test`.
+    fn start(dir: &Path, daemon_json: &str) -> Dockerd {
+        std::fs::write(dir.join("daemon.json"), daemon_json).unwrap();
+        let log = std::fs::File::create(dir.join("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .arg("--data-root")
+            .arg(dir.join("data"))
+            .arg("--exec-root")
+            .arg(dir.join("exec"))
+            .arg("--pidfile")
+            .arg(dir.join("dockerd.pid"))
+            .arg("-H")
+            .arg(format!("unix://{}", dir.join("docker.sock").display()))
+            .args(["--iptables=false", "--ip-masq=false", "--bridge=none", "--config-file"])
+            .arg(dir.join("daemon.json"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("dockerd");
+        let d = Dockerd { child, dir: dir.to_path_buf() };
+        let t = Instant::now();
+        while !d.docker(&["version"]).status.success() {
+            assert!(t.elapsed() < Duration::from_secs(60), "dockerd did not start:\n{}", d.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let root = dir.join("rootfs");
+        busybox_rootfs(&root, &["sh", "free", "cat", "grep", "head", "nproc", "sleep", "echo"]);
+        for sub in ["proc", "sys", "dev", "etc", "tmp"] {
+            std::fs::create_dir_all(root.join(sub)).unwrap();
+        }
+        let tar = dir.join("rootfs.tar");
+        assert!(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
+        let out = d.docker(&["import", &tar.to_string_lossy(), "bb:test"]);
+        assert!(out.status.success(), "docker import: {}", String::from_utf8_lossy(&out.stderr));
+        d
+    }
+
+    fn docker(&self, args: &[&str]) -> Output {
+        Command::new("docker")
+            .env("DOCKER_HOST", format!("unix://{}", self.dir.join("docker.sock").display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `docker ARGS`, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let o = self.docker(args);
+        assert!(
+            o.status.success(),
+            "docker {args:?}: {}\n{}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    fn log(&self) -> String {
+        let l = std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default();
+        l.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let ids = self.docker(&["ps", "-aq"]);
+        for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        // SAFETY: the dockerd this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(30) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Whatever dockerd left mounted under its roots.
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut left: Vec<&str> = info
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|m| m.starts_with(&*self.dir.to_string_lossy()))
+            .collect();
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in left {
+            let _ = Command::new("umount").args(["-l", m]).status();
+        }
+    }
+}
+
+/// One `daemon.json` entry registers the wrapper; a container started with
+/// `--runtime=cgprocfs` gets its own cached files, sysinfo answers (BusyBox `free`), its CPUs,
+/// and takes a PSI trigger; `docker exec` and `docker restart` keep working; a container
+/// without the runtime sees the host.
+fn docker_containers_started_through_the_wrapper_get_every_feature() {
+    let test = "docker_containers_started_through_the_wrapper_get_every_feature";
+    live_ready(test);
+    programs_ready(test, &["dockerd", "docker", "runc", "busybox", "tar"]);
+    let d = Daemon::start_with("docker", &["--seccomp-affinity"]);
+    let dir = Scratch::new("docker");
+    let wrapper = dir.0.join("cgprocfs-runc");
+    std::os::unix::fs::symlink(bin(), &wrapper).unwrap();
+    let wlog = dir.0.join("wrapper.log");
+    let daemon_json = serde_json::json!({"runtimes": {"cgprocfs": {
+        "path": wrapper,
+        "runtimeArgs": [
+            format!("--cgprocfs-mountpoint={}", d.mnt.display()),
+            format!("--cgprocfs-listener={}", d.seccomp_socket().display()),
+            format!("--cgprocfs-log={}", wlog.display()),
+            "--cgprocfs-affinity",
+        ],
+    }}});
+    let docker = Dockerd::start(&dir.0, &daemon_json.to_string());
+    let script = "free -m | grep Mem:; head -1 /proc/meminfo; nproc; cat /sys/devices/system/cpu/online; \
+                  grep -c cgprocfs-cache /proc/self/mountinfo; \
+                  echo 'some 150000 2000000' > /proc/pressure/memory && echo trigger-taken";
+    let out = docker.ok(&[
+        "run",
+        "--rm",
+        "--runtime=cgprocfs",
+        "--network",
+        "none",
+        "--memory",
+        "256m",
+        "--cpus",
+        "1",
+        "bb:test",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let wrapper_said = std::fs::read_to_string(&wlog).unwrap_or_default();
+    eprintln!("{out}\nwrapper: {wrapper_said}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(mem_total_mib(lines[0]), 256, "BusyBox free (sysinfo): {out}\n{wrapper_said}");
+    assert_eq!(field(lines[1], "MemTotal"), 256 * 1024, "{out}");
+    assert_eq!(lines[2], "1", "nproc (sched_getaffinity answered): {out}");
+    assert_eq!(lines[3], "0", "one CPU online: {out}");
+    assert!(lines[4].parse::<u32>().unwrap() >= 8, "the container's own cached files are bound: {out}");
+    assert_eq!(lines[5], "trigger-taken", "{out}");
+    assert!(wrapper_said.contains("hook added, seccomp added to the engine's profile"), "{wrapper_said}");
+
+    // docker exec, restart, stop/start on a container of the runtime.
+    let id = docker.ok(&[
+        "run",
+        "-d",
+        "--runtime=cgprocfs",
+        "--network",
+        "none",
+        "--memory",
+        "128m",
+        "bb:test",
+        "sleep",
+        "600",
+    ]);
+    let id = id.trim();
+    let meminfo = |docker: &Dockerd| field(&docker.ok(&["exec", id, "head", "-1", "/proc/meminfo"]), "MemTotal");
+    assert_eq!(meminfo(&docker), 128 * 1024, "docker exec");
+    docker.ok(&["restart", "-t", "0", id]);
+    assert_eq!(meminfo(&docker), 128 * 1024, "after docker restart");
+    docker.ok(&["stop", "-t", "0", id]);
+    docker.ok(&["start", id]);
+    assert_eq!(meminfo(&docker), 128 * 1024, "after docker stop/start");
+
+    // Without the runtime: the host's.
+    let host = field(&std::fs::read_to_string("/proc/meminfo").unwrap(), "MemTotal");
+    let plain =
+        docker.ok(&["run", "--rm", "--network", "none", "--memory", "128m", "bb:test", "head", "-1", "/proc/meminfo"]);
+    assert_eq!(field(&plain, "MemTotal"), host, "runc without the wrapper: the host's");
+}
+
+/// A daemon that is not serving: the wrapper leaves the bundle as it was and the container
+/// starts with its own files (a reboot where containers start before the daemon).
+fn without_a_daemon_the_wrapper_starts_containers_unchanged() {
+    let test = "without_a_daemon_the_wrapper_starts_containers_unchanged";
+    live_ready(test);
+    programs_ready(test, &["dockerd", "docker", "runc", "busybox", "tar"]);
+    let dir = Scratch::new("docker-nodaemon");
+    let mnt = dir.0.join("not-served");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let wrapper = dir.0.join("cgprocfs-runc");
+    std::os::unix::fs::symlink(bin(), &wrapper).unwrap();
+    let wlog = dir.0.join("wrapper.log");
+    let daemon_json = serde_json::json!({"runtimes": {"cgprocfs": {"path": wrapper, "runtimeArgs": [
+        format!("--cgprocfs-mountpoint={}", mnt.display()),
+        format!("--cgprocfs-log={}", wlog.display()),
+    ]}}});
+    let docker = Dockerd::start(&dir.0, &daemon_json.to_string());
+    let out = docker.ok(&[
+        "run",
+        "--rm",
+        "--runtime=cgprocfs",
+        "--network",
+        "none",
+        "--memory",
+        "128m",
+        "bb:test",
+        "head",
+        "-1",
+        "/proc/meminfo",
+    ]);
+    let host = field(&std::fs::read_to_string("/proc/meminfo").unwrap(), "MemTotal");
+    assert_eq!(field(&out, "MemTotal"), host, "started, with its own /proc");
+    let said = std::fs::read_to_string(&wlog).unwrap_or_default();
+    assert!(said.contains("unchanged") && said.contains("is not served"), "one line says why: {said}");
+}
+
+cgprocfs_tests!(
+    docker_containers_started_through_the_wrapper_get_every_feature,
+    without_a_daemon_the_wrapper_starts_containers_unchanged
+);
