@@ -231,7 +231,114 @@ fn without_a_daemon_the_wrapper_starts_containers_unchanged() {
     assert!(said.contains("unchanged") && said.contains("is not served"), "one line says why: {said}");
 }
 
+/// A containerd of this test's own (no CRI plugin), stopped by its pid on drop.
+struct Containerd {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Containerd {
+    fn start(dir: &Path) -> Containerd {
+        let sock = dir.join("containerd.sock");
+        let config = format!(
+            "version = 2\nroot = \"{0}/c-root\"\nstate = \"{0}/c-state\"\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{1}\"\n",
+            dir.display(),
+            sock.display()
+        );
+        std::fs::write(dir.join("containerd.toml"), config).unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("containerd.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd");
+        let c = Containerd { child, sock };
+        let t = Instant::now();
+        while !c.ctr(&["version"]).status.success() {
+            assert!(t.elapsed() < Duration::from_secs(30), "containerd did not start");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        c
+    }
+
+    fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr").arg("--address").arg(&self.sock).args(args).stdin(Stdio::null()).output().unwrap()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        // SAFETY: the containerd this test started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while self.child.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(20) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// containerd's runc v2 shim with the wrapper as its runc binary (`ctr run --runc-binary`,
+/// the setting the CRI plugin's `BinaryName` is for Kubernetes), with containerd's default
+/// seccomp profile: the container gets its own cached files, sysinfo answers, its CPUs and a
+/// trigger, as under Docker.
+fn containerd_shim_containers_started_through_the_wrapper_get_every_feature() {
+    let test = "containerd_shim_containers_started_through_the_wrapper_get_every_feature";
+    live_ready(test);
+    programs_ready(test, &["containerd", "ctr", "containerd-shim-runc-v2", "runc", "busybox"]);
+    let d = Daemon::start_with("containerd", &["--seccomp-affinity"]);
+    let dir = Scratch::new("containerd");
+    // The shim runs its runc binary with no arguments of ours: a script names the test's
+    // daemon (the packaged defaults need none).
+    let wrapper = dir.0.join("runc-for-the-shim");
+    let wlog = dir.0.join("wrapper.log");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec '{}' runc-wrapper --cgprocfs-mountpoint='{}' --cgprocfs-listener='{}' --cgprocfs-log='{}' --cgprocfs-affinity \"$@\"\n",
+            bin(),
+            d.mnt.display(),
+            d.seccomp_socket().display(),
+            wlog.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let root = dir.0.join("rootfs");
+    busybox_rootfs(&root, &["sh", "free", "cat", "grep", "head", "nproc", "echo"]);
+    for sub in ["proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let c = Containerd::start(&dir.0);
+    let script = "free -m | grep Mem:; head -1 /proc/meminfo; nproc; cat /sys/devices/system/cpu/online; \
+                  grep -c cgprocfs-cache /proc/self/mountinfo; \
+                  echo 'some 150000 2000000' > /proc/pressure/memory && echo trigger-taken";
+    let id = unique("ctr");
+    let out = c.ctr(&[
+        "run", "--rm", "--seccomp", "--env", "PATH=/bin", "--rootfs", "--runc-binary", &wrapper.to_string_lossy(), "--memory-limit",
+        &(256u64 << 20).to_string(), "--cpus", "1", &root.to_string_lossy(), &id, "/bin/sh", "-c", script,
+    ]);
+    let said = std::fs::read_to_string(&wlog).unwrap_or_default();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{text}\nwrapper: {said}");
+    assert!(out.status.success(), "ctr run: {}\n{said}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(mem_total_mib(lines[0]), 256, "BusyBox free (sysinfo): {text}");
+    assert_eq!(field(lines[1], "MemTotal"), 256 * 1024, "{text}");
+    assert_eq!(lines[2], "1", "nproc: {text}");
+    assert_eq!(lines[3], "0", "one CPU online: {text}");
+    assert!(lines[4].parse::<u32>().unwrap() >= 8, "own cached files: {text}");
+    assert_eq!(lines[5], "trigger-taken", "{text}");
+    assert!(said.contains("hook added, seccomp added to the engine's profile"), "containerd's profile: {said}");
+}
+
 cgprocfs_tests!(
     docker_containers_started_through_the_wrapper_get_every_feature,
+    containerd_shim_containers_started_through_the_wrapper_get_every_feature,
     without_a_daemon_the_wrapper_starts_containers_unchanged
 );
