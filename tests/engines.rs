@@ -47,7 +47,7 @@ impl Dockerd {
             std::thread::sleep(Duration::from_millis(200));
         }
         let root = dir.join("rootfs");
-        busybox_rootfs(&root, &["sh", "free", "cat", "grep", "head", "nproc", "sleep", "echo"]);
+        busybox_rootfs(&root, &["sh", "free", "cat", "grep", "head", "nproc", "sleep", "echo", "mv"]);
         for sub in ["proc", "sys", "dev", "etc", "tmp"] {
             std::fs::create_dir_all(root.join(sub)).unwrap();
         }
@@ -195,6 +195,102 @@ fn docker_containers_started_through_the_wrapper_get_every_feature() {
     assert_eq!(field(&plain, "MemTotal"), host, "runc without the wrapper: the host's");
 }
 
+/// `reads failed` in the counts file a reading container keeps.
+fn counts(file: &Path) -> (u64, u64) {
+    let t = std::fs::read_to_string(file).unwrap_or_default();
+    let v: Vec<u64> = t.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    (v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0))
+}
+
+/// A Docker container started through the wrapper reads its meminfo in a loop while a second
+/// `serve` takes the daemon over (not one read fails), then while the serving keeper is
+/// SIGKILLed and a new `serve` repairs the container's binds in place (reads fail only
+/// between the kill and the repair, then go on right).
+fn a_docker_container_reads_through_a_takeover_and_a_repair() {
+    let test = "a_docker_container_reads_through_a_takeover_and_a_repair";
+    live_ready(test);
+    programs_ready(test, &["dockerd", "docker", "runc", "busybox", "tar", "unshare"]);
+    let mut d = Daemon::start("docker-ho");
+    let dir = Scratch::new("docker-ho");
+    let wrapper = dir.0.join("cgprocfs-runc");
+    std::os::unix::fs::symlink(bin(), &wrapper).unwrap();
+    let daemon_json = serde_json::json!({"runtimes": {"cgprocfs": {"path": wrapper, "runtimeArgs": [
+        format!("--cgprocfs-mountpoint={}", d.mnt.display()),
+        format!("--cgprocfs-listener={}", d.seccomp_socket().display()),
+        format!("--cgprocfs-log={}", dir.0.join("wrapper.log").display()),
+    ]}}});
+    let docker = Dockerd::start(&dir.0, &daemon_json.to_string());
+    let out = dir.0.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let script = "n=0; f=0; while :; do if head -1 /proc/meminfo | grep -q ' 131072 kB'; then n=$((n+1)); \
+                  else f=$((f+1)); fi; echo \"$n $f\" > /out/c.tmp; mv /out/c.tmp /out/c; done";
+    let vol = format!("{}:/out", out.display());
+    docker.ok(&[
+        "run",
+        "-d",
+        "--runtime=cgprocfs",
+        "--network",
+        "none",
+        "--memory",
+        "128m",
+        "-v",
+        &vol,
+        "bb:test",
+        "sh",
+        "-c",
+        script,
+    ]);
+    let c = out.join("c");
+    wait_for(
+        "the container's first reads",
+        Duration::from_secs(20),
+        || counts(&c).0 > 20,
+        || format!("{:?}", counts(&c)),
+    );
+    assert_eq!(counts(&c).1, 0, "reads before anything happened");
+
+    // A takeover: a new serve in a mount namespace of its own takes the connection.
+    let old = d.pid();
+    let log = std::fs::File::create(d.own_file("takeover.log")).unwrap();
+    let mut taker = Command::new("unshare")
+        .args(["-m", "--propagation", "unchanged", "--"])
+        .arg(bin())
+        .arg("serve")
+        .arg(&d.mnt)
+        .arg("--pidfile")
+        .arg(d.own_file("keeper.pid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let st = d.signal_and_wait(0);
+    assert!(st.success(), "the old keeper {old} handed over and exited: {st}");
+    let before = counts(&c).0;
+    std::thread::sleep(Duration::from_secs(1));
+    let (n, f) = counts(&c);
+    assert_eq!(f, 0, "a takeover under a Docker container loses no read");
+    assert!(n > before + 20, "it read on after the takeover: {before} -> {n}");
+
+    // The keeper is SIGKILLed (its worker follows); a new serve repairs the binds.
+    // SAFETY: unshare exec'd the serve this test started.
+    unsafe { libc::kill(taker.id() as i32, libc::SIGKILL) };
+    let _ = taker.wait();
+    std::thread::sleep(Duration::from_millis(500));
+    d.spawn(&[]);
+    let t = Instant::now();
+    while !d.log().contains("reattached") {
+        assert!(t.elapsed() < Duration::from_secs(15), "no repair logged:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (n1, f1) = counts(&c);
+    std::thread::sleep(Duration::from_secs(2));
+    let (n2, f2) = counts(&c);
+    eprintln!("after the repair: {n1} right, {f1} failed while no daemon served; 2 s later {n2} right, {f2} failed");
+    assert!(n2 > n1 + 20, "the container reads its own figures again after the repair: {n1} -> {n2}");
+    assert_eq!(f2, f1, "no read fails once repaired");
+}
+
 /// A daemon that is not serving: the wrapper leaves the bundle as it was and the container
 /// starts with its own files (a reboot where containers start before the daemon).
 fn without_a_daemon_the_wrapper_starts_containers_unchanged() {
@@ -320,8 +416,23 @@ fn containerd_shim_containers_started_through_the_wrapper_get_every_feature() {
                   echo 'some 150000 2000000' > /proc/pressure/memory && echo trigger-taken";
     let id = unique("ctr");
     let out = c.ctr(&[
-        "run", "--rm", "--seccomp", "--env", "PATH=/bin", "--rootfs", "--runc-binary", &wrapper.to_string_lossy(), "--memory-limit",
-        &(256u64 << 20).to_string(), "--cpus", "1", &root.to_string_lossy(), &id, "/bin/sh", "-c", script,
+        "run",
+        "--rm",
+        "--seccomp",
+        "--env",
+        "PATH=/bin",
+        "--rootfs",
+        "--runc-binary",
+        &wrapper.to_string_lossy(),
+        "--memory-limit",
+        &(256u64 << 20).to_string(),
+        "--cpus",
+        "1",
+        &root.to_string_lossy(),
+        &id,
+        "/bin/sh",
+        "-c",
+        script,
     ]);
     let said = std::fs::read_to_string(&wlog).unwrap_or_default();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -340,5 +451,6 @@ fn containerd_shim_containers_started_through_the_wrapper_get_every_feature() {
 cgprocfs_tests!(
     docker_containers_started_through_the_wrapper_get_every_feature,
     containerd_shim_containers_started_through_the_wrapper_get_every_feature,
+    a_docker_container_reads_through_a_takeover_and_a_repair,
     without_a_daemon_the_wrapper_starts_containers_unchanged
 );
