@@ -299,6 +299,37 @@ pub fn main(args: Vec<OsString>) -> std::io::Error {
     e
 }
 
+/// Installs the node's runtime files into `dest`, a host directory seen from here (a
+/// DaemonSet's hostPath), which the host sees as `host_path`: a copy of `binary`
+/// (`cgprocfs`), the wrapper script `cgprocfs-runc` running it, and the hooks.d file
+/// `cgprocfs-hook.json` naming it. Each is written as a new file renamed over the old one
+/// (a running runc keeps its old binary). Returns the files written.
+pub fn install(binary: &Path, dest: &Path, host_path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dest)?;
+    let exe = std::fs::read(binary)?;
+    let bin = host_path.join("cgprocfs");
+    let script = format!(
+        "#!/bin/sh\n# The runc wrapper (cgprocfs docs/operations.md), installed by the DaemonSet.\nexec '{}' runc-wrapper \"$@\"\n",
+        bin.display()
+    );
+    let hook = json!({
+        "version": "1.0.0",
+        "hook": {"path": bin, "args": ["cgprocfs", "oci-hook", "--mountpoint", DEFAULT_MOUNTPOINT]},
+        "when": {"always": true},
+        "stages": ["createContainer"],
+    });
+    let hook = serde_json::to_vec_pretty(&hook).map_err(std::io::Error::other)?;
+    let files: [(&str, &[u8], u32); 3] =
+        [("cgprocfs", &exe, 0o755), (NAME, script.as_bytes(), 0o755), ("cgprocfs-hook.json", &hook, 0o644)];
+    let mut out = Vec::new();
+    for (name, bytes, mode) in files {
+        let p = dest.join(name);
+        crate::files::write_atomic_mode(&p, bytes, mode)?;
+        out.push(p);
+    }
+    Ok(out)
+}
+
 /// Appends `line` to the log (never through a symlink, in a root-only directory) and stderr.
 fn log(file: &Path, line: &str) {
     use std::io::Write;

@@ -114,7 +114,8 @@ impl Drop for Dockerd {
     }
 }
 
-/// One `daemon.json` entry registers the wrapper; a container started with
+/// One `daemon.json` entry registers the wrapper (as `cgprocfs install-node` puts it on a
+/// node); a container started with
 /// `--runtime=cgprocfs` gets its own cached files, sysinfo answers (BusyBox `free`), its CPUs,
 /// and takes a PSI trigger; `docker exec` and `docker restart` keep working; a container
 /// without the runtime sees the host.
@@ -124,8 +125,15 @@ fn docker_containers_started_through_the_wrapper_get_every_feature() {
     programs_ready(test, &["dockerd", "docker", "runc", "busybox", "tar"]);
     let d = Daemon::start_with("docker", &["--seccomp-affinity"]);
     let dir = Scratch::new("docker");
-    let wrapper = dir.0.join("cgprocfs-runc");
-    std::os::unix::fs::symlink(bin(), &wrapper).unwrap();
+    // The wrapper as the DaemonSet's init container installs it onto a node's host path.
+    let node = dir.0.join("node");
+    let inst =
+        Command::new(bin()).args(["install-node", "--dest"]).arg(&node).arg("--host-path").arg(&node).output().unwrap();
+    assert!(inst.status.success(), "install-node: {}", String::from_utf8_lossy(&inst.stderr));
+    let wrapper = node.join("cgprocfs-runc");
+    let hook: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(node.join("cgprocfs-hook.json")).unwrap()).unwrap();
+    assert_eq!(hook["hook"]["path"], serde_json::json!(node.join("cgprocfs")), "the hooks.d file names the copy");
     let wlog = dir.0.join("wrapper.log");
     let daemon_json = serde_json::json!({"runtimes": {"cgprocfs": {
         "path": wrapper,

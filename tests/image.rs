@@ -98,6 +98,22 @@ fn the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed
     for (image, label) in [(&image1, "1"), (&image2, "2")] {
         sh(Command::new("sh").arg(&script).arg(image).env("CGPROCFS_BIN", bin()).env("CGPROCFS_IMAGE_LABEL", label));
     }
+    // The DaemonSet's init container: the image installs the binary, the runc wrapper and the
+    // hooks.d file onto a host path; the wrapper runs from there on the host.
+    let node = dir.join("node");
+    std::fs::create_dir_all(&node).unwrap();
+    let vol = format!("{}:/host/opt/cgprocfs", node.display());
+    let (nofile, nproc) = (hard_limit(libc::RLIMIT_NOFILE), hard_limit(libc::RLIMIT_NPROC).min(4096));
+    sh(Command::new("podman")
+        .args(["run", "--rm", "--network", "none", "-v", &vol])
+        .args(["--ulimit", &format!("nofile={nofile}:{nofile}"), "--ulimit", &format!("nproc={nproc}:{nproc}")])
+        .arg(&image1)
+        .args(["install-node", "--dest", "/host/opt/cgprocfs", "--host-path", &node.to_string_lossy()]));
+    let passed = Command::new(node.join("cgprocfs-runc"))
+        .args(["--cgprocfs-runc=/bin/echo", "--cgprocfs-log=/dev/null", "state", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&passed.stdout).trim(), "state x", "the installed wrapper runs on the host");
     // The hostPath with shared propagation (Bidirectional): a shared mount of its own.
     sh(Command::new("mount").arg("--bind").arg(&mnt).arg(&mnt));
     sh(Command::new("mount").arg("--make-shared").arg(&mnt));

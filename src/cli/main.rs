@@ -132,6 +132,17 @@ enum Cmd {
         #[arg(long)]
         psi: Option<PathBuf>,
     },
+    /// Install this binary, the runc wrapper script (`cgprocfs-runc`) and a hooks.d file into
+    /// DEST, a host directory the host sees as HOST_PATH (a DaemonSet's init container): what
+    /// a node's Docker, containerd or CRI-O configuration then names (docs/operations.md).
+    InstallNode {
+        /// Where to write, as this process sees it.
+        #[arg(long)]
+        dest: PathBuf,
+        /// The same directory as the host sees it (written into the script and the hook).
+        #[arg(long)]
+        host_path: PathBuf,
+    },
     /// Print the `docker run` options that bind every served file over the container's own.
     DockerArgs {
         /// Mount point of the daemon.
@@ -223,6 +234,7 @@ fn main() {
             println!("{}", args.join(" "));
             Ok(())
         }
+        Cmd::InstallNode { dest, host_path } => install_node(&dest, &host_path),
         Cmd::OciHook { mountpoint, log, cache, psi } => {
             let pick = |given: Option<PathBuf>, find: fn(&Path) -> Option<PathBuf>| match given {
                 Some(c) if c == Path::new("none") => None,
@@ -288,6 +300,17 @@ fn show(pid: Option<u32>, file: &str, explain: bool, view: ServeOptions) -> Resu
     }
     let text = svc.render(v, &c).with_context(|| format!("cannot render {file} for pid {pid}"))?;
     std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
+}
+
+/// Installs the node's runtime files (`runc_wrapper::install`) and lists them.
+fn install_node(dest: &Path, host_path: &Path) -> Result<()> {
+    let me = std::env::current_exe().context("cannot find this binary")?;
+    let files = cgprocfs::runc_wrapper::install(&me, dest, host_path)
+        .with_context(|| format!("cannot install into {}", dest.display()))?;
+    for f in files {
+        println!("{}", f.display());
+    }
     Ok(())
 }
 
