@@ -34,6 +34,9 @@ fn runc_container_sees_its_limits_through_the_hook() {
     // The container's pid namespace is small: its last pid is too.
     assert!(load[4].parse::<u64>().unwrap() < 100, "{}", l[5]);
     assert!(b.hook_log().contains("bound [\"proc/meminfo\""), "{}", b.hook_log());
+    // runc runs the hook inside the container's pid namespace and says pid 1: the hook still
+    // finds the container's own cached files (it used to key them by the host's pid 1).
+    assert!(b.hook_log().contains("(own cached files)"), "{}", b.hook_log());
 }
 
 fn container_starts_without_a_daemon_and_can_opt_out() {
