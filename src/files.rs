@@ -101,6 +101,17 @@ pub fn open_append(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
+/// Appends `<unix time> line` to the log file `file` (created 0600, never through a symlink,
+/// in a directory `private_dir` accepts); a log that cannot be written is skipped, since the
+/// hook and the runc wrapper must never fail a container over it.
+pub fn append_log(file: &Path, line: &str) {
+    let dir_ok = file.parent().is_none_or(|d| private_dir(d, 0o755).is_ok());
+    if let Some(mut f) = dir_ok.then(|| open_append(file).ok()).flatten() {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let _ = writeln!(f, "{now} {line}");
+    }
+}
+
 /// A new directory `<base>/<prefix>XXXXXX` (mkdtemp: random name, mode 0700, never an
 /// existing one) under `/run` where it exists, else the temporary directory.
 pub fn fresh_private_dir(prefix: &str) -> io::Result<PathBuf> {

@@ -125,9 +125,8 @@ pub struct Outcome {
     pub bound: Vec<String>,
     /// Files skipped, with the reason.
     pub skipped: Vec<(String, String)>,
-    /// Whether the files are the container's own cached ones (else the shared ones).
-    pub cached: bool,
-    /// Why not, when they are not.
+    /// Why the files are the shared ones, not the container's own cached ones (`None`: its
+    /// own).
     pub uncached: Option<String>,
 }
 
@@ -185,12 +184,7 @@ pub fn run(
             .map(|key| c.join(key))
             .and_then(|dir| serving_at(c, &dir.join("proc/meminfo")).map(|()| dir).map_err(|e| e.to_string())),
     };
-    let mut out = Outcome {
-        id: state.id.clone(),
-        cached: own.is_ok(),
-        uncached: own.as_ref().err().cloned(),
-        ..Default::default()
-    };
+    let mut out = Outcome { id: state.id.clone(), uncached: own.as_ref().err().cloned(), ..Default::default() };
     let own = own.ok();
     // The root itself is the runtime's (the bundle is trusted); everything below it is the
     // image's and is resolved by bind_into without following a symlink.
@@ -233,15 +227,9 @@ fn host_pid(pid: i32) -> i32 {
     }
 }
 
-/// Whether a daemon serves `mountpoint` (a live FUSE mount whose `proc/meminfo` answers),
-/// and why not.
-pub fn check_served(mountpoint: &Path) -> Result<(), String> {
-    serving(mountpoint).map_err(|e| e.to_string())
-}
-
 /// A live FUSE mount of ours at `mountpoint` (statfs reaches the daemon; a dead one answers
 /// ENOTCONN).
-fn serving(mountpoint: &Path) -> io::Result<()> {
+pub fn serving(mountpoint: &Path) -> io::Result<()> {
     serving_at(mountpoint, &mountpoint.join("proc/meminfo"))
 }
 

@@ -161,6 +161,15 @@ pub fn command_and_bundle(args: &[OsString]) -> Option<(String, Option<PathBuf>)
     None
 }
 
+/// Why [`edit`] left a config as it was.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The container carries the opt-out annotation.
+    OptedOut,
+    /// The config is not shaped as the OCI spec says (what is wrong).
+    Malformed(String),
+}
+
 /// What [`edit`] did to a config.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Edited {
@@ -173,21 +182,22 @@ pub struct Edited {
 }
 
 /// Adds the hook (running `binary`) and, with a listener, the seccomp notify rule to `config`.
-pub fn edit(config: &mut Value, binary: &Path, o: &Options) -> Result<Edited, String> {
-    let obj = config.as_object_mut().ok_or("not a JSON object")?;
+pub fn edit(config: &mut Value, binary: &Path, o: &Options) -> Result<Edited, Refused> {
+    let malformed = |why: &str| Refused::Malformed(why.into());
+    let obj = config.as_object_mut().ok_or_else(|| malformed("not a JSON object"))?;
     let opted_out = obj
         .get("annotations")
         .and_then(|a| a.get(crate::oci_hook::OPT_OUT))
         .and_then(Value::as_str)
         .is_some_and(|v| v == "true");
     if opted_out {
-        return Err("opted out".into());
+        return Err(Refused::OptedOut);
     }
     let mut out = Edited::default();
     let hooks = obj.entry("hooks").or_insert_with(|| json!({}));
-    let hooks = hooks.as_object_mut().ok_or("hooks is not an object")?;
+    let hooks = hooks.as_object_mut().ok_or_else(|| malformed("hooks is not an object"))?;
     let stage = hooks.entry("createContainer").or_insert_with(|| json!([]));
-    let stage = stage.as_array_mut().ok_or("hooks.createContainer is not a list")?;
+    let stage = stage.as_array_mut().ok_or_else(|| malformed("hooks.createContainer is not a list"))?;
     // Ours already (hooks.d, a base spec, a second create of one bundle): not twice.
     let ours = |h: &Value| h.get("args").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == "oci-hook"));
     if !stage.iter().any(ours) {
@@ -201,7 +211,7 @@ pub fn edit(config: &mut Value, binary: &Path, o: &Options) -> Result<Edited, St
         None => out.seccomp_skipped = Some("no listener".into()),
         Some(l) => {
             let linux = obj.entry("linux").or_insert_with(|| json!({}));
-            let linux = linux.as_object_mut().ok_or("linux is not an object")?;
+            let linux = linux.as_object_mut().ok_or_else(|| malformed("linux is not an object"))?;
             let base = linux.get("seccomp").cloned();
             match base.as_ref().and_then(|b| b.get("listenerPath")).and_then(Value::as_str) {
                 // Another agent's: not ours to take over.
@@ -210,7 +220,8 @@ pub fn edit(config: &mut Value, binary: &Path, o: &Options) -> Result<Edited, St
                 }
                 _ => {
                     let which = if base.is_some() { "engine's" } else { "none" };
-                    let p = crate::seccomp::profile::extend(base, l, o.affinity).map_err(|e| e.to_string())?;
+                    let p = crate::seccomp::profile::extend(base, l, o.affinity)
+                        .map_err(|e| Refused::Malformed(e.to_string()))?;
                     linux.insert("seccomp".into(), p);
                     out.seccomp = Some(which);
                 }
@@ -226,8 +237,8 @@ pub fn prepare(bundle: &Path, binary: &Path, o: &Options) -> Result<Edited, Erro
     let text = std::fs::read(&path).map_err(|source| Error::Read { path: path.clone(), source })?;
     let mut config: Value =
         serde_json::from_slice(&text).map_err(|e| Error::Parse { path: path.clone(), why: e.to_string() })?;
-    if let Err(why) = crate::oci_hook::check_served(&o.mountpoint) {
-        return Err(Error::NotServed { mountpoint: o.mountpoint.clone(), why });
+    if let Err(e) = crate::oci_hook::serving(&o.mountpoint) {
+        return Err(Error::NotServed { mountpoint: o.mountpoint.clone(), why: e.to_string() });
     }
     let mut o = o.clone();
     if let Some(l) = &o.listener {
@@ -240,8 +251,8 @@ pub fn prepare(bundle: &Path, binary: &Path, o: &Options) -> Result<Edited, Erro
     }
     let edited = match edit(&mut config, binary, &o) {
         Ok(e) => e,
-        Err(why) if why == "opted out" => return Err(Error::OptedOut),
-        Err(why) => return Err(Error::Parse { path, why }),
+        Err(Refused::OptedOut) => return Err(Error::OptedOut),
+        Err(Refused::Malformed(why)) => return Err(Error::Parse { path, why }),
     };
     let bytes = serde_json::to_vec(&config).map_err(|e| Error::Parse { path: path.clone(), why: e.to_string() })?;
     let mode = std::fs::metadata(&path).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
@@ -330,15 +341,10 @@ pub fn install(binary: &Path, dest: &Path, host_path: &Path) -> std::io::Result<
     Ok(out)
 }
 
-/// Appends `line` to the log (never through a symlink, in a root-only directory) and stderr.
+/// Writes `line` to stderr and appends it to the log.
 fn log(file: &Path, line: &str) {
-    use std::io::Write;
     eprintln!("{NAME}: {line}");
-    let dir_ok = file.parent().is_none_or(|d| crate::files::private_dir(d, 0o755).is_ok());
-    if let Some(mut f) = dir_ok.then(|| crate::files::open_append(file).ok()).flatten() {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let _ = writeln!(f, "{now} {line}");
-    }
+    crate::files::append_log(file, line);
 }
 
 #[cfg(test)]
@@ -421,7 +427,7 @@ mod tests {
         assert_eq!(e.seccomp, None);
         assert_eq!(other["linux"]["seccomp"]["listenerPath"], "/x");
         let mut out = json!({"annotations": {"io.cgprocfs.disable": "true"}});
-        assert_eq!(edit(&mut out, Path::new("/b"), &o), Err("opted out".into()));
+        assert_eq!(edit(&mut out, Path::new("/b"), &o), Err(Refused::OptedOut));
         assert_eq!(out, json!({"annotations": {"io.cgprocfs.disable": "true"}}));
         assert!(edit(&mut json!([1]), Path::new("/b"), &o).is_err());
     }

@@ -182,13 +182,11 @@ fn main() {
     let mut argv = std::env::args_os().peekable();
     let argv0 = argv.next().unwrap_or_default();
     let by_name = Path::new(&argv0).file_name().is_some_and(|n| n == cgprocfs::runc_wrapper::NAME);
-    if !by_name && argv.peek().is_some_and(|a| a == "runc-wrapper") {
+    let by_subcommand = !by_name && argv.peek().is_some_and(|a| a == "runc-wrapper");
+    if by_subcommand {
         argv.next();
-        let e = cgprocfs::runc_wrapper::main(argv.collect());
-        eprintln!("{}: {e}", cgprocfs::runc_wrapper::NAME);
-        std::process::exit(127);
     }
-    if by_name {
+    if by_name || by_subcommand {
         let e = cgprocfs::runc_wrapper::main(argv.collect());
         eprintln!("{}: {e}", cgprocfs::runc_wrapper::NAME);
         std::process::exit(127);
@@ -254,11 +252,7 @@ fn main() {
                 Err(e) => e.to_string(),
             };
             eprintln!("cgprocfs oci-hook: {line}");
-            let dir_ok = log.parent().is_none_or(|d| cgprocfs::files::private_dir(d, 0o755).is_ok());
-            if let Some(mut f) = dir_ok.then(|| cgprocfs::files::open_append(&log).ok()).flatten() {
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                let _ = writeln!(f, "{now} {line}");
-            }
+            cgprocfs::files::append_log(&log, &line);
             // Never fail a container.
             Ok(())
         }

@@ -351,8 +351,8 @@ impl ProcFs {
         let Some(h) = self.handles.lock().remove(fh) else { return };
         if let Some(t) = &self.triggers {
             t.pollers.forget(fh, h.trigger.as_deref());
-            if let Some(fd) = h.trigger.clone() {
-                t.closer.close(h.owner.clone(), fd);
+            if let Some(fd) = h.trigger {
+                t.closer.close(h.owner, fd);
             }
         }
     }

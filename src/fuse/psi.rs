@@ -181,8 +181,6 @@ impl Closer {
 pub struct Pollers {
     /// fh -> the poll handle waiting on its trigger (registered in the epoll set).
     waiting: Mutex<HashMap<u64, u64>>,
-    /// Handles whose trigger is in the epoll set (armed or spent).
-    registered: Mutex<std::collections::HashSet<u64>>,
     /// fh -> the events the watcher saw: polling the trigger consumed them (the kernel resets
     /// a trigger's event when it reports it), so the handle's next POLL reports them.
     fired: Mutex<HashMap<u64, u32>>,
@@ -233,7 +231,6 @@ impl Pollers {
         };
         let p = Arc::new(Pollers {
             waiting: Mutex::new(HashMap::new()),
-            registered: Mutex::new(std::collections::HashSet::new()),
             fired: Mutex::new(HashMap::new()),
             epoll,
             file,
@@ -249,13 +246,16 @@ impl Pollers {
         let raw = fd.as_raw_fd();
         let again = self.waiting.lock().insert(fh, kh) == Some(kh);
         let mut ev = libc::epoll_event { events: (libc::EPOLLPRI | libc::EPOLLONESHOT) as u32, u64: fh };
-        let mut registered = self.registered.lock();
-        let op = if registered.insert(fh) { libc::EPOLL_CTL_ADD } else { libc::EPOLL_CTL_MOD };
-        // SAFETY: a valid epoll fd, a valid fd, a valid event.
-        if unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, raw, &mut ev) } != 0 {
+        // Re-armed if the epoll set has it (a spent one-shot), added if not: the kernel's set
+        // says which, no second record of it here.
+        let ctl = |op, ev: &mut libc::epoll_event| {
+            // SAFETY: a valid epoll fd, a valid fd, a valid event.
+            unsafe { libc::epoll_ctl(self.epoll.as_raw_fd(), op, raw, ev) }
+        };
+        let added = ctl(libc::EPOLL_CTL_MOD, &mut ev) == 0 || ctl(libc::EPOLL_CTL_ADD, &mut ev) == 0;
+        if !added {
             tracing::debug!(error = %std::io::Error::last_os_error(), fh, "psi: trigger not watched");
         }
-        drop(registered);
         if !again {
             self.write_down(kh);
         }
@@ -271,13 +271,12 @@ impl Pollers {
     pub fn forget(&self, fh: u64, fd: Option<&OwnedFd>) {
         self.fired.lock().remove(&fh);
         self.waiting.lock().remove(&fh);
-        if self.registered.lock().remove(&fh) {
-            if let Some(fd) = fd {
-                // SAFETY: valid fds; a null event is allowed for EPOLL_CTL_DEL.
-                unsafe {
-                    libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd.as_raw_fd(), std::ptr::null_mut())
-                };
-            }
+        if let Some(fd) = fd {
+            // A trigger never waited on is not in the set: ENOENT, nothing to undo.
+            // SAFETY: valid fds; a null event is allowed for EPOLL_CTL_DEL.
+            unsafe {
+                libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_DEL, fd.as_raw_fd(), std::ptr::null_mut())
+            };
         }
     }
 
@@ -289,14 +288,17 @@ impl Pollers {
         let Some((f, lines)) = log.as_mut() else { return };
         let _ = writeln!(f, "{kh}");
         *lines += 1;
-        let live = self.waiting.lock().len();
-        if *lines > 2 * live + 64 {
-            let list: String = self.waiting.lock().values().map(|kh| format!("{kh}\n")).collect();
-            let n = list.lines().count();
-            if crate::files::write_atomic(path, list.as_bytes()).is_ok() {
-                if let Ok(nf) = crate::files::open_append(path) {
-                    *log = Some((nf, n));
-                }
+        let live: Vec<u64> = {
+            let w = self.waiting.lock();
+            if *lines <= 2 * w.len() + 64 {
+                return;
+            }
+            w.values().copied().collect()
+        };
+        let list: String = live.iter().map(|kh| format!("{kh}\n")).collect();
+        if crate::files::write_atomic(path, list.as_bytes()).is_ok() {
+            if let Ok(nf) = crate::files::open_append(path) {
+                *log = Some((nf, live.len()));
             }
         }
     }
