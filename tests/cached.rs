@@ -270,14 +270,6 @@ fn top_on_cached_files_shows_the_containers_cpu_use_and_steal() {
     assert!(value("us") + value("sy") > 5.0 && value("us") + value("sy") < 40.0, "{cpu}");
 }
 
-/// The pid a command wrote to `file`, once the whole number is there (the shell creates the
-/// file before `echo` writes it).
-fn wait_pid(file: &std::path::Path) -> u32 {
-    let read = || std::fs::read_to_string(file).ok().filter(|s| s.ends_with('\n')).and_then(|s| s.trim().parse().ok());
-    wait_for("the command's pid", Duration::from_secs(30), || read().is_some(), String::new);
-    read().unwrap_or(0)
-}
-
 /// Whether the running kernel is at least `major.minor`.
 fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();

@@ -46,11 +46,7 @@ impl Dockerd {
             assert!(t.elapsed() < Duration::from_secs(60), "dockerd did not start:\n{}", d.log());
             std::thread::sleep(Duration::from_millis(200));
         }
-        let root = dir.join("rootfs");
-        busybox_rootfs(&root, &["sh", "free", "cat", "grep", "head", "nproc", "sleep", "echo", "mv"]);
-        for sub in ["proc", "sys", "dev", "etc", "tmp"] {
-            std::fs::create_dir_all(root.join(sub)).unwrap();
-        }
+        let root = image_rootfs(dir);
         let tar = dir.join("rootfs.tar");
         assert!(Command::new("tar").arg("-C").arg(&root).arg("-cf").arg(&tar).arg(".").status().unwrap().success());
         let out = d.docker(&["import", &tar.to_string_lossy(), "bb:test"]);
@@ -92,14 +88,7 @@ impl Drop for Dockerd {
         for id in String::from_utf8_lossy(&ids.stdout).split_whitespace() {
             let _ = self.docker(&["rm", "-f", id]);
         }
-        // SAFETY: the dockerd this test started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(30) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Duration::from_secs(30));
         // Whatever dockerd left mounted under its roots.
         let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut left: Vec<&str> = info
@@ -112,6 +101,58 @@ impl Drop for Dockerd {
             let _ = Command::new("umount").args(["-l", m]).status();
         }
     }
+}
+
+/// A BusyBox image's root under `dir` (`rootfs/`), with the directories a runtime mounts on.
+fn image_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    busybox_rootfs(&root, &["sh", "free", "cat", "grep", "head", "nproc", "sleep", "echo", "mv"]);
+    for sub in ["proc", "sys", "dev", "etc", "tmp"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    root
+}
+
+/// The wrapper's own options for the test's daemon at `mnt` (`listener`: its seccomp socket,
+/// or none), logging to `log`.
+fn wrapper_args(mnt: &Path, listener: Option<&Path>, log: &Path, affinity: bool) -> Vec<String> {
+    let mut a = vec![format!("--cgprocfs-mountpoint={}", mnt.display()), format!("--cgprocfs-log={}", log.display())];
+    a.extend(listener.map(|l| format!("--cgprocfs-listener={}", l.display())));
+    a.extend(affinity.then(|| "--cgprocfs-affinity".to_string()));
+    a
+}
+
+/// The one `daemon.json` entry: runtime `cgprocfs` is `wrapper` with `args`.
+fn daemon_json(wrapper: &Path, args: &[String]) -> String {
+    serde_json::json!({"runtimes": {"cgprocfs": {"path": wrapper, "runtimeArgs": args}}}).to_string()
+}
+
+/// `dir/cgprocfs-runc`: the binary under test by its wrapper name.
+fn linked_wrapper(dir: &Path) -> PathBuf {
+    let wrapper = dir.join("cgprocfs-runc");
+    std::os::unix::fs::symlink(bin(), &wrapper).unwrap();
+    wrapper
+}
+
+/// What a container runs to show every feature, one line each: BusyBox `free`'s Mem line
+/// (sysinfo), meminfo's first line, `nproc` (sched_getaffinity), the online CPUs, how many
+/// cached-tree binds it has, and whether a PSI trigger was taken.
+const FEATURES: &str = "free -m | grep Mem:; head -1 /proc/meminfo; nproc; cat /sys/devices/system/cpu/online; \
+                        grep -c cgprocfs-cache /proc/self/mountinfo; \
+                        echo 'some 150000 2000000' > /proc/pressure/memory && echo trigger-taken";
+
+/// Checks [`FEATURES`]' output `out` of a container limited to 256 MiB and one CPU, and that
+/// the wrapper's log `said` merged the rule into the engine's profile.
+fn assert_features(out: &str, said: &str) {
+    eprintln!("{out}\nwrapper: {said}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(mem_total_mib(lines[0]), 256, "BusyBox free (sysinfo): {out}\n{said}");
+    assert_eq!(field(lines[1], "MemTotal"), 256 * 1024, "{out}");
+    assert_eq!(lines[2], "1", "nproc (sched_getaffinity answered): {out}");
+    assert_eq!(lines[3], "0", "one CPU online: {out}");
+    assert!(lines[4].parse::<u32>().unwrap() >= 8, "the container's own cached files are bound: {out}");
+    assert_eq!(lines[5], "trigger-taken", "{out}");
+    assert!(said.contains("hook added, seccomp added to the engine's profile"), "{said}");
 }
 
 /// One `daemon.json` entry registers the wrapper (as `cgprocfs install-node` puts it on a
@@ -135,19 +176,8 @@ fn docker_containers_started_through_the_wrapper_get_every_feature() {
         serde_json::from_slice(&std::fs::read(node.join("cgprocfs-hook.json")).unwrap()).unwrap();
     assert_eq!(hook["hook"]["path"], serde_json::json!(node.join("cgprocfs")), "the hooks.d file names the copy");
     let wlog = dir.0.join("wrapper.log");
-    let daemon_json = serde_json::json!({"runtimes": {"cgprocfs": {
-        "path": wrapper,
-        "runtimeArgs": [
-            format!("--cgprocfs-mountpoint={}", d.mnt.display()),
-            format!("--cgprocfs-listener={}", d.seccomp_socket().display()),
-            format!("--cgprocfs-log={}", wlog.display()),
-            "--cgprocfs-affinity",
-        ],
-    }}});
-    let docker = Dockerd::start(&dir.0, &daemon_json.to_string());
-    let script = "free -m | grep Mem:; head -1 /proc/meminfo; nproc; cat /sys/devices/system/cpu/online; \
-                  grep -c cgprocfs-cache /proc/self/mountinfo; \
-                  echo 'some 150000 2000000' > /proc/pressure/memory && echo trigger-taken";
+    let args = wrapper_args(&d.mnt, Some(&d.seccomp_socket()), &wlog, true);
+    let docker = Dockerd::start(&dir.0, &daemon_json(&wrapper, &args));
     let out = docker.ok(&[
         "run",
         "--rm",
@@ -161,18 +191,9 @@ fn docker_containers_started_through_the_wrapper_get_every_feature() {
         "bb:test",
         "sh",
         "-c",
-        script,
+        FEATURES,
     ]);
-    let wrapper_said = std::fs::read_to_string(&wlog).unwrap_or_default();
-    eprintln!("{out}\nwrapper: {wrapper_said}");
-    let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(mem_total_mib(lines[0]), 256, "BusyBox free (sysinfo): {out}\n{wrapper_said}");
-    assert_eq!(field(lines[1], "MemTotal"), 256 * 1024, "{out}");
-    assert_eq!(lines[2], "1", "nproc (sched_getaffinity answered): {out}");
-    assert_eq!(lines[3], "0", "one CPU online: {out}");
-    assert!(lines[4].parse::<u32>().unwrap() >= 8, "the container's own cached files are bound: {out}");
-    assert_eq!(lines[5], "trigger-taken", "{out}");
-    assert!(wrapper_said.contains("hook added, seccomp added to the engine's profile"), "{wrapper_said}");
+    assert_features(&out, &std::fs::read_to_string(&wlog).unwrap_or_default());
 
     // docker exec, restart, stop/start on a container of the runtime.
     let id = docker.ok(&[
@@ -220,14 +241,8 @@ fn a_docker_container_reads_through_a_takeover_and_a_repair() {
     programs_ready(test, &["dockerd", "docker", "runc", "busybox", "tar", "unshare"]);
     let mut d = Daemon::start("docker-ho");
     let dir = Scratch::new("docker-ho");
-    let wrapper = dir.0.join("cgprocfs-runc");
-    std::os::unix::fs::symlink(bin(), &wrapper).unwrap();
-    let daemon_json = serde_json::json!({"runtimes": {"cgprocfs": {"path": wrapper, "runtimeArgs": [
-        format!("--cgprocfs-mountpoint={}", d.mnt.display()),
-        format!("--cgprocfs-listener={}", d.seccomp_socket().display()),
-        format!("--cgprocfs-log={}", dir.0.join("wrapper.log").display()),
-    ]}}});
-    let docker = Dockerd::start(&dir.0, &daemon_json.to_string());
+    let args = wrapper_args(&d.mnt, Some(&d.seccomp_socket()), &dir.0.join("wrapper.log"), false);
+    let docker = Dockerd::start(&dir.0, &daemon_json(&linked_wrapper(&dir.0), &args));
     let out = dir.0.join("out");
     std::fs::create_dir_all(&out).unwrap();
     let script = "n=0; f=0; while :; do if head -1 /proc/meminfo | grep -q ' 131072 kB'; then n=$((n+1)); \
@@ -259,19 +274,7 @@ fn a_docker_container_reads_through_a_takeover_and_a_repair() {
 
     // A takeover: a new serve in a mount namespace of its own takes the connection.
     let old = d.pid();
-    let log = std::fs::File::create(d.own_file("takeover.log")).unwrap();
-    let mut taker = Command::new("unshare")
-        .args(["-m", "--propagation", "unchanged", "--"])
-        .arg(bin())
-        .arg("serve")
-        .arg(&d.mnt)
-        .arg("--pidfile")
-        .arg(d.own_file("keeper.pid"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut taker = take_over(&d, old, 0);
     let st = d.signal_and_wait(0);
     assert!(st.success(), "the old keeper {old} handed over and exited: {st}");
     let before = counts(&c).0;
@@ -286,11 +289,7 @@ fn a_docker_container_reads_through_a_takeover_and_a_repair() {
     let _ = taker.wait();
     std::thread::sleep(Duration::from_millis(500));
     d.spawn(&[]);
-    let t = Instant::now();
-    while !d.log().contains("reattached") {
-        assert!(t.elapsed() < Duration::from_secs(15), "no repair logged:\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for("the repair", Duration::from_secs(15), || d.log().contains("reattached"), || d.log());
     let (n1, f1) = counts(&c);
     std::thread::sleep(Duration::from_secs(2));
     let (n2, f2) = counts(&c);
@@ -308,14 +307,8 @@ fn without_a_daemon_the_wrapper_starts_containers_unchanged() {
     let dir = Scratch::new("docker-nodaemon");
     let mnt = dir.0.join("not-served");
     std::fs::create_dir_all(&mnt).unwrap();
-    let wrapper = dir.0.join("cgprocfs-runc");
-    std::os::unix::fs::symlink(bin(), &wrapper).unwrap();
     let wlog = dir.0.join("wrapper.log");
-    let daemon_json = serde_json::json!({"runtimes": {"cgprocfs": {"path": wrapper, "runtimeArgs": [
-        format!("--cgprocfs-mountpoint={}", mnt.display()),
-        format!("--cgprocfs-log={}", wlog.display()),
-    ]}}});
-    let docker = Dockerd::start(&dir.0, &daemon_json.to_string());
+    let docker = Dockerd::start(&dir.0, &daemon_json(&linked_wrapper(&dir.0), &wrapper_args(&mnt, None, &wlog, false)));
     let out = docker.ok(&[
         "run",
         "--rm",
@@ -376,14 +369,7 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
-        // SAFETY: the containerd this test started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let t = Instant::now();
-        while self.child.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(20) {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        stop_child(&mut self.child, Duration::from_secs(20));
     }
 }
 
@@ -401,27 +387,12 @@ fn containerd_shim_containers_started_through_the_wrapper_get_every_feature() {
     // daemon (the packaged defaults need none).
     let wrapper = dir.0.join("runc-for-the-shim");
     let wlog = dir.0.join("wrapper.log");
-    std::fs::write(
-        &wrapper,
-        format!(
-            "#!/bin/sh\nexec '{}' runc-wrapper --cgprocfs-mountpoint='{}' --cgprocfs-listener='{}' --cgprocfs-log='{}' --cgprocfs-affinity \"$@\"\n",
-            bin(),
-            d.mnt.display(),
-            d.seccomp_socket().display(),
-            wlog.display()
-        ),
-    )
-    .unwrap();
+    let args: Vec<String> =
+        wrapper_args(&d.mnt, Some(&d.seccomp_socket()), &wlog, true).iter().map(|a| format!("'{a}'")).collect();
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec '{}' runc-wrapper {} \"$@\"\n", bin(), args.join(" "))).unwrap();
     std::fs::set_permissions(&wrapper, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let root = dir.0.join("rootfs");
-    busybox_rootfs(&root, &["sh", "free", "cat", "grep", "head", "nproc", "echo"]);
-    for sub in ["proc", "sys", "dev", "etc", "tmp"] {
-        std::fs::create_dir_all(root.join(sub)).unwrap();
-    }
+    let root = image_rootfs(&dir.0);
     let c = Containerd::start(&dir.0);
-    let script = "free -m | grep Mem:; head -1 /proc/meminfo; nproc; cat /sys/devices/system/cpu/online; \
-                  grep -c cgprocfs-cache /proc/self/mountinfo; \
-                  echo 'some 150000 2000000' > /proc/pressure/memory && echo trigger-taken";
     let id = unique("ctr");
     let out = c.ctr(&[
         "run",
@@ -440,20 +411,11 @@ fn containerd_shim_containers_started_through_the_wrapper_get_every_feature() {
         &id,
         "/bin/sh",
         "-c",
-        script,
+        FEATURES,
     ]);
     let said = std::fs::read_to_string(&wlog).unwrap_or_default();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!("{text}\nwrapper: {said}");
     assert!(out.status.success(), "ctr run: {}\n{said}", String::from_utf8_lossy(&out.stderr));
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(mem_total_mib(lines[0]), 256, "BusyBox free (sysinfo): {text}");
-    assert_eq!(field(lines[1], "MemTotal"), 256 * 1024, "{text}");
-    assert_eq!(lines[2], "1", "nproc: {text}");
-    assert_eq!(lines[3], "0", "one CPU online: {text}");
-    assert!(lines[4].parse::<u32>().unwrap() >= 8, "own cached files: {text}");
-    assert_eq!(lines[5], "trigger-taken", "{text}");
-    assert!(said.contains("hook added, seccomp added to the engine's profile"), "containerd's profile: {said}");
+    assert_features(&String::from_utf8_lossy(&out.stdout), &said);
 }
 
 cgprocfs_tests!(

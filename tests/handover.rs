@@ -7,38 +7,10 @@ mod common;
 
 use common::loops::{collect, kill_cgroups, reader};
 use common::*;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command};
+use std::time::Duration;
 
 const MIB: u64 = 1024 * 1024;
-
-/// Starts `serve` on `d`'s mount point and pid file in a new mount namespace; returns it once
-/// the previous keeper `old` has exited and this one's worker serves.
-fn take_over(d: &Daemon, old: i32, n: usize) -> Child {
-    let log = std::fs::File::create(d.own_file(&format!("takeover{n}.log"))).unwrap();
-    let child = Command::new("unshare")
-        .args(["-m", "--propagation", "unchanged", "--"])
-        .arg(bin())
-        .arg("serve")
-        .arg(&d.mnt)
-        .arg("--pidfile")
-        .arg(d.own_file("keeper.pid"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    // SAFETY: kill(pid, 0) only checks that the process exists.
-    while unsafe { libc::kill(old, 0) } == 0
-        && !std::fs::read_to_string(format!("/proc/{old}/stat")).unwrap_or_default().contains(") Z")
-    {
-        let log = std::fs::read_to_string(d.own_file(&format!("takeover{n}.log"))).unwrap_or_default();
-        assert!(t.elapsed() < Duration::from_secs(20), "keeper {old} did not hand over:\n{log}\nold: {}", d.log());
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
 
 fn a_new_serve_takes_the_connection_over_three_times_without_a_failed_read() {
     let test = "a_new_serve_takes_the_connection_over_three_times_without_a_failed_read";

@@ -9,7 +9,7 @@ mod common;
 use common::attacker::{Attacker, ATTACKER};
 use common::*;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// Opens PATH read-write, writes TRIGGER, prints `armed PID` (or `error ERRNO`), then reads a
@@ -56,18 +56,17 @@ struct Poller {
 
 impl Poller {
     fn start(d: &Daemon, script: &std::path::Path, trigger: &str, secs: u32, extra: &[&str]) -> Poller {
-        let mut child = Command::new(bin())
-            .arg("run")
-            .args(["--memory", "32M", "--no-seccomp", "--mountpoint"])
-            .arg(&d.mnt)
-            .args(["--", "python3"])
-            .arg(script)
-            .args(["/proc/pressure/memory", trigger, &secs.to_string()])
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let secs = secs.to_string();
+        let args: Vec<&std::ffi::OsStr> = [script.as_os_str()]
+            .into_iter()
+            .chain(
+                ["/proc/pressure/memory", trigger, &secs]
+                    .into_iter()
+                    .chain(extra.iter().copied())
+                    .map(std::ffi::OsStr::new),
+            )
+            .collect();
+        let mut child = contained_python(d, "32M", &args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         let out = BufReader::new(child.stdout.take().unwrap());
         Poller { child, out, pid: None }
     }

@@ -34,6 +34,45 @@ fn cpu_ticks(pid: i32) -> u64 {
     f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
 }
 
+/// A stall test's setting: daemon `d` (started with `extra`), the attacker's script, and a
+/// bystander in a cgroup of its own reading the main mount's meminfo and the trigger
+/// connection's pressure/memory, its 3 s baseline taken.
+struct Stall {
+    // Dropped first: the bystander leaves its cgroup before the cgroup is removed.
+    b: Bystander,
+    _cg: TestCgroup,
+    d: Daemon,
+    script: std::path::PathBuf,
+    _dir: Scratch,
+    base: (f64, f64),
+}
+
+impl Stall {
+    fn start(tag: &str, extra: &[&str]) -> Stall {
+        let d = Daemon::start_with(tag, extra);
+        let dir = Scratch::new(tag);
+        let script = dir.0.join("attacker.py");
+        std::fs::write(&script, ATTACKER).unwrap();
+        let cg =
+            TestCgroup::new(&format!("{tag}-bystander"), &Limits { memory: Some(256 << 20), ..Default::default() });
+        let pressure = d.psi().join("proc/pressure/memory");
+        let b = Bystander::start(&cg, &dir.0, &[&d.path("proc/meminfo"), &pressure]);
+        std::thread::sleep(Duration::from_millis(500));
+        let from = now();
+        std::thread::sleep(Duration::from_secs(3));
+        Stall { b, _cg: cg, d, script, _dir: dir, base: (from, now()) }
+    }
+
+    /// Stops the bystander and holds both files' reads from the baseline's end to `until`
+    /// to the baseline ([`assert_unharmed`]).
+    fn assert_unharmed_until(&mut self, until: f64) {
+        let samples = self.b.stop();
+        let attack = (self.base.1, until);
+        assert_unharmed(&samples, 0, "main mount meminfo", self.base, attack);
+        assert_unharmed(&samples, 1, "trigger connection pressure/memory", self.base, attack);
+    }
+}
+
 /// A container takes as many triggers as it can and exits; the kernel then releases them all.
 /// Closing a trigger waits for an RCU grace period: done under the handle table's lock on the
 /// connection's thread, 4 000 of them stalled every container's reads for half a minute. Now
@@ -43,33 +82,20 @@ fn cpu_ticks(pid: i32) -> u64 {
 fn dropping_many_triggers_stalls_no_bystander() {
     let test = "dropping_many_triggers_stalls_no_bystander";
     ready(test);
-    let d = Daemon::start("psi-drop");
-    let dir = Scratch::new("psi-drop");
-    let script = dir.0.join("attacker.py");
-    std::fs::write(&script, ATTACKER).unwrap();
-    let cg = TestCgroup::new("psi-drop-bystander", &Limits { memory: Some(256 << 20), ..Default::default() });
-    let pressure = d.psi().join("proc/pressure/memory");
-    let mut b = Bystander::start(&cg, &dir.0, &[&d.path("proc/meminfo"), &pressure]);
-    std::thread::sleep(Duration::from_millis(500));
-    let base_from = now();
-    std::thread::sleep(Duration::from_secs(3));
-    let base_to = now();
-    let mut a = Attacker::start(&d, &script, &["take", "4000"]);
+    let mut s = Stall::start("psi-drop", &[]);
+    let mut a = Attacker::start(&s.d, &s.script, &["take", "4000"]);
     let (n, what, errno) = taken(&a.line());
     a.finish();
     // The releases (and, before, a stall) come after its exit.
     std::thread::sleep(Duration::from_secs(6));
-    let attack_to = now();
-    let samples = b.stop();
-    assert_unharmed(&samples, 0, "main mount meminfo", (base_from, base_to), (base_to, attack_to));
-    assert_unharmed(&samples, 1, "trigger connection pressure/memory", (base_from, base_to), (base_to, attack_to));
+    s.assert_unharmed_until(now());
     assert_eq!(
         (n, what.as_str(), errno),
         (cgprocfs::fuse::psi::TRIGGERS_PER_CONTAINER, "write", libc::EMFILE),
         "a container holds at most its quota of triggers, then EMFILE"
     );
     // Released and closed: the container's quota and the table are empty again.
-    let mut again = Attacker::start(&d, &script, &["take", "100"]);
+    let mut again = Attacker::start(&s.d, &s.script, &["take", "100"]);
     let quota = cgprocfs::fuse::psi::TRIGGERS_PER_CONTAINER;
     assert_eq!(taken(&again.line()).0, quota, "a new container takes its own full quota");
 }
@@ -103,32 +129,20 @@ fn polling_many_triggers_costs_the_worker_little_and_a_bystander_nothing() {
     let test = "polling_many_triggers_costs_the_worker_little_and_a_bystander_nothing";
     ready(test);
     // A quota far above the default, to poll many triggers from one container.
-    let d = Daemon::start_with("psi-poll", &["--triggers-per-container", "1000"]);
-    let dir = Scratch::new("psi-poll");
-    let script = dir.0.join("attacker.py");
-    std::fs::write(&script, ATTACKER).unwrap();
-    let cg = TestCgroup::new("psi-poll-bystander", &Limits { memory: Some(256 << 20), ..Default::default() });
-    let pressure = d.psi().join("proc/pressure/memory");
-    let mut b = Bystander::start(&cg, &dir.0, &[&d.path("proc/meminfo"), &pressure]);
-    std::thread::sleep(Duration::from_millis(500));
-    let base_from = now();
-    std::thread::sleep(Duration::from_secs(3));
-    let base_to = now();
-    let worker = d.worker_pid();
-    let mut a = Attacker::start(&d, &script, &["take", "1000", "5"]);
+    let mut s = Stall::start("psi-poll", &["--triggers-per-container", "1000"]);
+    let worker = s.d.worker_pid();
+    let mut a = Attacker::start(&s.d, &s.script, &["take", "1000", "5"]);
     let (n, what, errno) = taken(&a.line());
     assert_eq!(n, 1000, "all taken ({what} {errno})");
     let (cpu0, t0) = (cpu_ticks(worker), now());
     assert_eq!(a.line(), "polled");
     let (cpu, attack_to) = (cpu_ticks(worker) - cpu0, now());
     a.finish();
-    let samples = b.stop();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     eprintln!("5 polls of 1000 triggers: {:.3} s of the worker's CPU in {:.2} s", cpu as f64 / hz, attack_to - t0);
     assert!(cpu as f64 / hz < 0.5, "5 polls of 1000 triggers cost the worker {:.2} s of CPU", cpu as f64 / hz);
-    assert_unharmed(&samples, 0, "main mount meminfo", (base_from, base_to), (base_to, attack_to));
-    assert_unharmed(&samples, 1, "trigger connection pressure/memory", (base_from, base_to), (base_to, attack_to));
+    s.assert_unharmed_until(attack_to);
 }
 
 /// `python3 -c CODE` as user nobody on the host (no container): what it prints.
@@ -176,28 +190,14 @@ fn no_outsider_empties_a_containers_cached_file() {
     // The container: waits for its pid to be read, then reads for 5 s, counting reads that
     // are empty or lack MemTotal.
     let reader = format!(
-        "import os, time\nopen('{}', 'w').write(str(os.getpid()))\ntime.sleep(0.5)\n\
+        "import os, time\nopen('{}', 'w').write('%d\\n' % os.getpid())\ntime.sleep(0.5)\n\
          n = bad = 0\nt = time.monotonic()\nwhile time.monotonic() - t < 5:\n    \
          s = open('/proc/meminfo').read()\n    n += 1\n    bad += not s.startswith('MemTotal:') or len(s) < 500\n\
          print(n, bad, flush=True)\n",
         pidfile.display()
     );
-    let mut c = Command::new(bin())
-        .arg("run")
-        .args(["--memory", "64M", "--no-seccomp", "--mountpoint"])
-        .arg(&d.mnt)
-        .args(["--", "python3", "-c", &reader])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    let pid = loop {
-        if let Some(p) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
-            break p;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "the container did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut c = contained_python(&d, "64M", &["-c".as_ref(), reader.as_ref()]).stdout(Stdio::piped()).spawn().unwrap();
+    let pid = wait_pid(&pidfile);
     let through = format!("/proc/{pid}/root/proc/meminfo");
     // Host root: three threads stat and read it as fast as they can.
     let outsider = format!(
@@ -281,24 +281,11 @@ fn a_process_polling_a_trigger_freezes() {
     let code = format!(
         "import os, select\nfd = os.open('/proc/pressure/memory', os.O_RDWR | os.O_NONBLOCK)\n\
          os.write(fd, b'some 100000 2000000')\np = select.poll(); p.register(fd, select.POLLPRI)\n\
-         open('{}', 'w').write(str(os.getpid()))\np.poll(-1)\n",
+         open('{}', 'w').write('%d\\n' % os.getpid())\np.poll(-1)\n",
         pidfile.display()
     );
-    let mut c = Command::new(bin())
-        .arg("run")
-        .args(["--memory", "64M", "--no-seccomp", "--mountpoint"])
-        .arg(&d.mnt)
-        .args(["--", "python3", "-c", &code])
-        .spawn()
-        .unwrap();
-    let t = Instant::now();
-    let pid = loop {
-        if let Some(p) = std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok()) {
-            break p;
-        }
-        assert!(t.elapsed() < Duration::from_secs(20), "the poller did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let mut c = contained_python(&d, "64M", &["-c".as_ref(), code.as_ref()]).spawn().unwrap();
+    let pid = wait_pid(&pidfile);
     std::thread::sleep(Duration::from_millis(300));
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let root = info.lines().find(|l| l.contains(" - cgroup2 ")).unwrap().split(' ').nth(4).unwrap().to_string();

@@ -1,9 +1,9 @@
 //! A hostile container process for the trigger tests: `cgprocfs run`'s container running a
 //! script that drops to user nobody without capabilities before it attacks.
 
-use super::{bin, Daemon};
+use super::{contained_python, Daemon};
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 /// The attacker, run inside a `cgprocfs run` container. As root it raises its open-file limit,
@@ -57,17 +57,9 @@ pub struct Attacker {
 
 impl Attacker {
     pub fn start(d: &Daemon, script: &std::path::Path, args: &[&str]) -> Attacker {
-        let mut child = Command::new(bin())
-            .arg("run")
-            .args(["--memory", "64M", "--no-seccomp", "--mountpoint"])
-            .arg(&d.mnt)
-            .args(["--", "python3"])
-            .arg(script)
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let args: Vec<&std::ffi::OsStr> =
+            std::iter::once(script.as_os_str()).chain(args.iter().map(std::ffi::OsStr::new)).collect();
+        let mut child = contained_python(d, "64M", &args).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
         let out = BufReader::new(child.stdout.take().unwrap());
         Attacker { child, out }
     }

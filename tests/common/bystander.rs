@@ -78,14 +78,7 @@ impl Bystander {
     /// Stops it and returns every sample.
     pub fn stop(&mut self) -> Vec<Sample> {
         if let Some(mut c) = self.child.take() {
-            // SAFETY: a signal to the process this helper started.
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let t = std::time::Instant::now();
-            while c.try_wait().ok().flatten().is_none() && t.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
+            super::stop_child(&mut c, Duration::from_secs(10));
         }
         let text = std::fs::read_to_string(&self.out).unwrap_or_default();
         text.lines()

@@ -76,6 +76,68 @@ pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool, diag
     }
 }
 
+/// `cgprocfs run` of daemon `d` with a memory limit of `memory` (`64M`) and no seccomp
+/// profile: `python3 ARGS` in a container of its own (the caller adds stdio and spawns).
+pub fn contained_python(d: &Daemon, memory: &str, args: &[&std::ffi::OsStr]) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("run")
+        .args(["--memory", memory, "--no-seccomp", "--mountpoint"])
+        .arg(&d.mnt)
+        .args(["--", "python3"])
+        .args(args);
+    c
+}
+
+/// Ends child `c` this test started: SIGTERM, then SIGKILL if it has not exited within
+/// `grace`; reaped either way.
+pub fn stop_child(c: &mut Child, grace: Duration) {
+    // SAFETY: a signal to a child this test started and has not reaped.
+    unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+    let t = Instant::now();
+    while c.try_wait().ok().flatten().is_none() && t.elapsed() < grace {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = c.kill();
+    let _ = c.wait();
+}
+
+/// The pid a command wrote to `file`, once the whole number is there (a line: the file is
+/// created before the number is written).
+pub fn wait_pid(file: &Path) -> u32 {
+    let read = || std::fs::read_to_string(file).ok().filter(|s| s.ends_with('\n')).and_then(|s| s.trim().parse().ok());
+    wait_for("the command's pid", Duration::from_secs(30), || read().is_some(), String::new);
+    read().unwrap_or(0)
+}
+
+/// Starts `serve` on `d`'s mount point and pid file in a new mount namespace (as a new pod or
+/// a second unit would); returns it once the previous keeper `old` has exited. `n` names its
+/// log file.
+pub fn take_over(d: &Daemon, old: i32, n: usize) -> Child {
+    let log = std::fs::File::create(d.own_file(&format!("takeover{n}.log"))).unwrap();
+    let child = Command::new("unshare")
+        .args(["-m", "--propagation", "unchanged", "--"])
+        .arg(bin())
+        .arg("serve")
+        .arg(&d.mnt)
+        .arg("--pidfile")
+        .arg(d.own_file("keeper.pid"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    // SAFETY: kill(pid, 0) only checks that the process exists.
+    while unsafe { libc::kill(old, 0) } == 0
+        && !std::fs::read_to_string(format!("/proc/{old}/stat")).unwrap_or_default().contains(") Z")
+    {
+        let log = std::fs::read_to_string(d.own_file(&format!("takeover{n}.log"))).unwrap_or_default();
+        assert!(t.elapsed() < Duration::from_secs(20), "keeper {old} did not hand over:\n{log}\nold: {}", d.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 /// A name unique to this test process and call.
 pub fn unique(tag: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
