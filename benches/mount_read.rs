@@ -7,12 +7,13 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/peers.rs"]
+mod peers;
 #[path = "support/reads.rs"]
 mod reads;
 
 use common::{Daemon, Limits, TestCgroup};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 struct Row {
@@ -28,71 +29,14 @@ fn measure(name: &str, path: &Path, threads: usize, secs: f64) -> Row {
     Row { name: name.to_string(), threads, median_us: st.median_us, p99_us: st.p99_us, per_sec: st.per_sec }
 }
 
-/// A daemon of another build (`CGPROCFS_BENCH_BASELINE`), stopped on drop.
-struct Baseline {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Drop for Baseline {
-    fn drop(&mut self) {
-        // SAFETY: the daemon this bench started.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn start_baseline() -> Option<Baseline> {
-    let bin = std::env::var_os("CGPROCFS_BENCH_BASELINE")?;
-    let dir = std::env::temp_dir().join(common::unique("baseline"));
-    std::fs::create_dir_all(dir.join("mnt")).ok()?;
-    let child = Command::new(&bin)
-        .arg("serve")
-        .arg(dir.join("mnt"))
-        .arg("--pidfile")
-        .arg(dir.join("keeper.pid"))
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let b = Baseline { child, dir };
-    let t = Instant::now();
-    while std::fs::read(b.dir.join("mnt/proc/meminfo")).map(|x| x.is_empty()).unwrap_or(true) {
-        if t.elapsed() > Duration::from_secs(10) {
-            eprintln!("the baseline daemon did not come up; comparing without it");
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(b)
-}
-
-/// Starts lxcfs on a temporary mount point when it is installed.
-fn start_lxcfs() -> Option<(Child, PathBuf)> {
-    let bin = ["/usr/bin/lxcfs", "/bin/lxcfs"].into_iter().find(|p| Path::new(p).exists())?;
-    let mnt = std::env::temp_dir().join(common::unique("lxcfs"));
-    std::fs::create_dir_all(&mnt).ok()?;
-    let child = Command::new(bin).arg("-f").arg(&mnt).stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()?;
-    let t = Instant::now();
-    while std::fs::read(mnt.join("proc/meminfo")).map(|b| b.is_empty()).unwrap_or(true) {
-        if t.elapsed() > Duration::from_secs(10) {
-            eprintln!("lxcfs did not come up; comparing without it");
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some((child, mnt))
-}
-
 fn main() {
     // `cargo bench` passes `--bench`; an optional number is the seconds per measurement.
     let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2.0);
     common::live_ready("mount_read bench");
     let d = Daemon::start_with("bench", &["--bench-floor"]);
     let nospin = Daemon::start_with("bench-nospin", &["--spin-us", "0"]);
-    let lxcfs = start_lxcfs();
-    let baseline = start_baseline();
+    let lxcfs = peers::Lxcfs::start(common::unique("lxcfs"), &[]);
+    let baseline = peers::Baseline::start(common::unique("baseline"));
     let cg = TestCgroup::new(
         "bench",
         &Limits { memory: Some(256 << 20), cpu: Some((150_000, 100_000)), ..Default::default() },
@@ -126,10 +70,10 @@ fn main() {
         ("cgprocfs trigger pressure/memory".into(), d.psi().join("proc/pressure/memory")),
     ];
     if let Some(b) = &baseline {
-        targets.push(("baseline meminfo".into(), b.dir.join("mnt/proc/meminfo")));
-        targets.push(("baseline stat".into(), b.dir.join("mnt/proc/stat")));
+        targets.push(("baseline meminfo".into(), b.mnt().join("proc/meminfo")));
+        targets.push(("baseline stat".into(), b.mnt().join("proc/stat")));
     }
-    if let Some((_, m)) = &lxcfs {
+    if let Some(peers::Lxcfs { mnt: m, .. }) = &lxcfs {
         targets.push(("lxcfs meminfo".into(), m.join("proc/meminfo")));
         targets.push(("lxcfs cpuinfo".into(), m.join("proc/cpuinfo")));
         targets.push(("lxcfs stat".into(), m.join("proc/stat")));
@@ -155,15 +99,7 @@ fn main() {
             }
         }
     }
-    if let Some((mut child, mnt)) = lxcfs {
-        // SAFETY: signal to the lxcfs we started, by pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-        let _ = child.wait();
-        let c = std::ffi::CString::new(mnt.to_string_lossy().as_bytes()).unwrap();
-        // SAFETY: valid path string.
-        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
-        let _ = std::fs::remove_dir(&mnt);
-    }
+    drop(lxcfs);
     drop(cg);
     drop(d);
     drop(nospin);

@@ -2,10 +2,15 @@
 //! served file, the CPU the load-average sampler uses for 1000 idle containers, and the CPU
 //! of an agent in every container reading `stat`, `meminfo`, `loadavg`, `uptime` and
 //! `diskstats` once a second, through the shared tree and through the cached tree.
+//! In the same run, with `CGPROCFS_BENCH_BASELINE=/path/to/an/older/cgprocfs`, the same agents
+//! on that build's two trees, and on lxcfs (`-l`, its load average thread on) when installed.
+//! `SCALE_SKIP_IDLE=1` leaves out the 30 s idle phase.
 //!   cargo bench --bench scale [-- CONTAINERS]
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/peers.rs"]
+mod peers;
 
 use common::{status_kib, Daemon, Limits, TestCgroup};
 use std::time::{Duration, Instant};
@@ -41,10 +46,11 @@ fn main() {
     let hwm = status_kib(worker, "VmHWM:");
 
     // Sampler cost: nothing reads now; every container is registered and idle.
+    let idle = if std::env::var_os("SCALE_SKIP_IDLE").is_some() { 0 } else { 30 };
     std::thread::sleep(Duration::from_secs(1));
     let (c0, t0) = (cpu_ticks(worker), Instant::now());
-    std::thread::sleep(Duration::from_secs(30));
-    let (c1, secs) = (cpu_ticks(worker), t0.elapsed().as_secs_f64());
+    std::thread::sleep(Duration::from_secs(idle));
+    let (c1, secs) = (cpu_ticks(worker), t0.elapsed().as_secs_f64().max(1e-3));
     let cpu_pct = (c1 - c0) as f64 / 100.0 / secs * 100.0;
 
     // A monitoring agent per container, once a second, for AGENT_SECS: on the shared tree,
@@ -60,6 +66,27 @@ fn main() {
         worker,
     );
 
+    let mut rows = vec![("this build, shared tree", shared), ("this build, cached tree", cached)];
+    if let Some(b) = peers::Baseline::start(common::unique("baseline")) {
+        if let Some(w) = b.worker_pid() {
+            let mnt = b.mnt();
+            rows.push((
+                "baseline, shared tree",
+                agents(&cgs, &|_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect(), w),
+            ));
+            let cache = b.cache();
+            let own = |pid| {
+                let own = cache.join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
+                AGENT_FILES.iter().map(|f| own.join(f)).collect()
+            };
+            rows.push(("baseline, cached tree", agents(&cgs, &own, w)));
+        }
+    }
+    if let Some(l) = peers::Lxcfs::start(common::unique("lxcfs"), &["-l"]) {
+        let mnt = l.mnt.clone();
+        rows.push(("lxcfs -l", agents(&cgs, &|_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect(), l.pid())));
+    }
+
     for s in sleepers.iter_mut() {
         let _ = s.kill();
         let _ = s.wait();
@@ -69,11 +96,9 @@ fn main() {
     println!("RSS at start:                         {rss0} KiB");
     println!("RSS after every container read all:   {rss1} KiB (peak {hwm} KiB)");
     println!("load sampling, {n} idle containers:  {cpu_pct:.2} % of one core over {secs:.0} s");
-    for (name, (pct, reads, failed)) in [("shared tree", shared), ("cached tree", cached)] {
-        println!(
-            "agents, {name}: {n} containers x {} files each second: {pct:.2} % of one core (sampler included), {reads} reads, {failed} failed",
-            AGENT_FILES.len()
-        );
+    println!("agents: {n} containers x {} files each second for {AGENT_SECS} s, CPU of the serving process (sampler included)", AGENT_FILES.len());
+    for (name, (pct, reads, failed)) in rows {
+        println!("  {name:<26} {pct:>6.2} % of one core, {reads} reads, {failed} failed");
     }
 }
 

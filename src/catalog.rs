@@ -1,5 +1,5 @@
 //! The served files: one row each, its path under the mount point and how a container's
-//! content is made — the inputs gathered through [`Service`] (cached host files, the
+//! content is made — the inputs gathered through the [`Sampler`] (cached host files, the
 //! container's cgroup snapshots, its CPU account) and handed to one pure renderer in
 //! [`crate::view`].
 //!
@@ -8,15 +8,15 @@
 //! cached tree all follow [`View::ALL`].
 //!
 //! A row returns an error when the container's content cannot be computed: the caller then
-//! answers with the host's file ([`Service::render_with`]).
+//! answers with the host's file (`Service::render_with`).
 
 use crate::cgroup::Container;
 use crate::error::Result;
-use crate::service::Service;
+use crate::sampler::Sampler;
 use crate::view::{cpu_online, cpuinfo, diskstats, loadavg, meminfo, stat, swaps, uptime};
 
 /// How a row makes a container's content.
-type Make = fn(&Service, &Container) -> Result<Content>;
+type Make = fn(&Sampler, &Container) -> Result<Content>;
 
 /// A file's content for one container, and whether it is the host's file served as the
 /// container's (no cgroup of its own for it): the row decides, `show --explain` says so.
@@ -67,10 +67,10 @@ catalog! {
     /// `proc/meminfo`: the host's lines, with every field that has a cgroup source taken from
     /// the container's memory controller (limit of the chain, usage, memory.stat); the host's
     /// file when no limit applies (view/meminfo.rs).
-    Meminfo => "proc/meminfo", |s, c| Ok(meminfo::render(&*s.host_meminfo()?, &s.memory(c)?).into());
+    Meminfo => "proc/meminfo", |s, c| Ok(meminfo::render(&*s.host_meminfo()?, &*s.memory(c)?).into());
     /// `proc/cpuinfo`: the host's block of each visible CPU (cpuset cut to the quota),
     /// renumbered from 0 (view/cpuinfo.rs).
-    Cpuinfo => "proc/cpuinfo", |s, c| Ok(cpuinfo::render(&*s.host_cpuinfo()?, &s.visible_cpus(&c.cgroups)?).into());
+    Cpuinfo => "proc/cpuinfo", |s, c| Ok(cpuinfo::render(&*s.host_cpuinfo()?, &s.visible_cpus(c)?).into());
     /// `proc/stat`: per-vCPU times from the container's CPU account (its cgroup's CPU time
     /// spread over its visible CPUs, steal from throttling and run-queue wait), the host's
     /// other lines (view/stat.rs, state/cpu.rs).
@@ -153,8 +153,8 @@ impl View {
     }
 
     /// The container's content, or why it cannot be computed.
-    pub fn make(self, svc: &Service, c: &Container) -> Result<Content> {
-        (self.row().2)(svc, c)
+    pub fn make(self, sampler: &Sampler, c: &Container) -> Result<Content> {
+        (self.row().2)(sampler, c)
     }
 
     /// The view served at `path` (leading `/` and a `<mount>/` prefix are not part of it).
@@ -202,45 +202,51 @@ pub fn floor_content() -> String {
 }
 
 /// online, possible and present are the same list for a container: its N CPUs.
-fn cpu_list(s: &Service, c: &Container) -> Result<Content> {
-    Ok(cpu_online::render(s.visible_cpus(&c.cgroups)?.len()).into())
+fn cpu_list(s: &Sampler, c: &Container) -> Result<Content> {
+    Ok(cpu_online::render(s.visible_cpus(c)?.len()).into())
 }
 
-fn diskstats_file(s: &Service, c: &Container) -> Result<Content> {
+fn diskstats_file(s: &Sampler, c: &Container) -> Result<Content> {
     match &c.cgroups.blkio {
         Some(d) if d.path != d.top => {
-            Ok(diskstats::render(&crate::cgroup::io::read(d)?, &crate::host::diskstats::read(s.root())?).into())
+            let (io, host) = (s.io(d)?, s.host_diskstats()?);
+            Ok(diskstats::render(&io, &host).into())
         }
         // Not in an I/O cgroup of its own: the host's devices are its devices.
-        _ => s.host_text(View::Diskstats),
+        _ => host_text(s, View::Diskstats),
     }
 }
 
-fn swaps_file(s: &Service, c: &Container) -> Result<Content> {
+fn swaps_file(s: &Sampler, c: &Container) -> Result<Content> {
     // The same SwapTotal/SwapFree as the container's meminfo.
-    match meminfo::compute(&*s.host_meminfo()?, &s.memory(c)?) {
+    match meminfo::compute(&*s.host_meminfo()?, &*s.memory(c)?) {
         Some(v) => Ok(swaps::render(v.get("SwapTotal").unwrap_or(0), v.get("SwapFree").unwrap_or(0)).into()),
-        None => s.host_text(View::Swaps),
+        None => host_text(s, View::Swaps),
     }
 }
 
-fn slabinfo_file(s: &Service, c: &Container) -> Result<Content> {
+fn slabinfo_file(s: &Sampler, c: &Container) -> Result<Content> {
     match &c.cgroups.memory {
         Some(d) if d.path != d.top => match crate::cgroup::memory::slabinfo(d)? {
             Some(t) => Ok(t.into()),
-            None => s.host_text(View::Slabinfo),
+            None => host_text(s, View::Slabinfo),
         },
-        _ => s.host_text(View::Slabinfo),
+        _ => host_text(s, View::Slabinfo),
     }
 }
 
-fn pressure(s: &Service, c: &Container, view: View) -> Result<Content> {
+fn pressure(s: &Sampler, c: &Container, view: View) -> Result<Content> {
     match (&c.cgroups.unified, view.pressure_file()) {
         // The cgroup file has the kernel's /proc/pressure format.
         (Some(d), Some(file)) if d.path != d.top => crate::error::read_file(&d.file(file)).map(Content::from),
         // No cgroup of its own in the unified tree: the host's pressure.
-        _ => s.host_text(view),
+        _ => host_text(s, view),
     }
+}
+
+/// The host's own file as the answer for a container that has no cgroup of its own for it.
+fn host_text(s: &Sampler, view: View) -> Result<Content> {
+    Ok(Content { text: String::from_utf8_lossy(&s.host_file(view.path())?).into_owned(), hosts: true })
 }
 
 /// Whether the container has a unified cgroup of its own: where its pressure files (and
@@ -249,19 +255,19 @@ pub fn own_unified(c: &Container) -> Option<&crate::cgroup::CgroupDir> {
     c.cgroups.unified.as_ref().filter(|d| d.path != d.top)
 }
 
-fn stat_file(s: &Service, c: &Container) -> Result<Content> {
-    let Some(cpu) = s.cpu_account(c)? else { return s.host_text(View::Stat) };
+fn stat_file(s: &Sampler, c: &Container) -> Result<Content> {
+    let Some(cpu) = s.cpu_account(c)? else { return host_text(s, View::Stat) };
     let tasks = s.tasks(&cpu, c);
     Ok(stat::render(&*s.host_stat()?, &cpu.vcpus, &cpu.total, &tasks).into())
 }
 
-fn uptime_file(s: &Service, c: &Container) -> Result<Content> {
-    let Some(cpu) = s.cpu_account(c)? else { return s.host_text(View::Uptime) };
+fn uptime_file(s: &Sampler, c: &Container) -> Result<Content> {
+    let Some(cpu) = s.cpu_account(c)? else { return host_text(s, View::Uptime) };
     Ok(uptime::render(cpu.age_ns, cpu.total.idle).into())
 }
 
-fn loadavg_file(s: &Service, c: &Container) -> Result<Content> {
-    let Some((load, tasks)) = s.load(c, crate::host::boottime_ns())? else { return s.host_text(View::Loadavg) };
+fn loadavg_file(s: &Sampler, c: &Container) -> Result<Content> {
+    let Some((load, tasks)) = s.load(c, crate::host::boottime_ns())? else { return host_text(s, View::Loadavg) };
     let last_pid = match (c.init, tasks.last_pid) {
         (Some(_), Some(p)) => p,
         // Same pid namespace as the host: the host's last pid is the container's.

@@ -62,9 +62,14 @@ pub fn explain(svc: &Service, view: View, c: &Container) -> Explained {
     });
     notes.push(format!("source: {}", view.about()));
     notes.extend(inputs(svc, view, c));
-    let (content, hosts, fallback) = match view.make(svc, c) {
+    let sampler = svc.sampler();
+    let (content, hosts, fallback) = match view.make(sampler, c) {
         Ok(s) => (s.text, s.hosts, None),
-        Err(e) => (svc.host_text(view).map(|h| h.text).unwrap_or_default(), true, Some(e)),
+        Err(e) => (
+            sampler.host_file(view.path()).map(|h| String::from_utf8_lossy(&h).into_owned()).unwrap_or_default(),
+            true,
+            Some(e),
+        ),
     };
     if let Some(e) = &fallback {
         notes.push(format!("the host's file, because the container's cannot be computed: {e}"));
@@ -72,7 +77,7 @@ pub fn explain(svc: &Service, view: View, c: &Container) -> Explained {
     let whys: Vec<&'static str> = match (view, &fallback) {
         (_, Some(_)) => vec!["the host's (fallback)"; content.lines().count()],
         (_, None) if hosts => vec!["the host's line: no cgroup of its own for this file"; content.lines().count()],
-        (View::Meminfo, None) => match (svc.host_meminfo(), svc.memory(c)) {
+        (View::Meminfo, None) => match (sampler.host_meminfo(), sampler.memory(c)) {
             (Ok(h), Ok(m)) => meminfo::explain(&h, &m, &content),
             _ => vec!["computed by the renderer"; content.lines().count()],
         },
@@ -84,11 +89,12 @@ pub fn explain(svc: &Service, view: View, c: &Container) -> Explained {
 /// The inputs the row of `view` reads, as the service computes them.
 fn inputs(svc: &Service, view: View, c: &Container) -> Vec<String> {
     let mut n = Vec::new();
+    let sampler = svc.sampler();
     match view {
-        View::Meminfo | View::Swaps => match svc.memory(c) {
+        View::Meminfo | View::Swaps => match sampler.memory(c) {
             Ok(m) => n.push(format!(
                 "memory limit of the chain {}, usage {} B, swap limit {}, swap usage {}",
-                m.limit.map_or("none (the host's file)".into(), |l| format!("{l} B")),
+                limit_source(svc, c, m.limit),
                 m.usage,
                 m.swap_limit.map_or("none".into(), |l| format!("{l} B")),
                 m.swap_usage.map_or("none".into(), |u| format!("{u} B")),
@@ -96,7 +102,7 @@ fn inputs(svc: &Service, view: View, c: &Container) -> Vec<String> {
             Err(e) => n.push(format!("memory counters unreadable: {e}")),
         },
         View::Cpuinfo | View::CpuOnline | View::CpuPossible | View::CpuPresent | View::Stat => {
-            match svc.cpu_inputs(&c.cgroups) {
+            match sampler.cpu_inputs(&c.cgroups) {
                 Ok(i) => n.push(i),
                 Err(e) => n.push(format!("CPU limits unreadable: {e}")),
             }
@@ -110,6 +116,21 @@ fn inputs(svc: &Service, view: View, c: &Container) -> Vec<String> {
         });
     }
     n
+}
+
+/// The memory limit the container's meminfo shows and which cgroup of the chain sets it, from
+/// which file: with Kubernetes pod-level resources it is the pod's cgroup, an ancestor.
+fn limit_source(svc: &Service, c: &Container, limit: Option<u64>) -> String {
+    let Some(l) = limit else { return "none (the host's file)".into() };
+    let Some(d) = &c.cgroups.memory else { return format!("{l} B") };
+    match svc.sampler().memory_limit(d) {
+        Ok(Some((v, at))) if v == l => {
+            format!("{l} B, set by {}/{}", at.display(), crate::cgroup::memory::limit_file(d.version))
+        }
+        // v1 takes the limit from memory.stat's hierarchical_memory_limit, which also folds in
+        // what the limit files do not show (a parent's lower memsw or soft settings).
+        _ => format!("{l} B (memory.stat hierarchical_memory_limit of {})", d.path.display()),
+    }
 }
 
 /// Where a line of a file other than meminfo comes from.

@@ -23,7 +23,9 @@ pub mod oci_hook;
 pub mod procfs;
 pub mod reattach;
 pub mod run;
+
 pub mod runc_wrapper;
+pub mod sampler;
 pub mod seccomp;
 pub mod service;
 pub mod state;
@@ -112,5 +114,27 @@ mod tests {
         let missing: Vec<_> = files.difference(&named).collect();
         let stale: Vec<_> = named.difference(&files).collect();
         assert!(missing.is_empty() && stale.is_empty(), "not in the map: {missing:?}; no such file: {stale:?}");
+    }
+
+    /// One column: the service above the catalog, the catalog above the sampler. Nothing below
+    /// the service names it or the request counters, and the sampler names no served file.
+    #[test]
+    fn the_read_path_is_one_column() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let below = |file: &str, forbidden: &[&str]| {
+            let source = std::fs::read_to_string(root.join(file)).expect("source file");
+            // Code only: doc comments may say where a layer sits.
+            let text: String = source.lines().filter(|l| !l.trim_start().starts_with("//")).collect();
+            for f in forbidden {
+                assert!(!text.contains(f), "{file} imports {f}: a lower layer reaching up");
+            }
+        };
+        below("catalog.rs", &["crate::service", "crate::stats", "crate::fuse"]);
+        for f in ["sampler/mod.rs", "sampler/cache.rs"] {
+            below(f, &["crate::service", "crate::stats", "crate::catalog", "crate::fuse"]);
+        }
+        for f in ["stats.rs", "service/fallback.rs"] {
+            below(f, &["crate::service::Service", "crate::sampler"]);
+        }
     }
 }

@@ -177,7 +177,7 @@ fn pure_v1_without_unified_tree_resolves_the_same() {
     )
     .unwrap();
     let svc = service(&t.0);
-    assert_eq!(svc.hierarchies().layout(), cgprocfs::cgroup::mounts::Layout::V1);
+    assert_eq!(svc.sampler().hierarchies().layout(), cgprocfs::cgroup::mounts::Layout::V1);
     let pid = captured_pid(&t.0);
     assert_eq!(field(&render(&svc, View::Meminfo, pid), "MemTotal"), 256 * 1024);
     assert_eq!(render(&svc, View::CpuOnline, pid), "0\n");
@@ -270,7 +270,7 @@ fn pure_v2_and_pure_v1_kernels_limited() {
         let root = fixture(name);
         let pid = captured_pid(&root);
         let svc = service(&root);
-        assert_eq!(svc.hierarchies().layout(), layout, "{name}");
+        assert_eq!(svc.sampler().hierarchies().layout(), layout, "{name}");
         let out = render(&svc, View::Meminfo, pid);
         let stat = root.join(stat_of);
         // The parent's limit wins over the leaf's.

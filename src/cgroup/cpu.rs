@@ -3,7 +3,7 @@
 use super::parse::u64_value;
 use super::{CgroupDir, Version};
 use crate::error::{Error, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// A CFS bandwidth limit: `quota` µs of CPU time per `period` µs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,39 +57,62 @@ pub fn parse_v1(path: &Path, quota: &str, period: &str) -> Result<Option<Quota>>
     Ok(Some(Quota { quota, period }))
 }
 
-/// The tightest quota of the cgroup and its ancestors.
-pub fn effective_quota(dir: &CgroupDir) -> Result<Option<Quota>> {
+/// The quota set in directory `d` itself (of a `version` hierarchy): `None` when `d` has no
+/// quota file (the top of the hierarchy), `Some(None)` when it sets no limit.
+pub fn quota_at(version: Version, d: &Path) -> Result<Option<Option<Quota>>> {
+    match version {
+        Version::V2 => {
+            let p = d.join("cpu.max");
+            match std::fs::read_to_string(&p) {
+                Ok(t) => parse_cpu_max(&p, &t).map(Some),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(Error::io(p, e)),
+            }
+        }
+        Version::V1 => {
+            let qp = d.join("cpu.cfs_quota_us");
+            let pp = d.join("cpu.cfs_period_us");
+            match (std::fs::read_to_string(&qp), std::fs::read_to_string(&pp)) {
+                (Ok(q), Ok(p)) => parse_v1(&qp, &q, &p).map(Some),
+                (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                (Err(e), _) | (_, Err(e)) => Err(Error::io(qp, e)),
+            }
+        }
+    }
+}
+
+/// The file a quota is set in, in a `version` hierarchy (`show --explain`).
+pub fn quota_file(version: Version) -> &'static str {
+    match version {
+        Version::V2 => "cpu.max",
+        Version::V1 => "cpu.cfs_quota_us",
+    }
+}
+
+/// The tightest quota of the cgroup and its ancestors, and the directory that sets it; each
+/// directory's own quota read through `at` (the sampler caches ancestors shared by many
+/// containers).
+pub fn tightest(
+    dir: &CgroupDir,
+    mut at: impl FnMut(&Path) -> Result<Option<Option<Quota>>>,
+) -> Result<Option<(Quota, PathBuf)>> {
     if !dir.path.is_dir() {
         return Err(Error::io(&dir.path, std::io::ErrorKind::NotFound.into()));
     }
-    let mut best: Option<Quota> = None;
+    let mut best: Option<(Quota, PathBuf)> = None;
     for d in dir.chain() {
-        let q = match dir.version {
-            Version::V2 => {
-                let p = d.join("cpu.max");
-                match std::fs::read_to_string(&p) {
-                    Ok(t) => parse_cpu_max(&p, &t)?,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(Error::io(p, e)),
-                }
-            }
-            Version::V1 => {
-                let qp = d.join("cpu.cfs_quota_us");
-                let pp = d.join("cpu.cfs_period_us");
-                match (std::fs::read_to_string(&qp), std::fs::read_to_string(&pp)) {
-                    (Ok(q), Ok(p)) => parse_v1(&qp, &q, &p)?,
-                    (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    (Err(e), _) | (_, Err(e)) => return Err(Error::io(qp, e)),
-                }
-            }
-        };
-        if let Some(q) = q {
-            if best.is_none_or(|b| q.tighter_than(&b)) {
-                best = Some(q);
+        if let Some(Some(q)) = at(d)? {
+            if best.as_ref().is_none_or(|(b, _)| q.tighter_than(b)) {
+                best = Some((q, d.to_path_buf()));
             }
         }
     }
     Ok(best)
+}
+
+/// The tightest quota of the cgroup and its ancestors.
+pub fn effective_quota(dir: &CgroupDir) -> Result<Option<Quota>> {
+    Ok(tightest(dir, |d| quota_at(dir.version, d))?.map(|(q, _)| q))
 }
 
 #[cfg(test)]

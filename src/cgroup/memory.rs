@@ -4,7 +4,7 @@
 use super::parse::{flat_keyed, limit, u64_value};
 use super::{CgroupDir, Version};
 use crate::error::{read_file, Error, Result};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// `memory.stat` counters the meminfo view uses, in bytes, keyed by their v2 names.
 /// `None` means the kernel has no such key for this cgroup version.
@@ -157,25 +157,46 @@ pub fn limit_of(dir: &CgroupDir) -> Result<Option<u64>> {
     if !dir.path.is_dir() {
         return Err(Error::io(&dir.path, std::io::ErrorKind::NotFound.into()));
     }
-    match dir.version {
-        Version::V2 => min_chain(dir, "memory.max"),
-        Version::V1 => min_chain(dir, "memory.limit_in_bytes"),
-    }
+    min_chain(dir, limit_file(dir.version))
 }
 
 /// Lowest limit found in `name` over the chain; directories without the file are skipped
 /// (the top of the hierarchy has no limit files).
 fn min_chain(dir: &CgroupDir, name: &str) -> Result<Option<u64>> {
-    let mut min: Option<u64> = None;
+    Ok(lowest(dir, |d| limit_at(d, name))?.map(|(v, _)| v))
+}
+
+/// The limit `name` (`memory.max`, `memory.limit_in_bytes`) set in directory `d` itself:
+/// `None` when `d` has no such file (the top of the hierarchy), `Some(None)` when unlimited.
+pub fn limit_at(d: &Path, name: &str) -> Result<Option<Option<u64>>> {
+    let p = d.join(name);
+    match std::fs::read_to_string(&p) {
+        Ok(t) => limit(&p, &t).map(Some),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(p, e)),
+    }
+}
+
+/// The file a memory limit is set in, in a `version` hierarchy.
+pub fn limit_file(version: Version) -> &'static str {
+    match version {
+        Version::V2 => "memory.max",
+        Version::V1 => "memory.limit_in_bytes",
+    }
+}
+
+/// The lowest limit of the chain ending at `dir` and the directory that sets it; each
+/// directory's own limit read through `at`.
+pub fn lowest(
+    dir: &CgroupDir,
+    mut at: impl FnMut(&Path) -> Result<Option<Option<u64>>>,
+) -> Result<Option<(u64, PathBuf)>> {
+    let mut min: Option<(u64, PathBuf)> = None;
     for d in dir.chain() {
-        let p = d.join(name);
-        let text = match std::fs::read_to_string(&p) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io(p, e)),
-        };
-        if let Some(v) = limit(&p, &text)? {
-            min = Some(min.map_or(v, |m| m.min(v)));
+        if let Some(Some(v)) = at(d)? {
+            if min.as_ref().is_none_or(|(m, _)| v < *m) {
+                min = Some((v, d.to_path_buf()));
+            }
         }
     }
     Ok(min)

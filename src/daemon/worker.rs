@@ -39,7 +39,7 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
     let first = owned.first().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no fds"))?;
     let snapshots = state_file.as_ref().map(|s| s.with_extension("snapshots"));
     let svc = Arc::new(Service::with_state(Root::new("/"), opts.service(), state_file).map_err(io::Error::other)?);
-    tracing::info!(layout = ?svc.hierarchies().layout(), "cgroup hierarchies found");
+    tracing::info!(layout = ?svc.sampler().hierarchies().layout(), "cgroup hierarchies found");
     svc.start_sampler()?;
     if let Some(chan) = seccomp_chan {
         cloexec(chan);

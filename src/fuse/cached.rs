@@ -20,9 +20,9 @@
 //!   rendering. Within the bound, reads never reach the daemon.
 //! - The rendering the last GETATTR described is kept (a snapshot) and every READ is answered
 //!   from it, so the pages the kernel caches are one rendering of exactly the size it was told.
-//!   It is also written to a root-only directory before the reply goes out, so a worker that
-//!   replaces a killed one answers a READ with the same bytes (a newer rendering, longer than
-//!   the size the kernel holds, would be cut: a torn file).
+//!   It is also appended to a root-only journal before the reply goes out (fuse/journal.rs),
+//!   so a worker that replaces a killed one answers a READ with the same bytes (a newer
+//!   rendering, longer than the size the kernel holds, would be cut: a torn file).
 //!
 //! Node ids carry everything needed to answer them, so a restarted worker or a keeper that
 //! took the connection over answers the kernel's existing inodes without any state: the key's
@@ -40,6 +40,7 @@
 //! own host user) reach it (docs/security.md).
 
 use super::abi::InHeader;
+use super::journal::{Journal, Recorded};
 use super::reply::{Attr, Dirent, Reply};
 use super::request::{forgotten, Request};
 use super::session::Handler;
@@ -47,7 +48,8 @@ use super::Tree;
 use crate::catalog::View;
 use crate::cgroup::Container;
 use crate::error::Errno;
-use crate::service::Service;
+use crate::sampler::cache::TtlMap;
+use crate::service::{Service, CALLER_TTL};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -119,6 +121,8 @@ struct Snapshot {
     taken: Instant,
     /// When its content last changed.
     changed: Version,
+    /// The journal generation it is recorded in (0: none).
+    generation: u64,
 }
 
 /// The FUSE filesystem of the cached tree.
@@ -126,12 +130,19 @@ pub struct CachedFs {
     tree: Tree,
     service: Arc<Service>,
     fresh: Duration,
-    /// Where every snapshot the kernel was told about is also written (a root-only tmpfs
+    /// Where every snapshot the kernel was told about is also recorded (in a root-only tmpfs
     /// directory beside the state file), so that the next worker answers a READ with the bytes
     /// whose size the kernel holds, not a newer rendering of another length (which the page
     /// cache would cut at the old size).
+    journal: Option<Journal>,
+    /// The directory of the journal, where versions before it wrote one file per snapshot.
     dir: Option<PathBuf>,
+    /// What the predecessors recorded, taken by the first READ of each node.
+    recorded: Mutex<Recorded>,
     snapshots: Mutex<HashMap<u64, Snapshot>>,
+    /// A key's container, reused like a caller's: the key's process was checked when it was
+    /// found, and a container's files are its own whoever reads them.
+    keys: TtlMap<Key, Container>,
     /// When old snapshots were last dropped.
     pruned: Mutex<Instant>,
     start: u64,
@@ -150,9 +161,13 @@ impl CachedFs {
             }
         });
         if let Some(d) = &dir {
-            // A predecessor's snapshots older than any attribute timeout: no READ needs them.
+            // A predecessor's snapshots older than any attribute timeout: no READ needs them
+            // (one file each, as versions before the journal wrote them).
             let age = SNAPSHOT_AGE.max(fresh * 2);
             for e in std::fs::read_dir(d).into_iter().flatten().flatten() {
+                if e.file_name().as_encoded_bytes().first() == Some(&b'j') {
+                    continue;
+                }
                 if e.metadata()
                     .ok()
                     .and_then(|m| m.modified().ok())
@@ -163,12 +178,23 @@ impl CachedFs {
                 }
             }
         }
+        // The kernel may hold a size for as long as the attribute timeout.
+        let (journal, recorded) = match &dir {
+            Some(d) => {
+                let (j, r) = Journal::open(d, fresh * 2 + Duration::from_secs(1));
+                (Some(j), r)
+            }
+            None => (None, Recorded::new()),
+        };
         CachedFs {
             tree: Tree::new(View::ALL),
             service,
             fresh,
+            journal,
             dir,
+            recorded: Mutex::new(recorded),
             snapshots: Mutex::new(HashMap::new()),
+            keys: TtlMap::new(CALLER_TTL),
             pruned: Mutex::new(Instant::now()),
             start,
         }
@@ -176,20 +202,24 @@ impl CachedFs {
 
     /// The container of `key`, if its process still runs with that start time.
     fn container(&self, key: Key) -> Result<Container, Errno> {
-        match crate::procfs::start_ticks(self.service.root(), key.pid).ok() {
-            Some(t) if t & START_MASK == key.start & START_MASK => {}
-            _ => return Err(Errno(libc::ENOENT)),
-        }
-        self.service.container_of(key.pid).map_err(|_| Errno(libc::ENOENT))
+        let found = || {
+            match crate::procfs::start_ticks(self.service.root(), key.pid).ok() {
+                Some(t) if t & START_MASK == key.start & START_MASK => {}
+                _ => return Err(crate::Error::Gone(PathBuf::from(format!("/proc/{}", key.pid)))),
+            }
+            self.service.container_of(key.pid)
+        };
+        self.keys.get(key, found).map_err(|_| Errno(libc::ENOENT))
     }
 
+    /// Where a version before the journal wrote node `node`'s snapshot.
     fn file(&self, node: u64) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.join(format!("{node:016x}")))
     }
 
     /// The snapshot of file `node` (`view` of container `c`): the kept one if taken within
     /// [`REUSE`] (or, for a READ, `reuse_any`: the kept one, or the one a previous worker
-    /// wrote), else a new rendering, written down before the kernel hears of it.
+    /// recorded), else a new rendering, recorded before the kernel hears of it.
     fn snapshot(
         &self,
         node: u64,
@@ -203,25 +233,34 @@ impl CachedFs {
             }
         }
         if reuse_any {
-            if let Some(bytes) = self.file(node).and_then(|f| std::fs::read(f).ok()) {
+            if let Some(bytes) = self.predecessors(node) {
                 let bytes = Arc::new(bytes);
-                let s = Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed: (0, 0) };
+                let s = Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed: (0, 0), generation: 0 };
                 self.snapshots.lock().insert(node, s);
                 return Ok((bytes, (0, 0)));
             }
         }
         let bytes = Arc::new(self.service.render_with(view, Ok(c.clone()))?);
         let mut map = self.snapshots.lock();
-        let changed = match map.get(&node) {
-            Some(old) if old.bytes == bytes => old.changed,
-            _ => {
-                if let Some(f) = self.file(node) {
-                    if let Err(e) = crate::files::write_atomic(&f, &bytes) {
-                        tracing::debug!(file = %f.display(), error = %e, "cached tree: snapshot not written");
+        let current = self.journal.as_ref().map_or(0, Journal::generation);
+        let (changed, recorded) = match map.get(&node) {
+            Some(old) if old.bytes == bytes && old.generation == current => (old.changed, old.generation),
+            old => {
+                let changed = match old {
+                    Some(old) if old.bytes == bytes => old.changed,
+                    _ => {
+                        let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+                        (d.as_secs(), d.subsec_nanos())
                     }
-                }
-                let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-                (d.as_secs(), d.subsec_nanos())
+                };
+                let recorded = match &self.journal {
+                    Some(j) => j.record(node, &bytes).unwrap_or_else(|e| {
+                        tracing::debug!(node, error = %e, "cached tree: snapshot not recorded");
+                        0
+                    }),
+                    None => 0,
+                };
+                (changed, recorded)
             }
         };
         // Bounded without a scan per insert: at most one sweep per SNAPSHOT_AGE / 6. Past its
@@ -229,18 +268,22 @@ impl CachedFs {
         let mut pruned = self.pruned.lock();
         let age = SNAPSHOT_AGE.max(self.fresh * 2);
         if map.len() >= 4096 && pruned.elapsed() > SNAPSHOT_AGE / 6 {
-            let old: Vec<u64> = map.iter().filter(|(_, s)| s.taken.elapsed() >= age).map(|(n, _)| *n).collect();
-            for n in old {
-                map.remove(&n);
-                if let Some(f) = self.file(n) {
-                    let _ = std::fs::remove_file(f);
-                }
-            }
+            map.retain(|_, s| s.taken.elapsed() < age);
             *pruned = Instant::now();
         }
+        if pruned.elapsed() > age {
+            // Whatever predecessors recorded is older than any attribute the kernel holds.
+            std::mem::take(&mut *self.recorded.lock());
+        }
         drop(pruned);
-        map.insert(node, Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed });
+        map.insert(node, Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed, generation: recorded });
         Ok((bytes, changed))
+    }
+
+    /// The bytes a previous worker last described for `node`: its journal's, or (a version
+    /// before the journal) its file's.
+    fn predecessors(&self, node: u64) -> Option<Vec<u8>> {
+        self.recorded.lock().remove(&node).or_else(|| self.file(node).and_then(|f| std::fs::read(f).ok()))
     }
 
     /// Attributes of `node`, with how long the kernel may keep them.
@@ -301,6 +344,11 @@ impl CachedFs {
     }
 
     fn read(&self, h: &InHeader, offset: u64, size: u32) -> Reply {
+        // The snapshot the last GETATTR described: the bytes whose size the kernel holds, with
+        // nothing to resolve (that GETATTR checked the key).
+        if let Some(s) = self.snapshots.lock().get(&h.nodeid) {
+            return Reply::slice(&s.bytes, offset, size);
+        }
         let Some((key, idx)) = Key::of_node(h.nodeid) else { return Reply::err(libc::EISDIR) };
         let Some(view) = self.tree.view(idx) else { return Reply::err(libc::EISDIR) };
         let c = match self.container(key) {
@@ -333,11 +381,7 @@ impl CachedFs {
     fn forget(&self, nodes: impl Iterator<Item = u64>) {
         let mut map = self.snapshots.lock();
         for node in nodes {
-            if map.remove(&node).is_some() {
-                if let Some(f) = self.file(node) {
-                    let _ = std::fs::remove_file(f);
-                }
-            }
+            map.remove(&node);
         }
     }
 }

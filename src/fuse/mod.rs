@@ -5,6 +5,7 @@
 pub mod abi;
 pub mod cached;
 pub mod cpudir;
+pub mod journal;
 pub mod psi;
 pub mod reply;
 pub mod request;

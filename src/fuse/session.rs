@@ -315,10 +315,12 @@ fn worker(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
 fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
     let fd = fd.as_raw_fd();
     let mut buf = vec![0u8; abi::READ_BUFFER];
-    if !spin.is_zero() {
-        // SAFETY: fcntl on an fd we hold.
-        unsafe { libc::fcntl(fd, libc::F_SETFL, libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK) };
-    }
+    // Spinning reads are non-blocking; a thread that stops spinning blocks in read(2), where
+    // the kernel wakes one waiter per request (poll(2) would wake every idle thread).
+    let mut spinning = Spin::new(spin);
+    // Set either way: a previous worker may have left the shared description non-blocking.
+    spinning.nonblocking = spin.is_zero();
+    spinning.set_nonblocking(fd, !spin.is_zero());
     let mut last = std::time::Instant::now();
     loop {
         if STOPPING.load(Ordering::SeqCst) {
@@ -335,8 +337,8 @@ fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
                 // Nothing queued: keep polling for a moment after the last request (the same
                 // reader's next request usually follows within microseconds, and waking a
-                // sleeping thread costs far more), then sleep until the fd is readable.
-                if last.elapsed() < spin && !SPINNING.swap(true, Ordering::Acquire) {
+                // sleeping thread costs far more), then sleep in a blocking read.
+                if last.elapsed() < spinning.budget && !SPINNING.swap(true, Ordering::Acquire) {
                     // One spinner at a time, re-reading every ~2 µs: each read takes the
                     // queue's lock, which the kernel also needs to queue the next request.
                     let t = std::time::Instant::now();
@@ -345,10 +347,7 @@ fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
                     }
                     SPINNING.store(false, Ordering::Release);
                 } else {
-                    let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut p, 1, -1) };
-                    last = std::time::Instant::now();
+                    spinning.set_nonblocking(fd, false);
                 }
                 continue;
             }
@@ -357,6 +356,10 @@ fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
                 return;
             }
         };
+        spinning.arrived(last.elapsed());
+        if !spin.is_zero() {
+            spinning.set_nonblocking(fd, true);
+        }
         let Some(h) = InHeader::parse(&buf[..n]) else {
             continue;
         };
@@ -365,6 +368,47 @@ fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
         let reply = handler.dispatch(&h, body);
         write_reply(fd, h.unique, reply);
         last = std::time::Instant::now();
+    }
+}
+
+/// How long one worker thread keeps polling after a reply: twice the recent gap between a
+/// reply and the next request, when such gaps are short (one reader's requests back to back),
+/// within 4 µs..`--spin-us`. A reader that stops after its last request (an agent's burst
+/// ends) then costs a few µs of spinning, not the whole `--spin-us`.
+struct Spin {
+    max: std::time::Duration,
+    budget: std::time::Duration,
+    /// Moving average of the short gaps, ns.
+    gap_ns: u64,
+    nonblocking: bool,
+}
+
+impl Spin {
+    const MIN: std::time::Duration = std::time::Duration::from_micros(4);
+
+    fn new(max: std::time::Duration) -> Spin {
+        Spin { max, budget: max, gap_ns: max.as_nanos() as u64 / 2, nonblocking: false }
+    }
+
+    /// A request arrived `gap` after the last reply.
+    fn arrived(&mut self, gap: std::time::Duration) {
+        if gap >= self.max {
+            return;
+        }
+        self.gap_ns = (self.gap_ns * 7 + gap.as_nanos() as u64) / 8;
+        self.budget = std::time::Duration::from_nanos(self.gap_ns * 2).clamp(Self::MIN, self.max.max(Self::MIN));
+    }
+
+    fn set_nonblocking(&mut self, fd: RawFd, on: bool) {
+        if self.nonblocking == on {
+            return;
+        }
+        // SAFETY: fcntl on an fd this thread serves.
+        unsafe {
+            let fl = libc::fcntl(fd, libc::F_GETFL);
+            libc::fcntl(fd, libc::F_SETFL, if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK });
+        }
+        self.nonblocking = on;
     }
 }
 

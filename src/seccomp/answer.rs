@@ -121,7 +121,7 @@ fn answer(policy: &Policy, fd: RawFd, n: &Notif) -> Result<i64, Error> {
                 return Err(Error::NotOurs(n.data.nr));
             }
             let c = svc.container_of(n.pid)?;
-            let cpus = svc.visible_cpus(&c.cgroups)?;
+            let cpus = svc.sampler().visible_cpus(&c)?;
             let mask = affinity_answer(len, nr_cpu_ids(), kernel_mask_size(), &cpus).map_err(Error::Errno)?;
             write_answer(fd, n, addr, &mask)?;
             Ok(mask.len() as i64)

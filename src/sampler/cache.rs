@@ -9,17 +9,17 @@ use std::time::{Duration, Instant};
 
 /// A value loaded from the host and reused for `ttl`. Host files that change slowly or never
 /// (cpuinfo, the online mask) need not be re-read per request.
-pub(super) struct Ttl<T> {
+pub(crate) struct Ttl<T> {
     ttl: Duration,
     slot: Mutex<Option<(Instant, Arc<T>)>>,
 }
 
 impl<T> Ttl<T> {
-    pub(super) fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         Ttl { ttl, slot: Mutex::new(None) }
     }
 
-    pub(super) fn get(&self, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
+    pub(crate) fn get(&self, load: impl FnOnce() -> Result<T>) -> Result<Arc<T>> {
         if let Some((at, v)) = &*self.slot.lock() {
             if at.elapsed() < self.ttl {
                 return Ok(v.clone());
@@ -33,7 +33,7 @@ impl<T> Ttl<T> {
 
 /// Values computed per key (a caller, a cgroup) and reused for `ttl`; bounded, so no
 /// container can grow it without limit.
-pub(super) struct TtlMap<K, V> {
+pub(crate) struct TtlMap<K, V> {
     ttl: Duration,
     map: Mutex<HashMap<K, (Instant, V)>>,
 }
@@ -41,11 +41,11 @@ pub(super) struct TtlMap<K, V> {
 impl<K: std::hash::Hash + Eq, V: Clone> TtlMap<K, V> {
     const MAX: usize = 65_536;
 
-    pub(super) fn new(ttl: Duration) -> Self {
+    pub(crate) fn new(ttl: Duration) -> Self {
         TtlMap { ttl, map: Mutex::new(HashMap::new()) }
     }
 
-    pub(super) fn get(&self, key: K, load: impl FnOnce() -> Result<V>) -> Result<V> {
+    pub(crate) fn get(&self, key: K, load: impl FnOnce() -> Result<V>) -> Result<V> {
         if let Some((at, v)) = self.map.lock().get(&key) {
             if at.elapsed() < self.ttl {
                 return Ok(v.clone());
