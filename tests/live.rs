@@ -324,10 +324,20 @@ fn daemon_lifecycle_refuses_busy_and_clears_stale_mounts() {
     d.spawn(&[]);
     assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
 
-    // SIGTERM: unmount and exit 0.
+    // SIGTERM: unmount and exit 0, leaving only the mount point and the CPU accounts the next
+    // daemon resumes (no socket, counters, journal or companion mount point).
     let st = d.signal_and_wait(libc::SIGTERM);
     assert!(st.success(), "{st}");
     assert!(!is_mounted(&d.mnt));
+    let dir = d.mnt.parent().unwrap();
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        // The test's own log beside them.
+        .filter(|n| !["keeper.accounts", "mnt", "daemon.log"].contains(&n.as_str()))
+        .collect();
+    assert!(left.is_empty(), "left in {} after a clean stop: {left:?}", dir.display());
 
     // A non-empty directory is refused.
     let busy = std::env::temp_dir().join(unique("nonempty"));

@@ -212,6 +212,9 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
                 if let Some(a) = agent {
                     start_drain(&cfg, a.close());
                 }
+                if !(detached || keep) && r.is_ok() {
+                    tidy(&cfg);
+                }
                 remove_own_pidfile(&cfg.pidfile);
                 r?;
                 tracing::info!("stopped");
@@ -327,6 +330,22 @@ fn connection_ended(fd: &OwnedFd) -> bool {
     // SAFETY: one valid pollfd, no waiting.
     let r = unsafe { libc::poll(&mut p, 1, 0) };
     r > 0 && p.revents & (libc::POLLERR | libc::POLLHUP) != 0
+}
+
+/// After a clean stop that unmounted everything: removes what served the connection and means
+/// nothing without it (the control socket, the worker's counters and metrics, the pollers list,
+/// the cached tree's journal, the companion mount points, empty once unmounted). The
+/// containers' CPU accounts stay: the next daemon resumes them. Under a service manager, or
+/// detached, nothing is removed: the connection lives on.
+fn tidy(cfg: &KeeperConfig) {
+    for what in ["ctl", "stats", "prom", "pollers"] {
+        let _ = std::fs::remove_file(files::companion(&cfg.pidfile, what));
+    }
+    let _ = std::fs::remove_dir_all(files::companion(&cfg.pidfile, "snapshots"));
+    for dir in [&cfg.cache, &cfg.psi].into_iter().flatten() {
+        // Only an empty directory goes (a mount still there, or anything else, stays).
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 /// Removes the pid file if it still names this process (another keeper may own it now).
