@@ -339,7 +339,20 @@ fn connection_ended(fd: &OwnedFd) -> bool {
 /// detached, nothing is removed: the connection lives on.
 fn tidy(cfg: &KeeperConfig) {
     for what in ["ctl", "stats", "prom", "pollers"] {
-        let _ = std::fs::remove_file(files::companion(&cfg.pidfile, what));
+        let file = files::companion(&cfg.pidfile, what);
+        // With the temporary files of workers killed mid-write (`<file>.tmp<pid>`): only this
+        // keeper's workers write these, and they are stopped.
+        if let (Some(dir), Some(name)) = (file.parent(), file.file_name().and_then(|n| n.to_str())) {
+            let tmp = format!("{name}.tmp");
+            for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let n = e.file_name();
+                let rest = n.to_str().and_then(|n| n.strip_prefix(&tmp));
+                if rest.is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit())) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_file(file);
     }
     let _ = std::fs::remove_dir_all(files::companion(&cfg.pidfile, "snapshots"));
     for dir in [&cfg.cache, &cfg.psi].into_iter().flatten() {
