@@ -245,7 +245,7 @@ fn pressure(s: &Sampler, c: &Container, view: View) -> Result<Content> {
 }
 
 /// The host's own file as the answer for a container that has no cgroup of its own for it.
-fn host_text(s: &Sampler, view: View) -> Result<Content> {
+pub fn host_text(s: &Sampler, view: View) -> Result<Content> {
     Ok(Content { text: String::from_utf8_lossy(&s.host_file(view.path())?).into_owned(), hosts: true })
 }
 

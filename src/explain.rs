@@ -65,11 +65,7 @@ pub fn explain(svc: &Service, view: View, c: &Container) -> Explained {
     let sampler = svc.sampler();
     let (content, hosts, fallback) = match view.make(sampler, c) {
         Ok(s) => (s.text, s.hosts, None),
-        Err(e) => (
-            sampler.host_file(view.path()).map(|h| String::from_utf8_lossy(&h).into_owned()).unwrap_or_default(),
-            true,
-            Some(e),
-        ),
+        Err(e) => (crate::catalog::host_text(sampler, view).map(|h| h.text).unwrap_or_default(), true, Some(e)),
     };
     if let Some(e) = &fallback {
         notes.push(format!("the host's file, because the container's cannot be computed: {e}"));

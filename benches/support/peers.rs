@@ -1,4 +1,5 @@
-//! The peers a bench compares against in the same run: a daemon of another build
+//! The peers a bench compares against in the same run (include `tests/common` as `common`
+//! beside it): a daemon of another build
 //! (`CGPROCFS_BENCH_BASELINE=/path/to/an/older/cgprocfs`) and lxcfs (when installed). Each is
 //! stopped, by the pid this bench started, and its mount removed on drop.
 
@@ -45,14 +46,9 @@ impl Baseline {
         self.dir.join("keeper.cache")
     }
 
-    /// Its worker's pid (the keeper's child running `worker`).
+    /// Its worker's pid.
     pub fn worker_pid(&self) -> Option<i32> {
-        let me = self.child.id();
-        let children = std::fs::read_to_string(format!("/proc/{me}/task/{me}/children")).ok()?;
-        children.split_whitespace().filter_map(|p| p.parse::<i32>().ok()).find(|p| {
-            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            cmdline.split(|b| *b == 0).nth(1) == Some(b"worker".as_slice())
-        })
+        crate::common::worker_of(self.child.id() as i32)
     }
 }
 

@@ -94,25 +94,12 @@ pub fn quota_file(version: Version) -> &'static str {
 /// containers).
 pub fn tightest(
     dir: &CgroupDir,
-    mut at: impl FnMut(&Path) -> Result<Option<Option<Quota>>>,
+    at: impl FnMut(&Path) -> Result<Option<Option<Quota>>>,
 ) -> Result<Option<(Quota, PathBuf)>> {
     if !dir.path.is_dir() {
         return Err(Error::io(&dir.path, std::io::ErrorKind::NotFound.into()));
     }
-    let mut best: Option<(Quota, PathBuf)> = None;
-    for d in dir.chain() {
-        if let Some(Some(q)) = at(d)? {
-            if best.as_ref().is_none_or(|(b, _)| q.tighter_than(b)) {
-                best = Some((q, d.to_path_buf()));
-            }
-        }
-    }
-    Ok(best)
-}
-
-/// The tightest quota of the cgroup and its ancestors.
-pub fn effective_quota(dir: &CgroupDir) -> Result<Option<Quota>> {
-    Ok(tightest(dir, |d| quota_at(dir.version, d))?.map(|(q, _)| q))
+    dir.chain_best(at, Quota::tighter_than)
 }
 
 #[cfg(test)]

@@ -150,16 +150,6 @@ pub fn slabinfo(dir: &CgroupDir) -> Result<Option<String>> {
     }
 }
 
-/// The lowest memory limit of the cgroup and its ancestors, from the small limit files only
-/// (`memory.max` on v2, `memory.limit_in_bytes` on v1): cheap enough to decide, before reading
-/// `memory.stat`, whether the container is limited at all.
-pub fn limit_of(dir: &CgroupDir) -> Result<Option<u64>> {
-    if !dir.path.is_dir() {
-        return Err(Error::io(&dir.path, std::io::ErrorKind::NotFound.into()));
-    }
-    min_chain(dir, limit_file(dir.version))
-}
-
 /// Lowest limit found in `name` over the chain; directories without the file are skipped
 /// (the top of the hierarchy has no limit files).
 fn min_chain(dir: &CgroupDir, name: &str) -> Result<Option<u64>> {
@@ -187,19 +177,8 @@ pub fn limit_file(version: Version) -> &'static str {
 
 /// The lowest limit of the chain ending at `dir` and the directory that sets it; each
 /// directory's own limit read through `at`.
-pub fn lowest(
-    dir: &CgroupDir,
-    mut at: impl FnMut(&Path) -> Result<Option<Option<u64>>>,
-) -> Result<Option<(u64, PathBuf)>> {
-    let mut min: Option<(u64, PathBuf)> = None;
-    for d in dir.chain() {
-        if let Some(Some(v)) = at(d)? {
-            if min.as_ref().is_none_or(|(m, _)| v < *m) {
-                min = Some((v, d.to_path_buf()));
-            }
-        }
-    }
-    Ok(min)
+pub fn lowest(dir: &CgroupDir, at: impl FnMut(&Path) -> Result<Option<Option<u64>>>) -> Result<Option<(u64, PathBuf)>> {
+    dir.chain_best(at, |v, m| v < m)
 }
 
 fn read_u64(path: &Path) -> Result<u64> {

@@ -44,6 +44,25 @@ impl CgroupDir {
         self.path.ancestors().take_while(move |p| p.starts_with(top))
     }
 
+    /// The best limit the chain sets and the directory that sets it: each directory's own
+    /// limit read through `at` (`None`: no such file there, `Some(None)`: unlimited), `better`
+    /// choosing between two.
+    pub fn chain_best<T>(
+        &self,
+        mut at: impl FnMut(&Path) -> crate::Result<Option<Option<T>>>,
+        better: impl Fn(&T, &T) -> bool,
+    ) -> crate::Result<Option<(T, PathBuf)>> {
+        let mut best: Option<(T, PathBuf)> = None;
+        for d in self.chain() {
+            if let Some(Some(v)) = at(d)? {
+                if best.as_ref().is_none_or(|(b, _)| better(&v, b)) {
+                    best = Some((v, d.to_path_buf()));
+                }
+            }
+        }
+        Ok(best)
+    }
+
     /// Path of a control file in this cgroup.
     pub fn file(&self, name: &str) -> PathBuf {
         self.path.join(name)

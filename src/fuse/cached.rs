@@ -115,6 +115,12 @@ pub fn key_name(pid: u32) -> std::io::Result<String> {
 /// the kernel compares to drop stale pages.
 type Version = (u64, u32);
 
+/// Now, as a [`Version`].
+fn now_version() -> Version {
+    let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    (d.as_secs(), d.subsec_nanos())
+}
+
 /// One rendering of a file, as the kernel was last told about it.
 struct Snapshot {
     bytes: Arc<Vec<u8>>,
@@ -242,26 +248,17 @@ impl CachedFs {
         }
         let bytes = Arc::new(self.service.render_with(view, Ok(c.clone()))?);
         let mut map = self.snapshots.lock();
+        let old = map.get(&node).filter(|old| old.bytes == bytes);
+        let changed = old.map_or_else(now_version, |old| old.changed);
+        // Recorded again when new, or when its record is in a generation the journal may drop.
         let current = self.journal.as_ref().map_or(0, Journal::generation);
-        let (changed, recorded) = match map.get(&node) {
-            Some(old) if old.bytes == bytes && old.generation == current => (old.changed, old.generation),
-            old => {
-                let changed = match old {
-                    Some(old) if old.bytes == bytes => old.changed,
-                    _ => {
-                        let d = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-                        (d.as_secs(), d.subsec_nanos())
-                    }
-                };
-                let recorded = match &self.journal {
-                    Some(j) => j.record(node, &bytes).unwrap_or_else(|e| {
-                        tracing::debug!(node, error = %e, "cached tree: snapshot not recorded");
-                        0
-                    }),
-                    None => 0,
-                };
-                (changed, recorded)
-            }
+        let recorded = match (old, &self.journal) {
+            (Some(old), _) if old.generation == current => old.generation,
+            (_, Some(j)) => j.record(node, &bytes).unwrap_or_else(|e| {
+                tracing::debug!(node, error = %e, "cached tree: snapshot not recorded");
+                0
+            }),
+            (_, None) => 0,
         };
         // Bounded without a scan per insert: at most one sweep per SNAPSHOT_AGE / 6. Past its
         // age a snapshot's attributes expired long ago, so no READ comes before a GETATTR.

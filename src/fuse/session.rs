@@ -317,10 +317,7 @@ fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
     let mut buf = vec![0u8; abi::READ_BUFFER];
     // Spinning reads are non-blocking; a thread that stops spinning blocks in read(2), where
     // the kernel wakes one waiter per request (poll(2) would wake every idle thread).
-    let mut spinning = Spin::new(spin);
-    // Set either way: a previous worker may have left the shared description non-blocking.
-    spinning.nonblocking = spin.is_zero();
-    spinning.set_nonblocking(fd, !spin.is_zero());
+    let mut spinning = Spin::new(fd, spin);
     let mut last = std::time::Instant::now();
     loop {
         if STOPPING.load(Ordering::SeqCst) {
@@ -347,7 +344,7 @@ fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
                     }
                     SPINNING.store(false, Ordering::Release);
                 } else {
-                    spinning.set_nonblocking(fd, false);
+                    spinning.sleep();
                 }
                 continue;
             }
@@ -357,9 +354,6 @@ fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
             }
         };
         spinning.arrived(last.elapsed());
-        if !spin.is_zero() {
-            spinning.set_nonblocking(fd, true);
-        }
         let Some(h) = InHeader::parse(&buf[..n]) else {
             continue;
         };
@@ -376,6 +370,7 @@ fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
 /// within 4 µs..`--spin-us`. A reader that stops after its last request (an agent's burst
 /// ends) then costs a few µs of spinning, not the whole `--spin-us`.
 struct Spin {
+    fd: RawFd,
     max: std::time::Duration,
     budget: std::time::Duration,
     /// Moving average of the short gaps, ns.
@@ -386,12 +381,26 @@ struct Spin {
 impl Spin {
     const MIN: std::time::Duration = std::time::Duration::from_micros(4);
 
-    fn new(max: std::time::Duration) -> Spin {
-        Spin { max, budget: max, gap_ns: max.as_nanos() as u64 / 2, nonblocking: false }
+    /// Spinning for at most `max` on `fd` (never when `max` is 0), which starts in the mode
+    /// that needs: set either way, as a previous worker may have left the shared description
+    /// non-blocking.
+    fn new(fd: RawFd, max: std::time::Duration) -> Spin {
+        let mut s = Spin { fd, max, budget: max, gap_ns: max.as_nanos() as u64 / 2, nonblocking: max.is_zero() };
+        s.set_nonblocking(!max.is_zero());
+        s
     }
 
-    /// A request arrived `gap` after the last reply.
+    /// Nothing came within the budget: the next read blocks.
+    fn sleep(&mut self) {
+        self.set_nonblocking(false);
+    }
+
+    /// A request arrived `gap` after the last reply: the next reads spin again.
     fn arrived(&mut self, gap: std::time::Duration) {
+        if self.max.is_zero() {
+            return;
+        }
+        self.set_nonblocking(true);
         if gap >= self.max {
             return;
         }
@@ -399,14 +408,14 @@ impl Spin {
         self.budget = std::time::Duration::from_nanos(self.gap_ns * 2).clamp(Self::MIN, self.max.max(Self::MIN));
     }
 
-    fn set_nonblocking(&mut self, fd: RawFd, on: bool) {
+    fn set_nonblocking(&mut self, on: bool) {
         if self.nonblocking == on {
             return;
         }
         // SAFETY: fcntl on an fd this thread serves.
         unsafe {
-            let fl = libc::fcntl(fd, libc::F_GETFL);
-            libc::fcntl(fd, libc::F_SETFL, if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK });
+            let fl = libc::fcntl(self.fd, libc::F_GETFL);
+            libc::fcntl(self.fd, libc::F_SETFL, if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK });
         }
         self.nonblocking = on;
     }

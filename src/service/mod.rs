@@ -16,7 +16,6 @@ use crate::host;
 use crate::sampler::cache::TtlMap;
 use crate::sampler::Sampler;
 pub use crate::sampler::{CpuAccount, Options};
-use crate::state;
 use crate::stats::{Reason, Stats};
 use crate::view::meminfo;
 use crate::view::sysinfo::Sysinfo;
@@ -144,7 +143,6 @@ impl Service {
     pub fn sysinfo(&self, c: &Container) -> Result<Sysinfo> {
         let raw = host::sysinfo().map_err(|e| Error::io("sysinfo(2)", e))?;
         let mut s = Sysinfo::from_kernel(&raw);
-        let cg = &c.cgroups;
         let sampler = &self.sampler;
         if let Some(v) = meminfo::compute(&*sampler.host_meminfo()?, &*sampler.memory(c)?) {
             let b = |l: &str, or: u64| v.get(l).map_or(or, |k| k * 1024);
@@ -155,10 +153,10 @@ impl Service {
             s.totalswap = b("SwapTotal", s.totalswap);
             s.freeswap = b("SwapFree", s.freeswap);
         }
-        if let (Some(_), Some(k)) = (cg.cpu_accounting(), state::key(cg)) {
-            let now = host::boottime_ns();
+        let now = host::boottime_ns();
+        // None without a CPU cgroup of its own; an error for one being removed: the host's.
+        if let Ok(Some((load, tasks))) = sampler.load(c, now) {
             s.set_uptime_ns(sampler.age_ns(c, now)?);
-            let (load, tasks) = sampler.store.load(sampler.root(), &k, c.clone(), now);
             s.set_loads(load.avenrun);
             s.procs = tasks.total.min(u64::from(u16::MAX)) as u16;
         }

@@ -175,6 +175,16 @@ impl Drop for Flag {
     }
 }
 
+/// The worker under keeper `keeper` now, if there is one: its child running `worker` (the
+/// keeper's other children, the `reattach` helper at start, are not it). Any build's keeper.
+pub fn worker_of(keeper: i32) -> Option<i32> {
+    let children = std::fs::read_to_string(format!("/proc/{keeper}/task/{keeper}/children")).ok()?;
+    children.split_whitespace().filter_map(|p| p.parse().ok()).find(|p: &i32| {
+        let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
+        cmdline.split(|b| *b == 0).nth(1) == Some(b"worker".as_slice())
+    })
+}
+
 /// A `cgprocfs serve` on a fresh mount point.
 pub struct Daemon {
     pub child: Option<Child>,
@@ -286,15 +296,9 @@ impl Daemon {
     /// Pid of the keeper's current worker, waiting up to 10 s for one to be running (the
     /// keeper's other children — the `reattach` helper at start — are not it).
     pub fn worker_pid(&self) -> i32 {
-        let children = format!("/proc/{0}/task/{0}/children", self.pid());
-        let is_worker = |p: &i32| {
-            let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
-            cmdline.split(|b| *b == 0).nth(1) == Some(b"worker".as_slice())
-        };
         let t = Instant::now();
         loop {
-            let c = std::fs::read_to_string(&children).unwrap_or_default();
-            if let Some(p) = c.split_whitespace().filter_map(|p| p.parse().ok()).find(is_worker) {
+            if let Some(p) = worker_of(self.pid()) {
                 return p;
             }
             assert!(t.elapsed() < Duration::from_secs(10), "no worker under keeper {}", self.pid());
