@@ -4,6 +4,7 @@
 //! and ratios.   cargo bench --bench mount_read [-- SECONDS]
 //! With `CGPROCFS_BENCH_BASELINE=/path/to/an/older/cgprocfs`, that build serves a third mount
 //! in the same run (rows "baseline ..."), for before/after comparisons of a change.
+//! `MOUNT_READ_ONLY=meminfo` keeps the rows naming meminfo (and the kernel and floor rows).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -34,7 +35,7 @@ fn main() {
     let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2.0);
     common::live_ready("mount_read bench");
     let d = Daemon::start_with("bench", &["--bench-floor"]);
-    let nospin = Daemon::start_with("bench-nospin", &["--spin-us", "0"]);
+    let nospin = Daemon::start_with("bench-nospin", &["--spin-us", "0", "--bench-floor"]);
     let lxcfs = peers::Lxcfs::start(common::unique("lxcfs"), &[]);
     let baseline = peers::Baseline::start(common::unique("baseline"));
     let cg = TestCgroup::new(
@@ -57,6 +58,7 @@ fn main() {
         ("cgprocfs online (small file)".into(), d.path("sys/devices/system/cpu/online")),
         ("cgprocfs meminfo".into(), d.path("proc/meminfo")),
         ("cgprocfs meminfo, --spin-us 0".into(), nospin.path("proc/meminfo")),
+        ("cgprocfs floor, --spin-us 0".into(), nospin.path(".bench/floor")),
         ("cgprocfs cpuinfo".into(), d.path("proc/cpuinfo")),
         ("cgprocfs cached meminfo".into(), own.join("proc/meminfo")),
         ("kernel /proc/stat".into(), "/proc/stat".into()),
@@ -77,6 +79,10 @@ fn main() {
         targets.push(("lxcfs meminfo".into(), m.join("proc/meminfo")));
         targets.push(("lxcfs cpuinfo".into(), m.join("proc/cpuinfo")));
         targets.push(("lxcfs stat".into(), m.join("proc/stat")));
+    }
+    // MOUNT_READ_ONLY=<text> keeps the rows whose name contains it (quick experiments).
+    if let Ok(only) = std::env::var("MOUNT_READ_ONLY") {
+        targets.retain(|(name, _)| name.contains(&only) || name.starts_with("kernel") || name.contains("floor"));
     }
     let mut rows = Vec::new();
     for threads in [1, 2, 2 * cores] {

@@ -63,7 +63,7 @@ pub fn quota_at(version: Version, d: &Path) -> Result<Option<Option<Quota>>> {
     match version {
         Version::V2 => {
             let p = d.join("cpu.max");
-            match std::fs::read_to_string(&p) {
+            match super::held::read(&p) {
                 Ok(t) => parse_cpu_max(&p, &t).map(Some),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(Error::io(p, e)),
@@ -72,7 +72,7 @@ pub fn quota_at(version: Version, d: &Path) -> Result<Option<Option<Quota>>> {
         Version::V1 => {
             let qp = d.join("cpu.cfs_quota_us");
             let pp = d.join("cpu.cfs_period_us");
-            match (std::fs::read_to_string(&qp), std::fs::read_to_string(&pp)) {
+            match (super::held::read(&qp), super::held::read(&pp)) {
                 (Ok(q), Ok(p)) => parse_v1(&qp, &q, &p).map(Some),
                 (Err(e), _) | (_, Err(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 (Err(e), _) | (_, Err(e)) => Err(Error::io(qp, e)),

@@ -5,7 +5,8 @@
 
 use super::parse::{flat_keyed, u64_value};
 use super::{CgroupDir, Cgroups, Version};
-use crate::error::{read_file, Error, Result};
+use super::read_file;
+use crate::error::{Error, Result};
 
 /// Cumulative CPU counters of a cgroup, in nanoseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -89,7 +90,7 @@ fn throttled_ns(d: &CgroupDir) -> Result<u64> {
     };
     let mut best = 0u64;
     for name in ["cpu.stat.local", "cpu.stat"] {
-        if let Ok(t) = std::fs::read_to_string(d.file(name)) {
+        if let Ok(t) = super::held::read(d.file(name)) {
             if let Some((_, v)) = flat_keyed(&t).find(|(k, _)| *k == key) {
                 best = best.max(v.saturating_mul(scale));
             }
@@ -100,7 +101,7 @@ fn throttled_ns(d: &CgroupDir) -> Result<u64> {
 
 /// The `some total=` of `cpu.pressure`, in ns.
 fn psi_some_ns(d: &CgroupDir) -> Option<u64> {
-    let t = std::fs::read_to_string(d.file("cpu.pressure")).ok()?;
+    let t = super::held::read(d.file("cpu.pressure")).ok()?;
     let line = t.lines().find(|l| l.starts_with("some "))?;
     let total = line.split_ascii_whitespace().find_map(|f| f.strip_prefix("total="))?;
     total.parse::<u64>().ok().map(|us| us.saturating_mul(1000))

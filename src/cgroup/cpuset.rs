@@ -70,7 +70,7 @@ pub fn effective_cpus(dir: &CgroupDir) -> Result<Option<Vec<u32>>> {
     };
     for d in dir.chain() {
         let p = d.join(name);
-        match std::fs::read_to_string(&p) {
+        match super::held::read(&p) {
             Ok(t) => return parse_list(&p, &t).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
             Err(e) => return Err(Error::io(p, e)),

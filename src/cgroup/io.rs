@@ -3,7 +3,8 @@
 //! gone since Linux 5.0).
 
 use super::{CgroupDir, Version};
-use crate::error::{read_file, Result};
+use super::read_file;
+use crate::error::Result;
 
 /// Cumulative I/O of one device.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

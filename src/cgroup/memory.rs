@@ -3,7 +3,8 @@
 
 use super::parse::{flat_keyed, limit, u64_value};
 use super::{CgroupDir, Version};
-use crate::error::{read_file, Error, Result};
+use super::read_file;
+use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 
 /// `memory.stat` counters the meminfo view uses, in bytes, keyed by their v2 names.
@@ -140,7 +141,7 @@ pub fn slabinfo(dir: &CgroupDir) -> Result<Option<String>> {
         return Ok(None);
     }
     let p = dir.file("memory.kmem.slabinfo");
-    match std::fs::read_to_string(&p) {
+    match super::held::read(&p) {
         Ok(t) if t.starts_with("slabinfo - version:") => Ok(Some(t)),
         Ok(t) if t.trim().is_empty() => Ok(None),
         Ok(_) => Err(Error::malformed(&p, "no slabinfo header")),
@@ -160,7 +161,7 @@ fn min_chain(dir: &CgroupDir, name: &str) -> Result<Option<u64>> {
 /// `None` when `d` has no such file (the top of the hierarchy), `Some(None)` when unlimited.
 pub fn limit_at(d: &Path, name: &str) -> Result<Option<Option<u64>>> {
     let p = d.join(name);
-    match std::fs::read_to_string(&p) {
+    match super::held::read(&p) {
         Ok(t) => limit(&p, &t).map(Some),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(Error::io(p, e)),
@@ -200,7 +201,7 @@ fn read_v2(dir: &CgroupDir) -> Result<MemoryStats> {
     let usage = read_u64(&dir.file("memory.current"))?;
     // Swap files exist only with swap accounting; their absence is not an error.
     let swap_limit = min_chain(dir, "memory.swap.max")?;
-    let swap_usage = match std::fs::read_to_string(dir.file("memory.swap.current")) {
+    let swap_usage = match super::held::read(dir.file("memory.swap.current")) {
         Ok(t) => Some(u64_value(&dir.file("memory.swap.current"), &t)?),
         Err(_) => None,
     };
@@ -225,7 +226,7 @@ fn read_v1(dir: &CgroupDir) -> Result<MemoryStats> {
     };
     let swap_usage = match key("total_swap") {
         Some(s) => Some(s),
-        None => std::fs::read_to_string(dir.file("memory.memsw.usage_in_bytes"))
+        None => super::held::read(dir.file("memory.memsw.usage_in_bytes"))
             .ok()
             .and_then(|t| t.trim().parse::<u64>().ok())
             .map(|sw| sw.saturating_sub(usage)),

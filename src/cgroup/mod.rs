@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod cpuacct;
 pub mod cpuset;
+pub mod held;
 pub mod io;
 pub mod memory;
 pub mod mounts;
@@ -16,6 +17,12 @@ pub mod tasks;
 pub use mounts::{Hierarchies, ProcCgroup};
 
 use std::path::{Path, PathBuf};
+
+/// Reads a whole cgroup file (kept open between reads, [`held`]), mapping the error to
+/// [`crate::Error::Io`].
+pub(crate) fn read_file(path: &Path) -> crate::Result<String> {
+    held::read(path).map_err(|e| crate::Error::io(path, e))
+}
 
 /// Cgroup version of one hierarchy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -10,6 +10,7 @@ pub mod psi;
 pub mod reply;
 pub mod request;
 pub mod session;
+pub mod spin;
 
 use crate::catalog::View;
 use crate::error::Errno;

@@ -5,6 +5,7 @@
 
 use super::abi::{self, InHeader, Out};
 use super::request::Request;
+use super::spin::{Spin, Tuner};
 use std::ffi::CString;
 use std::fs::OpenOptions;
 use std::io;
@@ -198,9 +199,13 @@ pub fn spawn_workers<H: Handler>(
         libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
     }
     let mut out = Vec::new();
+    // One measurement of whether polling pays per connection (fuse/spin.rs).
+    let tuner = Arc::new(Tuner::default());
     for (i, fd) in fds.iter().enumerate() {
-        let (fd, h) = (fd.clone(), handler.clone());
-        out.push(std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || worker(&fd, &*h, spin))?);
+        let (fd, h, tuner) = (fd.clone(), handler.clone(), tuner.clone());
+        out.push(
+            std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || worker(&fd, &*h, spin, &tuner))?,
+        );
     }
     Ok(out)
 }
@@ -301,24 +306,20 @@ fn init(fd: RawFd, uring: bool) -> io::Result<InitParams> {
     }
 }
 
-/// Set while a worker is spinning, so the others sleep instead of contending for the queue.
-static SPINNING: AtomicBool = AtomicBool::new(false);
-
-fn worker(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
+fn worker(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration, tuner: &Tuner) {
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() };
     THREADS.lock().push(me);
-    serve(fd, handler, spin);
+    serve(fd, handler, spin, tuner);
     THREADS.lock().retain(|t| *t != me);
 }
 
-fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
+fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration, tuner: &Tuner) {
     let fd = fd.as_raw_fd();
     let mut buf = vec![0u8; abi::READ_BUFFER];
-    // Spinning reads are non-blocking; a thread that stops spinning blocks in read(2), where
+    // Polling reads are non-blocking; a thread that stops polling blocks in read(2), where
     // the kernel wakes one waiter per request (poll(2) would wake every idle thread).
-    let mut spinning = Spin::new(fd, spin);
-    let mut last = std::time::Instant::now();
+    let mut spin = Spin::new(fd, spin, tuner);
     loop {
         if STOPPING.load(Ordering::SeqCst) {
             // Everything this thread read is answered: take nothing more.
@@ -332,20 +333,9 @@ fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
             Ok(None) => return,
             Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
             Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => {
-                // Nothing queued: keep polling for a moment after the last request (the same
-                // reader's next request usually follows within microseconds, and waking a
-                // sleeping thread costs far more), then sleep in a blocking read.
-                if last.elapsed() < spinning.budget && !SPINNING.swap(true, Ordering::Acquire) {
-                    // One spinner at a time, re-reading every ~2 µs: each read takes the
-                    // queue's lock, which the kernel also needs to queue the next request.
-                    let t = std::time::Instant::now();
-                    while t.elapsed() < std::time::Duration::from_micros(2) {
-                        std::hint::spin_loop();
-                    }
-                    SPINNING.store(false, Ordering::Release);
-                } else {
-                    spinning.sleep();
-                }
+                // Nothing queued: the same reader's next request usually follows within
+                // microseconds; poll a little more or sleep (fuse/spin.rs).
+                spin.idle();
                 continue;
             }
             Err(e) => {
@@ -353,7 +343,7 @@ fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
                 return;
             }
         };
-        spinning.arrived(last.elapsed());
+        spin.arrived();
         let Some(h) = InHeader::parse(&buf[..n]) else {
             continue;
         };
@@ -361,63 +351,7 @@ fn serve(fd: &OwnedFd, handler: &dyn Handler, spin: std::time::Duration) {
         let body = &buf[abi::IN_HEADER_LEN.min(end)..end];
         let reply = handler.dispatch(&h, body);
         write_reply(fd, h.unique, reply);
-        last = std::time::Instant::now();
-    }
-}
-
-/// How long one worker thread keeps polling after a reply: twice the recent gap between a
-/// reply and the next request, when such gaps are short (one reader's requests back to back),
-/// within 4 µs..`--spin-us`. A reader that stops after its last request (an agent's burst
-/// ends) then costs a few µs of spinning, not the whole `--spin-us`.
-struct Spin {
-    fd: RawFd,
-    max: std::time::Duration,
-    budget: std::time::Duration,
-    /// Moving average of the short gaps, ns.
-    gap_ns: u64,
-    nonblocking: bool,
-}
-
-impl Spin {
-    const MIN: std::time::Duration = std::time::Duration::from_micros(4);
-
-    /// Spinning for at most `max` on `fd` (never when `max` is 0), which starts in the mode
-    /// that needs: set either way, as a previous worker may have left the shared description
-    /// non-blocking.
-    fn new(fd: RawFd, max: std::time::Duration) -> Spin {
-        let mut s = Spin { fd, max, budget: max, gap_ns: max.as_nanos() as u64 / 2, nonblocking: max.is_zero() };
-        s.set_nonblocking(!max.is_zero());
-        s
-    }
-
-    /// Nothing came within the budget: the next read blocks.
-    fn sleep(&mut self) {
-        self.set_nonblocking(false);
-    }
-
-    /// A request arrived `gap` after the last reply: the next reads spin again.
-    fn arrived(&mut self, gap: std::time::Duration) {
-        if self.max.is_zero() {
-            return;
-        }
-        self.set_nonblocking(true);
-        if gap >= self.max {
-            return;
-        }
-        self.gap_ns = (self.gap_ns * 7 + gap.as_nanos() as u64) / 8;
-        self.budget = std::time::Duration::from_nanos(self.gap_ns * 2).clamp(Self::MIN, self.max.max(Self::MIN));
-    }
-
-    fn set_nonblocking(&mut self, on: bool) {
-        if self.nonblocking == on {
-            return;
-        }
-        // SAFETY: fcntl on an fd this thread serves.
-        unsafe {
-            let fl = libc::fcntl(self.fd, libc::F_GETFL);
-            libc::fcntl(self.fd, libc::F_SETFL, if on { fl | libc::O_NONBLOCK } else { fl & !libc::O_NONBLOCK });
-        }
-        self.nonblocking = on;
+        spin.replied();
     }
 }
 

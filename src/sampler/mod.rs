@@ -159,7 +159,7 @@ impl Sampler {
     }
 
     /// Starts the thread that samples run delays every second, load averages every 5 s, and
-    /// saves the state.
+    /// saves the state; it also closes the cgroup files no read has wanted for a while.
     pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
         let me = Arc::clone(self);
         // Fault injection for the crash tests: a thread that panics must take the worker down.
@@ -175,6 +175,7 @@ impl Sampler {
             std::thread::sleep(Duration::from_nanos(next - now));
             let now = host::boottime_ns();
             me.store.sample_delays(&me.root, now);
+            crate::cgroup::held::close_idle();
             if now >= next_load {
                 me.store.sample_all(&me.root, now);
             }
