@@ -467,11 +467,11 @@ fn new_pid_namespaces_resolve_without_the_pidns_ioctl() {
     }
 }
 
-/// The sampler keeps cgroup files open between reads (`cgroup::held`): a kept file must show
-/// a changed limit at once, and a cgroup removed and created again under the same name must
-/// be read anew, not through its predecessor's file.
-fn kept_cgroup_files_follow_changes_and_recreated_cgroups() {
-    live_ready("kept_cgroup_files_follow_changes_and_recreated_cgroups");
+/// The sampler keeps cgroup directories open between reads and opens their files relative to
+/// them (`cgroup::held`): a changed limit shows at once, and a cgroup removed and created again
+/// under the same name is read anew, not through its predecessor's directory.
+fn kept_cgroup_directories_follow_changes_and_recreated_cgroups() {
+    live_ready("kept_cgroup_directories_follow_changes_and_recreated_cgroups");
     use cgprocfs::cgroup::held;
     let cg = TestCgroup::new("held", &Limits { memory: Some(64 * MIB), ..Default::default() });
     let (dir, file) = cg
@@ -482,22 +482,23 @@ fn kept_cgroup_files_follow_changes_and_recreated_cgroups() {
         .expect("a memory limit file");
     let limit = |f: &std::path::Path| held::read(f).unwrap().trim().parse::<u64>().unwrap();
     assert_eq!(limit(&file), 64 * MIB);
-    assert!(held::is_kept(&file), "a cgroup file read is kept open");
+    assert!(held::is_kept(&dir), "a cgroup directory read from is kept open");
     std::fs::write(&file, (96 * MIB).to_string()).unwrap();
-    assert_eq!(limit(&file), 96 * MIB, "a kept file renders afresh");
+    assert_eq!(limit(&file), 96 * MIB);
     std::fs::remove_dir(&dir).unwrap();
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(&file, (32 * MIB).to_string()).unwrap();
     assert_eq!(limit(&file), 32 * MIB, "the recreated cgroup, not its predecessor");
-    assert!(held::is_kept(&file));
+    assert!(held::is_kept(&dir) && held::exists(&dir));
     std::fs::remove_dir(&dir).unwrap();
+    assert!(!held::exists(&dir), "a removed cgroup is gone although its directory is held");
     assert!(held::read(&file).is_err(), "a removed cgroup's file is an error");
-    assert!(!held::is_kept(&file), "and is no longer held");
+    assert!(!held::is_kept(&dir), "and its directory is no longer held");
     std::fs::create_dir(&dir).unwrap(); // for the cgroup's own clean-up
 }
 
 cgprocfs_tests!(
-    kept_cgroup_files_follow_changes_and_recreated_cgroups,
+    kept_cgroup_directories_follow_changes_and_recreated_cgroups,
     memory_limit_is_memtotal,
     parent_limit_lower_than_child_wins,
     quota_sets_the_cpu_count,

@@ -96,7 +96,7 @@ pub fn tightest(
     dir: &CgroupDir,
     at: impl FnMut(&Path) -> Result<Option<Option<Quota>>>,
 ) -> Result<Option<(Quota, PathBuf)>> {
-    if !dir.path.is_dir() {
+    if !super::held::exists(&dir.path) {
         return Err(Error::io(&dir.path, std::io::ErrorKind::NotFound.into()));
     }
     dir.chain_best(at, Quota::tighter_than)

@@ -61,7 +61,7 @@ pub fn format_list(cpus: &[u32]) -> String {
 /// The effective cpuset of `dir`: v1 `cpuset.effective_cpus`; v2 `cpuset.cpus.effective` of
 /// the cgroup or its nearest ancestor that has the controller. `None` when no level has it.
 pub fn effective_cpus(dir: &CgroupDir) -> Result<Option<Vec<u32>>> {
-    if !dir.path.is_dir() {
+    if !super::held::exists(&dir.path) {
         return Err(Error::io(&dir.path, std::io::ErrorKind::NotFound.into()));
     }
     let name = match dir.version {

@@ -1,40 +1,42 @@
-//! Cgroup files kept open between reads.
+//! Cgroup directories kept open between reads.
 //!
-//! A container's counters are read every sampling pass, and at agent scale the open(2) of
-//! each file (path walk through the hierarchy, kernfs and seq_file set-up) and its close cost
-//! more than producing the text. A cgroup file read again is therefore kept open and read with
-//! `pread(2)` at offset 0, which makes the kernel's seq_file render it afresh
-//! (`seq_read_iter` restarts when the position is not where it left off).
+//! A container's counters are read every sampling pass, and at agent scale the path walk of
+//! each `open(2)` (every component of `/sys/fs/cgroup/<ctrl>/kubepods/.../<container>/`,
+//! each a dentry lookup and a kernfs revalidation) cost more than the rest of the read. So
+//! each cgroup directory read from is kept open and its files are opened relative to it
+//! (`openat(2)`: one component to look up). Directories, not files: a kept cgroup file holds
+//! a seq_file buffer of a page or more in the kernel, ~14 of them per container, where a
+//! directory holds a few hundred bytes.
 //!
-//! Only files on a cgroup filesystem are kept (a fixture tree's plain files may be replaced by
-//! rename and must be opened again). A kept file of a removed cgroup answers `ENODEV`; it is
-//! then dropped and the path opened again, so a cgroup recreated under the same name is read,
-//! not its predecessor. Files not read for [`IDLE`] are closed, so a stopped container's
-//! cgroup is not held, and at most [`budget`] files are open at once: a quarter of what the
-//! open-file limit leaves after the reserve the trigger limit also keeps (`fuse::psi`).
+//! Only directories on a cgroup filesystem are kept (a fixture tree's plain directories may
+//! be replaced). A removed cgroup's kept directory has no files: an `openat` there fails, the
+//! directory is dropped and the path walked again, so a cgroup recreated under the same name
+//! is read, not its predecessor. Directories no read wanted for [`IDLE`] are closed, so a
+//! stopped container's cgroup is not held, and at most [`budget`] are open at once: a quarter
+//! of what the open-file limit leaves after the reserve the trigger limit also keeps
+//! (`fuse::psi`).
 
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-/// A kept file not read for this long is closed.
+/// A kept directory no read wanted for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(10);
 
 struct Kept {
-    file: Arc<File>,
+    dir: Arc<File>,
     used: Instant,
 }
 
 #[derive(Default)]
 struct Table {
-    files: HashMap<PathBuf, Kept>,
-    /// When idle files were last looked for.
+    dirs: HashMap<PathBuf, Kept>,
+    /// When idle directories were last looked for.
     swept: Option<Instant>,
 }
 
@@ -43,7 +45,7 @@ fn table() -> &'static Mutex<Table> {
     TABLE.get_or_init(Mutex::default)
 }
 
-/// How many cgroup files may be kept open at once.
+/// How many cgroup directories may be kept open at once.
 pub fn budget() -> usize {
     static BUDGET: OnceLock<usize> = OnceLock::new();
     *BUDGET.get_or_init(|| {
@@ -53,80 +55,100 @@ pub fn budget() -> usize {
     })
 }
 
-/// Whether `path` is kept open now.
-pub fn is_kept(path: &Path) -> bool {
-    table().lock().files.contains_key(path)
+/// Whether directory `dir` is kept open now.
+pub fn is_kept(dir: &Path) -> bool {
+    table().lock().dirs.contains_key(dir)
 }
 
-/// The whole text of `path`, like `std::fs::read_to_string`, from a kept file when there is
-/// one.
+/// The whole text of `path`, like `std::fs::read_to_string`, opened relative to its kept
+/// directory when there is one.
 pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
     let path = path.as_ref();
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return std::fs::read_to_string(path) };
     let now = Instant::now();
     let kept = {
         let mut t = table().lock();
-        t.files.get_mut(path).map(|k| {
+        t.dirs.get_mut(dir).map(|k| {
             k.used = now;
-            k.file.clone()
+            k.dir.clone()
         })
     };
-    if let Some(file) = kept {
-        match read_at_start(&file) {
+    if let Some(d) = kept {
+        match open_in(&d, name).and_then(read_all) {
             Ok(text) => return Ok(text),
-            // Removed cgroup (ENODEV) or anything else: open the path again below.
+            // Removed cgroup (no such file any more) or anything else: walk the path below.
             Err(_) => {
-                table().lock().files.remove(path);
+                table().lock().dirs.remove(dir);
             }
         }
     }
-    let file = File::open(path)?;
-    let text = read_at_start(&file)?;
-    if on_cgroupfs(&file) {
-        keep(path, file, now);
+    let text = std::fs::read_to_string(path)?;
+    if let Ok(d) = File::open(dir) {
+        if on_cgroupfs(&d) {
+            keep(dir, d, now);
+        }
     }
     Ok(text)
 }
 
-fn keep(path: &Path, file: File, now: Instant) {
+/// Whether cgroup directory `dir` still exists: one lookup in its kept directory (every
+/// cgroup has `cgroup.procs`; a removed one has no files) instead of a walk of the path.
+pub fn exists(dir: &Path) -> bool {
+    let kept = table().lock().dirs.get(dir).map(|k| k.dir.clone());
+    match kept {
+        Some(d) => {
+            // SAFETY: faccessat on a directory fd this function holds and a NUL-terminated name.
+            let ok = unsafe { libc::faccessat(d.as_raw_fd(), c"cgroup.procs".as_ptr(), libc::F_OK, 0) } == 0;
+            ok || dir.is_dir()
+        }
+        None => dir.is_dir(),
+    }
+}
+
+fn open_in(dir: &File, name: &std::ffi::OsStr) -> io::Result<File> {
+    use std::os::fd::FromRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let name = std::ffi::CString::new(name.as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: openat on a directory fd this function borrows and a NUL-terminated name; the
+    // returned fd is owned by the File.
+    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd nothing else owns.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+fn read_all(mut f: File) -> io::Result<String> {
+    use std::io::Read;
+    let mut s = String::new();
+    f.read_to_string(&mut s)?;
+    Ok(s)
+}
+
+fn keep(dir: &Path, d: File, now: Instant) {
     let mut t = table().lock();
-    if t.files.len() >= budget() {
+    if t.dirs.len() >= budget() {
         // Full: close what has gone idle, at most once a second (the scan is over the whole
-        // table); a file that still finds no room is simply not kept.
+        // table); a directory that still finds no room is simply not kept.
         if t.swept.is_some_and(|s| now.duration_since(s) < Duration::from_secs(1)) {
             return;
         }
         t.swept = Some(now);
-        t.files.retain(|_, k| now.duration_since(k.used) < IDLE);
-        if t.files.len() >= budget() {
+        t.dirs.retain(|_, k| now.duration_since(k.used) < IDLE);
+        if t.dirs.len() >= budget() {
             return;
         }
     }
-    t.files.insert(path.to_path_buf(), Kept { file: Arc::new(file), used: now });
+    t.dirs.insert(dir.to_path_buf(), Kept { dir: Arc::new(d), used: now });
 }
 
-/// Closes the files not read for [`IDLE`] (the sampler's tick calls it).
+/// Closes the directories not read from for [`IDLE`] (the sampler's tick calls it).
 pub fn close_idle() {
     let now = Instant::now();
     let mut t = table().lock();
     t.swept = Some(now);
-    t.files.retain(|_, k| now.duration_since(k.used) < IDLE);
-}
-
-fn read_at_start(file: &File) -> io::Result<String> {
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        let n = file.read_at(&mut buf[len..], len as u64)?;
-        if n == 0 {
-            break;
-        }
-        len += n;
-    }
-    buf.truncate(len);
-    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    t.dirs.retain(|_, k| now.duration_since(k.used) < IDLE);
 }
 
 fn on_cgroupfs(file: &File) -> bool {
@@ -147,14 +169,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plain_files_are_read_whole_and_never_kept() {
+    fn plain_directories_are_never_kept() {
         let dir = std::env::temp_dir().join(format!("cgprocfs-held-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("memory.stat");
         let text = "x ".repeat(5000);
         std::fs::write(&p, &text).unwrap();
         assert_eq!(read(&p).unwrap(), text);
-        assert!(!table().lock().files.contains_key(&p));
+        assert!(!is_kept(&dir));
         // Replaced by rename: the new content, as a fixture tree's writer expects.
         let tmp = dir.join("t");
         std::fs::write(&tmp, "new").unwrap();

@@ -187,7 +187,7 @@ fn read_u64(path: &Path) -> Result<u64> {
 }
 
 fn read_v2(dir: &CgroupDir) -> Result<MemoryStats> {
-    if !dir.path.is_dir() {
+    if !super::held::exists(&dir.path) {
         return Err(Error::io(&dir.path, std::io::ErrorKind::NotFound.into()));
     }
     // A cgroup without the memory controller enabled is charged to the nearest ancestor

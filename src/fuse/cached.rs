@@ -12,8 +12,9 @@
 //! - OPEN and FLUSH answer `ENOSYS`: the kernel stops sending them on this connection
 //!   (`fc->no_open`, `fc->no_flush`, `fs/fuse/file.c`) and opens every file with
 //!   `FOPEN_KEEP_CACHE`. That is why this is a connection of its own.
-//! - `FUSE_AUTO_INVAL_DATA` and an attribute timeout of the freshness bound: on a read whose
-//!   attributes are older than the bound the kernel sends GETATTR
+//! - `FUSE_AUTO_INVAL_DATA` and an attribute timeout within the freshness bound ([`attr_timeout`]:
+//!   the bound less the age a rendering's inputs may have): on a read whose attributes are
+//!   older than that the kernel sends GETATTR
 //!   (`fuse_cache_read_iter` -> `fuse_update_attributes`); the reply gives the size of a new
 //!   rendering and, as mtime, the time its content last changed; a changed mtime or size makes
 //!   the kernel drop the cached pages (`fuse_change_attributes`) and the next READ fetches that
@@ -49,6 +50,7 @@ use crate::catalog::View;
 use crate::cgroup::Container;
 use crate::error::Errno;
 use crate::sampler::cache::TtlMap;
+use crate::sampler::LIMITS_TTL;
 use crate::service::{Service, CALLER_TTL};
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -69,6 +71,16 @@ const PID_SHIFT: u32 = 40;
 const REUSE: Duration = Duration::from_millis(5);
 /// How long directories' names and attributes are cached: they never change.
 const DIR_TTL: Duration = Duration::from_secs(3600);
+/// The kernel keeps an attribute timeout in jiffies, rounded up: up to one more jiffy (10 ms
+/// at the coarsest HZ, 100) than it was told.
+const JIFFY_MAX: Duration = Duration::from_millis(10);
+
+/// The attribute timeout that keeps a file within `fresh` of the kernel's files: the bound,
+/// less the oldest input a rendering may use (a limit, [`LIMITS_TTL`]), a reused snapshot's
+/// age and the kernel's rounding.
+pub fn attr_timeout(fresh: Duration) -> Duration {
+    fresh.saturating_sub(LIMITS_TTL + REUSE + JIFFY_MAX)
+}
 /// Snapshots are dropped when the kernel forgets their inode, or when this old (a read after
 /// that is preceded by a GETATTR anyway: the attributes expired long before).
 const SNAPSHOT_AGE: Duration = Duration::from_secs(60);
@@ -303,7 +315,7 @@ impl CachedFs {
         // container's attributes: the inode is one for all, and any other size would make the
         // kernel cut the pages the container reads (an empty or short file for it).
         let (bytes, (time, nsec)) = self.snapshot(node, view, &c, false)?;
-        Ok((Attr { size: bytes.len() as u64, time, nsec, ..empty }, self.fresh))
+        Ok((Attr { size: bytes.len() as u64, time, nsec, ..empty }, attr_timeout(self.fresh)))
     }
 
     fn lookup(&self, h: &InHeader, name: &[u8]) -> Reply {

@@ -237,7 +237,7 @@ impl Sampler {
     /// The memory limit of the chain ending at `d` and the directory that sets it, from the
     /// small limit files only (ancestors shared with every container below them).
     pub fn memory_limit(&self, d: &CgroupDir) -> Result<Option<(u64, PathBuf)>> {
-        if !d.path.is_dir() {
+        if !crate::cgroup::held::exists(&d.path) {
             return Err(Error::Gone(d.path.clone()));
         }
         let name = limit_file(d.version);
