@@ -30,9 +30,7 @@ fn main() {
     // CGPROCFS_BENCH_ARGS: extra `serve` options for this build's daemon (e.g. "--spin-us 0").
     let extra = std::env::var("CGPROCFS_BENCH_ARGS").unwrap_or_default();
     let extra: Vec<&str> = extra.split_whitespace().collect();
-    // The open-file limit the systemd unit sets (packaging/systemd): kept cgroup directories
-    // take a quarter of it (cgroup/held.rs).
-    let d = Daemon::start_with_nofile("scale", &extra, 1 << 20);
+    let d = Daemon::start_with("scale", &extra);
     let worker = d.worker_pid();
     let rss0 = status_kib(worker, "VmRSS:");
     let t = Instant::now();

@@ -485,6 +485,10 @@ fn kept_cgroup_directories_follow_changes_and_recreated_cgroups() {
     assert!(held::is_kept(&dir), "a cgroup directory read from is kept open");
     std::fs::write(&file, (96 * MIB).to_string()).unwrap();
     assert_eq!(limit(&file), 96 * MIB);
+    // An optional file the cgroup lacks (cpu.stat.local before 6.6) keeps the directory.
+    let missing = held::read(dir.join("cpu.stat.none")).unwrap_err();
+    assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    assert!(held::is_kept(&dir), "a missing file does not drop a live cgroup's directory");
     std::fs::remove_dir(&dir).unwrap();
     std::fs::create_dir(&dir).unwrap();
     std::fs::write(&file, (32 * MIB).to_string()).unwrap();

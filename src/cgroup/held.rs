@@ -76,16 +76,21 @@ pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
     if let Some(d) = kept {
         match open_in(&d, name).and_then(read_all) {
             Ok(text) => return Ok(text),
-            // Removed cgroup (no such file any more) or anything else: walk the path below.
+            // An optional file this cgroup lacks (`cpu.stat.local`, swap files): the directory
+            // stays kept.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && has_procs(&d) => return Err(e),
+            // Removed cgroup (no files any more) or anything else: walk the path below.
             Err(_) => {
                 table().lock().dirs.remove(dir);
             }
         }
     }
     let text = std::fs::read_to_string(path)?;
-    if let Ok(d) = File::open(dir) {
-        if on_cgroupfs(&d) {
-            keep(dir, d, now);
+    if has_room(now) {
+        if let Ok(d) = File::open(dir) {
+            if on_cgroupfs(&d) {
+                table().lock().dirs.insert(dir.to_path_buf(), Kept { dir: Arc::new(d), used: now });
+            }
         }
     }
     Ok(text)
@@ -96,13 +101,16 @@ pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
 pub fn exists(dir: &Path) -> bool {
     let kept = table().lock().dirs.get(dir).map(|k| k.dir.clone());
     match kept {
-        Some(d) => {
-            // SAFETY: faccessat on a directory fd this function holds and a NUL-terminated name.
-            let ok = unsafe { libc::faccessat(d.as_raw_fd(), c"cgroup.procs".as_ptr(), libc::F_OK, 0) } == 0;
-            ok || dir.is_dir()
-        }
+        Some(d) => has_procs(&d) || dir.is_dir(),
         None => dir.is_dir(),
     }
+}
+
+/// Whether kept directory `d` is a live cgroup: every cgroup has `cgroup.procs`, a removed one
+/// has no files.
+fn has_procs(d: &File) -> bool {
+    // SAFETY: faccessat on a directory fd this function borrows and a NUL-terminated name.
+    unsafe { libc::faccessat(d.as_raw_fd(), c"cgroup.procs".as_ptr(), libc::F_OK, 0) == 0 }
 }
 
 fn open_in(dir: &File, name: &std::ffi::OsStr) -> io::Result<File> {
@@ -119,28 +127,41 @@ fn open_in(dir: &File, name: &std::ffi::OsStr) -> io::Result<File> {
     Ok(unsafe { File::from_raw_fd(fd) })
 }
 
+/// Reads `f` to its end in page-sized steps (without the `fstat` that `read_to_string` makes
+/// for a size hint: a cgroup file's size is always 4096 or 0).
 fn read_all(mut f: File) -> io::Result<String> {
     use std::io::Read;
-    let mut s = String::new();
-    f.read_to_string(&mut s)?;
-    Ok(s)
-}
-
-fn keep(dir: &Path, d: File, now: Instant) {
-    let mut t = table().lock();
-    if t.dirs.len() >= budget() {
-        // Full: close what has gone idle, at most once a second (the scan is over the whole
-        // table); a directory that still finds no room is simply not kept.
-        if t.swept.is_some_and(|s| now.duration_since(s) < Duration::from_secs(1)) {
-            return;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
         }
-        t.swept = Some(now);
-        t.dirs.retain(|_, k| now.duration_since(k.used) < IDLE);
-        if t.dirs.len() >= budget() {
-            return;
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
-    t.dirs.insert(dir.to_path_buf(), Kept { dir: Arc::new(d), used: now });
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Whether one more directory may be kept (checked before opening it: when the table is
+/// full, a read costs no extra open).
+fn has_room(now: Instant) -> bool {
+    let mut t = table().lock();
+    if t.dirs.len() < budget() {
+        return true;
+    }
+    // Full: close what has gone idle, at most once a second (the scan is over the whole table).
+    if t.swept.is_some_and(|s| now.duration_since(s) < Duration::from_secs(1)) {
+        return false;
+    }
+    t.swept = Some(now);
+    t.dirs.retain(|_, k| now.duration_since(k.used) < IDLE);
+    t.dirs.len() < budget()
 }
 
 /// Closes the directories not read from for [`IDLE`] (the sampler's tick calls it).
