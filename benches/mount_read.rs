@@ -35,7 +35,7 @@ fn main() {
     let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2.0);
     common::live_ready("mount_read bench");
     let d = Daemon::start_with("bench", &["--bench-floor"]);
-    let nospin = Daemon::start_with("bench-nospin", &["--spin-us", "0", "--bench-floor"]);
+    let spin = Daemon::start_with("bench-spin", &["--spin-us", "50", "--bench-floor"]);
     let lxcfs = peers::Lxcfs::start(common::unique("lxcfs"), &[]);
     let baseline = peers::Baseline::start(common::unique("baseline"));
     let cg = TestCgroup::new(
@@ -57,8 +57,8 @@ fn main() {
         ("cgprocfs FUSE floor (constant)".into(), d.path(".bench/floor")),
         ("cgprocfs online (small file)".into(), d.path("sys/devices/system/cpu/online")),
         ("cgprocfs meminfo".into(), d.path("proc/meminfo")),
-        ("cgprocfs meminfo, --spin-us 0".into(), nospin.path("proc/meminfo")),
-        ("cgprocfs floor, --spin-us 0".into(), nospin.path(".bench/floor")),
+        ("cgprocfs meminfo, --spin-us 50".into(), spin.path("proc/meminfo")),
+        ("cgprocfs floor, --spin-us 50".into(), spin.path(".bench/floor")),
         ("cgprocfs cpuinfo".into(), d.path("proc/cpuinfo")),
         ("cgprocfs cached meminfo".into(), own.join("proc/meminfo")),
         ("kernel /proc/stat".into(), "/proc/stat".into()),
@@ -108,7 +108,7 @@ fn main() {
     drop(lxcfs);
     drop(cg);
     drop(d);
-    drop(nospin);
+    drop(spin);
 
     let find = |name: &str, t: usize| rows.iter().find(|r| r.name == name && r.threads == t).map(|r| r.median_us);
     println!("\nopen+read+close from a 256 MiB / 1.5 CPU cgroup, {secs} s per row, {cores} cores");

@@ -4,7 +4,7 @@
 //! `diskstats` once a second, through the shared tree and through the cached tree.
 //! In the same run, with `CGPROCFS_BENCH_BASELINE=/path/to/an/older/cgprocfs`, the same agents
 //! on that build's two trees, and on lxcfs (`-l`, its load average thread on) when installed.
-//! `SCALE_SKIP_IDLE=1` leaves out the 30 s idle phase; `CGPROCFS_BENCH_ARGS="--spin-us 0"` passes
+//! `SCALE_SKIP_IDLE=1` leaves out the 30 s idle phase; `CGPROCFS_BENCH_ARGS="--spin-us 50"` passes
 //! extra `serve` options to this build's daemon.
 //!   cargo bench --bench scale [-- CONTAINERS]
 
@@ -27,7 +27,7 @@ fn cpu_ticks(pid: i32) -> u64 {
 fn main() {
     let n: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1000);
     common::live_ready("scale bench");
-    // CGPROCFS_BENCH_ARGS: extra `serve` options for this build's daemon (e.g. "--spin-us 0").
+    // CGPROCFS_BENCH_ARGS: extra `serve` options for this build's daemon (e.g. "--spin-us 50").
     let extra = std::env::var("CGPROCFS_BENCH_ARGS").unwrap_or_default();
     let extra: Vec<&str> = extra.split_whitespace().collect();
     let d = Daemon::start_with("scale", &extra);

@@ -4,8 +4,8 @@
 //! of wait, the threads' own run delay, is sampled per thread (`tasks::run_delays`).
 
 use super::parse::{flat_keyed, u64_value};
-use super::{CgroupDir, Cgroups, Version};
 use super::read_file;
+use super::{CgroupDir, Cgroups, Version};
 use crate::error::{Error, Result};
 
 /// Cumulative CPU counters of a cgroup, in nanoseconds.

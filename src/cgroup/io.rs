@@ -2,8 +2,8 @@
 //! and `blkio.throttle.io_service_bytes_recursive` (the CFQ-era files lxcfs still reads are
 //! gone since Linux 5.0).
 
-use super::{CgroupDir, Version};
 use super::read_file;
+use super::{CgroupDir, Version};
 use crate::error::Result;
 
 /// Cumulative I/O of one device.

@@ -2,8 +2,8 @@
 //! `memory.stat` counters normalised to one typed struct.
 
 use super::parse::{flat_keyed, limit, u64_value};
-use super::{CgroupDir, Version};
 use super::read_file;
+use super::{CgroupDir, Version};
 use crate::error::{Error, Result};
 use std::path::{Path, PathBuf};
 

@@ -39,10 +39,11 @@ impl From<CpuCountArg> for CpuCount {
 /// upgrade starts.
 #[derive(clap::Args, Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServeOptions {
-    /// After answering a request, a worker keeps polling for the next one this many
-    /// microseconds before it sleeps: waking a sleeping thread costs more than the request.
-    /// 0 disables it.
-    #[arg(long, default_value_t = 50)]
+    /// After answering a request, a worker may keep polling for the next one up to this many
+    /// microseconds before it sleeps, where waking a sleeping thread costs more than the
+    /// request; each connection measures whether it does (docs/architecture.md). 0 (the
+    /// default) never polls: on hosts whose wake-ups are cheap polling only costs a CPU.
+    #[arg(long, default_value_t = 0)]
     pub spin_us: u64,
     /// Also serve `.bench/floor`, a constant file, for the benchmark's FUSE-floor figure.
     #[arg(long, hide = true)]

@@ -5,6 +5,7 @@
 pub mod abi;
 pub mod cached;
 pub mod cpudir;
+pub mod handles;
 pub mod journal;
 pub mod psi;
 pub mod reply;
@@ -17,24 +18,18 @@ use crate::error::Errno;
 use crate::service::{Container, Service};
 use abi::InHeader;
 use cpudir::{cpu_index, CpuDir, Entry as HostEntry, Kind as HostKind, DYN_BIT};
+use handles::{Handle, Handles};
 use parking_lot::Mutex;
 use reply::{Attr, Dirent, Reply};
 use request::Request;
 use session::Handler;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Inode number of the mount's root directory (fixed by the kernel).
 const ROOT: u64 = 1;
-/// Open handles allowed at once; beyond it opens fail with ENFILE rather than grow the daemon.
-const MAX_HANDLES: usize = 100_000;
-/// Open handles one container may hold by default; beyond it its opens fail with EMFILE.
-pub const HANDLES_PER_CONTAINER: usize = 4096;
-/// Rendered bytes kept for one container's open handles (so that a read at a later offset
-/// continues the same rendering); past it, later offsets are rendered afresh.
-const BYTES_PER_CONTAINER: usize = 16 << 20;
+pub use handles::HANDLES_PER_CONTAINER;
 /// Inodes of a served file as one container sees it have this bit, a hash of the container in
 /// the middle bits and the tree's inode in the low 16: each container's file is its own inode,
 /// with its own attributes (the size of its content), so no container's size is cached for
@@ -169,107 +164,9 @@ impl Tree {
 
 /// What an open file reads.
 #[derive(Clone)]
-enum Source {
+pub(crate) enum Source {
     View(View),
     Host(HostEntry),
-}
-
-/// One open file: its inode, source, the container charged for it and the bytes read at its
-/// last read at offset 0.
-struct Handle {
-    ino: u64,
-    source: Source,
-    owner: Arc<str>,
-    /// The opener's thread and container, reused when that thread reads within
-    /// [`crate::service::CALLER_TTL`] of the open (a read after an open resolves nothing again).
-    opener: Option<(u32, std::time::Instant, crate::service::Container)>,
-    data: Option<Arc<Vec<u8>>>,
-    /// The PSI trigger written to this handle: the container's cgroup pressure file, open.
-    trigger: Option<Arc<std::os::fd::OwnedFd>>,
-}
-
-/// What one container holds in the handle table.
-#[derive(Default)]
-struct Usage {
-    handles: usize,
-    bytes: usize,
-    /// PSI triggers held, counted until their fd is really closed ([`psi::Closer`]).
-    triggers: usize,
-}
-
-/// Open handles and what each container holds of them.
-#[derive(Default)]
-struct Handles {
-    map: HashMap<u64, Handle>,
-    usage: HashMap<Arc<str>, Usage>,
-    /// PSI triggers held by all containers.
-    triggers: usize,
-}
-
-impl Handles {
-    fn insert(&mut self, fh: u64, h: Handle) {
-        let u = self.usage.entry(h.owner.clone()).or_default();
-        u.handles += 1;
-        u.bytes += h.data.as_ref().map_or(0, |d| d.len());
-        if let Some(old) = self.map.insert(fh, h) {
-            self.forget(&old);
-        }
-    }
-
-    /// Takes handle `fh` out of the table (dropped by the caller, outside the lock).
-    fn remove(&mut self, fh: u64) -> Option<Handle> {
-        let h = self.map.remove(&fh)?;
-        self.forget(&h);
-        Some(h)
-    }
-
-    /// Counts a new trigger for `owner` if it is under `per_container` and all are under
-    /// `global`.
-    fn reserve_trigger(&mut self, owner: &Arc<str>, per_container: usize, global: usize) -> bool {
-        let u = self.usage.entry(owner.clone()).or_default();
-        if u.triggers >= per_container || self.triggers >= global {
-            return false;
-        }
-        u.triggers += 1;
-        self.triggers += 1;
-        true
-    }
-
-    /// A trigger of `owner` is closed (or was never taken).
-    fn trigger_gone(&mut self, owner: &str) {
-        self.triggers = self.triggers.saturating_sub(1);
-        if let Some(u) = self.usage.get_mut(owner) {
-            u.triggers = u.triggers.saturating_sub(1);
-            if u.handles == 0 && u.triggers == 0 {
-                self.usage.remove(owner);
-            }
-        }
-    }
-
-    fn forget(&mut self, h: &Handle) {
-        if let Some(u) = self.usage.get_mut(&h.owner) {
-            u.handles = u.handles.saturating_sub(1);
-            u.bytes = u.bytes.saturating_sub(h.data.as_ref().map_or(0, |d| d.len()));
-            if u.handles == 0 && u.triggers == 0 {
-                self.usage.remove(&h.owner);
-            }
-        }
-    }
-
-    /// Keeps `d` as handle `fh`'s bytes if its owner's budget allows.
-    fn keep(&mut self, fh: u64, d: &Arc<Vec<u8>>) {
-        let Some(h) = self.map.get_mut(&fh) else { return };
-        let u = self.usage.entry(h.owner.clone()).or_default();
-        let old = h.data.as_ref().map_or(0, |x| x.len());
-        let bytes = u.bytes.saturating_sub(old);
-        if bytes + d.len() <= BYTES_PER_CONTAINER {
-            h.data = Some(d.clone());
-            u.bytes = bytes + d.len();
-        } else {
-            h.data = None;
-            u.bytes = bytes;
-        }
-    }
 }
 
 /// The FUSE filesystem: tree + handles + service.
@@ -509,17 +406,12 @@ impl ProcFs {
             _ => self.owner(h.pid),
         };
         let opener = container.map(|c| (h.pid, std::time::Instant::now(), c));
-        let mut handles = self.handles.lock();
-        if handles.map.len() >= MAX_HANDLES {
-            return Reply::err(libc::ENFILE);
-        }
-        // One container's handles never crowd out another's opens.
-        if handles.usage.get(&owner).is_some_and(|u| u.handles >= self.per_container) {
-            return Reply::err(libc::EMFILE);
-        }
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        handles.insert(fh, Handle { ino: h.nodeid, source, owner, opener, data: None, trigger: None });
-        Reply::open(fh, abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH)
+        let handle = Handle { ino: h.nodeid, source, owner, opener, data: None, trigger: None };
+        match self.handles.lock().admit(fh, handle, self.per_container) {
+            Ok(()) => Reply::open(fh, abi::FOPEN_DIRECT_IO | abi::FOPEN_NOFLUSH),
+            Err(e) => Reply::Err(e),
+        }
     }
 
     fn read(&self, h: &InHeader, fh: u64, offset: u64, size: u32, read_flags: Option<u32>) -> Reply {
@@ -568,13 +460,10 @@ impl ProcFs {
                 let owner = adopted.then(|| self.owner(h.pid).0);
                 let mut handles = self.handles.lock();
                 if let Some(owner) = owner {
-                    let room = handles.map.len() < MAX_HANDLES
-                        && handles.usage.get(&owner).is_none_or(|u| u.handles < self.per_container);
-                    if room && !handles.map.contains_key(&fh) {
-                        handles.insert(
-                            fh,
-                            Handle { ino: h.nodeid, source, owner, opener: None, data: None, trigger: None },
-                        );
+                    if !handles.map.contains_key(&fh) {
+                        // Past the bounds the read is still answered, from bytes not kept.
+                        let handle = Handle { ino: h.nodeid, source, owner, opener: None, data: None, trigger: None };
+                        let _ = handles.admit(fh, handle, self.per_container);
                     }
                 }
                 handles.keep(fh, &d);

@@ -203,9 +203,7 @@ pub fn spawn_workers<H: Handler>(
     let tuner = Arc::new(Tuner::default());
     for (i, fd) in fds.iter().enumerate() {
         let (fd, h, tuner) = (fd.clone(), handler.clone(), tuner.clone());
-        out.push(
-            std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || worker(&fd, &*h, spin, &tuner))?,
-        );
+        out.push(std::thread::Builder::new().name(format!("fuse-{i}")).spawn(move || worker(&fd, &*h, spin, &tuner))?);
     }
     Ok(out)
 }
