@@ -72,22 +72,12 @@ fn mount_companion(dir: Option<&Path>, source: &str, writable: bool, threads: us
 /// upgrade, or took it over from another keeper, which `taken` then confirms to once a worker
 /// serves.
 pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handover::Taken>) -> io::Result<()> {
-    let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD, libc::SIGUSR1]);
-    // SAFETY: blocking signals in this (single) thread so sigtimedwait receives them.
-    unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    Keeper::start(cfg, adopted, taken)?.run()
+}
 
-    raise_nofile_limit();
-    if let Some(dir) = cfg.pidfile.parent() {
-        // Root writes its pid, state and records here: refuse a directory others can change
-        // (before mounting, so a refusal leaves nothing behind).
-        files::private_dir(dir, 0o755)?;
-    }
-    // A connection that already existed (upgrade, handover, fd store): nothing to repair.
-    let fresh = adopted.is_none();
-    let handovers = adopted.as_ref().map_or(0, |a| a.handovers + 1);
-    let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
-    let adopted_seccomp_held = adopted_seccomp.is_some();
-    let adopted_control = adopted.as_ref().and_then(|a| a.control);
+/// The connection this keeper serves: the adopted one (an upgrade, a handover, the fd store),
+/// or a new mount with one fd per worker thread; and its companions, mounted when missing.
+fn connection(cfg: &KeeperConfig, adopted: Option<&Adopted>) -> io::Result<(Vec<OwnedFd>, InitParams, Companions)> {
     let (fds, params, cache, psi) = match adopted {
         Some(a) => {
             let fds = own_fuse_fds(&a.fds)?;
@@ -118,196 +108,304 @@ pub fn keeper(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handove
     } else {
         psi
     };
-    let comp = Companions { cache, psi };
-    if let Err(e) = files::write_atomic(&cfg.pidfile, format!("{}\n", std::process::id()).as_bytes()) {
-        tracing::warn!(pidfile = %cfg.pidfile.display(), error = %e, "cannot write the pid file");
-    }
-    tracing::info!(mountpoint = %cfg.mountpoint.display(), threads = fds.len(), minor = params.minor, "serving");
-    let agent = start_agent(&cfg, adopted_seccomp)?;
-    let agent = agent.as_deref();
-    let facts = Arc::new(Facts {
-        started: now_secs(),
-        handovers,
-        spawned: AtomicU64::new(0),
-        worker: AtomicU32::new(0),
-        cache: !comp.cache.is_empty(),
-        psi: !comp.psi.is_empty(),
-    });
-    let control = start_control(&cfg, adopted_control, Arc::clone(&facts));
-    if let Some(a) = agent {
-        a.on_new(systemd::store_notify);
-    }
-    if systemd::managed() {
-        let sec = agent.map(|a| a.with_fds(|l, n| (l, n.to_vec())));
-        systemd::store_connection(
-            &raw_fds(&fds),
-            &raw_fds(&comp.cache),
-            &raw_fds(&comp.psi),
+    Ok((fds, params, Companions { cache, psi }))
+}
+
+/// What the keeper's loop does after an event.
+enum Next {
+    Serve,
+    Exit,
+}
+
+/// A keeper serving its connection: what it holds, and its worker's state.
+struct Keeper {
+    cfg: KeeperConfig,
+    /// The signals the loop waits for (blocked in this thread).
+    signals: libc::sigset_t,
+    fds: Vec<OwnedFd>,
+    params: InitParams,
+    comp: Companions,
+    agent: Option<Arc<Agent>>,
+    facts: Arc<Facts>,
+    control: Option<Arc<Control>>,
+    handovers: u64,
+    worker: Option<Child>,
+    /// When the running worker started, and how long to wait before the next one.
+    started: Instant,
+    backoff: Duration,
+    respawn_at: Option<Instant>,
+    /// The device of this connection's mount, to notice an `umount -l` under the keeper.
+    source: String,
+    my_dev: Option<String>,
+    detached: bool,
+    next_check: Instant,
+}
+
+impl Keeper {
+    /// Takes or mounts the connection and its companions, writes the pid file, starts the
+    /// seccomp agent, the control socket and the first worker.
+    fn start(cfg: KeeperConfig, adopted: Option<Adopted>, taken: Option<handover::Taken>) -> io::Result<Keeper> {
+        let set = signal_set(&[libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGCHLD, libc::SIGUSR1]);
+        // SAFETY: blocking signals in this (single) thread so sigtimedwait receives them.
+        unsafe { libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+
+        raise_nofile_limit();
+        if let Some(dir) = cfg.pidfile.parent() {
+            // Root writes its pid, state and records here: refuse a directory others can change
+            // (before mounting, so a refusal leaves nothing behind).
+            files::private_dir(dir, 0o755)?;
+        }
+        // A connection that already existed (upgrade, handover, fd store): nothing to repair.
+        let fresh = adopted.is_none();
+        let handovers = adopted.as_ref().map_or(0, |a| a.handovers + 1);
+        let adopted_seccomp = adopted.as_ref().and_then(|a| a.seccomp.clone());
+        let adopted_seccomp_held = adopted_seccomp.is_some();
+        let adopted_control = adopted.as_ref().and_then(|a| a.control);
+        let (fds, params, comp) = connection(&cfg, adopted.as_ref())?;
+        if let Err(e) = files::write_atomic(&cfg.pidfile, format!("{}\n", std::process::id()).as_bytes()) {
+            tracing::warn!(pidfile = %cfg.pidfile.display(), error = %e, "cannot write the pid file");
+        }
+        tracing::info!(mountpoint = %cfg.mountpoint.display(), threads = fds.len(), minor = params.minor, "serving");
+        let agent = start_agent(&cfg, adopted_seccomp)?;
+        let facts = Arc::new(Facts {
+            started: now_secs(),
+            handovers,
+            spawned: AtomicU64::new(0),
+            worker: AtomicU32::new(0),
+            cache: !comp.cache.is_empty(),
+            psi: !comp.psi.is_empty(),
+        });
+        let control = start_control(&cfg, adopted_control, Arc::clone(&facts));
+        if let Some(a) = &agent {
+            a.on_new(systemd::store_notify);
+        }
+        if systemd::managed() {
+            let sec = agent.as_ref().map(|a| a.with_fds(|l, n| (l, n.to_vec())));
+            systemd::store_connection(
+                &raw_fds(&fds),
+                &raw_fds(&comp.cache),
+                &raw_fds(&comp.psi),
+                params,
+                sec.as_ref().map(|(l, n)| (*l, n.as_slice())),
+                control.as_ref().map(|c| c.listener.as_raw_fd()),
+            );
+        }
+        if adopted_seccomp_held {
+            // A drain a stopping keeper left would answer "run the real call" to the containers
+            // this keeper answers now.
+            stop_drain(&cfg);
+        }
+
+        let worker = Some(spawn_worker(&cfg, &facts, &fds, &comp, agent.as_deref())?);
+        start_ready(&cfg, fresh && cfg.reattach);
+        if let Some(t) = taken {
+            // The old keeper exits once told; until then it could still resume.
+            match t.confirm() {
+                Ok(()) => tracing::info!("took the connection over from the previous keeper"),
+                Err(e) => tracing::warn!(error = %e, "cannot confirm the handover (the previous keeper is gone?)"),
+            }
+        }
+        let source = crate::reattach::source_name(&cfg.mountpoint);
+        let my_dev = mount_dev(&cfg.mountpoint, &source);
+        Ok(Keeper {
+            cfg,
+            signals: set,
+            fds,
             params,
-            sec.as_ref().map(|(l, n)| (*l, n.as_slice())),
-            control.as_ref().map(|c| c.listener.as_raw_fd()),
-        );
-    }
-    if adopted_seccomp_held {
-        // A drain a stopping keeper left would answer "run the real call" to the containers
-        // this keeper answers now.
-        stop_drain(&cfg);
+            comp,
+            agent,
+            facts,
+            control,
+            handovers,
+            worker,
+            started: Instant::now(),
+            backoff: Duration::ZERO,
+            respawn_at: None,
+            source,
+            my_dev,
+            detached: false,
+            next_check: Instant::now() + CHECK_EVERY,
+        })
     }
 
-    let mut worker = Some(spawn_worker(&cfg, &facts, &fds, &comp, agent)?);
-    start_ready(&cfg, fresh && cfg.reattach);
-    if let Some(t) = taken {
-        // The old keeper exits once told; until then it could still resume.
-        match t.confirm() {
-            Ok(()) => tracing::info!("took the connection over from the previous keeper"),
-            Err(e) => tracing::warn!(error = %e, "cannot confirm the handover (the previous keeper is gone?)"),
+    /// Waits for events until one ends the keeper.
+    fn run(mut self) -> io::Result<()> {
+        loop {
+            let until_check = self.next_check.saturating_duration_since(Instant::now());
+            let timeout =
+                self.respawn_at.map_or(until_check, |t| t.saturating_duration_since(Instant::now()).min(until_check));
+            let next = match wait_signal(&self.signals, Some(timeout)) {
+                Some(libc::SIGCHLD) => self.child_exited(),
+                Some(libc::SIGTERM) | Some(libc::SIGINT) => return self.stop(),
+                Some(libc::SIGUSR1) => self.hand_over(),
+                Some(libc::SIGHUP) => self.upgrade(),
+                _ => Next::Serve,
+            };
+            if let Next::Exit = next {
+                return Ok(());
+            }
+            if Instant::now() >= self.next_check {
+                if let Next::Exit = self.tick() {
+                    return Ok(());
+                }
+            }
+            self.respawn();
         }
     }
-    let mut started = Instant::now();
-    let mut backoff = Duration::ZERO;
-    let mut respawn_at: Option<Instant> = None;
-    // The device of this connection's mount, to notice an `umount -l` under the keeper.
-    let source = crate::reattach::source_name(&cfg.mountpoint);
-    let my_dev = mount_dev(&cfg.mountpoint, &source);
-    let mut detached = false;
-    let mut next_check = Instant::now() + CHECK_EVERY;
-    loop {
-        let until_check = next_check.saturating_duration_since(Instant::now());
-        let timeout = respawn_at.map_or(until_check, |t| t.saturating_duration_since(Instant::now()).min(until_check));
-        match wait_signal(&set, Some(timeout)) {
-            Some(libc::SIGCHLD) => {
-                let Some(w) = worker.as_mut() else { continue };
-                if let Ok(Some(status)) = w.try_wait() {
-                    worker = None;
-                    facts.worker.store(0, Ordering::Relaxed);
-                    // A worker that keeps dying at once is restarted more slowly, up to 1 s.
-                    backoff = if started.elapsed() < Duration::from_secs(1) {
-                        (backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
-                    } else {
-                        Duration::ZERO
-                    };
-                    tracing::error!(%status, restart_in = ?backoff, "worker died; the connection is kept");
-                    respawn_at = Some(Instant::now() + backoff);
-                }
-            }
-            Some(libc::SIGTERM) | Some(libc::SIGINT) => {
-                // Under a service manager the connection is in its fd store: left mounted, it
-                // is the next keeper's after a restart (a plain stop releases the store, and
-                // the next start clears the stale mount). Otherwise unmount while the worker
-                // still answers, then stop it.
-                let keep = systemd::managed();
-                if keep {
-                    systemd::notify_stopping();
-                }
-                let r = if detached || keep { Ok(()) } else { session::unmount(&cfg.mountpoint) };
-                for (dir, held) in [(&cfg.cache, &comp.cache), (&cfg.psi, &comp.psi)] {
-                    if let Some(c) = dir.as_ref().filter(|_| !(detached || keep || held.is_empty())) {
-                        // Containers' binds of it keep the connection until they go.
-                        let _ = session::unmount(c);
-                    }
-                }
-                if let Some(w) = worker.take() {
-                    stop_child(w, libc::SIGTERM);
-                }
-                if let Some(a) = agent {
-                    start_drain(&cfg, a.close());
-                }
-                if !(detached || keep) && r.is_ok() {
-                    tidy(&cfg);
-                }
-                remove_own_pidfile(&cfg.pidfile);
-                r?;
-                tracing::info!("stopped");
-                return Ok(());
-            }
-            Some(libc::SIGUSR1) => {
-                let Some((conn, req)) = control.as_ref().and_then(|c| c.pending.lock().take()) else { continue };
-                tracing::info!(binary = %handover::shown(&req.binary), "handing the connection over to another keeper");
-                if let Some(a) = agent {
-                    a.pause(true);
-                }
-                if let Some(w) = worker.take() {
-                    stop_child(w, libc::SIGTERM);
-                }
-                match give(&fds, &comp, params, agent, control.as_deref(), &conn, handovers) {
-                    Ok(true) => {
-                        // Nothing is unmounted and no drain started: the new keeper serves the
-                        // mount and holds the containers' notification fds; the pid file is its.
-                        if cfg.linger {
-                            tracing::info!("connection handed over; waiting to be stopped");
-                            let stop = signal_set(&[libc::SIGTERM, libc::SIGINT]);
-                            let _ = wait_signal(&stop, None);
-                        }
-                        tracing::info!("connection handed over; exiting");
-                        return Ok(());
-                    }
-                    Ok(false) => tracing::warn!("the other keeper did not take the connection; serving on"),
-                    Err(e) => tracing::warn!(error = %e, "handover failed; serving on"),
-                }
-                if let Some(a) = agent {
-                    a.pause(false);
-                }
-                respawn_at = Some(Instant::now());
-            }
-            Some(libc::SIGHUP) => {
-                tracing::info!(binary = %cfg.binary.display(), "upgrading");
-                systemd::notify_reloading();
-                // The old worker goes first; whatever FUSE request it had read is resent to the
-                // next one (SIGTERM: it finishes a seccomp answer it is writing, which the kernel
-                // would not resend).
-                if let Some(w) = worker.take() {
-                    stop_child(w, libc::SIGTERM);
-                }
-                let ctl = control.as_ref().map(|c| c.listener.as_raw_fd());
-                let err = match agent {
-                    Some(a) => a.with_fds(|l, n| exec_upgrade(&cfg, &fds, &comp, params, Some((l, n)), ctl, handovers)),
-                    None => exec_upgrade(&cfg, &fds, &comp, params, None, ctl, handovers),
-                };
-                tracing::error!(error = %err, "upgrade failed; continuing with this binary");
-                respawn_at = Some(Instant::now());
-            }
-            _ => {}
+
+    fn agent(&self) -> Option<&Agent> {
+        self.agent.as_deref()
+    }
+
+    /// SIGCHLD: a dead worker is restarted, more slowly (up to 1 s) when it keeps dying at once.
+    fn child_exited(&mut self) -> Next {
+        let Some(w) = self.worker.as_mut() else { return Next::Serve };
+        if let Ok(Some(status)) = w.try_wait() {
+            self.worker = None;
+            self.facts.worker.store(0, Ordering::Relaxed);
+            self.backoff = if self.started.elapsed() < Duration::from_secs(1) {
+                (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+            } else {
+                Duration::ZERO
+            };
+            tracing::error!(%status, restart_in = ?self.backoff, "worker died; the connection is kept");
+            self.respawn_at = Some(Instant::now() + self.backoff);
         }
-        if Instant::now() >= next_check {
-            next_check = Instant::now() + CHECK_EVERY;
-            if connection_ended(&fds[0]) {
-                // No mount uses the connection any more (its last bind went): nothing to serve.
-                tracing::info!("the connection ended: no mount uses it any more; exiting");
-                if let Some(w) = worker.take() {
-                    stop_child(w, libc::SIGTERM);
-                }
-                if let Some(a) = agent {
-                    start_drain(&cfg, a.close());
-                }
-                remove_own_pidfile(&cfg.pidfile);
-                return Ok(());
-            }
-            if !detached && my_dev.is_some() && mount_dev(&cfg.mountpoint, &source) != my_dev {
-                // `umount -l` under us: containers' binds may still use the connection, so it
-                // is served until it ends, but the sockets go to whoever serves the mount point
-                // next.
-                detached = true;
-                tracing::warn!(mountpoint = %cfg.mountpoint.display(), "the mount was detached; serving the binds that remain, releasing the seccomp and control sockets");
-                if let Some(a) = agent {
-                    a.release_listener();
-                }
-                if control.is_some() {
-                    let _ = std::fs::remove_file(handover::control_path(&cfg.pidfile));
-                }
-                remove_own_pidfile(&cfg.pidfile);
+        Next::Serve
+    }
+
+    /// SIGTERM/SIGINT. Under a service manager the connection is in its fd store: left
+    /// mounted, it is the next keeper's after a restart (a plain stop releases the store, and
+    /// the next start clears the stale mount). Otherwise the mounts go.
+    fn stop(mut self) -> io::Result<()> {
+        let keep = systemd::managed();
+        if keep {
+            systemd::notify_stopping();
+        }
+        let unmount = !(self.detached || keep);
+        self.shutdown(unmount)?;
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// The one way out but a handover: unmount (when `unmount`) while the worker still answers,
+    /// stop it, give the containers' notification fds to a drain, clear what only this
+    /// connection used, and remove the pid file.
+    fn shutdown(&mut self, unmount: bool) -> io::Result<()> {
+        let r = if unmount { session::unmount(&self.cfg.mountpoint) } else { Ok(()) };
+        for (dir, held) in [(&self.cfg.cache, &self.comp.cache), (&self.cfg.psi, &self.comp.psi)] {
+            if let Some(c) = dir.as_ref().filter(|_| unmount && !held.is_empty()) {
+                // Containers' binds of it keep the connection until they go.
+                let _ = session::unmount(c);
             }
         }
-        if respawn_at.is_some_and(|t| t <= Instant::now()) && worker.is_none() {
-            respawn_at = None;
-            match spawn_worker(&cfg, &facts, &fds, &comp, agent) {
-                Ok(w) => {
-                    worker = Some(w);
-                    started = Instant::now();
+        self.stop_worker();
+        if let Some(a) = self.agent() {
+            start_drain(&self.cfg, a.close());
+        }
+        if unmount && r.is_ok() {
+            tidy(&self.cfg);
+        }
+        remove_own_pidfile(&self.cfg.pidfile);
+        r
+    }
+
+    fn stop_worker(&mut self) {
+        if let Some(w) = self.worker.take() {
+            stop_child(w, libc::SIGTERM);
+        }
+    }
+
+    /// SIGUSR1: another keeper asked for the connection on the control socket.
+    fn hand_over(&mut self) -> Next {
+        let Some((conn, req)) = self.control.as_ref().and_then(|c| c.pending.lock().take()) else {
+            return Next::Serve;
+        };
+        tracing::info!(binary = %handover::shown(&req.binary), "handing the connection over to another keeper");
+        if let Some(a) = self.agent() {
+            a.pause(true);
+        }
+        self.stop_worker();
+        match give(&self.fds, &self.comp, self.params, self.agent(), self.control.as_deref(), &conn, self.handovers) {
+            Ok(true) => {
+                // Nothing is unmounted and no drain started: the new keeper serves the mount
+                // and holds the containers' notification fds; the pid file is its.
+                if self.cfg.linger {
+                    tracing::info!("connection handed over; waiting to be stopped");
+                    let stop = signal_set(&[libc::SIGTERM, libc::SIGINT]);
+                    let _ = wait_signal(&stop, None);
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start a worker; retrying");
-                    respawn_at = Some(Instant::now() + Duration::from_secs(1));
-                }
+                tracing::info!("connection handed over; exiting");
+                return Next::Exit;
+            }
+            Ok(false) => tracing::warn!("the other keeper did not take the connection; serving on"),
+            Err(e) => tracing::warn!(error = %e, "handover failed; serving on"),
+        }
+        if let Some(a) = self.agent() {
+            a.pause(false);
+        }
+        self.respawn_at = Some(Instant::now());
+        Next::Serve
+    }
+
+    /// SIGHUP: exec the binary on disk with the connection; returns only if that failed.
+    fn upgrade(&mut self) -> Next {
+        tracing::info!(binary = %self.cfg.binary.display(), "upgrading");
+        systemd::notify_reloading();
+        // The old worker goes first; whatever FUSE request it had read is resent to the next
+        // one (SIGTERM: it finishes a seccomp answer it is writing, which the kernel would not
+        // resend).
+        self.stop_worker();
+        let ctl = self.control.as_ref().map(|c| c.listener.as_raw_fd());
+        let (cfg, fds, comp, params, handovers) = (&self.cfg, &self.fds, &self.comp, self.params, self.handovers);
+        let err = match self.agent() {
+            Some(a) => a.with_fds(|l, n| exec_upgrade(cfg, fds, comp, params, Some((l, n)), ctl, handovers)),
+            None => exec_upgrade(cfg, fds, comp, params, None, ctl, handovers),
+        };
+        tracing::error!(error = %err, "upgrade failed; continuing with this binary");
+        self.respawn_at = Some(Instant::now());
+        Next::Serve
+    }
+
+    /// Every [`CHECK_EVERY`]: is the connection still used, is the mount still attached?
+    fn tick(&mut self) -> Next {
+        self.next_check = Instant::now() + CHECK_EVERY;
+        if connection_ended(&self.fds[0]) {
+            // No mount uses the connection any more (its last bind went): nothing to serve.
+            tracing::info!("the connection ended: no mount uses it any more; exiting");
+            let _ = self.shutdown(false);
+            return Next::Exit;
+        }
+        if !self.detached && self.my_dev.is_some() && mount_dev(&self.cfg.mountpoint, &self.source) != self.my_dev {
+            // `umount -l` under us: containers' binds may still use the connection, so it is
+            // served until it ends, but the sockets go to whoever serves the mount point next.
+            self.detached = true;
+            tracing::warn!(mountpoint = %self.cfg.mountpoint.display(), "the mount was detached; serving the binds that remain, releasing the seccomp and control sockets");
+            if let Some(a) = self.agent() {
+                a.release_listener();
+            }
+            if self.control.is_some() {
+                let _ = std::fs::remove_file(handover::control_path(&self.cfg.pidfile));
+            }
+            remove_own_pidfile(&self.cfg.pidfile);
+        }
+        Next::Serve
+    }
+
+    /// Starts a worker when one is due.
+    fn respawn(&mut self) {
+        if !(self.respawn_at.is_some_and(|t| t <= Instant::now()) && self.worker.is_none()) {
+            return;
+        }
+        self.respawn_at = None;
+        match spawn_worker(&self.cfg, &self.facts, &self.fds, &self.comp, self.agent()) {
+            Ok(w) => {
+                self.worker = Some(w);
+                self.started = Instant::now();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start a worker; retrying");
+                self.respawn_at = Some(Instant::now() + Duration::from_secs(1));
             }
         }
     }
