@@ -41,6 +41,7 @@
 //! own host user) reach it (docs/security.md).
 
 use super::abi::InHeader;
+use super::ino::{Key, START_MASK};
 use super::journal::{Journal, Recorded};
 use super::reply::{Attr, Dirent, Reply};
 use super::request::{forgotten, Request};
@@ -62,10 +63,6 @@ use std::time::{Duration, Instant, SystemTime};
 const ROOT: u64 = 1;
 /// The shared tree's root: a key directory's own number in the low bits.
 const TREE_ROOT: u64 = 1;
-const IDX_MASK: u64 = 0xffff;
-const START_BITS: u32 = 24;
-const START_MASK: u64 = (1 << START_BITS) - 1;
-const PID_SHIFT: u32 = 40;
 /// Two GETATTRs this close together (two readers whose attributes expired together) get the
 /// same snapshot, so both leave the kernel with the same size and version.
 const REUSE: Duration = Duration::from_millis(5);
@@ -84,25 +81,6 @@ pub fn attr_timeout(fresh: Duration) -> Duration {
 /// Snapshots are dropped when the kernel forgets their inode, or when this old (a read after
 /// that is preceded by a GETATTR anyway: the attributes expired long before).
 const SNAPSHOT_AGE: Duration = Duration::from_secs(60);
-
-/// Which container a key directory is: its init's pid and start time (low bits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct Key {
-    pid: u32,
-    start: u64,
-}
-
-impl Key {
-    fn node(self, idx: u64) -> u64 {
-        (u64::from(self.pid) << PID_SHIFT) | ((self.start & START_MASK) << 16) | idx
-    }
-
-    fn of_node(n: u64) -> Option<(Key, u64)> {
-        let pid = (n >> PID_SHIFT) as u32;
-        let idx = n & IDX_MASK;
-        (pid != 0 && idx != 0).then_some((Key { pid, start: (n >> 16) & START_MASK }, idx))
-    }
-}
 
 /// The mount source of the cached tree of the daemon serving `mountpoint` (the shared tree's
 /// is [`crate::reattach::source_name`]): how hooks and `run` find it, whatever pid file the
@@ -419,20 +397,5 @@ impl Handler for CachedFs {
             Request::Poll { .. } => Reply::err(libc::ENOSYS),
             Request::Readlink | Request::Other(_) => Reply::err(libc::ENOSYS),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_node_id_names_its_container_and_file_and_nothing_else() {
-        let k = Key { pid: 4_194_303, start: 123_456_789 };
-        let (back, idx) = Key::of_node(k.node(7)).expect("decodes");
-        assert_eq!((back.pid, back.start, idx), (k.pid, k.start & START_MASK, 7));
-        assert!(Key::of_node(ROOT).is_none(), "the root is no container's");
-        assert!(Key::of_node(k.node(0)).is_none(), "index 0 is no file");
-        assert_ne!(k.node(3), Key { pid: k.pid, start: k.start + 1 }.node(3), "another start, another inode");
     }
 }

@@ -6,19 +6,22 @@ pub mod abi;
 pub mod cached;
 pub mod cpudir;
 pub mod handles;
+pub mod ino;
 pub mod journal;
 pub mod psi;
 pub mod reply;
 pub mod request;
 pub mod session;
 pub mod spin;
+pub mod tree;
 
 use crate::catalog::View;
 use crate::error::Errno;
 use crate::service::{Container, Service};
 use abi::InHeader;
-use cpudir::{cpu_index, CpuDir, Entry as HostEntry, Kind as HostKind, DYN_BIT};
+use cpudir::{cpu_index, CpuDir, Entry as HostEntry, Kind as HostKind};
 use handles::{Handle, Handles};
+use ino::Ino;
 use parking_lot::Mutex;
 use reply::{Attr, Dirent, Reply};
 use request::Request;
@@ -26,141 +29,16 @@ use session::Handler;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+pub use tree::Tree;
 
 /// Inode number of the mount's root directory (fixed by the kernel).
 const ROOT: u64 = 1;
 pub use handles::HANDLES_PER_CONTAINER;
-/// Inodes of a served file as one container sees it have this bit, a hash of the container in
-/// the middle bits and the tree's inode in the low 16: each container's file is its own inode,
-/// with its own attributes (the size of its content), so no container's size is cached for
-/// another.
-const CT_BIT: u64 = 1 << 62;
-const STATIC_MASK: u64 = 0xffff;
 /// Added to a file's length for its reported size: content that grew by a few digits since
 /// the size was taken is still within it.
 const SIZE_MARGIN: u64 = 1024;
 /// How long the kernel may cache names and attributes; the tree never changes.
 const TTL: Duration = Duration::from_secs(1);
-
-/// What an inode number of the shared tree names: the three inode spaces told apart once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ino {
-    /// A node of the static tree (its own number).
-    Tree(u64),
-    /// A served file as one container sees it: the tree's node in the low bits.
-    Own(u64),
-    /// An entry of the host's cpu directory, passed through ([`CpuDir`]).
-    Host(u64),
-}
-
-impl Ino {
-    fn of(ino: u64) -> Ino {
-        if ino & DYN_BIT != 0 {
-            Ino::Host(ino)
-        } else if ino & CT_BIT != 0 {
-            Ino::Own(ino & STATIC_MASK)
-        } else {
-            Ino::Tree(ino)
-        }
-    }
-}
-
-#[derive(Debug)]
-enum Kind {
-    Dir(Vec<u64>),
-    File(View),
-}
-
-#[derive(Debug)]
-struct Node {
-    name: String,
-    parent: u64,
-    kind: Kind,
-}
-
-/// A child in [`Tree::list`]: its number, name and whether it is a directory.
-pub(crate) type TreeEntry<'a> = (u64, &'a str, bool);
-
-/// The static tree of served files: inode `i` is `nodes[i - 1]`.
-#[derive(Debug)]
-pub struct Tree {
-    nodes: Vec<Node>,
-}
-
-impl Tree {
-    /// Builds the directories and files for `views`.
-    pub fn new(views: &[View]) -> Self {
-        let mut t = Tree { nodes: vec![Node { name: String::new(), parent: ROOT, kind: Kind::Dir(vec![]) }] };
-        for &v in views {
-            let mut dir = ROOT;
-            let parts: Vec<&str> = v.path().split('/').collect();
-            for (i, part) in parts.iter().enumerate() {
-                let last = i + 1 == parts.len();
-                dir = match t.child(dir, part) {
-                    Some(ino) => ino,
-                    None => {
-                        let kind = if last { Kind::File(v) } else { Kind::Dir(vec![]) };
-                        t.nodes.push(Node { name: part.to_string(), parent: dir, kind });
-                        let ino = t.nodes.len() as u64;
-                        if let Some(Node { kind: Kind::Dir(c), .. }) = t.nodes.get_mut(dir as usize - 1) {
-                            c.push(ino);
-                        }
-                        ino
-                    }
-                };
-            }
-        }
-        t
-    }
-
-    /// Node `ino` (a tree number).
-    fn node(&self, ino: u64) -> Option<&Node> {
-        self.nodes.get((ino as usize).wrapping_sub(1))
-    }
-
-    fn child(&self, dir: u64, name: &str) -> Option<u64> {
-        match &self.node(dir)?.kind {
-            Kind::Dir(c) => c.iter().copied().find(|&i| self.node(i).is_some_and(|n| n.name == name)),
-            Kind::File(_) => None,
-        }
-    }
-
-    /// The view file `ino` is, if it is one (`ino` is the tree's own number).
-    pub(crate) fn view(&self, ino: u64) -> Option<View> {
-        match self.node(ino)?.kind {
-            Kind::File(v) => Some(v),
-            Kind::Dir(_) => None,
-        }
-    }
-
-    /// Child `name` of directory `dir` (tree numbers), and whether it is a directory.
-    pub(crate) fn lookup(&self, dir: u64, name: &str) -> Option<u64> {
-        self.child(dir, name)
-    }
-
-    /// The entries of directory `dir` (tree numbers): its parent, then (number, name, is a
-    /// directory) per child; `None` if `dir` is not a directory.
-    pub(crate) fn list(&self, dir: u64) -> Option<(u64, Vec<TreeEntry<'_>>)> {
-        let n = self.node(dir)?;
-        let Kind::Dir(c) = &n.kind else { return None };
-        let children = c
-            .iter()
-            .filter_map(|&i| self.node(i).map(|k| (i, k.name.as_str(), matches!(k.kind, Kind::Dir(_)))))
-            .collect();
-        Some((n.parent, children))
-    }
-
-    /// The attributes of tree node `node`, reported as inode `ino`.
-    fn attr(&self, node: u64, ino: u64, time: u64) -> Option<Attr> {
-        let n = self.node(node)?;
-        Some(match &n.kind {
-            Kind::Dir(c) => {
-                Attr { ino, size: 0, mode: libc::S_IFDIR | 0o555, nlink: 2 + c.len() as u32, time, nsec: 0 }
-            }
-            Kind::File(v) => Attr { ino, size: 0, mode: libc::S_IFREG | v.mode(), nlink: 1, time, nsec: 0 },
-        })
-    }
-}
 
 /// What an open file reads.
 #[derive(Clone)]
@@ -208,7 +86,7 @@ impl ProcFs {
         }
         let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let tree = Tree::new(&views);
-        let cpu_dir = crate::catalog::CPU_DIR.split('/').try_fold(ROOT, |dir, part| tree.child(dir, part));
+        let cpu_dir = crate::catalog::CPU_DIR.split('/').try_fold(ROOT, |dir, part| tree.lookup(dir, part));
         ProcFs {
             cpu: CpuDir::new(cpudir::host_dir(service.root().path())),
             cpu_dir,
@@ -315,10 +193,7 @@ impl ProcFs {
     /// container cannot be found).
     fn container_ino(ino: u64, c: Option<&Container>) -> u64 {
         match c {
-            Some(c) => {
-                let h = crate::fnv(c.cgroups.name().as_bytes());
-                CT_BIT | ((h << 16) & !(CT_BIT | DYN_BIT) & !STATIC_MASK) | ino
-            }
+            Some(c) => Ino::own(ino, &c.cgroups.name()),
             None => ino,
         }
     }
@@ -344,7 +219,7 @@ impl ProcFs {
             }
             Ino::Tree(d) | Ino::Own(d) => d,
         };
-        if let Some(ino) = self.tree.child(dir, name) {
+        if let Some(ino) = self.tree.lookup(dir, name) {
             if self.tree.view(ino).is_some() {
                 // Resolved once for both the container's inode and the file's size.
                 let c = self.service.container_of(h.pid);
@@ -673,7 +548,7 @@ impl Handler for ProcFs {
             Request::Readlink => self.readlink(h.nodeid),
             Request::Readdir { offset, size } => self.readdir(h, offset, size),
             Request::Releasedir | Request::Flush | Request::Destroy => Reply::empty(),
-            Request::Statfs => Reply::statfs(self.tree.nodes.len() as u64),
+            Request::Statfs => Reply::statfs(self.tree.len() as u64),
             Request::Access { mask } => Reply::access(mask),
             Request::Change => Reply::err(libc::EROFS),
             Request::Forget { .. } | Request::Interrupt => Reply::None,
