@@ -18,20 +18,28 @@ use crate::view::{cpu_online, cpuinfo, diskstats, loadavg, meminfo, stat, swaps,
 /// How a row makes a container's content.
 type Make = fn(&Sampler, &Container) -> Result<Content>;
 
-/// A file's content for one container, and whether it is the host's file served as the
-/// container's (no cgroup of its own for it): the row decides, `show --explain` says so.
+/// Whose figures a file's content is: the row decides, `show --explain` says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// Rendered from the container's cgroups.
+    Container,
+    /// The host's own file, for want of a cgroup of its own for it.
+    Host,
+}
+
+/// A file's content for one container, and whose figures it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Content {
     /// The bytes the container reads.
     pub text: String,
-    /// The host's own file, for want of a cgroup of its own.
-    pub hosts: bool,
+    /// Whose figures they are.
+    pub origin: Origin,
 }
 
 impl From<String> for Content {
     /// The container's own content.
     fn from(text: String) -> Content {
-        Content { text, hosts: false }
+        Content { text, origin: Origin::Container }
     }
 }
 
@@ -178,7 +186,7 @@ pub enum BindFrom {
     /// The shared tree: the cpu directory, whose `cpuN` entries follow the caller.
     Shared,
     /// The container's own directory of the cached tree (fuse/cached.rs), else the shared tree.
-    Own,
+    Cached,
     /// The trigger connection (fuse/psi.rs), bound writable: the pressure files, whose triggers
     /// live in open handles. The shared tree (read-only, no triggers) where it is not served.
     Trigger,
@@ -191,7 +199,7 @@ pub fn bind_from(path: &str) -> BindFrom {
     } else if View::from_path(path).is_some_and(|v| v.pressure_file().is_some()) {
         BindFrom::Trigger
     } else {
-        BindFrom::Own
+        BindFrom::Cached
     }
 }
 
@@ -246,7 +254,7 @@ fn pressure(s: &Sampler, c: &Container, view: View) -> Result<Content> {
 
 /// The host's own file as the answer for a container that has no cgroup of its own for it.
 pub fn host_text(s: &Sampler, view: View) -> Result<Content> {
-    Ok(Content { text: String::from_utf8_lossy(&s.host_file(view.path())?).into_owned(), hosts: true })
+    Ok(Content { text: String::from_utf8_lossy(&s.host_file(view.path())?).into_owned(), origin: Origin::Host })
 }
 
 /// Whether the container has a unified cgroup of its own: where its pressure files (and

@@ -64,7 +64,7 @@ pub fn explain(svc: &Service, view: View, c: &Container) -> Explained {
     notes.extend(inputs(svc, view, c));
     let sampler = svc.sampler();
     let (content, hosts, fallback) = match view.make(sampler, c) {
-        Ok(s) => (s.text, s.hosts, None),
+        Ok(s) => (s.text, s.origin == crate::catalog::Origin::Host, None),
         Err(e) => (crate::catalog::host_text(sampler, view).map(|h| h.text).unwrap_or_default(), true, Some(e)),
     };
     if let Some(e) = &fallback {

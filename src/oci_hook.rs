@@ -197,7 +197,7 @@ pub fn run(
         // The cpu directory is bound whole (its cpuN entries are per container); the rest
         // are files.
         let (src, writable) = match (bind_from(path), &own, psi) {
-            (BindFrom::Own, Some(dir), _) => (dir.join(path), false),
+            (BindFrom::Cached, Some(dir), _) => (dir.join(path), false),
             (BindFrom::Trigger, _, Some(p)) => (p.join(path), true),
             _ => (mountpoint.join(path), false),
         };

@@ -214,7 +214,7 @@ impl FileStats {
 
 /// Open handles of one container.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Handles {
+pub struct HandleUse {
     /// The container (its first cgroup path).
     pub container: String,
     /// Handles it holds open.
@@ -237,7 +237,7 @@ pub struct Snapshot {
     /// The slowest requests of the last five minutes.
     pub slowest: Vec<Slow>,
     /// Open handles by container, most first.
-    pub handles: Vec<Handles>,
+    pub handles: Vec<HandleUse>,
     /// Containers whose seccomp notifications the worker answers.
     pub seccomp_containers: usize,
     /// Seccomp notifications answered with the container's numbers.

@@ -45,13 +45,14 @@ fn table() -> &'static Mutex<Table> {
     TABLE.get_or_init(Mutex::default)
 }
 
-/// How many cgroup directories may be kept open at once.
+/// How many cgroup directories may be kept open at once: at least 64, so a process under the
+/// default soft limit (1 024, all of it the reserve) still keeps the busiest few.
 pub fn budget() -> usize {
     static BUDGET: OnceLock<usize> = OnceLock::new();
     *BUDGET.get_or_init(|| {
         let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s);
         let soft = usize::try_from(soft).unwrap_or(usize::MAX);
-        (soft.saturating_sub(1024) / 4).min(65_536)
+        (soft.saturating_sub(1024) / 4).clamp(64, 65_536)
     })
 }
 

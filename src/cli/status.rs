@@ -121,7 +121,7 @@ fn text(s: &Status, top: usize, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use cgprocfs::stats::{FileStats, Handles, Keeper, Snapshot};
+    use cgprocfs::stats::{FileStats, HandleUse, Keeper, Snapshot};
 
     #[test]
     fn one_screen_names_what_an_operator_looks_for() {
@@ -146,7 +146,7 @@ mod tests {
                     fallbacks: vec![("io".into(), 2)],
                     ..Default::default()
                 }],
-                handles: vec![Handles { container: "/sys/fs/cgroup/x".into(), handles: 7, bytes: 100 }],
+                handles: vec![HandleUse { container: "/sys/fs/cgroup/x".into(), handles: 7, bytes: 100 }],
                 ..Default::default()
             }),
         };

@@ -135,12 +135,12 @@ impl ProcFs {
     }
 
     /// Open handles by container, most first.
-    pub fn handles_by_container(&self) -> Vec<crate::stats::Handles> {
+    pub fn handles_by_container(&self) -> Vec<crate::stats::HandleUse> {
         let h = self.handles.lock();
-        let mut v: Vec<crate::stats::Handles> = h
+        let mut v: Vec<crate::stats::HandleUse> = h
             .usage
             .iter()
-            .map(|(c, u)| crate::stats::Handles { container: c.to_string(), handles: u.handles, bytes: u.bytes })
+            .map(|(c, u)| crate::stats::HandleUse { container: c.to_string(), handles: u.handles, bytes: u.bytes })
             .collect();
         drop(h);
         v.sort_by(|a, b| b.handles.cmp(&a.handles).then_with(|| a.container.cmp(&b.container)));

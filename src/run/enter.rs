@@ -33,7 +33,7 @@ pub fn bind_pairs(mountpoint: &Path, cache: Option<&Path>, psi: Option<&Path>) -
         .filter(|p| Path::new("/").join(p).exists())
         .filter_map(|p| {
             let src = match (bind_from(p), cache, psi) {
-                (BindFrom::Own, Some(c), _) => {
+                (BindFrom::Cached, Some(c), _) => {
                     let mut dir = c.as_os_str().as_bytes().to_vec();
                     dir.push(b'/');
                     Source::Keyed { dir, rest: format!("/{p}").into_bytes() }

@@ -62,7 +62,7 @@ pub struct Options {
 
 /// A container's CPU account at one instant: what `/proc/stat` and `/proc/uptime` show.
 #[derive(Debug)]
-pub struct CpuAccount {
+pub struct CpuSample {
     /// The container's key in the [`Store`].
     key: String,
     /// CLOCK_BOOTTIME of the sample, ns.
@@ -110,7 +110,7 @@ pub struct Sampler {
     /// Per container, one pass.
     visible: TtlMap<PassKey, Arc<Vec<u32>>>,
     mem_stats: TtlMap<PathBuf, Arc<MemoryStats>>,
-    accounts: TtlMap<PassKey, Option<Arc<CpuAccount>>>,
+    accounts: TtlMap<PassKey, Option<Arc<CpuSample>>>,
     io: TtlMap<PathBuf, Arc<IoStats>>,
     init_starts: TtlMap<(u32, PathBuf), u64>,
     oldest_starts: TtlMap<PathBuf, u64>,
@@ -336,7 +336,7 @@ impl Sampler {
 
     /// The container's CPU account (once per pass); `None` when it has no CPU cgroup of its
     /// own (its files are then the host's).
-    pub fn cpu_account(&self, c: &Container) -> Result<Option<Arc<CpuAccount>>> {
+    pub fn cpu_account(&self, c: &Container) -> Result<Option<Arc<CpuSample>>> {
         self.accounts.get(Self::pass_key(c), || {
             let Some(key) = self.account_key(&c.cgroups)? else { return Ok(None) };
             let now = host::boottime_ns();
@@ -344,12 +344,12 @@ impl Sampler {
             let n = self.visible_cpus(c)?.len();
             let usage = cpuacct::read(&c.cgroups)?.ok_or(Error::NoMount("cpu accounting"))?;
             let (vcpus, total) = self.store.cpu(&key, c, now, age_ns, usage, n);
-            Ok(Some(Arc::new(CpuAccount { key, now, age_ns, vcpus, total })))
+            Ok(Some(Arc::new(CpuSample { key, now, age_ns, vcpus, total })))
         })
     }
 
     /// The task counts of the container whose account is `acct`.
-    pub fn tasks(&self, acct: &CpuAccount, c: &Container) -> TaskCounts {
+    pub fn tasks(&self, acct: &CpuSample, c: &Container) -> TaskCounts {
         self.store.load(&self.root, &acct.key, c.clone(), acct.now).1
     }
 

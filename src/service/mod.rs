@@ -15,7 +15,7 @@ use crate::error::{Errno, Error, Result};
 use crate::host;
 use crate::sampler::cache::TtlMap;
 use crate::sampler::Sampler;
-pub use crate::sampler::{CpuAccount, Options};
+pub use crate::sampler::{CpuSample, Options};
 use crate::stats::{Reason, Stats};
 use crate::view::meminfo;
 use crate::view::sysinfo::Sysinfo;
