@@ -110,3 +110,11 @@ pub fn send_fds(sock: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
     sendmsg::<()>(sock, &iov, &[ControlMessage::ScmRights(fds)], MsgFlags::MSG_NOSIGNAL, None)?;
     Ok(())
 }
+
+/// Open files the soft limit leaves after a reserve of 1 024 for everything a worker opens
+/// itself (FUSE and seccomp fds, files it reads): the share PSI triggers and kept cgroup
+/// directories are sized from.
+pub fn spare_fds() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s);
+    usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(1024)
+}

@@ -40,6 +40,14 @@ struct Table {
     swept: Option<Instant>,
 }
 
+impl Table {
+    /// Closes the directories not read from for [`IDLE`].
+    fn sweep(&mut self, now: Instant) {
+        self.swept = Some(now);
+        self.dirs.retain(|_, k| now.duration_since(k.used) < IDLE);
+    }
+}
+
 fn table() -> &'static Mutex<Table> {
     static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
     TABLE.get_or_init(Mutex::default)
@@ -49,11 +57,7 @@ fn table() -> &'static Mutex<Table> {
 /// default soft limit (1 024, all of it the reserve) still keeps the busiest few.
 pub fn budget() -> usize {
     static BUDGET: OnceLock<usize> = OnceLock::new();
-    *BUDGET.get_or_init(|| {
-        let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s);
-        let soft = usize::try_from(soft).unwrap_or(usize::MAX);
-        (soft.saturating_sub(1024) / 4).clamp(64, 65_536)
-    })
+    *BUDGET.get_or_init(|| (crate::sys::spare_fds() / 4).clamp(64, 65_536))
 }
 
 /// Whether directory `dir` is kept open now.
@@ -86,7 +90,7 @@ pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
             }
         }
     }
-    let text = std::fs::read_to_string(path)?;
+    let text = read_all(File::open(path)?)?;
     if has_room(now) {
         if let Ok(d) = File::open(dir) {
             if on_cgroupfs(&d) {
@@ -129,7 +133,8 @@ fn open_in(dir: &File, name: &std::ffi::OsStr) -> io::Result<File> {
 }
 
 /// Reads `f` to its end in page-sized steps (without the `fstat` that `read_to_string` makes
-/// for a size hint: a cgroup file's size is always 4096 or 0).
+/// for a size hint: a cgroup file's size is always 4096 or 0). Invalid UTF-8 is
+/// `InvalidData`, as from `read_to_string`.
 fn read_all(mut f: File) -> io::Result<String> {
     use std::io::Read;
     let mut buf = vec![0u8; 4096];
@@ -160,17 +165,13 @@ fn has_room(now: Instant) -> bool {
     if t.swept.is_some_and(|s| now.duration_since(s) < Duration::from_secs(1)) {
         return false;
     }
-    t.swept = Some(now);
-    t.dirs.retain(|_, k| now.duration_since(k.used) < IDLE);
+    t.sweep(now);
     t.dirs.len() < budget()
 }
 
 /// Closes the directories not read from for [`IDLE`] (the sampler's tick calls it).
 pub fn close_idle() {
-    let now = Instant::now();
-    let mut t = table().lock();
-    t.swept = Some(now);
-    t.dirs.retain(|_, k| now.duration_since(k.used) < IDLE);
+    table().lock().sweep(Instant::now());
 }
 
 fn on_cgroupfs(file: &File) -> bool {

@@ -127,9 +127,7 @@ pub fn caller_caps(tid: u32) -> Option<u64> {
 /// How many triggers all containers together may hold: half of the open-file limit left after
 /// a reserve for everything else the worker opens (FUSE and seccomp fds, cgroup files).
 pub fn global_trigger_limit() -> usize {
-    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s);
-    let soft = usize::try_from(soft).unwrap_or(usize::MAX);
-    (soft.saturating_sub(1024) / 2).max(16)
+    (crate::sys::spare_fds() / 2).max(16)
 }
 
 /// Threads closing released triggers. Closing a trigger's fd waits for an RCU grace period

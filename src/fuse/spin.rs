@@ -100,7 +100,7 @@ impl Mode {
 pub struct Tuner {
     trial: Mutex<Trial>,
     blocking: AtomicBool,
-    /// When the last reply was written, ns since [`base`].
+    /// When the last reply was written, ns (`now_ns`).
     last_reply: AtomicU64,
 }
 
@@ -196,6 +196,10 @@ impl<'t> Spin<'t> {
 
     /// The reply is written.
     pub fn replied(&mut self) {
+        // Without polling (the default) nothing reads the time: no clock on the read path.
+        if self.max.is_zero() {
+            return;
+        }
         self.last = Instant::now();
         self.tuner.replied();
     }

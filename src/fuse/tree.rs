@@ -37,7 +37,7 @@ impl Tree {
             let parts: Vec<&str> = v.path().split('/').collect();
             for (i, part) in parts.iter().enumerate() {
                 let last = i + 1 == parts.len();
-                dir = match t.child(dir, part) {
+                dir = match t.lookup(dir, part) {
                     Some(ino) => ino,
                     None => {
                         let kind = if last { Kind::File(v) } else { Kind::Dir(vec![]) };
@@ -64,7 +64,8 @@ impl Tree {
         self.nodes.get((ino as usize).wrapping_sub(1))
     }
 
-    fn child(&self, dir: u64, name: &str) -> Option<u64> {
+    /// Child `name` of directory `dir` (tree numbers).
+    pub(crate) fn lookup(&self, dir: u64, name: &str) -> Option<u64> {
         match &self.node(dir)?.kind {
             Kind::Dir(c) => c.iter().copied().find(|&i| self.node(i).is_some_and(|n| n.name == name)),
             Kind::File(_) => None,
@@ -77,11 +78,6 @@ impl Tree {
             Kind::File(v) => Some(v),
             Kind::Dir(_) => None,
         }
-    }
-
-    /// Child `name` of directory `dir` (tree numbers), and whether it is a directory.
-    pub(crate) fn lookup(&self, dir: u64, name: &str) -> Option<u64> {
-        self.child(dir, name)
     }
 
     /// The entries of directory `dir` (tree numbers): its parent, then (number, name, is a
