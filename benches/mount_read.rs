@@ -4,10 +4,13 @@
 //! and ratios.   cargo bench --bench mount_read [-- SECONDS]
 //! With `CGPROCFS_BENCH_BASELINE=/path/to/an/older/cgprocfs`, that build serves a third mount
 //! in the same run (rows "baseline ..."), for before/after comparisons of a change.
+//! `CGPROCFS_BENCH_ARGS="--threads 1"` passes extra `serve` options to the main daemon;
 //! `MOUNT_READ_ONLY=meminfo` keeps the rows naming meminfo (and the kernel and floor rows).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/fuser_floor.rs"]
+mod fuser_floor;
 #[path = "support/peers.rs"]
 mod peers;
 #[path = "support/reads.rs"]
@@ -33,11 +36,20 @@ fn measure(name: &str, path: &Path, threads: usize, secs: f64) -> Row {
 fn main() {
     // `cargo bench` passes `--bench`; an optional number is the seconds per measurement.
     let secs: f64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(2.0);
+    if let Some(mnt) = std::env::var_os(fuser_floor::ENV) {
+        return fuser_floor::serve(Path::new(&mnt));
+    }
     common::live_ready("mount_read bench");
-    let d = Daemon::start_with("bench", &["--bench-floor"]);
+    // CGPROCFS_BENCH_ARGS: extra `serve` options for the main daemon (e.g. "--threads 1").
+    let extra = std::env::var("CGPROCFS_BENCH_ARGS").unwrap_or_default();
+    let mut extra: Vec<&str> = extra.split_whitespace().collect();
+    extra.push("--bench-floor");
+    let d = Daemon::start_with("bench", &extra);
     let spin = Daemon::start_with("bench-spin", &["--spin-us", "50", "--bench-floor"]);
     let lxcfs = peers::Lxcfs::start(common::unique("lxcfs"), &[]);
     let baseline = peers::Baseline::start(common::unique("baseline"));
+    // Started before this process joins the limited cgroup: it must not share the quota.
+    let fuser = fuser_floor::FuserFloor::start(common::unique("fuser-floor"));
     let cg = TestCgroup::new(
         "bench",
         &Limits { memory: Some(256 << 20), cpu: Some((150_000, 100_000)), ..Default::default() },
@@ -71,6 +83,9 @@ fn main() {
         // run-bound container reads there.
         ("cgprocfs trigger pressure/memory".into(), d.psi().join("proc/pressure/memory")),
     ];
+    if let Some(f) = &fuser {
+        targets.push(("fuser floor (constant)".into(), f.file()));
+    }
     if let Some(b) = &baseline {
         targets.push(("baseline meminfo".into(), b.mnt().join("proc/meminfo")));
         targets.push(("baseline stat".into(), b.mnt().join("proc/stat")));
@@ -106,6 +121,7 @@ fn main() {
         }
     }
     drop(lxcfs);
+    drop(fuser);
     drop(cg);
     drop(d);
     drop(spin);
@@ -113,8 +129,8 @@ fn main() {
     let find = |name: &str, t: usize| rows.iter().find(|r| r.name == name && r.threads == t).map(|r| r.median_us);
     println!("\nopen+read+close from a 256 MiB / 1.5 CPU cgroup, {secs} s per row, {cores} cores");
     println!(
-        "{:<30} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>9}",
-        "file", "threads", "median us", "p99 us", "reads/s", "x kernel", "x floor", "x lxcfs"
+        "{:<30} {:>7} {:>10} {:>10} {:>12} {:>9} {:>9} {:>9} {:>9}",
+        "file", "threads", "median us", "p99 us", "reads/s", "x kernel", "x floor", "x fuser", "x lxcfs"
     );
     for r in &rows {
         let kernel = if r.name.ends_with("stat") {
@@ -127,11 +143,13 @@ fn main() {
         let k = find(kernel, r.threads).map_or(String::new(), |k| format!("{:.1}", r.median_us / k));
         let fl = find("cgprocfs FUSE floor (constant)", r.threads)
             .map_or(String::new(), |f| format!("{:.2}", r.median_us / f));
+        let fu =
+            find("fuser floor (constant)", r.threads).map_or("-".to_string(), |f| format!("{:.2}", r.median_us / f));
         let lx_name = if r.name.contains("cpuinfo") { "lxcfs cpuinfo" } else { "lxcfs meminfo" };
         let l = find(lx_name, r.threads).map_or("-".to_string(), |l| format!("{:.2}", r.median_us / l));
         println!(
-            "{:<30} {:>7} {:>10.1} {:>10.1} {:>12.0} {:>9} {:>9} {:>9}",
-            r.name, r.threads, r.median_us, r.p99_us, r.per_sec, k, fl, l
+            "{:<30} {:>7} {:>10.1} {:>10.1} {:>12.0} {:>9} {:>9} {:>9} {:>9}",
+            r.name, r.threads, r.median_us, r.p99_us, r.per_sec, k, fl, fu, l
         );
     }
     if let Some((delays, bound)) = stale {

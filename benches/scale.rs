@@ -4,7 +4,10 @@
 //! `diskstats` once a second, through the shared tree and through the cached tree.
 //! In the same run, with `CGPROCFS_BENCH_BASELINE=/path/to/an/older/cgprocfs`, the same agents
 //! on that build's two trees, and on lxcfs (`-l`, its load average thread on) when installed.
-//! `SCALE_SKIP_IDLE=1` leaves out the 30 s idle phase; `CGPROCFS_BENCH_ARGS="--spin-us 50"` passes
+//! A floor row: the same agents reading the constant `.bench/floor` five times a second
+//! instead, the FUSE requests of as many reads with no rendering and no caller lookup.
+//! `SCALE_SKIP_IDLE=1` leaves out the 30 s idle phase; `SCALE_SKIP_AGENTS=1` the agents (for
+//! the footprint at 10 000 containers: `SCALE_SKIP_AGENTS=1 cargo bench --bench scale -- 10000`); `CGPROCFS_BENCH_ARGS="--spin-us 50"` passes
 //! extra `serve` options to this build's daemon.
 //!   cargo bench --bench scale [-- CONTAINERS]
 
@@ -29,7 +32,8 @@ fn main() {
     common::live_ready("scale bench");
     // CGPROCFS_BENCH_ARGS: extra `serve` options for this build's daemon (e.g. "--spin-us 50").
     let extra = std::env::var("CGPROCFS_BENCH_ARGS").unwrap_or_default();
-    let extra: Vec<&str> = extra.split_whitespace().collect();
+    let mut extra: Vec<&str> = extra.split_whitespace().collect();
+    extra.push("--bench-floor");
     let d = Daemon::start_with("scale", &extra);
     let worker = d.worker_pid();
     let rss0 = status_kib(worker, "VmRSS:");
@@ -60,35 +64,44 @@ fn main() {
     // A monitoring agent per container, once a second, for AGENT_SECS: on the shared tree,
     // then on each container's own cached files (its key: the agent itself, as a container's
     // init is for the hook).
-    let shared = agents(&cgs, &|_| AGENT_FILES.iter().map(|f| d.path(f)).collect(), worker);
-    let cached = agents(
-        &cgs,
-        &|pid| {
-            let own = d.cache().join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
-            AGENT_FILES.iter().map(|f| own.join(f)).collect()
-        },
-        worker,
-    );
-
-    let mut rows = vec![("this build, shared tree", shared), ("this build, cached tree", cached)];
-    if let Some(b) = peers::Baseline::start(common::unique("baseline")) {
-        if let Some(w) = b.worker_pid() {
-            let mnt = b.mnt();
-            rows.push((
-                "baseline, shared tree",
-                agents(&cgs, &|_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect(), w),
-            ));
-            let cache = b.cache();
-            let own = |pid| {
-                let own = cache.join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
+    let skip = std::env::var_os("SCALE_SKIP_AGENTS").is_some();
+    let mut rows = Vec::new();
+    if !skip {
+        let shared = agents(&cgs, &|_| AGENT_FILES.iter().map(|f| d.path(f)).collect(), worker);
+        let floor = agents(&cgs, &|_| AGENT_FILES.iter().map(|_| d.path(".bench/floor")).collect(), worker);
+        let cached = agents(
+            &cgs,
+            &|pid| {
+                let own = d.cache().join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
                 AGENT_FILES.iter().map(|f| own.join(f)).collect()
-            };
-            rows.push(("baseline, cached tree", agents(&cgs, &own, w)));
+            },
+            worker,
+        );
+
+        rows = vec![
+            ("this build, shared tree", shared),
+            ("this build, cached tree", cached),
+            ("floor, shared tree", floor),
+        ];
+        if let Some(b) = peers::Baseline::start(common::unique("baseline")) {
+            if let Some(w) = b.worker_pid() {
+                let mnt = b.mnt();
+                rows.push((
+                    "baseline, shared tree",
+                    agents(&cgs, &|_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect(), w),
+                ));
+                let cache = b.cache();
+                let own = |pid| {
+                    let own = cache.join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
+                    AGENT_FILES.iter().map(|f| own.join(f)).collect()
+                };
+                rows.push(("baseline, cached tree", agents(&cgs, &own, w)));
+            }
         }
-    }
-    if let Some(l) = peers::Lxcfs::start(common::unique("lxcfs"), &["-l"]) {
-        let mnt = l.mnt.clone();
-        rows.push(("lxcfs -l", agents(&cgs, &|_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect(), l.pid())));
+        if let Some(l) = peers::Lxcfs::start(common::unique("lxcfs"), &["-l"]) {
+            let mnt = l.mnt.clone();
+            rows.push(("lxcfs -l", agents(&cgs, &|_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect(), l.pid())));
+        }
     }
 
     for s in sleepers.iter_mut() {

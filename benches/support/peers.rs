@@ -106,7 +106,7 @@ impl Drop for Lxcfs {
 }
 
 /// Waits up to 10 s for `file` to read non-empty.
-fn wait_served(file: &Path, who: &str) -> Option<()> {
+pub fn wait_served(file: &Path, who: &str) -> Option<()> {
     let t = Instant::now();
     while std::fs::read(file).map(|b| b.is_empty()).unwrap_or(true) {
         if t.elapsed() > Duration::from_secs(10) {

@@ -1,10 +1,11 @@
-//! The runner of the live test binaries (`harness = false` in Cargo.toml): libtest's command
+//! The runner of the group test binaries (`harness = false` in Cargo.toml): libtest's command
 //! line and output, plus what libtest cannot do, a test that finds a prerequisite missing at
 //! run time ends as *ignored*, with the reason, in the summary (`cargo test` of a machine
 //! without root, FUSE, cgroups or a program says `N ignored`, not `N passed`). Under
 //! `CI=true` a missing prerequisite fails the test instead ([`skip`]).
 //!
-//! Each binary ends with `cgprocfs_tests!(test_a, test_b, ...)`, which is its `main`.
+//! Each module of a group ends with `crate::cgprocfs_tests!(test_a, test_b, ...)`, its list of
+//! tests; the group's `main.rs` hands every module's list to [`main`].
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -84,19 +85,29 @@ fn args() -> Args {
     a
 }
 
-/// Runs the tests libtest-style and exits: 0 if none failed, 101 otherwise.
-pub fn main(tests: &[Test]) -> ! {
+/// One module of a group binary: its name and its tests.
+pub type Module = (&'static str, &'static [Test]);
+
+/// Runs the modules' tests libtest-style and exits: 0 if none failed, 101 otherwise. Tests are
+/// named `module::function`; a module's tests run in parallel (`--test-threads`), modules one
+/// after another, so tests of two modules (two daemons' lifecycles, two engines) never overlap.
+pub fn main(modules: &[Module]) -> ! {
     let args = args();
-    let chosen: Vec<&Test> = tests
+    let all: Vec<(String, fn())> =
+        modules.iter().flat_map(|(m, tests)| tests.iter().map(move |t| (format!("{m}::{}", t.name), t.run))).collect();
+    let chosen: Vec<(&str, &String, fn())> = modules
         .iter()
-        .filter(|t| {
+        .flat_map(|(m, _)| {
+            all.iter().filter(move |(n, _)| n.split("::").next() == Some(*m)).map(move |(n, f)| (*m, n, *f))
+        })
+        .filter(|(_, name, _)| {
             args.filters.is_empty()
-                || args.filters.iter().any(|f| if args.exact { t.name == f } else { t.name.contains(f.as_str()) })
+                || args.filters.iter().any(|f| if args.exact { *name == f } else { name.contains(f.as_str()) })
         })
         .collect();
     if args.list {
-        for t in &chosen {
-            println!("{}: test", t.name);
+        for (_, name, _) in &chosen {
+            println!("{name}: test");
         }
         std::process::exit(0);
     }
@@ -109,29 +120,32 @@ pub fn main(tests: &[Test]) -> ! {
     }));
     println!("\nrunning {} tests", chosen.len());
     let start = Instant::now();
-    let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<(&'static str, Outcome)>> = Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for _ in 0..args.threads.min(chosen.len().max(1)) {
-            s.spawn(|| loop {
-                let i = next.fetch_add(1, Ordering::SeqCst);
-                let Some(t) = chosen.get(i) else { return };
-                let outcome = match catch_unwind(AssertUnwindSafe(t.run)) {
-                    Ok(()) => Outcome::Passed,
-                    Err(p) => match p.downcast::<Skip>() {
-                        Ok(skip) => Outcome::Ignored(skip.0),
-                        Err(_) => Outcome::Failed,
-                    },
-                };
-                match &outcome {
-                    Outcome::Passed => println!("test {} ... ok", t.name),
-                    Outcome::Failed => println!("test {} ... FAILED", t.name),
-                    Outcome::Ignored(why) => println!("test {} ... ignored, {why}", t.name),
-                }
-                results.lock().unwrap_or_else(|e| e.into_inner()).push((t.name, outcome));
-            });
-        }
-    });
+    let results: Mutex<Vec<(&str, Outcome)>> = Mutex::new(Vec::new());
+    for (m, _) in modules {
+        let these: Vec<&(&str, &String, fn())> = chosen.iter().filter(|(cm, _, _)| cm == m).collect();
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..args.threads.min(these.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some((_, name, run)) = these.get(i) else { return };
+                    let outcome = match catch_unwind(AssertUnwindSafe(*run)) {
+                        Ok(()) => Outcome::Passed,
+                        Err(p) => match p.downcast::<Skip>() {
+                            Ok(skip) => Outcome::Ignored(skip.0),
+                            Err(_) => Outcome::Failed,
+                        },
+                    };
+                    match &outcome {
+                        Outcome::Passed => println!("test {name} ... ok"),
+                        Outcome::Failed => println!("test {name} ... FAILED"),
+                        Outcome::Ignored(why) => println!("test {name} ... ignored, {why}"),
+                    }
+                    results.lock().unwrap_or_else(|e| e.into_inner()).push((name.as_str(), outcome));
+                });
+            }
+        });
+    }
     let results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     let count = |f: fn(&Outcome) -> bool| results.iter().filter(|(_, o)| f(o)).count();
     let (passed, failed, ignored) = (
@@ -148,18 +162,17 @@ pub fn main(tests: &[Test]) -> ! {
     println!(
         "\ntest result: {}. {passed} passed; {failed} failed; {ignored} ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
         if failed == 0 { "ok" } else { "FAILED" },
-        tests.len() - chosen.len(),
+        all.len() - chosen.len(),
         start.elapsed().as_secs_f64()
     );
     std::process::exit(if failed == 0 { 0 } else { 101 })
 }
 
-/// The `main` of a live test binary: runs the named test functions with [`main`].
+/// A module's list of tests, `TESTS`, for its group's `main` ([`main`]).
 #[macro_export]
 macro_rules! cgprocfs_tests {
     ($($f:ident),* $(,)?) => {
-        fn main() {
-            common::harness::main(&[$(common::harness::Test { name: stringify!($f), run: $f }),*])
-        }
+        /// This module's tests, in the order they are listed.
+        pub const TESTS: &[$crate::common::harness::Test] = &[$($crate::common::harness::Test { name: stringify!($f), run: $f }),*];
     };
 }

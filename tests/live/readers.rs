@@ -3,7 +3,7 @@
 //! from the size — from a limited cgroup; and two containers reading the same file with
 //! several readers each, none ever getting the other's or a torn content.
 
-mod common;
+use crate::common;
 
 use common::*;
 
@@ -174,4 +174,4 @@ fn two_containers_reading_at_once_never_get_each_others_content() {
     }
 }
 
-cgprocfs_tests!(every_reader_reads_every_file, two_containers_reading_at_once_never_get_each_others_content,);
+crate::cgprocfs_tests!(every_reader_reads_every_file, two_containers_reading_at_once_never_get_each_others_content,);

@@ -2,7 +2,7 @@
 //! container's bind mount answers ENOTCONN. The next `serve` repairs them inside their mount
 //! namespaces, without restarting them; `cgprocfs reattach` does the same by hand.
 
-mod common;
+use crate::common;
 
 use common::loops::{collect, kill_cgroups, reader};
 use common::*;
@@ -134,7 +134,7 @@ fn a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed() {
     assert!(out.contains("psi-armed"), "{out} {}\n{}", String::from_utf8_lossy(&o.stderr), d.log());
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     containers_read_again_after_the_keeper_is_killed_and_a_new_serve_starts,
     reattach_by_hand_repairs_a_container_and_says_so,
     a_run_commands_cached_files_are_repaired_after_the_keeper_is_killed,

@@ -3,7 +3,7 @@
 //! with the views bound over /proc and /sys, read every served file in a tight loop; the test
 //! counts failed and wrong reads (must be 0) and reports the longest stall.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::Duration;
@@ -139,7 +139,7 @@ fn stop_and_continue_do_not_restart_the_worker() {
     assert!(!d.log().contains("worker died"), "{}", d.log());
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     kill_and_upgrade_are_invisible_to_readers,
     a_panicking_thread_takes_the_worker_down_and_it_is_replaced,
     stop_and_continue_do_not_restart_the_worker,

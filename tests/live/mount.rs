@@ -2,7 +2,7 @@
 //! readers inside them reading through the FUSE mount. They need root, /dev/fuse and cgroups:
 //! under CI=true a missing prerequisite fails; elsewhere the test ends as ignored, with the reason.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -501,7 +501,7 @@ fn kept_cgroup_directories_follow_changes_and_recreated_cgroups() {
     std::fs::create_dir(&dir).unwrap(); // for the cgroup's own clean-up
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     kept_cgroup_directories_follow_changes_and_recreated_cgroups,
     memory_limit_is_memtotal,
     parent_limit_lower_than_child_wins,

@@ -5,7 +5,7 @@
 //! is taken, and 2 000 containers fit under a default soft open-file limit.
 #![cfg(target_arch = "x86_64")]
 
-mod common;
+use crate::common;
 
 use cgprocfs::fuse::abi::InHeader;
 use cgprocfs::fuse::reply::Attr;
@@ -203,7 +203,7 @@ fn two_thousand_containers_under_a_default_open_file_limit() {
     assert_eq!(r["total"], 256 * MIB, "{r}");
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     answers_follow_page_protection,
     a_buffer_on_a_hung_fuse_file_cannot_stall_other_containers,
     only_root_may_hand_fds_and_only_runc_messages_count,

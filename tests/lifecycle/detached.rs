@@ -4,7 +4,7 @@
 //! itself once the last bind is gone. (A file of its own: other tests' `unshare -m` would copy
 //! the detached mount and keep the connection in use.)
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::process::Stdio;
@@ -58,4 +58,4 @@ fn a_detached_keeper_gives_its_sockets_up_and_exits_once_unused() {
     assert!(std::fs::read_to_string(d.path("proc/meminfo")).unwrap().starts_with("MemTotal:"));
 }
 
-cgprocfs_tests!(a_detached_keeper_gives_its_sockets_up_and_exits_once_unused,);
+crate::cgprocfs_tests!(a_detached_keeper_gives_its_sockets_up_and_exits_once_unused,);

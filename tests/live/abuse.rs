@@ -3,7 +3,7 @@
 //! cgroups. A bystander container's reads must never fail and stay right; its latency is
 //! reported (figures in docs/performance.md), not asserted beyond a hang bound.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::process::Stdio;
@@ -217,7 +217,7 @@ fn short_lived_cgroups_leave_no_records_behind() {
     }
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     bystander_survives_handle_hoarding_and_tight_loops,
     deep_hierarchy_and_many_cgroups,
     a_container_at_its_handle_quota_leaves_the_others_reading,

@@ -4,7 +4,7 @@
 //! kernel's errors come back; the main mount stays a read-only superblock; a worker killed
 //! under a waiting poller does not leave it hung.
 
-mod common;
+use crate::common;
 
 use common::attacker::{Attacker, ATTACKER};
 use common::*;
@@ -279,7 +279,7 @@ fn both_connections_share_one_handle_quota() {
     assert!(out.contains("after-close ok"), "a handle freed on one connection is room on the other: {out}");
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     a_trigger_fires_on_its_containers_pressure_only,
     a_killed_worker_leaves_no_poller_hung,
     both_connections_share_one_handle_quota,

@@ -4,7 +4,7 @@
 //! `docker run --runtime=cgprocfs` containers what hooks.d gives podman: their own cached
 //! files, sysinfo(2) answers, the cpu directory and PSI triggers.
 
-mod common;
+use crate::common;
 
 use common::bundle::busybox_rootfs;
 use common::*;
@@ -418,7 +418,7 @@ fn containerd_shim_containers_started_through_the_wrapper_get_every_feature() {
     assert_features(&String::from_utf8_lossy(&out.stdout), &said);
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     docker_containers_started_through_the_wrapper_get_every_feature,
     containerd_shim_containers_started_through_the_wrapper_get_every_feature,
     a_docker_container_reads_through_a_takeover_and_a_repair,

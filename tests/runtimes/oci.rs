@@ -1,7 +1,7 @@
 //! Live: real runc (Debian's) running a busybox-static rootfs built by the test, with
 //! `cgprocfs oci-hook` as its createContainer hook and limits in `linux.resources`.
 
-mod common;
+use crate::common;
 
 use common::bundle::{busybox_rootfs, runc_ready, Bundle};
 use common::*;
@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-// `head` and `grep` read(2); BusyBox `cat`'s sendfile path is covered by tests/readers.rs.
+// `head` and `grep` read(2); BusyBox `cat`'s sendfile path is covered by tests/live/readers.rs.
 const SCRIPT: &str =
     "head -n 1 /proc/meminfo; grep -c ^processor /proc/cpuinfo; head -n 1 /sys/devices/system/cpu/online; \
                       head -n 1 /proc/uptime; grep -c ^cpu[0-9] /proc/stat; head -n 1 /proc/loadavg";
@@ -236,7 +236,7 @@ fn hook_binds_only_onto_procfs_and_keeps_noexec() {
     assert!(!log.contains("bound [\"proc/meminfo\""), "{log}");
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     runc_container_sees_its_limits_through_the_hook,
     container_starts_without_a_daemon_and_can_opt_out,
     podman_with_the_packaged_hook,

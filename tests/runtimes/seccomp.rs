@@ -2,7 +2,7 @@
 //! (busybox-static rootfs, and the host's JDK bound in), with the profile `cgprocfs
 //! seccomp-profile` prints.
 
-mod common;
+use crate::common;
 
 use common::bundle::{runc_ready, Bundle};
 use common::*;
@@ -178,7 +178,7 @@ fn profile_gives_the_answered_calls_one_notify_rule() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("is not a JSON seccomp profile"));
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     busybox_free_and_uptime_see_the_container_then_the_host_once_the_daemon_stops,
     jvm_without_container_support_sizes_its_heap_from_the_limit,
     profile_gives_the_answered_calls_one_notify_rule,

@@ -3,7 +3,7 @@
 //! fails, none shows another container's content, no counter goes backwards. An incompatible
 //! handover request is refused and the keeper goes on serving.
 
-mod common;
+use crate::common;
 
 use common::loops::{collect, kill_cgroups, reader};
 use common::*;
@@ -90,7 +90,7 @@ fn an_incompatible_handover_is_refused_and_the_keeper_serves_on() {
     assert!(d.log().contains("refused a handover"), "{}", d.log());
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     a_new_serve_takes_the_connection_over_three_times_without_a_failed_read,
     an_incompatible_handover_is_refused_and_the_keeper_serves_on,
 );

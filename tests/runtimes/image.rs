@@ -6,7 +6,7 @@
 //! rollout does, takes the connection over, and the old pod is deleted: readers in a tight
 //! loop see no failed read.
 
-mod common;
+use crate::common;
 
 use common::loops::{collect, kill_cgroups, reader_of};
 use common::*;
@@ -160,4 +160,4 @@ fn the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed
     assert!(logs(&pod2).contains("took the connection over"), "{}", logs(&pod2));
 }
 
-cgprocfs_tests!(the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed_read,);
+crate::cgprocfs_tests!(the_daemonset_image_serves_the_host_and_a_rollout_hands_over_without_a_failed_read,);

@@ -1,7 +1,7 @@
 //! The .deb and .rpm built by `.ci/run` (`cargo deb --no-build`, `cargo generate-rpm`):
 //! install the .deb, check what it placed, remove it cleanly; inspect the .rpm.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -100,4 +100,4 @@ fn rpm_has_the_same_contents() {
     assert!(info.contains("Name        : cgprocfs") && info.contains("License     : Apache-2.0"), "{info}");
 }
 
-cgprocfs_tests!(deb_installs_what_it_should_and_removes_cleanly, rpm_has_the_same_contents,);
+crate::cgprocfs_tests!(deb_installs_what_it_should_and_removes_cleanly, rpm_has_the_same_contents,);

@@ -3,7 +3,7 @@
 //! parser — follows the reads containers make and a worker's restart; `show --explain` names
 //! the source of every line.
 
-mod common;
+use crate::common;
 
 use common::*;
 use serde_json::Value;
@@ -177,7 +177,7 @@ fn show_explain_annotates_every_line_with_its_source() {
     let _ = sleeper.wait();
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     status_and_metrics_follow_the_reads_and_a_worker_restart,
     show_explain_annotates_every_line_with_its_source
 );

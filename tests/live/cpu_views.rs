@@ -2,7 +2,7 @@
 //! busy or idle processes), read through the mount; procps `top` and `uptime` reading them
 //! through bind mounts.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::Duration;
@@ -211,7 +211,7 @@ fn top_and_uptime_see_the_container() {
     assert!(up.contains("up 0 min") || up.contains(" up  0 min") || up.contains("up 0:0"), "{up}");
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     throttled_spinner_shows_busy_and_steal_idle_container_shows_idle,
     threads_waiting_behind_a_neighbour_are_steal_not_idle,
     fresh_container_uptime_is_its_age_and_counters_survive_a_worker_kill,

@@ -9,12 +9,13 @@ use cgprocfs::view::cpus::CpuCount;
 use cgprocfs::Root;
 use std::path::{Path, PathBuf};
 
-fn fixture(name: &str) -> PathBuf {
+/// The fixture tree `name` under `tests/fixtures`.
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// The pid the fixture was captured for (the numeric directory under proc/).
-fn captured_pid(root: &Path) -> u32 {
+pub(crate) fn captured_pid(root: &Path) -> u32 {
     std::fs::read_dir(root.join("proc"))
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())

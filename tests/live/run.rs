@@ -1,7 +1,7 @@
 //! Live: `cgprocfs run` with real programs from Debian reading the views: procps `free`, `top`,
 //! `uptime`, `vmstat`, glibc `getconf`, Python's `os.cpu_count()`.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::process::Command;
@@ -169,7 +169,7 @@ fn run_answers_sysinfo_for_its_command() {
     assert!(err.contains("sees the host's"), "run says why: {err}");
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     run_starts_its_own_daemon_and_real_programs_see_the_limits,
     run_uses_a_serving_daemon_and_a_cpuset,
     run_answers_sysinfo_for_its_command,

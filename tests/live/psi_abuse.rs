@@ -4,7 +4,7 @@
 //! stall, measures a bystander in another cgroup: its p99 read latency during the attack must
 //! stay within a few ms of its own baseline in the same run (common/bystander.rs).
 
-mod common;
+use crate::common;
 
 use common::attacker::{taken, Attacker, ATTACKER};
 use common::bystander::{assert_unharmed, now, Bystander};
@@ -311,7 +311,7 @@ fn a_process_polling_a_trigger_freezes() {
     assert!(frozen, "the cgroup of a process polling a trigger froze within 5 s");
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     dropping_many_triggers_stalls_no_bystander,
     polling_many_triggers_costs_the_worker_little_and_a_bystander_nothing,
     all_containers_together_hold_triggers_within_the_open_file_limit,

@@ -3,7 +3,7 @@
 //! container, whole, through every read path, while limits change, neighbours read, the
 //! worker is killed, and that nobody else reads them.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::process::{Command, Stdio};
@@ -277,7 +277,7 @@ fn kernel_at_least(major: u32, minor: u32) -> bool {
     (v.next().unwrap_or(0), v.next().unwrap_or(0)) >= (major, minor)
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     run_binds_the_commands_own_cached_files_which_follow_its_limits,
     two_containers_read_their_cached_files_at_once_never_a_neighbours_or_a_torn_one,
     a_worker_killed_under_cached_readers_loses_and_mixes_nothing,

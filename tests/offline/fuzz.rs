@@ -200,7 +200,7 @@ fn fuzz_host_files_and_renderers() {
 
 #[test]
 fn fuzz_fuse_requests() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hybrid-limited");
+    let root = crate::fixtures::fixture("hybrid-limited");
     let svc = Arc::new(Service::new(Root::new(root), Options::default()).unwrap());
     let fs = ProcFs::new(svc);
     fuzz("fuse_request", |b| {

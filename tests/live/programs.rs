@@ -3,7 +3,7 @@
 //! together) and asserting what it shows. `docs/programs.md` holds the table "what each program
 //! reads and what it sees"; each test checks that its row there says what it observed.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::path::PathBuf;
@@ -300,7 +300,7 @@ fn slabtop_reads_the_served_slabinfo() {
     doc_row("`slabtop -o`", "the served caches (per cgroup before Linux 5.9, the host's after); root only");
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     slabtop_reads_the_served_slabinfo,
     htop_shows_one_cpu_meter_and_the_memory_limit,
     vmstat_iostat_lscpu_and_busybox_top_see_the_container,

@@ -1,7 +1,7 @@
 //! Live: files root writes are never redirected by another user — a directory prepared under
 //! the name `cgprocfs run` would use, and pid files whose names differ only after a dot.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::io::Write;
@@ -134,7 +134,7 @@ fn keeper_refuses_a_pid_file_directory_others_can_write() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("writable by other users"), "{out:?}");
 }
 
-cgprocfs_tests!(
+crate::cgprocfs_tests!(
     run_never_writes_through_a_prepared_directory,
     daemons_with_dotted_pid_files_share_nothing,
     keeper_refuses_a_pid_file_directory_others_can_write,

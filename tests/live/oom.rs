@@ -1,10 +1,10 @@
 //! The worker's OOM standing: the keeper runs at oom_score_adj -1000 (the unit's
 //! OOMScoreAdjust), the worker resets itself to 0. Lowering a score needs CAP_SYS_RESOURCE,
 //! which a sandboxed host may not grant root: the test then ends as ignored, saying so in the
-//! summary (also under CI), and the VM tier (tests/vm.rs) runs it in guests that have it, so
+//! summary (also under CI), and the VM tier (tests/vm/main.rs) runs it in guests that have it, so
 //! under CI it always runs there.
 
-mod common;
+use crate::common;
 
 use common::*;
 use std::time::{Duration, Instant};
@@ -42,4 +42,4 @@ fn the_worker_is_not_the_oom_killers_last_choice() {
     assert!(adj(d.worker_pid()) >= 0, "the worker inherited the keeper's -1000");
 }
 
-cgprocfs_tests!(the_worker_is_not_the_oom_killers_last_choice,);
+crate::cgprocfs_tests!(the_worker_is_not_the_oom_killers_last_choice,);
