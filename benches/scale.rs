@@ -113,7 +113,9 @@ fn main() {
     println!("RSS at start:                         {rss0} KiB");
     println!("RSS after every container read all:   {rss1} KiB (peak {hwm} KiB)");
     println!("load sampling, {n} idle containers:  {cpu_pct:.2} % of one core over {secs:.0} s");
-    println!("agents: {n} containers x {} files each second for {AGENT_SECS} s, CPU of the serving process (sampler included)", AGENT_FILES.len());
+    if !rows.is_empty() {
+        println!("agents: {n} containers x {} files each second for {AGENT_SECS} s, CPU of the serving process (sampler included)", AGENT_FILES.len());
+    }
     for (name, (pct, reads, failed)) in rows {
         println!("  {name:<26} {pct:>6.2} % of one core, {reads} reads, {failed} failed");
     }

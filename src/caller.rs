@@ -123,7 +123,7 @@ impl Resolver {
         // would make every request pay a scan of /proc).
         let mut pid = tid;
         for _ in 0..MAX_WALK {
-            let status = std::fs::read_to_string(self.root.proc_pid(pid).join("status"))
+            let status = crate::sys::read_text(&self.root.proc_pid(pid).join("status"))
                 .map_err(|e| Error::io(self.root.proc_pid(pid).join("status"), e))?;
             if innermost_nspid(&status) == Some("1") {
                 return Ok(pid);
@@ -160,7 +160,7 @@ impl Resolver {
             if pidns_of(&self.root, &pid.to_string()).ok() != Some(ns) {
                 continue;
             }
-            let status = std::fs::read_to_string(self.root.proc_pid(pid).join("status")).unwrap_or_default();
+            let status = crate::sys::read_text(&self.root.proc_pid(pid).join("status")).unwrap_or_default();
             if innermost_nspid(&status) == Some("1") {
                 return Ok(pid);
             }

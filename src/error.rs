@@ -72,5 +72,5 @@ pub type Result<T> = std::result::Result<T, Error>;
 
 /// Reads a whole small file into a string, mapping the error to [`Error::Io`].
 pub fn read_file(path: &std::path::Path) -> Result<String> {
-    std::fs::read_to_string(path).map_err(|e| Error::io(path, e))
+    crate::sys::read_text(path).map_err(|e| Error::io(path, e))
 }

@@ -118,3 +118,31 @@ pub fn spare_fds() -> usize {
     let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).map_or(1024, |(s, _)| s);
     usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(1024)
 }
+
+/// The whole text of the file at `path`, like `std::fs::read_to_string` without the `fstat`
+/// it makes for a size hint: procfs and cgroupfs files say 0 or 4096 whatever they hold, and
+/// at thousands of reads a second the extra system call shows.
+pub fn read_text(path: &Path) -> io::Result<String> {
+    read_text_of(std::fs::File::open(path)?)
+}
+
+/// Reads `f` to its end in page-sized steps, as [`read_text`]. Invalid UTF-8 is
+/// `InvalidData`, as from `read_to_string`.
+pub fn read_text_of(mut f: std::fs::File) -> io::Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match f.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}

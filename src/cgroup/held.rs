@@ -69,7 +69,7 @@ pub fn is_kept(dir: &Path) -> bool {
 /// directory when there is one.
 pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
     let path = path.as_ref();
-    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return std::fs::read_to_string(path) };
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return crate::sys::read_text(path) };
     let now = Instant::now();
     let kept = {
         let mut t = table().lock();
@@ -79,7 +79,7 @@ pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
         })
     };
     if let Some(d) = kept {
-        match open_in(&d, name).and_then(read_all) {
+        match open_in(&d, name).and_then(crate::sys::read_text_of) {
             Ok(text) => return Ok(text),
             // An optional file this cgroup lacks (`cpu.stat.local`, swap files): the directory
             // stays kept.
@@ -90,7 +90,7 @@ pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
             }
         }
     }
-    let text = read_all(File::open(path)?)?;
+    let text = crate::sys::read_text_of(File::open(path)?)?;
     if has_room(now) {
         if let Ok(d) = File::open(dir) {
             if on_cgroupfs(&d) {
@@ -109,6 +109,20 @@ pub fn exists(dir: &Path) -> bool {
         Some(d) => has_procs(&d) || dir.is_dir(),
         None => dir.is_dir(),
     }
+}
+
+/// The metadata of cgroup directory `dir` (its inode, its link count): an `fstat` of its kept
+/// directory when that is still a live cgroup, else a walk of the path (and a removed cgroup
+/// is no longer kept, so one recreated under the same name shows its own inode).
+pub fn metadata(dir: &Path) -> io::Result<std::fs::Metadata> {
+    let kept = table().lock().dirs.get(dir).map(|k| k.dir.clone());
+    if let Some(d) = kept {
+        if has_procs(&d) {
+            return d.metadata();
+        }
+        table().lock().dirs.remove(dir);
+    }
+    std::fs::metadata(dir)
 }
 
 /// Whether kept directory `d` is a live cgroup: every cgroup has `cgroup.procs`, a removed one
@@ -130,28 +144,6 @@ fn open_in(dir: &File, name: &std::ffi::OsStr) -> io::Result<File> {
     }
     // SAFETY: a new fd nothing else owns.
     Ok(unsafe { File::from_raw_fd(fd) })
-}
-
-/// Reads `f` to its end in page-sized steps (without the `fstat` that `read_to_string` makes
-/// for a size hint: a cgroup file's size is always 4096 or 0). Invalid UTF-8 is
-/// `InvalidData`, as from `read_to_string`.
-fn read_all(mut f: File) -> io::Result<String> {
-    use std::io::Read;
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        match f.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(len);
-    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 /// Whether one more directory may be kept (checked before opening it: when the table is

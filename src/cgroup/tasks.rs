@@ -32,7 +32,7 @@ fn thread_ids(dir: &CgroupDir, limit: usize) -> (Vec<u32>, u64) {
     let mut total = 0u64;
     let mut stack = vec![dir.path.clone()];
     while let Some(d) = stack.pop() {
-        if let Ok(t) = std::fs::read_to_string(d.join(name)) {
+        if let Ok(t) = super::held::read(d.join(name)) {
             for tid in t.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
                 total += 1;
                 if ids.len() < limit {
@@ -42,7 +42,7 @@ fn thread_ids(dir: &CgroupDir, limit: usize) -> (Vec<u32>, u64) {
         }
         // cgroupfs keeps a directory's link count at 2 + its subdirectories: a leaf (most
         // containers) needs no directory listing.
-        if std::fs::metadata(&d).is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) <= 2) {
+        if super::held::metadata(&d).is_ok_and(|m| std::os::unix::fs::MetadataExt::nlink(&m) <= 2) {
             continue;
         }
         if let Ok(rd) = std::fs::read_dir(&d) {
@@ -66,7 +66,7 @@ pub fn count(root: &Root, dir: &CgroupDir, own_pidns: bool) -> TaskCounts {
     let mut seen = 0u64;
     for tid in &ids {
         let p = root.proc_pid(*tid);
-        let Ok(stat) = std::fs::read_to_string(p.join("stat")) else { continue };
+        let Ok(stat) = crate::sys::read_text(&p.join("stat")) else { continue };
         seen += 1;
         match state_of(&stat) {
             Some('R') => c.running += 1,
@@ -74,7 +74,7 @@ pub fn count(root: &Root, dir: &CgroupDir, own_pidns: bool) -> TaskCounts {
             _ => {}
         }
         if own_pidns && seen <= 256 {
-            let status = std::fs::read_to_string(p.join("status")).unwrap_or_default();
+            let status = crate::sys::read_text(&p.join("status")).unwrap_or_default();
             let inner = crate::procfs::innermost_nspid(&status).and_then(|p| p.parse::<u64>().ok());
             c.last_pid = c.last_pid.max(inner);
         }
@@ -96,7 +96,7 @@ pub fn run_delays(root: &Root, dir: &CgroupDir, limit: usize) -> (Vec<(u32, u64)
     let delays = ids
         .into_iter()
         .filter_map(|tid| {
-            let s = std::fs::read_to_string(root.proc_pid(tid).join("schedstat")).ok()?;
+            let s = crate::sys::read_text(&root.proc_pid(tid).join("schedstat")).ok()?;
             Some((tid, run_delay(&s)?))
         })
         .collect();

@@ -61,7 +61,8 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
         let pollers = crate::fuse::psi::Pollers::start(Arc::clone(dev), pollers_file)?;
         // Its reads cost a GETATTR more (a writable superblock): the same spin as the main
         // connection's keeps them from also paying a wakeup each.
-        let triggers = procfs().sharing_handles(&fs).with_triggers(pollers, opts.triggers_per_container)?;
+        let triggers =
+            crate::fuse::trigger::TriggerFs::new(procfs().sharing_handles(&fs), pollers, opts.triggers_per_container)?;
         spawn_workers(&psi, Arc::new(triggers), spin)?;
         // A predecessor's pollers: woken, they ask again and find their trigger gone.
         crate::fuse::psi::Pollers::wake_left(dev, &left);

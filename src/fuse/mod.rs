@@ -14,6 +14,7 @@ pub mod request;
 pub mod session;
 pub mod spin;
 pub mod tree;
+pub mod trigger;
 
 use crate::catalog::View;
 use crate::error::Errno;
@@ -60,16 +61,9 @@ pub struct ProcFs {
     per_container: usize,
     next_fh: Arc<AtomicU64>,
     start: u64,
-    /// PSI triggers: set on the trigger connection only.
-    triggers: Option<Triggers>,
-}
-
-/// What the trigger connection keeps for PSI triggers.
-struct Triggers {
-    pollers: Arc<psi::Pollers>,
-    closer: psi::Closer,
-    per_container: usize,
-    global: usize,
+    /// The root is mode 0500: set for the trigger connection ([`trigger::TriggerFs`]), which is
+    /// reached through binds only.
+    private_root: bool,
 }
 
 impl ProcFs {
@@ -98,7 +92,7 @@ impl ProcFs {
             // pid may be ours again): a random high half per process.
             next_fh: Arc::new(AtomicU64::new((u64::from(random_u32().max(1)) << 32) | 1)),
             start,
-            triggers: None,
+            private_root: false,
         }
     }
 
@@ -111,27 +105,10 @@ impl ProcFs {
         self
     }
 
-    /// Takes PSI triggers (the trigger connection): at most `per_container` per container,
-    /// pollers woken through `pollers`, released triggers closed off the request threads.
-    /// Call after [`ProcFs::sharing_handles`]: the triggers are counted in the table it shares.
-    pub fn with_triggers(mut self, pollers: Arc<psi::Pollers>, per_container: usize) -> std::io::Result<Self> {
-        let handles = Arc::clone(&self.handles);
-        let closer = psi::Closer::start(Arc::new(move |owner: &str| handles.lock().trigger_gone(owner)))?;
-        let global = psi::global_trigger_limit();
-        self.triggers = Some(Triggers { pollers, closer, per_container: per_container.max(1), global });
-        Ok(self)
-    }
-
-    /// RELEASE: the handle leaves the table; its trigger, if any, leaves the pollers and is
-    /// closed in the background (closing one waits for an RCU grace period).
-    fn release(&self, fh: u64) {
-        let Some(h) = self.handles.lock().remove(fh) else { return };
-        if let Some(t) = &self.triggers {
-            t.pollers.forget(fh, h.trigger.as_deref());
-            if let Some(fd) = h.trigger {
-                t.closer.close(h.owner, fd);
-            }
-        }
+    /// RELEASE: the handle leaves the table (and is returned, for the trigger connection's
+    /// trigger).
+    fn release(&self, fh: u64) -> Option<Handle> {
+        self.handles.lock().remove(fh)
     }
 
     /// Open handles by container, most first.
@@ -177,7 +154,7 @@ impl ProcFs {
             Ino::Tree(t) | Ino::Own(t) => t,
         };
         let mut a = self.tree.attr(node, ino, self.start).ok_or(Errno(libc::ENOENT))?;
-        if node == ROOT && self.triggers.is_some() {
+        if node == ROOT && self.private_root {
             // The trigger connection is reached through binds only: no local user walks it
             // (the kernel checks modes: `default_permissions`).
             a.mode = libc::S_IFDIR | 0o500;
@@ -263,7 +240,9 @@ impl ProcFs {
         }
     }
 
-    fn open(&self, h: &InHeader, flags: u32) -> Reply {
+    /// OPEN, read-only; with `triggers` (the trigger connection) a pressure file also opens
+    /// for writing.
+    fn open(&self, h: &InHeader, flags: u32, triggers: bool) -> Reply {
         let Some(source) = self.source(h.nodeid) else {
             return Reply::err(libc::EISDIR);
         };
@@ -271,7 +250,7 @@ impl ProcFs {
         // Only a pressure file takes writes (a PSI trigger); O_TRUNC is harmless there, as on
         // the host (`echo ... > /proc/pressure/memory`).
         // Only on the trigger connection (the main one is a read-only superblock).
-        let writable = self.triggers.is_some() && matches!(source, Source::View(v) if v.pressure_file().is_some());
+        let writable = triggers && matches!(source, Source::View(v) if v.pressure_file().is_some());
         if !writable && (flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0) {
             return Reply::err(libc::EROFS);
         }
@@ -391,109 +370,6 @@ impl ProcFs {
         Reply::dirents(&entries, offset, size)
     }
 
-    /// WRITE: a PSI trigger on a pressure file's handle, registered on the container's own
-    /// cgroup pressure file; every other write is refused.
-    fn write(&self, h: &InHeader, fh: u64, data: &[u8]) -> Reply {
-        let Some(t) = &self.triggers else { return Reply::err(libc::EROFS) };
-        let (source, opener, owner) = match self.handles.lock().map.get(&fh) {
-            Some(hd) if hd.ino == h.nodeid => {
-                if hd.trigger.is_some() {
-                    // The kernel's answer to a second trigger on one open file.
-                    return Reply::err(libc::EBUSY);
-                }
-                (hd.source.clone(), hd.opener.as_ref().map(|(_, _, c)| c.clone()), hd.owner.clone())
-            }
-            _ => return Reply::err(libc::EBADF),
-        };
-        let Source::View(view) = source else { return Reply::err(libc::EROFS) };
-        let Some(file) = view.pressure_file() else { return Reply::err(libc::EROFS) };
-        let trigger = match psi::parse_trigger(data, psi::caller_caps(h.pid)) {
-            Ok(t) => t,
-            Err(e) => return Reply::Err(e),
-        };
-        let c = match opener.map_or_else(|| self.service.container_of(h.pid), Ok) {
-            Ok(c) => c,
-            Err(e) => return Reply::Err(e.errno()),
-        };
-        // Without a unified cgroup of its own the container has no pressure of its own to
-        // watch: the kernel's answer without PSI (a trigger on the host's would watch the host).
-        let Some(dir) = crate::catalog::own_unified(&c) else { return Reply::err(libc::EOPNOTSUPP) };
-        // Each trigger is an fd of the worker: a few per container, a bounded number in all.
-        if !self.handles.lock().reserve_trigger(&owner, t.per_container, t.global) {
-            return Reply::err(libc::EMFILE);
-        }
-        let taken = (|| {
-            use std::io::Write;
-            let mut f = dir.open_file(file, libc::O_RDWR | libc::O_NONBLOCK).map_err(Errno::from)?;
-            // The normalised line, never the caller's bytes.
-            f.write_all(trigger.line().as_bytes()).map_err(Errno::from)?;
-            Ok::<_, Errno>(Arc::new(std::os::fd::OwnedFd::from(f)))
-        })();
-        let fd = match taken {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.handles.lock().trigger_gone(&owner);
-                return Reply::Err(e);
-            }
-        };
-        let stored = match self.handles.lock().map.get_mut(&fh) {
-            Some(hd) if hd.trigger.is_none() => {
-                hd.trigger = Some(Arc::clone(&fd));
-                true
-            }
-            _ => false,
-        };
-        if !stored {
-            // Released meanwhile, or a second trigger won the race.
-            t.closer.close(owner, fd);
-            return Reply::err(libc::EBUSY);
-        }
-        Reply::written(data.len())
-    }
-
-    /// POLL: the trigger's events now; when there are none and the kernel asks to be told, the
-    /// poll handle waits with the watcher.
-    fn poll(&self, h: &InHeader, fh: u64, kh: u64, flags: u32) -> Reply {
-        let Some(t) = &self.triggers else {
-            // The main connection has no triggers: ENOSYS makes the kernel stop sending POLL
-            // for the connection's life and answer every poll itself, at once
-            // (`fuse_file_poll`: `fc->no_poll`), so no poll ever waits on this daemon.
-            return Reply::err(libc::ENOSYS);
-        };
-        if !matches!(self.source(h.nodeid), Some(Source::View(v)) if v.pressure_file().is_some()) {
-            // A plain file: always ready, as the kernel's default for files without poll.
-            return Reply::poll(psi::DEFAULT_POLLMASK);
-        }
-        let trigger = match self.handles.lock().map.get(&fh) {
-            Some(hd) if hd.ino == h.nodeid => hd.trigger.clone(),
-            // A predecessor's handle, or none: no trigger (it went with the old worker).
-            _ => None,
-        };
-        let Some(fd) = trigger else { return Reply::poll(psi::NO_TRIGGER) };
-        use std::os::fd::AsRawFd;
-        let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLPRI, revents: 0 };
-        // SAFETY: one valid pollfd, no waiting.
-        unsafe { libc::poll(&mut p, 1, 0) };
-        let revents = p.revents as u32 | t.pollers.take_fired(fh);
-        if revents == 0 && flags & abi::FUSE_POLL_SCHEDULE_NOTIFY != 0 {
-            t.pollers.wait(fh, kh, &fd);
-        }
-        Reply::poll(revents)
-    }
-
-    /// SETATTR: the truncation an `O_TRUNC` open of a pressure file brings is answered like
-    /// procfs (nothing changes); any other change is refused.
-    fn setattr(&self, h: &InHeader) -> Reply {
-        let pressure = matches!(self.source(h.nodeid), Some(Source::View(v)) if v.pressure_file().is_some());
-        if !pressure {
-            return Reply::err(libc::EROFS);
-        }
-        match self.attr(h.nodeid, || self.service.container_of(h.pid)) {
-            Ok(a) => Reply::attr(TTL, &a),
-            Err(e) => Reply::Err(e),
-        }
-    }
-
     fn opendir(&self, ino: u64) -> Reply {
         let is_dir = match Ino::of(ino) {
             Ino::Host(h) => self.cpu.entry(h).and_then(|e| self.cpu.kind(&e).ok()) == Some(HostKind::Dir),
@@ -533,7 +409,7 @@ impl Handler for ProcFs {
         match req {
             Request::Lookup { name } => self.lookup(h, name),
             Request::Getattr => self.getattr(h),
-            Request::Open { flags } => self.open(h, flags),
+            Request::Open { flags } => self.open(h, flags, false),
             Request::Read { fh, offset, size, read_flags } => self.read(h, fh, offset, size, read_flags),
             Request::Release { fh } => {
                 if let Some(fh) = fh {
@@ -541,9 +417,12 @@ impl Handler for ProcFs {
                 }
                 Reply::empty()
             }
-            Request::Write { fh, data } => self.write(h, fh, data),
-            Request::Poll { fh, kh, flags } => self.poll(h, fh, kh, flags),
-            Request::Setattr { .. } => self.setattr(h),
+            // A read-only superblock: the kernel refuses writes and changes before asking.
+            Request::Write { .. } | Request::Setattr { .. } => Reply::err(libc::EROFS),
+            // No triggers here: ENOSYS makes the kernel stop sending POLL for the connection's
+            // life and answer every poll itself, at once (`fuse_file_poll`: `fc->no_poll`), so
+            // no poll ever waits on this daemon.
+            Request::Poll { .. } => Reply::err(libc::ENOSYS),
             Request::Opendir => self.opendir(h.nodeid),
             Request::Readlink => self.readlink(h.nodeid),
             Request::Readdir { offset, size } => self.readdir(h, offset, size),

@@ -297,7 +297,7 @@ impl Sampler {
     /// most 100 ms old.
     pub fn host_last_pid(&self) -> u64 {
         let read = || {
-            Ok(std::fs::read_to_string(self.root.proc().join("loadavg"))
+            Ok(crate::sys::read_text(&self.root.proc().join("loadavg"))
                 .ok()
                 .and_then(|t| t.split_ascii_whitespace().nth(4)?.parse().ok())
                 .unwrap_or(0))

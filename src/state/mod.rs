@@ -77,7 +77,7 @@ pub struct Store {
 pub fn key(cg: &Cgroups) -> Option<String> {
     use std::os::unix::fs::MetadataExt;
     let d = cg.cpu_accounting()?;
-    let ino = std::fs::metadata(&d.path).ok()?.ino();
+    let ino = crate::cgroup::held::metadata(&d.path).ok()?.ino();
     let path: String = d.path.to_string_lossy().chars().map(|c| if c.is_whitespace() { '_' } else { c }).collect();
     Some(format!("{ino}:{path}"))
 }
@@ -86,7 +86,7 @@ pub fn key(cg: &Cgroups) -> Option<String> {
 fn gone(k: &str) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Some((ino, path)) = k.split_once(':') else { return true };
-    match std::fs::metadata(path) {
+    match crate::cgroup::held::metadata(std::path::Path::new(path)) {
         Ok(m) => ino.parse::<u64>().ok() != Some(m.ino()),
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
     }

@@ -489,8 +489,15 @@ fn kept_cgroup_directories_follow_changes_and_recreated_cgroups() {
     let missing = held::read(dir.join("cpu.stat.none")).unwrap_err();
     assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
     assert!(held::is_kept(&dir), "a missing file does not drop a live cgroup's directory");
+    use std::os::unix::fs::MetadataExt;
+    let first = held::metadata(&dir).unwrap().ino();
+    assert_eq!(first, std::fs::metadata(&dir).unwrap().ino());
     std::fs::remove_dir(&dir).unwrap();
     std::fs::create_dir(&dir).unwrap();
+    // The state's key of a container is its directory's inode: the recreated one's.
+    let second = std::fs::metadata(&dir).unwrap().ino();
+    assert_ne!(first, second);
+    assert_eq!(held::metadata(&dir).unwrap().ino(), second, "the inode of the removed cgroup");
     std::fs::write(&file, (32 * MIB).to_string()).unwrap();
     assert_eq!(limit(&file), 32 * MIB, "the recreated cgroup, not its predecessor");
     assert!(held::is_kept(&dir) && held::exists(&dir));
