@@ -228,7 +228,11 @@ fn diskstats_file(s: &Sampler, c: &Container) -> Result<Content> {
 fn swaps_file(s: &Sampler, c: &Container) -> Result<Content> {
     // The same SwapTotal/SwapFree as the container's meminfo.
     match meminfo::compute(&*s.host_meminfo()?, &*s.memory(c)?) {
-        Some(v) => Ok(swaps::render(v.get("SwapTotal").unwrap_or(0), v.get("SwapFree").unwrap_or(0)).into()),
+        Some(v) => Ok(swaps::render(
+            v.get(meminfo::Field::SwapTotal).unwrap_or(0),
+            v.get(meminfo::Field::SwapFree).unwrap_or(0),
+        )
+        .into()),
         None => host_text(s, View::Swaps),
     }
 }

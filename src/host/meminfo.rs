@@ -46,8 +46,23 @@ impl HostMeminfo {
     }
 
     /// Value of `label` in KiB, 0 when the kernel does not print it.
-    pub fn get(&self, label: &str) -> u64 {
+    fn get(&self, label: &str) -> u64 {
         self.lines.iter().find(|l| l.label == label).map_or(0, |l| l.value)
+    }
+
+    /// `MemTotal`, KiB.
+    pub fn mem_total(&self) -> u64 {
+        self.get("MemTotal")
+    }
+
+    /// `SwapTotal`, KiB (0 without swap).
+    pub fn swap_total(&self) -> u64 {
+        self.get("SwapTotal")
+    }
+
+    /// `SwapFree`, KiB (0 without swap).
+    pub fn swap_free(&self) -> u64 {
+        self.get("SwapFree")
     }
 
     /// The file as the host kernel wrote it.

@@ -145,13 +145,14 @@ impl Service {
         let mut s = Sysinfo::from_kernel(&raw);
         let sampler = &self.sampler;
         if let Some(v) = meminfo::compute(&*sampler.host_meminfo()?, &*sampler.memory(c)?) {
-            let b = |l: &str, or: u64| v.get(l).map_or(or, |k| k * 1024);
-            s.totalram = b("MemTotal", s.totalram);
-            s.freeram = b("MemFree", s.freeram);
-            s.sharedram = b("Shmem", s.sharedram);
-            s.bufferram = b("Buffers", s.bufferram);
-            s.totalswap = b("SwapTotal", s.totalswap);
-            s.freeswap = b("SwapFree", s.freeswap);
+            use meminfo::Field;
+            let b = |f: Field, or: u64| v.get(f).map_or(or, |k| k * 1024);
+            s.totalram = b(Field::MemTotal, s.totalram);
+            s.freeram = b(Field::MemFree, s.freeram);
+            s.sharedram = b(Field::Shmem, s.sharedram);
+            s.bufferram = b(Field::Buffers, s.bufferram);
+            s.totalswap = b(Field::SwapTotal, s.totalswap);
+            s.freeswap = b(Field::SwapFree, s.freeswap);
         }
         let now = host::boottime_ns();
         // None without a CPU cgroup of its own; an error for one being removed: the host's.

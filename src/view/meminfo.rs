@@ -5,22 +5,93 @@
 use crate::cgroup::memory::MemoryStats;
 use crate::host::HostMeminfo;
 
-/// The container's values, in KiB, for the labels it has a source for.
+/// Declares [`Field`]: one variant per meminfo line the container has a value for, with the
+/// kernel's label.
+macro_rules! fields {
+    ($($v:ident => $l:literal,)*) => {
+        /// A `/proc/meminfo` line the container has its own value for.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Field {
+            $(
+                #[doc = concat!("`", $l, ":`")]
+                $v,
+            )*
+        }
+
+        impl Field {
+            /// The kernel's label of the line (`fs/proc/meminfo.c`), without the colon.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $(Field::$v => $l,)*
+                }
+            }
+
+            /// The field a host line's label names, if the container has a value for it.
+            pub fn of_label(label: &str) -> Option<Field> {
+                match label {
+                    $($l => Some(Field::$v),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+fields! {
+    MemTotal => "MemTotal",
+    MemFree => "MemFree",
+    MemAvailable => "MemAvailable",
+    Buffers => "Buffers",
+    Cached => "Cached",
+    SwapCached => "SwapCached",
+    Active => "Active",
+    Inactive => "Inactive",
+    ActiveAnon => "Active(anon)",
+    InactiveAnon => "Inactive(anon)",
+    ActiveFile => "Active(file)",
+    InactiveFile => "Inactive(file)",
+    Unevictable => "Unevictable",
+    Mlocked => "Mlocked",
+    SwapTotal => "SwapTotal",
+    SwapFree => "SwapFree",
+    Zswap => "Zswap",
+    Zswapped => "Zswapped",
+    Dirty => "Dirty",
+    Writeback => "Writeback",
+    AnonPages => "AnonPages",
+    Mapped => "Mapped",
+    Shmem => "Shmem",
+    KReclaimable => "KReclaimable",
+    Slab => "Slab",
+    SReclaimable => "SReclaimable",
+    SUnreclaim => "SUnreclaim",
+    KernelStack => "KernelStack",
+    PageTables => "PageTables",
+    SecPageTables => "SecPageTables",
+    Percpu => "Percpu",
+    AnonHugePages => "AnonHugePages",
+    ShmemHugePages => "ShmemHugePages",
+    ShmemPmdMapped => "ShmemPmdMapped",
+    FileHugePages => "FileHugePages",
+    FilePmdMapped => "FilePmdMapped",
+}
+
+/// The container's values, in KiB, for the fields it has a source for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Values {
-    /// (label, KiB, where it comes from), substituted for the host's value of the same label.
-    pub fields: Vec<(&'static str, u64, &'static str)>,
+    /// (field, KiB, where it comes from), substituted for the host's value of the same label.
+    pub fields: Vec<(Field, u64, &'static str)>,
 }
 
 impl Values {
-    /// Value of `label`, if the container has one.
-    pub fn get(&self, label: &str) -> Option<u64> {
-        self.fields.iter().find(|(l, _, _)| *l == label).map(|(_, v, _)| *v)
+    /// Value of `field`, if the container has one.
+    pub fn get(&self, field: Field) -> Option<u64> {
+        self.fields.iter().find(|(f, _, _)| *f == field).map(|(_, v, _)| *v)
     }
 
-    /// Where the value of `label` comes from, if the container has one (`show --explain`).
-    pub fn why(&self, label: &str) -> Option<&'static str> {
-        self.fields.iter().find(|(l, _, _)| *l == label).map(|(_, _, w)| *w)
+    /// Where the value of `field` comes from, if the container has one (`show --explain`).
+    pub fn why(&self, field: Field) -> Option<&'static str> {
+        self.fields.iter().find(|(f, _, _)| *f == field).map(|(_, _, w)| *w)
     }
 }
 
@@ -32,7 +103,7 @@ pub fn compute(host: &HostMeminfo, m: &MemoryStats) -> Option<Values> {
     let s = &m.stat;
 
     // MemTotal: the tightest limit of the chain, never above the host's memory.
-    let total = (limit / 1024).min(host.get("MemTotal"));
+    let total = (limit / 1024).min(host.mem_total());
     // usage can exceed the limit for a moment (charges race reclaim): clamp so MemFree >= 0.
     let free = total - (m.usage / 1024).min(total);
     // MemAvailable follows the kernel's si_mem_available() without the watermark terms, which
@@ -43,11 +114,11 @@ pub fn compute(host: &HostMeminfo, m: &MemoryStats) -> Option<Values> {
     let cached = kb(s.file).saturating_sub(kb(s.swapcached));
 
     // Swap: the chain's swap limit, capped at the host's swap; no limit -> the host's swap.
-    let host_swap = host.get("SwapTotal");
+    let host_swap = host.swap_total();
     let swap_total = m.swap_limit.map_or(host_swap, |l| (l / 1024).min(host_swap));
     let swap_free = match m.swap_usage {
         Some(u) => swap_total - (u / 1024).min(swap_total),
-        None => host.get("SwapFree").min(swap_total),
+        None => host.swap_free().min(swap_total),
     };
 
     let anon = (kb(s.active_anon), kb(s.inactive_anon));
@@ -57,44 +128,52 @@ pub fn compute(host: &HostMeminfo, m: &MemoryStats) -> Option<Values> {
     let slab = s.slab.map_or(slab_r + slab_u, |v| v / 1024);
     Some(Values {
         fields: vec![
-            ("MemTotal", total, "min(memory limit of the cgroup chain, host MemTotal)"),
-            ("MemFree", free, "MemTotal - usage, at least 0"),
-            ("MemAvailable", available, "MemFree + active_file + inactive_file + slab_reclaimable, at most MemTotal"),
+            (Field::MemTotal, total, "min(memory limit of the cgroup chain, host MemTotal)"),
+            (Field::MemFree, free, "MemTotal - usage, at least 0"),
+            (
+                Field::MemAvailable,
+                available,
+                "MemFree + active_file + inactive_file + slab_reclaimable, at most MemTotal",
+            ),
             // Buffer pages are inside memcg's `file`; the kernel has no separate counter.
-            ("Buffers", 0, "0: buffer pages are counted in memory.stat file"),
-            ("Cached", cached, "memory.stat file - swapcached"),
-            ("SwapCached", kb(s.swapcached), "memory.stat swapcached"),
-            ("Active", anon.0 + file.0, "memory.stat active_anon + active_file"),
-            ("Inactive", anon.1 + file.1, "memory.stat inactive_anon + inactive_file"),
-            ("Active(anon)", anon.0, "memory.stat active_anon"),
-            ("Inactive(anon)", anon.1, "memory.stat inactive_anon"),
-            ("Active(file)", file.0, "memory.stat active_file"),
-            ("Inactive(file)", file.1, "memory.stat inactive_file"),
-            ("Unevictable", kb(s.unevictable), "memory.stat unevictable"),
+            (Field::Buffers, 0, "0: buffer pages are counted in memory.stat file"),
+            (Field::Cached, cached, "memory.stat file - swapcached"),
+            (Field::SwapCached, kb(s.swapcached), "memory.stat swapcached"),
+            (Field::Active, anon.0 + file.0, "memory.stat active_anon + active_file"),
+            (Field::Inactive, anon.1 + file.1, "memory.stat inactive_anon + inactive_file"),
+            (Field::ActiveAnon, anon.0, "memory.stat active_anon"),
+            (Field::InactiveAnon, anon.1, "memory.stat inactive_anon"),
+            (Field::ActiveFile, file.0, "memory.stat active_file"),
+            (Field::InactiveFile, file.1, "memory.stat inactive_file"),
+            (Field::Unevictable, kb(s.unevictable), "memory.stat unevictable"),
             // NR_MLOCK is a zone counter with no memcg equivalent.
-            ("Mlocked", 0, "0: no per-cgroup counter"),
-            ("SwapTotal", swap_total, "min(swap limit of the chain, host SwapTotal); no swap limit: host SwapTotal"),
-            ("SwapFree", swap_free, "SwapTotal - swap usage; no swap counter: min(host SwapFree, SwapTotal)"),
-            ("Zswap", kb(s.zswap), "memory.stat zswap"),
-            ("Zswapped", kb(s.zswapped), "memory.stat zswapped"),
-            ("Dirty", kb(s.file_dirty), "memory.stat file_dirty"),
-            ("Writeback", kb(s.file_writeback), "memory.stat file_writeback"),
-            ("AnonPages", kb(s.anon), "memory.stat anon"),
-            ("Mapped", kb(s.file_mapped), "memory.stat file_mapped"),
-            ("Shmem", kb(s.shmem), "memory.stat shmem"),
-            ("KReclaimable", slab_r, "memory.stat slab_reclaimable"),
-            ("Slab", slab, "memory.stat slab (v1: slab_reclaimable + slab_unreclaimable)"),
-            ("SReclaimable", slab_r, "memory.stat slab_reclaimable"),
-            ("SUnreclaim", slab_u, "memory.stat slab_unreclaimable"),
-            ("KernelStack", kb(s.kernel_stack), "memory.stat kernel_stack"),
-            ("PageTables", kb(s.pagetables), "memory.stat pagetables"),
-            ("SecPageTables", kb(s.sec_pagetables), "memory.stat sec_pagetables"),
-            ("Percpu", kb(s.percpu), "memory.stat percpu"),
-            ("AnonHugePages", kb(s.anon_thp), "memory.stat anon_thp"),
-            ("ShmemHugePages", kb(s.shmem_thp), "memory.stat shmem_thp"),
-            ("ShmemPmdMapped", 0, "0: no per-cgroup counter"),
-            ("FileHugePages", kb(s.file_thp), "memory.stat file_thp"),
-            ("FilePmdMapped", 0, "0: no per-cgroup counter"),
+            (Field::Mlocked, 0, "0: no per-cgroup counter"),
+            (
+                Field::SwapTotal,
+                swap_total,
+                "min(swap limit of the chain, host SwapTotal); no swap limit: host SwapTotal",
+            ),
+            (Field::SwapFree, swap_free, "SwapTotal - swap usage; no swap counter: min(host SwapFree, SwapTotal)"),
+            (Field::Zswap, kb(s.zswap), "memory.stat zswap"),
+            (Field::Zswapped, kb(s.zswapped), "memory.stat zswapped"),
+            (Field::Dirty, kb(s.file_dirty), "memory.stat file_dirty"),
+            (Field::Writeback, kb(s.file_writeback), "memory.stat file_writeback"),
+            (Field::AnonPages, kb(s.anon), "memory.stat anon"),
+            (Field::Mapped, kb(s.file_mapped), "memory.stat file_mapped"),
+            (Field::Shmem, kb(s.shmem), "memory.stat shmem"),
+            (Field::KReclaimable, slab_r, "memory.stat slab_reclaimable"),
+            (Field::Slab, slab, "memory.stat slab (v1: slab_reclaimable + slab_unreclaimable)"),
+            (Field::SReclaimable, slab_r, "memory.stat slab_reclaimable"),
+            (Field::SUnreclaim, slab_u, "memory.stat slab_unreclaimable"),
+            (Field::KernelStack, kb(s.kernel_stack), "memory.stat kernel_stack"),
+            (Field::PageTables, kb(s.pagetables), "memory.stat pagetables"),
+            (Field::SecPageTables, kb(s.sec_pagetables), "memory.stat sec_pagetables"),
+            (Field::Percpu, kb(s.percpu), "memory.stat percpu"),
+            (Field::AnonHugePages, kb(s.anon_thp), "memory.stat anon_thp"),
+            (Field::ShmemHugePages, kb(s.shmem_thp), "memory.stat shmem_thp"),
+            (Field::ShmemPmdMapped, 0, "0: no per-cgroup counter"),
+            (Field::FileHugePages, kb(s.file_thp), "memory.stat file_thp"),
+            (Field::FilePmdMapped, 0, "0: no per-cgroup counter"),
         ],
     })
 }
@@ -107,7 +186,7 @@ pub fn render(host: &HostMeminfo, m: &MemoryStats) -> String {
     };
     let mut out = String::with_capacity(host.lines.len() * 28);
     for line in &host.lines {
-        match values.get(&line.label) {
+        match Field::of_label(&line.label).and_then(|f| values.get(f)) {
             Some(v) => push_kb_line(&mut out, &line.label, v),
             None => {
                 out.push_str(&line.raw);
@@ -128,7 +207,9 @@ pub fn explain(host: &HostMeminfo, m: &MemoryStats, rendered: &str) -> Vec<&'sta
             let label = l.split(':').next().unwrap_or("");
             match &values {
                 None => "the host's: no memory limit anywhere in the cgroup chain",
-                Some(v) => v.why(label).unwrap_or("the host's line (no per-cgroup source)"),
+                Some(v) => {
+                    Field::of_label(label).and_then(|f| v.why(f)).unwrap_or("the host's line (no per-cgroup source)")
+                }
             }
         })
         .collect()

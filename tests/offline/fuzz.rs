@@ -183,10 +183,11 @@ fn fuzz_host_files_and_renderers() {
         let h = HostMeminfo::parse(&text(&host)).unwrap();
         let s = stats(b);
         if let Some(v) = meminfo::compute(&h, &s) {
-            let g = |l: &str| v.get(l).unwrap();
-            assert!(g("MemFree") <= g("MemAvailable") && g("MemAvailable") <= g("MemTotal"));
-            assert!(g("MemTotal") <= h.get("MemTotal"));
-            assert!(g("SwapFree") <= g("SwapTotal"));
+            use meminfo::Field::*;
+            let g = |f| v.get(f).unwrap();
+            assert!(g(MemFree) <= g(MemAvailable) && g(MemAvailable) <= g(MemTotal));
+            assert!(g(MemTotal) <= h.mem_total());
+            assert!(g(SwapFree) <= g(SwapTotal));
         }
     });
     fuzz("cpuinfo", |b| {
