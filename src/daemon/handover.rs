@@ -28,6 +28,36 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
 
+/// What goes wrong between two keepers on the control socket. The socket's own failures stay
+/// `io::Error`s (`bind`'s `AddrInUse` is retried by its caller); the protocol's are typed, so a
+/// caller tells a refusal from a broken peer without reading a message.
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    /// Connecting, sending or receiving failed (no keeper, a timeout, a peer that left).
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// The keeper refused, with its reason (a protocol it does not speak, a bad request).
+    #[error("the keeper refused: {0}")]
+    Refused(String),
+    /// The keeper offers a protocol version this build does not speak.
+    #[error("the keeper offers handover protocol {offered}, this build speaks {ours}")]
+    Incompatible {
+        /// The version offered.
+        offered: u32,
+        /// This build's [`VERSION`].
+        ours: u32,
+    },
+    /// A message that is not the one the protocol has next (garbage, fds missing).
+    #[error("handover protocol: {0}")]
+    Protocol(String),
+}
+
+impl From<serde_json::Error> for HandoverError {
+    fn from(e: serde_json::Error) -> Self {
+        HandoverError::Protocol(e.to_string())
+    }
+}
+
 /// The handover protocol version this build speaks.
 pub const VERSION: u32 = 1;
 
@@ -216,18 +246,18 @@ fn send(fd: &OwnedFd, data: &[u8]) -> io::Result<()> {
     send_fds(fd.as_raw_fd(), data, &[])
 }
 
-fn bad(why: impl Into<String>) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, why.into())
+fn bad(why: impl Into<String>) -> HandoverError {
+    HandoverError::Protocol(why.into())
 }
 
 /// Accepts one control connection from a root peer and reads its request. `Ok(None)` for a
 /// connection that is not one (a non-root peer, garbage), which is closed.
-pub fn accept(listener: &OwnedFd) -> io::Result<Option<(OwnedFd, Request)>> {
+pub fn accept(listener: &OwnedFd) -> Result<Option<(OwnedFd, Request)>, HandoverError> {
     // SAFETY: accept4 on our listening socket; the new fd is owned below.
     let fd =
         unsafe { libc::accept4(listener.as_raw_fd(), std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC) };
     if fd < 0 {
-        return Err(io::Error::last_os_error());
+        return Err(io::Error::last_os_error().into());
     }
     // SAFETY: just returned by accept4.
     let conn = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -286,7 +316,7 @@ pub fn refuse_if_incompatible(conn: &OwnedFd, req: &Request) -> bool {
 
 /// The old keeper's side: sends `offer` and `fds` (in the offer's order) and waits for the new
 /// keeper's `taken`. True when it was taken: the caller must exit without unmounting.
-pub fn give(conn: &OwnedFd, offer: &Offer, fds: &[RawFd]) -> io::Result<bool> {
+pub fn give(conn: &OwnedFd, offer: &Offer, fds: &[RawFd]) -> Result<bool, HandoverError> {
     if fds.len() != offer.total() {
         return Err(bad(format!("{} fds for an offer of {}", fds.len(), offer.total())));
     }
@@ -305,7 +335,7 @@ pub fn give(conn: &OwnedFd, offer: &Offer, fds: &[RawFd]) -> io::Result<bool> {
 }
 
 /// The new keeper's side: asks the keeper answering on `path` for its connection.
-pub fn take(path: &Path) -> io::Result<(Taken, Received)> {
+pub fn take(path: &Path) -> Result<(Taken, Received), HandoverError> {
     let conn = connect(path)?;
     set_timeout(&conn, TAKE_TIMEOUT);
     let req = Request { handover: VERSION, binary: env!("CARGO_PKG_VERSION").to_string(), status: false };
@@ -313,15 +343,12 @@ pub fn take(path: &Path) -> io::Result<(Taken, Received)> {
     let (head, mut fds) = recv(&conn)?;
     let offer = match serde_json::from_slice::<Reply>(&head) {
         Ok(Reply::Offer(o)) => o,
-        Ok(Reply::Refused(why)) => return Err(io::Error::new(io::ErrorKind::Unsupported, why)),
+        Ok(Reply::Refused(why)) => return Err(HandoverError::Refused(why)),
         Ok(Reply::Status(_)) | Err(_) => return Err(bad("not a handover offer")),
     };
     if offer.handover != VERSION {
         // Dropping the connection makes the old keeper resume.
-        return Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("the keeper offers handover protocol {}, this build speaks {VERSION}", offer.handover),
-        ));
+        return Err(HandoverError::Incompatible { offered: offer.handover, ours: VERSION });
     }
     while fds.len() < offer.total() {
         let (d, more) = recv(&conn)?;
@@ -344,7 +371,7 @@ pub fn take(path: &Path) -> io::Result<(Taken, Received)> {
 }
 
 /// Asks the keeper answering on `path` how it is doing (`cgprocfs status`).
-pub fn status(path: &Path) -> io::Result<crate::stats::Status> {
+pub fn status(path: &Path) -> Result<crate::stats::Status, HandoverError> {
     let conn = connect(path)?;
     set_timeout(&conn, Duration::from_secs(5));
     let req = Request { handover: 0, binary: env!("CARGO_PKG_VERSION").to_string(), status: true };
@@ -352,16 +379,14 @@ pub fn status(path: &Path) -> io::Result<crate::stats::Status> {
     let (reply, _) = recv(&conn)?;
     match serde_json::from_slice::<Reply>(&reply) {
         Ok(Reply::Status(s)) => Ok(*s),
-        Ok(Reply::Refused(why)) => {
-            Err(io::Error::new(io::ErrorKind::Unsupported, format!("the keeper refused: {why}")))
-        }
+        Ok(Reply::Refused(why)) => Err(HandoverError::Refused(why)),
         _ => Err(bad("not a status answer")),
     }
 }
 
 /// Answers a status request on `conn`.
-pub fn answer_status(conn: &OwnedFd, status: &crate::stats::Status) -> io::Result<()> {
-    send(conn, &serde_json::to_vec(&Reply::Status(Box::new(status.clone())))?)
+pub fn answer_status(conn: &OwnedFd, status: &crate::stats::Status) -> Result<(), HandoverError> {
+    Ok(send(conn, &serde_json::to_vec(&Reply::Status(Box::new(status.clone())))?)?)
 }
 
 /// The new keeper's promise to confirm once it serves.
@@ -370,8 +395,8 @@ pub struct Taken(OwnedFd);
 
 impl Taken {
     /// Tells the old keeper the connection is served here now: it exits.
-    pub fn confirm(self) -> io::Result<()> {
-        send(&self.0, b"taken")
+    pub fn confirm(self) -> Result<(), HandoverError> {
+        Ok(send(&self.0, b"taken")?)
     }
 }
 
@@ -463,6 +488,6 @@ mod tests {
         assert!(!was_taken, "no confirmation: the old keeper resumes");
         assert!(was_refused);
         let e = refused.join().unwrap().unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}");
+        assert!(matches!(e, HandoverError::Refused(ref why) if why.contains("protocol")), "{e}");
     }
 }

@@ -512,7 +512,7 @@ fn give(
     control: Option<&Control>,
     conn: &OwnedFd,
     handovers: u64,
-) -> io::Result<bool> {
+) -> Result<bool, handover::HandoverError> {
     let offer_with = |sec: Option<(RawFd, &[RawFd])>| {
         let mut all = raw_fds(fds);
         if let Some((l, n)) = sec {
