@@ -1,7 +1,7 @@
 //! In-process cost of the read path without FUSE: the pure renderers, and the whole service
 //! (caller -> cgroup files -> render) over a fixture tree captured from a real kernel.
 
-use cgprocfs::catalog::View;
+use cgprocfs::catalog::Served;
 use cgprocfs::cgroup::memory::MemoryStats;
 use cgprocfs::host::{HostCpuinfo, HostMeminfo};
 use cgprocfs::service::{Options, Service};
@@ -40,16 +40,16 @@ fn benches(c: &mut Criterion) {
     c.bench_function("sample/memory v1 (fixture files)", |b| {
         b.iter(|| MemoryStats::read(cg.memory.as_ref().unwrap()).unwrap())
     });
-    c.bench_function("service/meminfo for a caller (fixture)", |b| b.iter(|| svc.render_for(View::Meminfo, pid)));
-    c.bench_function("service/online for a caller (fixture)", |b| b.iter(|| svc.render_for(View::CpuOnline, pid)));
+    c.bench_function("service/meminfo for a caller (fixture)", |b| b.iter(|| svc.render_for(Served::Meminfo, pid)));
+    c.bench_function("service/online for a caller (fixture)", |b| b.iter(|| svc.render_for(Served::CpuOnline, pid)));
 
     // The same on this machine's real /proc and cgroupfs, for this process.
     let live = Service::new(Root::new("/"), Options::default()).unwrap();
     let me = std::process::id();
     c.bench_function("live/resolve caller", |b| b.iter(|| live.container_of(me).unwrap()));
-    c.bench_function("live/online", |b| b.iter(|| live.render_for(View::CpuOnline, me)));
-    c.bench_function("live/meminfo", |b| b.iter(|| live.render_for(View::Meminfo, me)));
-    c.bench_function("live/stat", |b| b.iter(|| live.render_for(View::Stat, me)));
+    c.bench_function("live/online", |b| b.iter(|| live.render_for(Served::CpuOnline, me)));
+    c.bench_function("live/meminfo", |b| b.iter(|| live.render_for(Served::Meminfo, me)));
+    c.bench_function("live/stat", |b| b.iter(|| live.render_for(Served::Stat, me)));
 }
 
 criterion_group!(render, benches);

@@ -43,7 +43,7 @@ fn main() {
     let mut sleepers: Vec<_> = cgs.iter().map(|cg| cg.command("sleep 600").spawn().unwrap()).collect();
     eprintln!("{n} containers created in {:?}", t.elapsed());
     let files: Vec<String> =
-        cgprocfs::catalog::View::ALL.iter().map(|v| d.path(v.path()).display().to_string()).collect();
+        cgprocfs::catalog::Served::ALL.iter().map(|v| d.path(v.path()).display().to_string()).collect();
     let cmd = format!("cat {} > /dev/null", files.join(" "));
     let t = Instant::now();
     for cg in &cgs {

@@ -5,7 +5,7 @@
 //!
 //! Adding a served file is a renderer in `src/view/` and a row here (docs/architecture.md,
 //! "Adding a served file"); the FUSE tree, `show`, the OCI hook's and `run`'s binds and the
-//! cached tree all follow [`View::ALL`].
+//! cached tree all follow [`Served::ALL`].
 //!
 //! A row returns an error when the container's content cannot be computed: the caller then
 //! answers with the host's file (`Service::render_with`).
@@ -43,7 +43,7 @@ impl From<String> for Content {
     }
 }
 
-/// Declares [`View`] and its table from one list of rows.
+/// Declares [`Served`] and its table from one list of rows.
 macro_rules! catalog {
     (
         [ $( $(#[doc = $doc:literal])* $name:ident => $path:literal, $make:expr; )* ]
@@ -51,21 +51,21 @@ macro_rules! catalog {
     ) => {
         /// A file the daemon serves, named by its path under the mount point.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum View {
+        pub enum Served {
             $( $(#[doc = $doc])* $name, )*
             $(#[doc = $bdoc])* $bname,
         }
 
         /// Every row, in the order of the variants: the view, its path, how it is made, and
         /// its doc comment (where its content comes from, for `show --explain`).
-        const ROWS: &[(View, &str, Make, &str)] = &[
-            $( (View::$name, $path, $make, concat!($($doc, "\n"),*)), )*
-            (View::$bname, $bpath, $bmake, concat!($($bdoc, "\n"),*)),
+        const ROWS: &[(Served, &str, Make, &str)] = &[
+            $( (Served::$name, $path, $make, concat!($($doc, "\n"),*)), )*
+            (Served::$bname, $bpath, $bmake, concat!($($bdoc, "\n"),*)),
         ];
 
-        impl View {
+        impl Served {
             /// Every served file, in the order the tree lists them (the bench floor is not one).
-            pub const ALL: &'static [View] = &[ $( View::$name, )* ];
+            pub const ALL: &'static [Served] = &[ $( Served::$name, )* ];
         }
     };
 }
@@ -100,13 +100,13 @@ catalog! {
     Slabinfo => "proc/slabinfo", slabinfo_file;
     /// `proc/pressure/cpu`: the container's cpu.pressure (cgroup v2); the host's file without a
     /// unified cgroup of its own.
-    PressureCpu => "proc/pressure/cpu", |s, c| pressure(s, c, View::PressureCpu);
+    PressureCpu => "proc/pressure/cpu", |s, c| pressure(s, c, Served::PressureCpu);
     /// `proc/pressure/memory`: the container's memory.pressure (cgroup v2); the host's file without a
     /// unified cgroup of its own.
-    PressureMemory => "proc/pressure/memory", |s, c| pressure(s, c, View::PressureMemory);
+    PressureMemory => "proc/pressure/memory", |s, c| pressure(s, c, Served::PressureMemory);
     /// `proc/pressure/io`: the container's io.pressure (cgroup v2); the host's file without a
     /// unified cgroup of its own.
-    PressureIo => "proc/pressure/io", |s, c| pressure(s, c, View::PressureIo);
+    PressureIo => "proc/pressure/io", |s, c| pressure(s, c, Served::PressureIo);
     /// `sys/devices/system/cpu/online`: the visible CPUs (cpuset cut to the quota), numbered
     /// from 0 (view/cpu_online.rs).
     CpuOnline => "sys/devices/system/cpu/online", cpu_list;
@@ -123,8 +123,8 @@ catalog! {
 /// The directory whose `cpuN` entries are per container (`crate::fuse::cpudir`); bound whole.
 pub const CPU_DIR: &str = "sys/devices/system/cpu";
 
-impl View {
-    fn row(self) -> &'static (View, &'static str, Make, &'static str) {
+impl Served {
+    fn row(self) -> &'static (Served, &'static str, Make, &'static str) {
         // The rows are declared in the order of the variants.
         &ROWS[self as usize]
     }
@@ -144,7 +144,7 @@ impl View {
     /// which take PSI triggers (fuse/psi.rs).
     pub fn mode(self) -> u32 {
         match self {
-            View::Slabinfo => 0o400,
+            Served::Slabinfo => 0o400,
             _ if self.pressure_file().is_some() => 0o666,
             _ => 0o444,
         }
@@ -153,9 +153,9 @@ impl View {
     /// The cgroup file of a pressure view (`memory.pressure` for `proc/pressure/memory`).
     pub fn pressure_file(self) -> Option<&'static str> {
         match self {
-            View::PressureCpu => Some("cpu.pressure"),
-            View::PressureMemory => Some("memory.pressure"),
-            View::PressureIo => Some("io.pressure"),
+            Served::PressureCpu => Some("cpu.pressure"),
+            Served::PressureMemory => Some("memory.pressure"),
+            Served::PressureIo => Some("io.pressure"),
             _ => None,
         }
     }
@@ -166,16 +166,16 @@ impl View {
     }
 
     /// The view served at `path` (leading `/` and a `<mount>/` prefix are not part of it).
-    pub fn from_path(path: &str) -> Option<View> {
+    pub fn from_path(path: &str) -> Option<Served> {
         let p = path.trim_start_matches('/');
-        View::ALL.iter().copied().find(|v| v.path() == p)
+        Served::ALL.iter().copied().find(|v| v.path() == p)
     }
 }
 
 /// What a container gets bound, under the mount point and at the same path in the
 /// container: every view outside [`CPU_DIR`], then [`CPU_DIR`] itself.
 pub fn bind_targets() -> Vec<&'static str> {
-    let mut t: Vec<&'static str> = View::ALL.iter().map(|v| v.path()).filter(|p| !p.starts_with(CPU_DIR)).collect();
+    let mut t: Vec<&'static str> = Served::ALL.iter().map(|v| v.path()).filter(|p| !p.starts_with(CPU_DIR)).collect();
     t.push(CPU_DIR);
     t
 }
@@ -196,14 +196,14 @@ pub enum BindFrom {
 pub fn bind_from(path: &str) -> BindFrom {
     if path == CPU_DIR {
         BindFrom::Shared
-    } else if View::from_path(path).is_some_and(|v| v.pressure_file().is_some()) {
+    } else if Served::from_path(path).is_some_and(|v| v.pressure_file().is_some()) {
         BindFrom::Trigger
     } else {
         BindFrom::Cached
     }
 }
 
-/// The constant content of [`View::Floor`]: meminfo-sized (1.4 KiB).
+/// The constant content of [`Served::Floor`]: meminfo-sized (1.4 KiB).
 pub fn floor_content() -> String {
     let line = "Floor:          12345678 kB\n";
     line.repeat(1434 / line.len() + 1)
@@ -221,7 +221,7 @@ fn diskstats_file(s: &Sampler, c: &Container) -> Result<Content> {
             Ok(diskstats::render(&io, &host).into())
         }
         // Not in an I/O cgroup of its own: the host's devices are its devices.
-        _ => host_text(s, View::Diskstats),
+        _ => host_text(s, Served::Diskstats),
     }
 }
 
@@ -233,7 +233,7 @@ fn swaps_file(s: &Sampler, c: &Container) -> Result<Content> {
             v.get(meminfo::Field::SwapFree).unwrap_or(0),
         )
         .into()),
-        None => host_text(s, View::Swaps),
+        None => host_text(s, Served::Swaps),
     }
 }
 
@@ -241,13 +241,13 @@ fn slabinfo_file(s: &Sampler, c: &Container) -> Result<Content> {
     match &c.cgroups.memory {
         Some(d) if d.path != d.top => match crate::cgroup::memory::slabinfo(d)? {
             Some(t) => Ok(t.into()),
-            None => host_text(s, View::Slabinfo),
+            None => host_text(s, Served::Slabinfo),
         },
-        _ => host_text(s, View::Slabinfo),
+        _ => host_text(s, Served::Slabinfo),
     }
 }
 
-fn pressure(s: &Sampler, c: &Container, view: View) -> Result<Content> {
+fn pressure(s: &Sampler, c: &Container, view: Served) -> Result<Content> {
     match (&c.cgroups.unified, view.pressure_file()) {
         // The cgroup file has the kernel's /proc/pressure format.
         (Some(d), Some(file)) if d.path != d.top => crate::error::read_file(&d.file(file)).map(Content::from),
@@ -257,7 +257,7 @@ fn pressure(s: &Sampler, c: &Container, view: View) -> Result<Content> {
 }
 
 /// The host's own file as the answer for a container that has no cgroup of its own for it.
-pub fn host_text(s: &Sampler, view: View) -> Result<Content> {
+pub fn host_text(s: &Sampler, view: Served) -> Result<Content> {
     Ok(Content { text: String::from_utf8_lossy(&s.host_file(view.path())?).into_owned(), origin: Origin::Host })
 }
 
@@ -268,18 +268,18 @@ pub fn own_unified(c: &Container) -> Option<&crate::cgroup::CgroupDir> {
 }
 
 fn stat_file(s: &Sampler, c: &Container) -> Result<Content> {
-    let Some(cpu) = s.cpu_account(c)? else { return host_text(s, View::Stat) };
+    let Some(cpu) = s.cpu_account(c)? else { return host_text(s, Served::Stat) };
     let tasks = s.tasks(&cpu, c);
     Ok(stat::render(&*s.host_stat()?, &cpu.vcpus, &cpu.total, &tasks).into())
 }
 
 fn uptime_file(s: &Sampler, c: &Container) -> Result<Content> {
-    let Some(cpu) = s.cpu_account(c)? else { return host_text(s, View::Uptime) };
+    let Some(cpu) = s.cpu_account(c)? else { return host_text(s, Served::Uptime) };
     Ok(uptime::render(cpu.age_ns, cpu.total.idle).into())
 }
 
 fn loadavg_file(s: &Sampler, c: &Container) -> Result<Content> {
-    let Some((load, tasks)) = s.load(c, crate::host::boottime_ns())? else { return host_text(s, View::Loadavg) };
+    let Some((load, tasks)) = s.load(c, crate::host::boottime_ns())? else { return host_text(s, Served::Loadavg) };
     let last_pid = match (c.init, tasks.last_pid) {
         (Some(_), Some(p)) => p,
         // Same pid namespace as the host: the host's last pid is the container's.
@@ -299,9 +299,9 @@ mod tests {
             assert_eq!(*v as usize, i, "{path}");
             assert_eq!(v.path(), *path);
         }
-        assert_eq!(View::ALL.len() + 1, ROWS.len(), "every row but the floor is served");
-        assert!(View::ALL.iter().all(|v| *v != View::Floor));
-        assert_eq!(View::from_path("/proc/meminfo"), Some(View::Meminfo));
-        assert_eq!(View::from_path(".bench/floor"), None);
+        assert_eq!(Served::ALL.len() + 1, ROWS.len(), "every row but the floor is served");
+        assert!(Served::ALL.iter().all(|v| *v != Served::Floor));
+        assert_eq!(Served::from_path("/proc/meminfo"), Some(Served::Meminfo));
+        assert_eq!(Served::from_path(".bench/floor"), None);
     }
 }

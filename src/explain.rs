@@ -4,7 +4,7 @@
 //! (meminfo's from the same `compute` that makes its values), the inputs from the same service
 //! calls the row makes.
 
-use crate::catalog::View;
+use crate::catalog::Served;
 use crate::cgroup::{CgroupDir, Container};
 use crate::service::Service;
 use crate::view::meminfo;
@@ -41,7 +41,7 @@ fn dir(name: &str, d: &Option<CgroupDir>) -> Option<String> {
 }
 
 /// `view` as container `c` reads it, explained.
-pub fn explain(svc: &Service, view: View, c: &Container) -> Explained {
+pub fn explain(svc: &Service, view: Served, c: &Container) -> Explained {
     let mut notes = Vec::new();
     let cg = &c.cgroups;
     let dirs: Vec<String> = [
@@ -73,7 +73,7 @@ pub fn explain(svc: &Service, view: View, c: &Container) -> Explained {
     let whys: Vec<&'static str> = match (view, &fallback) {
         (_, Some(_)) => vec!["the host's (fallback)"; content.lines().count()],
         (_, None) if hosts => vec!["the host's line: no cgroup of its own for this file"; content.lines().count()],
-        (View::Meminfo, None) => match (sampler.host_meminfo(), sampler.memory(c)) {
+        (Served::Meminfo, None) => match (sampler.host_meminfo(), sampler.memory(c)) {
             (Ok(h), Ok(m)) => meminfo::explain(&h, &m, &content),
             _ => vec!["computed by the renderer"; content.lines().count()],
         },
@@ -83,11 +83,11 @@ pub fn explain(svc: &Service, view: View, c: &Container) -> Explained {
 }
 
 /// The inputs the row of `view` reads, as the service computes them.
-fn inputs(svc: &Service, view: View, c: &Container) -> Vec<String> {
+fn inputs(svc: &Service, view: Served, c: &Container) -> Vec<String> {
     let mut n = Vec::new();
     let sampler = svc.sampler();
     match view {
-        View::Meminfo | View::Swaps => match sampler.memory(c) {
+        Served::Meminfo | Served::Swaps => match sampler.memory(c) {
             Ok(m) => n.push(format!(
                 "memory limit of the chain {}, usage {} B, swap limit {}, swap usage {}",
                 limit_source(svc, c, m.limit),
@@ -97,7 +97,7 @@ fn inputs(svc: &Service, view: View, c: &Container) -> Vec<String> {
             )),
             Err(e) => n.push(format!("memory counters unreadable: {e}")),
         },
-        View::Cpuinfo | View::CpuOnline | View::CpuPossible | View::CpuPresent | View::Stat => {
+        Served::Cpuinfo | Served::CpuOnline | Served::CpuPossible | Served::CpuPresent | Served::Stat => {
             match sampler.cpu_inputs(&c.cgroups) {
                 Ok(i) => n.push(i),
                 Err(e) => n.push(format!("CPU limits unreadable: {e}")),
@@ -105,7 +105,7 @@ fn inputs(svc: &Service, view: View, c: &Container) -> Vec<String> {
         }
         _ => {}
     }
-    if matches!(view, View::Stat | View::Uptime | View::Loadavg) {
+    if matches!(view, Served::Stat | Served::Uptime | Served::Loadavg) {
         n.push(match c.cgroups.cpu_accounting() {
             Some(d) => format!("CPU time and threads from {}", d.path.display()),
             None => "no CPU cgroup of its own: the host's file".into(),
@@ -130,28 +130,28 @@ fn limit_source(svc: &Service, c: &Container, limit: Option<u64>) -> String {
 }
 
 /// Where a line of a file other than meminfo comes from.
-fn line_source(view: View, line: &str) -> &'static str {
+fn line_source(view: Served, line: &str) -> &'static str {
     let first = line.split([' ', '\t', ':']).next().unwrap_or("");
     match view {
-        View::Stat => match first {
+        Served::Stat => match first {
             "cpu" => "sum over every vCPU the container had: user/system split of its CPU time, idle = age - used, steal = throttled + run-queue wait",
             c if c.starts_with("cpu") => "one visible vCPU: the container's CPU time spread over its N CPUs",
             "procs_running" | "procs_blocked" => "the container's threads in R / D state",
             _ => "the host's line",
         },
-        View::Cpuinfo => match first {
+        Served::Cpuinfo => match first {
             "processor" => "renumbered 0..N-1 over the visible CPUs",
             "siblings" | "cpu cores" => "the visible CPU count",
             "" => "",
             _ => "the host's block of that CPU",
         },
-        View::Uptime => "the container's age (its init's start, or its oldest process's) and its vCPUs' idle time",
-        View::Loadavg => "the container's runnable + blocked threads, sampled every 5 s with the kernel's arithmetic; running/total threads; last pid of its namespace",
-        View::CpuOnline | View::CpuPossible | View::CpuPresent => "0..N-1, N the visible CPUs",
-        View::Swaps => "the same SwapTotal/SwapFree as the container's meminfo",
-        View::Diskstats => "the container's io.stat / blkio counters per device",
-        View::PressureCpu | View::PressureMemory | View::PressureIo => "the container's cgroup pressure file (the host's without a unified cgroup of its own)",
-        View::Slabinfo => "the container's memory.kmem.slabinfo",
+        Served::Uptime => "the container's age (its init's start, or its oldest process's) and its vCPUs' idle time",
+        Served::Loadavg => "the container's runnable + blocked threads, sampled every 5 s with the kernel's arithmetic; running/total threads; last pid of its namespace",
+        Served::CpuOnline | Served::CpuPossible | Served::CpuPresent => "0..N-1, N the visible CPUs",
+        Served::Swaps => "the same SwapTotal/SwapFree as the container's meminfo",
+        Served::Diskstats => "the container's io.stat / blkio counters per device",
+        Served::PressureCpu | Served::PressureMemory | Served::PressureIo => "the container's cgroup pressure file (the host's without a unified cgroup of its own)",
+        Served::Slabinfo => "the container's memory.kmem.slabinfo",
         // Meminfo's lines come from its own explain; a file added later says this much.
         _ => "computed by the file's renderer",
     }

@@ -3,7 +3,7 @@
 //! slowest recent requests, seccomp answers. Counting is a few relaxed atomic additions per
 //! request; nothing here allocates on the read path unless a request is among the slowest.
 
-use crate::catalog::View;
+use crate::catalog::Served;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,11 +56,11 @@ impl Reason {
 }
 
 /// Rows of the per-file counters: every served file and the bench floor.
-const FILES: usize = View::ALL.len() + 1;
+const FILES: usize = Served::ALL.len() + 1;
 
-/// A file's row: the catalog declares `View::ALL` in the order of the variants, the bench floor
+/// A file's row: the catalog declares `Served::ALL` in the order of the variants, the bench floor
 /// last (its test checks it), so the variant's number is the row — no search per request.
-fn row(v: View) -> usize {
+fn row(v: Served) -> usize {
     (v as usize).min(FILES - 1)
 }
 
@@ -114,7 +114,7 @@ impl Default for Stats {
 impl Stats {
     /// Counts one request of `view` that took `took`; `container` names it for the slow list
     /// (called only when the request is among the slowest).
-    pub fn request(&self, view: View, took: Duration, container: impl FnOnce() -> String) {
+    pub fn request(&self, view: Served, took: Duration, container: impl FnOnce() -> String) {
         let r = row(view);
         let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.requests[r].fetch_add(1, Ordering::Relaxed);
@@ -138,18 +138,18 @@ impl Stats {
     }
 
     /// Counts one answer of `view` with the host's file, for `reason`.
-    pub fn fallback(&self, view: View, reason: Reason) {
+    pub fn fallback(&self, view: Served, reason: Reason) {
         let k = Reason::ALL.iter().position(|x| *x == reason).unwrap_or(0);
         self.fallbacks[row(view)][k].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A copy of the counters now.
     pub fn snapshot(&self) -> Snapshot {
-        let rows = View::ALL.iter().copied().chain([View::Floor]);
+        let rows = Served::ALL.iter().copied().chain([Served::Floor]);
         let files = rows
             .enumerate()
             // The bench floor only where it is served.
-            .filter(|(r, v)| *v != View::Floor || self.requests[*r].load(Ordering::Relaxed) > 0)
+            .filter(|(r, v)| *v != Served::Floor || self.requests[*r].load(Ordering::Relaxed) > 0)
             .map(|(r, v)| FileStats {
                 file: v.path().to_string(),
                 requests: self.requests[r].load(Ordering::Relaxed),
@@ -342,10 +342,10 @@ mod tests {
     #[test]
     fn requests_land_in_their_buckets_and_the_slowest_are_kept() {
         let s = Stats::default();
-        s.request(View::Meminfo, Duration::from_micros(7), || "a".into());
-        s.request(View::Meminfo, Duration::from_micros(300), || "b".into());
-        s.request(View::Stat, Duration::from_millis(20), || "c".into());
-        s.fallback(View::Stat, Reason::Io);
+        s.request(Served::Meminfo, Duration::from_micros(7), || "a".into());
+        s.request(Served::Meminfo, Duration::from_micros(300), || "b".into());
+        s.request(Served::Stat, Duration::from_millis(20), || "c".into());
+        s.fallback(Served::Stat, Reason::Io);
         let snap = s.snapshot();
         let mem = snap.files.iter().find(|f| f.file == "proc/meminfo").unwrap();
         assert_eq!(mem.requests, 2);
@@ -358,7 +358,7 @@ mod tests {
         assert_eq!(stat.fallbacks, vec![("io".to_string(), 1)]);
         assert_eq!(snap.slowest.first().map(|x| x.container.as_str()), Some("c"));
         for i in 0..30 {
-            s.request(View::Uptime, Duration::from_micros(1000 + i), || format!("u{i}"));
+            s.request(Served::Uptime, Duration::from_micros(1000 + i), || format!("u{i}"));
         }
         let snap = s.snapshot();
         assert_eq!(snap.slowest.len(), SLOW_KEPT);

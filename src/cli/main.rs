@@ -7,7 +7,7 @@ mod serve;
 mod status;
 
 use anyhow::{bail, Context, Result};
-use cgprocfs::catalog::View;
+use cgprocfs::catalog::Served;
 use cgprocfs::daemon::args::{ServeLine, ServeOptions, WorkerLine, DEFAULT_MOUNTPOINT, DEFAULT_SECCOMP_SOCKET};
 use cgprocfs::run::RunLimits;
 use cgprocfs::service::Service;
@@ -281,8 +281,8 @@ pub(crate) fn service(opts: ServeOptions) -> Result<Service> {
 }
 
 fn show(pid: Option<u32>, file: &str, explain: bool, view: ServeOptions) -> Result<()> {
-    let Some(v) = View::from_path(file) else {
-        let names: Vec<_> = View::ALL.iter().map(|v| v.path()).collect();
+    let Some(v) = Served::from_path(file) else {
+        let names: Vec<_> = Served::ALL.iter().map(|v| v.path()).collect();
         bail!("unknown file {file:?}; served files: {}", names.join(", "));
     };
     let svc = service(view)?;

@@ -47,7 +47,7 @@ use super::reply::{Attr, Dirent, Reply};
 use super::request::{forgotten, Request};
 use super::session::Handler;
 use super::Tree;
-use crate::catalog::View;
+use crate::catalog::Served;
 use crate::cgroup::Container;
 use crate::error::Errno;
 use crate::sampler::cache::TtlMap;
@@ -183,7 +183,7 @@ impl CachedFs {
             None => (None, Recorded::new()),
         };
         CachedFs {
-            tree: Tree::new(View::ALL),
+            tree: Tree::new(Served::ALL),
             service,
             fresh,
             journal,
@@ -219,7 +219,7 @@ impl CachedFs {
     fn snapshot(
         &self,
         node: u64,
-        view: View,
+        view: Served,
         c: &Container,
         reuse_any: bool,
     ) -> Result<(Arc<Vec<u8>>, Version), Errno> {

@@ -144,12 +144,12 @@ impl Handles {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::View;
+    use crate::catalog::Served;
 
     fn handle(owner: &str) -> Handle {
         Handle {
             ino: 2,
-            source: Source::View(View::Floor),
+            source: Source::Served(Served::Floor),
             owner: owner.into(),
             opener: None,
             data: None,

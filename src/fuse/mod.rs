@@ -1,4 +1,4 @@
-//! The FUSE adapter: a static inode tree built from [`View::ALL`], per-open handles holding
+//! The FUSE adapter: a static inode tree built from [`Served::ALL`], per-open handles holding
 //! the rendered bytes, and the mapping of FUSE operations onto [`Service`]. Kept thin: all
 //! content comes from the service; all protocol mechanics live in [`session`].
 
@@ -16,7 +16,7 @@ pub mod spin;
 pub mod tree;
 pub mod trigger;
 
-use crate::catalog::View;
+use crate::catalog::Served;
 use crate::error::Errno;
 use crate::service::{Container, Service};
 use abi::InHeader;
@@ -44,7 +44,7 @@ const TTL: Duration = Duration::from_secs(1);
 /// What an open file reads.
 #[derive(Clone)]
 pub(crate) enum Source {
-    View(View),
+    Served(Served),
     Host(HostEntry),
 }
 
@@ -74,9 +74,9 @@ impl ProcFs {
 
     /// Like [`ProcFs::new`], adding the constant `.bench/floor` file when `floor` is set.
     pub fn with_floor(service: Arc<Service>, floor: bool) -> Self {
-        let mut views = View::ALL.to_vec();
+        let mut views = Served::ALL.to_vec();
         if floor {
-            views.push(View::Floor);
+            views.push(Served::Floor);
         }
         let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         let tree = Tree::new(&views);
@@ -236,7 +236,7 @@ impl ProcFs {
                 let e = self.cpu.entry(h)?;
                 (self.cpu.kind(&e).ok()? == HostKind::File).then_some(Source::Host(e))
             }
-            Ino::Tree(t) | Ino::Own(t) => self.tree.view(t).map(Source::View),
+            Ino::Tree(t) | Ino::Own(t) => self.tree.view(t).map(Source::Served),
         }
     }
 
@@ -250,13 +250,13 @@ impl ProcFs {
         // Only a pressure file takes writes (a PSI trigger); O_TRUNC is harmless there, as on
         // the host (`echo ... > /proc/pressure/memory`).
         // Only on the trigger connection (the main one is a read-only superblock).
-        let writable = triggers && matches!(source, Source::View(v) if v.pressure_file().is_some());
+        let writable = triggers && matches!(source, Source::Served(v) if v.pressure_file().is_some());
         if !writable && (flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0) {
             return Reply::err(libc::EROFS);
         }
         let (owner, container) = match source {
             // The benchmark's constant file: the FUSE floor, no caller lookup at all.
-            Source::View(View::Floor) => ("<floor>".into(), None),
+            Source::Served(Served::Floor) => ("<floor>".into(), None),
             _ => self.owner(h.pid),
         };
         let opener = container.map(|c| (h.pid, std::time::Instant::now(), c));
@@ -300,7 +300,7 @@ impl ProcFs {
             Some(d) if offset > 0 => d,
             _ => {
                 let bytes = match &source {
-                    Source::View(v) => match opener {
+                    Source::Served(v) => match opener {
                         Some(c) => self.service.render_with(*v, Ok(c)),
                         None => self.service.render_for(*v, h.pid),
                     },

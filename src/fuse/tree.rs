@@ -4,12 +4,12 @@
 
 use super::reply::Attr;
 use super::ROOT;
-use crate::catalog::View;
+use crate::catalog::Served;
 
 #[derive(Debug)]
 enum Kind {
     Dir(Vec<u64>),
-    File(View),
+    File(Served),
 }
 
 #[derive(Debug)]
@@ -30,7 +30,7 @@ pub struct Tree {
 
 impl Tree {
     /// Builds the directories and files for `views`.
-    pub fn new(views: &[View]) -> Self {
+    pub fn new(views: &[Served]) -> Self {
         let mut t = Tree { nodes: vec![Node { name: String::new(), parent: ROOT, kind: Kind::Dir(vec![]) }] };
         for &v in views {
             let mut dir = ROOT;
@@ -73,7 +73,7 @@ impl Tree {
     }
 
     /// The view file `ino` is, if it is one (`ino` is the tree's own number).
-    pub(crate) fn view(&self, ino: u64) -> Option<View> {
+    pub(crate) fn view(&self, ino: u64) -> Option<Served> {
         match self.node(ino)?.kind {
             Kind::File(v) => Some(v),
             Kind::Dir(_) => None,
@@ -110,8 +110,8 @@ mod tests {
 
     #[test]
     fn every_view_is_a_file_reached_by_its_path_from_the_root() {
-        let t = Tree::new(View::ALL);
-        for &v in View::ALL {
+        let t = Tree::new(Served::ALL);
+        for &v in Served::ALL {
             let mut node = ROOT;
             for part in v.path().split('/') {
                 node = t.lookup(node, part).unwrap_or_else(|| panic!("{} at {part}", v.path()));

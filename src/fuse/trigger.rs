@@ -56,7 +56,7 @@ impl TriggerFs {
             }
             _ => return Reply::err(libc::EBADF),
         };
-        let Source::View(view) = source else { return Reply::err(libc::EROFS) };
+        let Source::Served(view) = source else { return Reply::err(libc::EROFS) };
         let Some(file) = view.pressure_file() else { return Reply::err(libc::EROFS) };
         let trigger = match psi::parse_trigger(data, psi::caller_caps(h.pid)) {
             Ok(t) => t,
@@ -105,7 +105,7 @@ impl TriggerFs {
     /// POLL: the trigger's events now; when there are none and the kernel asks to be told, the
     /// poll handle waits with the watcher.
     fn poll(&self, h: &InHeader, fh: u64, kh: u64, flags: u32) -> Reply {
-        if !matches!(self.fs.source(h.nodeid), Some(Source::View(v)) if v.pressure_file().is_some()) {
+        if !matches!(self.fs.source(h.nodeid), Some(Source::Served(v)) if v.pressure_file().is_some()) {
             // A plain file: always ready, as the kernel's default for files without poll.
             return Reply::poll(psi::DEFAULT_POLLMASK);
         }
@@ -129,7 +129,7 @@ impl TriggerFs {
     /// SETATTR: the truncation an `O_TRUNC` open of a pressure file brings is answered like
     /// procfs (nothing changes); any other change is refused.
     fn setattr(&self, h: &InHeader) -> Reply {
-        let pressure = matches!(self.fs.source(h.nodeid), Some(Source::View(v)) if v.pressure_file().is_some());
+        let pressure = matches!(self.fs.source(h.nodeid), Some(Source::Served(v)) if v.pressure_file().is_some());
         if !pressure {
             return Reply::err(libc::EROFS);
         }

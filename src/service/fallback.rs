@@ -1,7 +1,7 @@
 //! The fallback policy's bookkeeping: requests answered with the host's file are counted,
 //! and logged at most once a minute per cgroup.
 
-use crate::catalog::View;
+use crate::catalog::Served;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +17,7 @@ pub struct Fallbacks {
 impl Fallbacks {
     const WARN_EVERY: Duration = Duration::from_secs(60);
 
-    pub(super) fn record(&self, key: &str, view: View, err: &crate::Error) {
+    pub(super) fn record(&self, key: &str, view: Served, err: &crate::Error) {
         self.count.fetch_add(1, Ordering::Relaxed);
         let mut last = self.last_warned.lock();
         let now = Instant::now();

@@ -8,7 +8,7 @@ mod fallback;
 pub use fallback::Fallbacks;
 
 use crate::caller::Resolver;
-use crate::catalog::View;
+use crate::catalog::Served;
 pub use crate::cgroup::Container;
 use crate::cgroup::ProcCgroup;
 use crate::error::{Errno, Error, Result};
@@ -81,7 +81,7 @@ impl Service {
         match cpus {
             Ok(c) => c.to_vec(),
             Err(e) => {
-                self.fallbacks.record("<caller>", View::CpuOnline, &e);
+                self.fallbacks.record("<caller>", Served::CpuOnline, &e);
                 self.sampler.host_online().map(|c| c.to_vec()).unwrap_or_default()
             }
         }
@@ -107,15 +107,15 @@ impl Service {
     /// host's file is returned, the fallback counted and logged (rate-limited); only when the
     /// host's file cannot be read either (no PSI in the kernel: `EOPNOTSUPP`) is it the errno
     /// the kernel gave for it.
-    pub fn render_for(&self, view: View, tid: u32) -> std::result::Result<Vec<u8>, Errno> {
+    pub fn render_for(&self, view: Served, tid: u32) -> std::result::Result<Vec<u8>, Errno> {
         // The bench floor measures FUSE alone: no caller resolution.
-        let c = if view == View::Floor { Ok(Container::nobody()) } else { self.container_of(tid) };
+        let c = if view == Served::Floor { Ok(Container::nobody()) } else { self.container_of(tid) };
         self.render_with(view, c)
     }
 
     /// Like [`Service::render_for`] for a container already resolved (or the error of its
     /// resolution).
-    pub fn render_with(&self, view: View, c: Result<Container>) -> std::result::Result<Vec<u8>, Errno> {
+    pub fn render_with(&self, view: Served, c: Result<Container>) -> std::result::Result<Vec<u8>, Errno> {
         let t = Instant::now();
         let (key, err, resolved) = match c.map(|c| (view.make(&self.sampler, &c), c)) {
             Ok((Ok(s), c)) => {
@@ -133,7 +133,7 @@ impl Service {
     }
 
     /// Renders `view` for container `c`.
-    pub fn render(&self, view: View, c: &Container) -> Result<String> {
+    pub fn render(&self, view: Served, c: &Container) -> Result<String> {
         view.make(&self.sampler, c).map(|content| content.text)
     }
 

@@ -290,7 +290,7 @@ fn writes_and_unknown_names_get_errors() {
         std::fs::read_dir(d.path("proc")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     let mut names = names;
     names.sort();
-    let mut want: Vec<_> = cgprocfs::catalog::View::ALL
+    let mut want: Vec<_> = cgprocfs::catalog::Served::ALL
         .iter()
         .filter_map(|v| v.path().strip_prefix("proc/"))
         .map(|p| p.split('/').next().unwrap().to_string())

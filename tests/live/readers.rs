@@ -57,7 +57,7 @@ fn every_reader_reads_every_file() {
     let scratch = &scratch.0;
     let script = scratch.join("programs.sh");
     std::fs::write(&script, PROGRAMS).unwrap();
-    let mut files: Vec<String> = cgprocfs::catalog::View::ALL.iter().map(|v| v.path().to_string()).collect();
+    let mut files: Vec<String> = cgprocfs::catalog::Served::ALL.iter().map(|v| v.path().to_string()).collect();
     files.push("sys/devices/system/cpu/cpu0/topology/core_id".into());
     let mut checked = 0;
     for f in files {

@@ -3,7 +3,7 @@
 //! pure v1 guests (`v2-*`, `v1-*`, `CGPROCFS_VM_CAPTURE=tests/fixtures cargo test --test vm`), through the same `Service` the daemon uses; plus every kind of
 //! bad input, which must yield the host's file and a counted fallback, never a panic.
 
-use cgprocfs::catalog::View;
+use cgprocfs::catalog::Served;
 use cgprocfs::service::{Options, Service};
 use cgprocfs::view::cpus::CpuCount;
 use cgprocfs::Root;
@@ -47,7 +47,7 @@ fn service(root: &Path) -> Service {
     Service::new(Root::new(root), Options { cpu_count: CpuCount::Quota }).unwrap()
 }
 
-fn render(svc: &Service, view: View, pid: u32) -> String {
+fn render(svc: &Service, view: Served, pid: u32) -> String {
     String::from_utf8(svc.render_for(view, pid).unwrap()).unwrap()
 }
 
@@ -92,7 +92,7 @@ fn meminfo_hybrid_limited_takes_every_field_from_the_cgroup() {
     let root = fixture("hybrid-limited");
     let pid = captured_pid(&root);
     let svc = service(&root);
-    let out = render(&svc, View::Meminfo, pid);
+    let out = render(&svc, Served::Meminfo, pid);
     let leaf = root.join(LEAF);
     let stat = leaf.join("memory.stat");
 
@@ -138,7 +138,7 @@ fn cpu_views_follow_quota_and_cpuset() {
     let svc = service(&root);
     let pid = captured_pid(&root);
     // Quota 0.5 CPU on the parent -> 1 visible CPU.
-    let cpuinfo = render(&svc, View::Cpuinfo, pid);
+    let cpuinfo = render(&svc, Served::Cpuinfo, pid);
     assert_eq!(cpuinfo.matches("processor\t:").count(), 1, "{cpuinfo}");
     assert!(
         cpuinfo.contains("processor\t: 0\n")
@@ -146,24 +146,24 @@ fn cpu_views_follow_quota_and_cpuset() {
             && cpuinfo.contains("cpu cores\t: 1\n")
     );
     assert!(cpuinfo.ends_with("\n\n"));
-    assert_eq!(render(&svc, View::CpuOnline, pid), "0\n");
+    assert_eq!(render(&svc, Served::CpuOnline, pid), "0\n");
 
     // --cpu-count=cpuset ignores the quota: the host's two CPUs.
     let svc = Service::new(Root::new(&root), Options { cpu_count: CpuCount::Cpuset }).unwrap();
-    assert_eq!(render(&svc, View::CpuOnline, pid), "0-1\n");
-    assert_eq!(render(&svc, View::Cpuinfo, pid).matches("processor\t:").count(), 2);
+    assert_eq!(render(&svc, Served::CpuOnline, pid), "0-1\n");
+    assert_eq!(render(&svc, Served::Cpuinfo, pid).matches("processor\t:").count(), 2);
 
     // Cpuset {1}, no quota: one CPU, host CPU 1 renumbered 0.
     let root = fixture("hybrid-cpuset");
     let svc = service(&root);
     let pid = captured_pid(&root);
-    let cpuinfo = render(&svc, View::Cpuinfo, pid);
+    let cpuinfo = render(&svc, Served::Cpuinfo, pid);
     assert_eq!(cpuinfo.matches("processor\t:").count(), 1);
     assert!(cpuinfo.contains("processor\t: 0\n") && cpuinfo.contains("apicid\t\t: 0\n"), "{cpuinfo}");
-    assert_eq!(render(&svc, View::CpuOnline, pid), "0\n");
+    assert_eq!(render(&svc, Served::CpuOnline, pid), "0\n");
     // No memory limit anywhere: the host's meminfo, byte for byte.
     let host = std::fs::read_to_string(root.join("proc/meminfo")).unwrap();
-    assert_eq!(render(&svc, View::Meminfo, pid), host);
+    assert_eq!(render(&svc, Served::Meminfo, pid), host);
     assert_eq!(svc.fallbacks.count(), 0);
 }
 
@@ -180,8 +180,8 @@ fn pure_v1_without_unified_tree_resolves_the_same() {
     let svc = service(&t.0);
     assert_eq!(svc.sampler().hierarchies().layout(), cgprocfs::cgroup::mounts::Layout::V1);
     let pid = captured_pid(&t.0);
-    assert_eq!(field(&render(&svc, View::Meminfo, pid), "MemTotal"), 256 * 1024);
-    assert_eq!(render(&svc, View::CpuOnline, pid), "0\n");
+    assert_eq!(field(&render(&svc, Served::Meminfo, pid), "MemTotal"), 256 * 1024);
+    assert_eq!(render(&svc, Served::CpuOnline, pid), "0\n");
 }
 
 /// Each corruption must make the container's file unrenderable: the reader gets the host's
@@ -207,7 +207,7 @@ fn bad_cgroup_files_fall_back_to_the_host_file() {
         }
         let svc = service(&t.0);
         let pid = captured_pid(&t.0);
-        let view = if file.starts_with("memory") { View::Meminfo } else { View::CpuOnline };
+        let view = if file.starts_with("memory") { Served::Meminfo } else { Served::CpuOnline };
         let host = std::fs::read(t.0.join(view.path())).unwrap();
         assert_eq!(svc.render_for(view, pid), Ok(host), "case {tag}");
         assert_eq!(svc.fallbacks.count(), 1, "case {tag}");
@@ -229,16 +229,16 @@ fn slabinfo_is_the_cgroups_where_the_kernel_fills_it_else_the_hosts() {
     std::fs::write(&memcg, &own).unwrap();
     let svc = service(&t.0);
     let pid = captured_pid(&t.0);
-    assert_eq!(render(&svc, View::Slabinfo, pid), own);
+    assert_eq!(render(&svc, Served::Slabinfo, pid), own);
     // 5.9+ kernels leave the file empty: the host's, served as the container's (no fallback).
     std::fs::write(&memcg, "").unwrap();
-    assert_eq!(render(&svc, View::Slabinfo, pid), host);
+    assert_eq!(render(&svc, Served::Slabinfo, pid), host);
     assert_eq!(svc.fallbacks.count(), 0);
     // Garbage is not served: the host's file, counted as a fallback.
     std::fs::write(&memcg, "not slabinfo\n").unwrap();
-    assert_eq!(render(&svc, View::Slabinfo, pid), host);
+    assert_eq!(render(&svc, Served::Slabinfo, pid), host);
     assert_eq!(svc.fallbacks.count(), 1);
-    assert_eq!(View::Slabinfo.mode(), 0o400, "root only, like the host's");
+    assert_eq!(Served::Slabinfo.mode(), 0o400, "root only, like the host's");
 }
 
 #[test]
@@ -248,14 +248,14 @@ fn deleted_cgroup_and_vanished_caller_fall_back() {
     let pid = captured_pid(&t.0);
     std::fs::remove_dir_all(t.0.join(LEAF)).unwrap();
     let host = std::fs::read(t.0.join("proc/meminfo")).unwrap();
-    assert_eq!(svc.render_for(View::Meminfo, pid), Ok(host));
+    assert_eq!(svc.render_for(Served::Meminfo, pid), Ok(host));
     // A caller that exited before its request was served.
     std::fs::remove_dir_all(t.0.join(format!("proc/{pid}"))).unwrap();
-    assert_eq!(svc.render_for(View::Cpuinfo, pid), Ok(std::fs::read(t.0.join("proc/cpuinfo")).unwrap()));
-    assert_eq!(svc.render_for(View::CpuOnline, 0), Ok(std::fs::read(t.0.join(View::CpuOnline.path())).unwrap()));
+    assert_eq!(svc.render_for(Served::Cpuinfo, pid), Ok(std::fs::read(t.0.join("proc/cpuinfo")).unwrap()));
+    assert_eq!(svc.render_for(Served::CpuOnline, 0), Ok(std::fs::read(t.0.join(Served::CpuOnline.path())).unwrap()));
     // A file the host cannot give either answers with the host's errno (no PSI: EOPNOTSUPP
     // in the kernel; here the fixture simply has no pressure files: ENOENT).
-    assert_eq!(svc.render_for(View::PressureIo, 0), Err(cgprocfs::error::Errno(libc::ENOENT)));
+    assert_eq!(svc.render_for(Served::PressureIo, 0), Err(cgprocfs::error::Errno(libc::ENOENT)));
     assert_eq!(svc.fallbacks.count(), 4);
 }
 
@@ -272,7 +272,7 @@ fn pure_v2_and_pure_v1_kernels_limited() {
         let pid = captured_pid(&root);
         let svc = service(&root);
         assert_eq!(svc.sampler().hierarchies().layout(), layout, "{name}");
-        let out = render(&svc, View::Meminfo, pid);
+        let out = render(&svc, Served::Meminfo, pid);
         let stat = root.join(stat_of);
         // The parent's limit wins over the leaf's.
         assert_eq!(field(&out, "MemTotal"), 256 * 1024, "{name}");
@@ -288,11 +288,11 @@ fn pure_v2_and_pure_v1_kernels_limited() {
         let (free, avail, total) = (field(&out, "MemFree"), field(&out, "MemAvailable"), field(&out, "MemTotal"));
         assert!(free <= avail && avail <= total, "{name}: {free} {avail} {total}");
         // 0.5 CPU of quota: one CPU everywhere.
-        assert_eq!(render(&svc, View::CpuOnline, pid), "0\n", "{name}");
-        assert_eq!(render(&svc, View::Cpuinfo, pid).matches("processor\t:").count(), 1, "{name}");
+        assert_eq!(render(&svc, Served::CpuOnline, pid), "0\n", "{name}");
+        assert_eq!(render(&svc, Served::Cpuinfo, pid).matches("processor\t:").count(), 1, "{name}");
         // v2: the cgroup's own pressure file, in the kernel's format.
         if layout == Layout::V2 {
-            let p = render(&svc, View::PressureMemory, pid);
+            let p = render(&svc, Served::PressureMemory, pid);
             assert!(p.starts_with("some avg10=") && p.contains("\nfull avg10="), "{p}");
         }
         assert_eq!(svc.fallbacks.count(), 0, "{name}");
@@ -306,12 +306,12 @@ fn pure_v2_and_pure_v1_kernels_cpuset() {
         let root = fixture(name);
         let pid = captured_pid(&root);
         let svc = service(&root);
-        let cpuinfo = render(&svc, View::Cpuinfo, pid);
+        let cpuinfo = render(&svc, Served::Cpuinfo, pid);
         assert_eq!(cpuinfo.matches("processor\t:").count(), 1, "{name}: {cpuinfo}");
         assert!(cpuinfo.contains("processor\t: 0\n"), "{name}");
-        assert_eq!(render(&svc, View::CpuOnline, pid), "0\n", "{name}");
+        assert_eq!(render(&svc, Served::CpuOnline, pid), "0\n", "{name}");
         let host = std::fs::read_to_string(root.join("proc/meminfo")).unwrap();
-        assert_eq!(render(&svc, View::Meminfo, pid), host, "{name}: no memory limit, the host's file");
+        assert_eq!(render(&svc, Served::Meminfo, pid), host, "{name}: no memory limit, the host's file");
         assert_eq!(svc.fallbacks.count(), 0, "{name}");
     }
 }
