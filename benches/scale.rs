@@ -1,6 +1,7 @@
 //! The daemon's own footprint at scale: worker RSS after 1000 containers have each read every
 //! served file, the CPU the load-average sampler uses for 1000 idle containers, and the CPU
-//! of an agent in every container reading `stat`, `meminfo`, `loadavg`, `uptime` and
+//! of an agent in every container (the init of the container's own pid namespace, as in
+//! Docker's and Kubernetes' containers) reading `stat`, `meminfo`, `loadavg`, `uptime` and
 //! `diskstats` once a second, through the shared tree and through the cached tree.
 //! In the same run, with `CGPROCFS_BENCH_BASELINE=/path/to/an/older/cgprocfs`, the same agents
 //! on that build's two trees, and on lxcfs (`-l`, its load average thread on) when installed.
@@ -121,13 +122,35 @@ fn main() {
     }
 }
 
+/// Makes the calling (forked, single-threaded) process continue as pid 1 of a new pid
+/// namespace: it forks that init, waits for it and exits with its status. Without
+/// `CLONE_NEWPID` allowed, it continues as it is.
+fn init_of_own_pid_namespace() {
+    // SAFETY: unshare and fork in a single-threaded child; the waiting side only waits and
+    // leaves with _exit.
+    unsafe {
+        if libc::unshare(libc::CLONE_NEWPID) != 0 {
+            return;
+        }
+        let init = libc::fork();
+        if init == 0 {
+            return;
+        }
+        let mut status = 0;
+        if init > 0 {
+            libc::waitpid(init, &mut status, 0);
+        }
+        libc::_exit(if init > 0 && libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 1 });
+    }
+}
+
 /// What a node agent reads from each container every second.
 const AGENT_FILES: [&str; 5] = ["proc/stat", "proc/meminfo", "proc/loadavg", "proc/uptime", "proc/diskstats"];
 /// How long the agents run.
 const AGENT_SECS: u64 = 20;
 
-/// Runs one agent process in each cgroup for [`AGENT_SECS`], reading `files(its pid)` once a
-/// second (spread over the second); returns the worker's CPU use in % of one core meanwhile,
+/// Runs one agent process in each cgroup, the init of its own pid namespace, for
+/// [`AGENT_SECS`], reading `files(its host pid)` once a second (spread over the second); returns the worker's CPU use in % of one core meanwhile,
 /// the reads done and those that failed.
 fn agents(cgs: &[TestCgroup], files: &dyn Fn(u32) -> Vec<std::path::PathBuf>, worker: i32) -> (f64, u64, u64) {
     let dir = std::env::temp_dir().join(common::unique("agents"));
@@ -141,10 +164,18 @@ fn agents(cgs: &[TestCgroup], files: &dyn Fn(u32) -> Vec<std::path::PathBuf>, wo
         // leaves with _exit.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            let me = std::process::id();
             for (_, d) in &cg.dirs {
-                let _ = std::fs::write(d.join("cgroup.procs"), me.to_string());
+                let _ = std::fs::write(d.join("cgroup.procs"), std::process::id().to_string());
             }
+            // A container has a pid namespace of its own, and the agent is its init here (the
+            // process the hook keys the cached tree by): the daemon finds a container's age
+            // from its init, as for Docker's and Kubernetes' containers.
+            init_of_own_pid_namespace();
+            // Its pid on the host (the daemon's namespace): /proc is still the host's.
+            let me: u32 = std::fs::read_link("/proc/self")
+                .ok()
+                .and_then(|p| p.to_str()?.parse().ok())
+                .unwrap_or_else(std::process::id);
             let paths = files(me);
             let (mut reads, mut failed) = (0u64, 0u64);
             std::thread::sleep(offset);
