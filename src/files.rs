@@ -9,6 +9,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+/// Default mount point, lxcfs-compatible layout under it.
+pub const DEFAULT_MOUNTPOINT: &str = "/var/lib/cgprocfs";
+
 /// A file beside `pidfile` named after it: `keeper.pid` -> `keeper.<what>`, any other name
 /// gets `.<what>` appended (`/tmp/tmp.AbC123` -> `/tmp/tmp.AbC123.state`). Never
 /// `Path::with_extension`, which maps every `tmp.*` pid file of a directory onto one name.

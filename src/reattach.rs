@@ -82,7 +82,7 @@ pub fn reattach(mountpoint: &Path) -> io::Result<Vec<Repaired>> {
     let live_dev = format!("{}:{}", libc::major(live.dev()), libc::minor(live.dev()));
     let canonical = mountpoint.canonicalize()?;
     let source = source_name(&canonical);
-    let legacy = canonical == Path::new(crate::daemon::args::DEFAULT_MOUNTPOINT);
+    let legacy = canonical == Path::new(crate::files::DEFAULT_MOUNTPOINT);
     // The companion trees' binds are repaired from the live companions: the cached tree's
     // (hook- and run-bound containers: their key directories name the same containers to the
     // new daemon) and the trigger connection's (pressure files, bound writable again).

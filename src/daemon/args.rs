@@ -11,8 +11,7 @@ use std::ffi::OsString;
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-/// Default mount point, lxcfs-compatible layout under it.
-pub const DEFAULT_MOUNTPOINT: &str = "/var/lib/cgprocfs";
+pub use crate::files::DEFAULT_MOUNTPOINT;
 /// Default seccomp listener socket of the daemon on the default mount point.
 pub const DEFAULT_SECCOMP_SOCKET: &str = "/run/cgprocfs/seccomp.sock";
 
