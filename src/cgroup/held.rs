@@ -104,25 +104,27 @@ pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
 /// Whether cgroup directory `dir` still exists: one lookup in its kept directory (every
 /// cgroup has `cgroup.procs`; a removed one has no files) instead of a walk of the path.
 pub fn exists(dir: &Path) -> bool {
-    let kept = table().lock().dirs.get(dir).map(|k| k.dir.clone());
-    match kept {
-        Some(d) => has_procs(&d) || dir.is_dir(),
-        None => dir.is_dir(),
-    }
+    live_kept(dir).is_some() || dir.is_dir()
 }
 
 /// The metadata of cgroup directory `dir` (its inode, its link count): an `fstat` of its kept
 /// directory when that is still a live cgroup, else a walk of the path (and a removed cgroup
 /// is no longer kept, so one recreated under the same name shows its own inode).
 pub fn metadata(dir: &Path) -> io::Result<std::fs::Metadata> {
-    let kept = table().lock().dirs.get(dir).map(|k| k.dir.clone());
-    if let Some(d) = kept {
-        if has_procs(&d) {
-            return d.metadata();
-        }
-        table().lock().dirs.remove(dir);
+    match live_kept(dir) {
+        Some(d) => d.metadata(),
+        None => std::fs::metadata(dir),
     }
-    std::fs::metadata(dir)
+}
+
+/// `dir`'s kept directory if it is still a live cgroup; a removed one is no longer kept.
+fn live_kept(dir: &Path) -> Option<Arc<File>> {
+    let d = table().lock().dirs.get(dir).map(|k| k.dir.clone())?;
+    if has_procs(&d) {
+        return Some(d);
+    }
+    table().lock().dirs.remove(dir);
+    None
 }
 
 /// Whether kept directory `d` is a live cgroup: every cgroup has `cgroup.procs`, a removed one

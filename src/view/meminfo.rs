@@ -86,12 +86,21 @@ pub struct Values {
 impl Values {
     /// Value of `field`, if the container has one.
     pub fn get(&self, field: Field) -> Option<u64> {
-        self.fields.iter().find(|(f, _, _)| *f == field).map(|(_, v, _)| *v)
+        self.entry(field).map(|(_, v, _)| *v)
     }
 
     /// Where the value of `field` comes from, if the container has one (`show --explain`).
     pub fn why(&self, field: Field) -> Option<&'static str> {
-        self.fields.iter().find(|(f, _, _)| *f == field).map(|(_, _, w)| *w)
+        self.entry(field).map(|(_, _, w)| *w)
+    }
+
+    /// `field`'s entry: [`compute`] lists the fields in the enum's order, so it is found by
+    /// index (render asks once per host line); a search only if that order ever differs.
+    fn entry(&self, field: Field) -> Option<&(Field, u64, &'static str)> {
+        match self.fields.get(field as usize) {
+            Some(e) if e.0 == field => Some(e),
+            _ => self.fields.iter().find(|(f, _, _)| *f == field),
+        }
     }
 }
 
@@ -246,6 +255,17 @@ fn push_kb_line(out: &mut String, label: &str, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn values_are_listed_in_the_order_of_their_fields() {
+        let host = HostMeminfo::parse("MemTotal:        1000 kB\n").unwrap();
+        let m = MemoryStats { limit: Some(1 << 20), ..Default::default() };
+        let v = compute(&host, &m).unwrap();
+        for (i, (f, _, _)) in v.fields.iter().enumerate() {
+            assert_eq!(*f as usize, i, "{f:?} out of place: Values::get would search");
+            assert_eq!(Field::of_label(f.label()), Some(*f));
+        }
+    }
 
     #[test]
     fn kb_lines_match_the_kernel_format() {
