@@ -7,7 +7,8 @@
 //! on that build's two trees, and on lxcfs (`-l`, its load average thread on) when installed.
 //! A floor row: the same agents reading the constant `.bench/floor` five times a second
 //! instead, the FUSE requests of as many reads with no rendering and no caller lookup.
-//! `SCALE_SKIP_IDLE=1` leaves out the 30 s idle phase; `SCALE_SKIP_AGENTS=1` the agents (for
+//! `SCALE_SKIP_IDLE=1` leaves out the 30 s idle phase; `SCALE_ROWS=cached,shared` runs only those agent rows (of shared, cached, floor,
+//! baseline, lxcfs); `SCALE_SKIP_AGENTS=1` the agents (for
 //! the footprint at 10 000 containers: `SCALE_SKIP_AGENTS=1 cargo bench --bench scale -- 10000`); `CGPROCFS_BENCH_ARGS="--spin-us 50"` passes
 //! extra `serve` options to this build's daemon.
 //!   cargo bench --bench scale [-- CONTAINERS]
@@ -68,23 +69,27 @@ fn main() {
     let skip = std::env::var_os("SCALE_SKIP_AGENTS").is_some();
     let mut rows = Vec::new();
     if !skip {
-        let shared = agents(&cgs, &|_| AGENT_FILES.iter().map(|f| d.path(f)).collect(), worker);
-        let floor = agents(&cgs, &|_| AGENT_FILES.iter().map(|_| d.path(".bench/floor")).collect(), worker);
-        let cached = agents(
-            &cgs,
-            &|pid| {
+        // SCALE_ROWS=shared,cached,floor,baseline,lxcfs: only those rows (all when unset).
+        let only = std::env::var("SCALE_ROWS").ok();
+        let want = |row: &str| only.as_deref().is_none_or(|o| o.split(',').any(|r| r.trim() == row));
+        if want("shared") {
+            rows.push((
+                "this build, shared tree",
+                agents(&cgs, &|_| AGENT_FILES.iter().map(|f| d.path(f)).collect(), worker),
+            ));
+        }
+        if want("cached") {
+            let own = |pid| {
                 let own = d.cache().join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
                 AGENT_FILES.iter().map(|f| own.join(f)).collect()
-            },
-            worker,
-        );
-
-        rows = vec![
-            ("this build, shared tree", shared),
-            ("this build, cached tree", cached),
-            ("floor, shared tree", floor),
-        ];
-        if let Some(b) = peers::Baseline::start(common::unique("baseline")) {
+            };
+            rows.push(("this build, cached tree", agents(&cgs, &own, worker)));
+        }
+        if want("floor") {
+            let floor = |_| AGENT_FILES.iter().map(|_| d.path(".bench/floor")).collect();
+            rows.push(("floor, shared tree", agents(&cgs, &floor, worker)));
+        }
+        if let Some(b) = want("baseline").then(|| peers::Baseline::start(common::unique("baseline"))).flatten() {
             if let Some(w) = b.worker_pid() {
                 let mnt = b.mnt();
                 rows.push((
@@ -99,7 +104,7 @@ fn main() {
                 rows.push(("baseline, cached tree", agents(&cgs, &own, w)));
             }
         }
-        if let Some(l) = peers::Lxcfs::start(common::unique("lxcfs"), &["-l"]) {
+        if let Some(l) = want("lxcfs").then(|| peers::Lxcfs::start(common::unique("lxcfs"), &["-l"])).flatten() {
             let mnt = l.mnt.clone();
             rows.push(("lxcfs -l", agents(&cgs, &|_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect(), l.pid())));
         }

@@ -169,13 +169,15 @@ pub fn close_idle() {
 }
 
 fn on_cgroupfs(file: &File) -> bool {
-    const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
-    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: fstatfs writes one statfs into `st` for an fd this function borrows.
-    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
-        return false;
-    }
+    unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) == 0 && is_cgroupfs(&st) }
+}
+
+/// Whether `st` describes a cgroup filesystem (v1 or v2).
+pub(crate) fn is_cgroupfs(st: &libc::statfs) -> bool {
+    const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
+    const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
     #[allow(clippy::unnecessary_cast)] // c_long: i64 here, i32 on 32-bit targets
     let t = st.f_type as i64;
     t == CGROUP_SUPER_MAGIC || t == CGROUP2_SUPER_MAGIC

@@ -1,6 +1,8 @@
-//! The two short-lived caches of the read path: one value ([`Ttl`]: a host file) and values
-//! per key ([`TtlMap`]: per caller, per cgroup), each reused for a fixed time.
+//! The short-lived caches of the read path: one value ([`Ttl`]: a host file) and values per
+//! key ([`TtlMap`]: per caller, per cgroup), each reused for a fixed time, and limits
+//! ([`LimitMap`]), reused until they are written.
 
+use crate::cgroup::watch::BACKSTOP;
 use crate::error::Result;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -58,6 +60,53 @@ impl<K: std::hash::Hash + Eq, V: Clone> TtlMap<K, V> {
             map.retain(|_, (at, _)| at.elapsed() < ttl);
         }
         map.insert(key, (Instant::now(), v.clone()));
+        Ok(v)
+    }
+}
+
+/// Values read from cgroup limit files, per key (a directory, a container), reused until a
+/// limit file of a watched directory is written ([`crate::cgroup::watch`]: the generation
+/// moves) or for at most [`BACKSTOP`]; a value whose directories could not all be watched is
+/// reused for `ttl` only, as a [`TtlMap`]'s.
+pub(crate) struct LimitMap<K, V> {
+    ttl: Duration,
+    map: Mutex<HashMap<K, Limit<V>>>,
+}
+
+struct Limit<V> {
+    at: Instant,
+    generation: u64,
+    watched: bool,
+    value: V,
+}
+
+/// A value from a [`LimitMap`], with whether everything it was read from is watched.
+pub(crate) struct Watched<V> {
+    pub(crate) value: V,
+    pub(crate) watched: bool,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> LimitMap<K, V> {
+    const MAX: usize = 65_536;
+
+    pub(crate) fn new(ttl: Duration) -> Self {
+        LimitMap { ttl, map: Mutex::new(HashMap::new()) }
+    }
+
+    /// The value of `key` if read at `generation` and still within its bound, else `load()`'s
+    /// (which says whether its directories are watched).
+    pub(crate) fn get(&self, key: K, generation: u64, load: impl FnOnce() -> Result<Watched<V>>) -> Result<Watched<V>> {
+        let valid =
+            |l: &Limit<V>| l.generation == generation && l.at.elapsed() < if l.watched { BACKSTOP } else { self.ttl };
+        if let Some(l) = self.map.lock().get(&key).filter(|l| valid(l)) {
+            return Ok(Watched { value: l.value.clone(), watched: l.watched });
+        }
+        let v = load()?;
+        let mut map = self.map.lock();
+        if map.len() >= Self::MAX {
+            map.retain(|_, l| valid(l));
+        }
+        map.insert(key, Limit { at: Instant::now(), generation, watched: v.watched, value: v.value.clone() });
         Ok(v)
     }
 }

@@ -9,9 +9,12 @@
 //!   `uptime` show), the I/O counters and the task counts are read at most once per [`PASS`]
 //!   and shared by every file read meanwhile (an agent reading five files in a row reads the
 //!   cgroup once);
-//! - **limits** (cpuset, CPU quota, memory limit), per cgroup directory, at most
-//!   [`LIMITS_TTL`] old; a chain's ancestors (a pod's cgroup, `kubepods`) are read once for all
-//!   the containers below them;
+//! - **limits** (cpuset, CPU quota, memory limit, the visible CPUs and a container's state
+//!   key), per cgroup directory and per container, until a limit file of their chains is
+//!   written ([`crate::cgroup::watch`]: the write is seen before the next read), the online
+//!   CPUs change, or [`watch::BACKSTOP`] passes; directories that cannot be watched, at most
+//!   [`LIMITS_TTL`]. A chain's ancestors (a pod's cgroup, `kubepods`) are read once for all the
+//!   containers below them;
 //! - the **host's** files: meminfo, stat and diskstats 100 ms, the online CPUs 1 s, cpuinfo
 //!   10 s;
 //! - a container's **start**: 60 s for a pid namespace's init (its start never changes), 1 s
@@ -24,6 +27,7 @@ use crate::cgroup::cpuset::effective_cpus;
 use crate::cgroup::io::IoStats;
 use crate::cgroup::memory::{limit_at, limit_file, lowest, MemoryStats};
 use crate::cgroup::tasks::TaskCounts;
+use crate::cgroup::watch;
 use crate::cgroup::{cpuacct, CgroupDir, Cgroups, Container, Hierarchies};
 use crate::error::{Error, Result};
 use crate::host::{self, HostCpuinfo, HostMeminfo, HostStat};
@@ -32,7 +36,7 @@ use crate::state::load::LoadAvg;
 use crate::state::{self, Store};
 use crate::view::cpus::{visible_cpus, CpuCount};
 use crate::Root;
-use cache::{Ttl, TtlMap};
+use cache::{LimitMap, Ttl, TtlMap, Watched};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,8 +45,9 @@ use std::time::Duration;
 /// files read back to back share it, and a file read in a loop is never older than this (the
 /// kernel's own `/proc/stat` moves in 10 ms steps).
 pub const PASS: Duration = Duration::from_millis(5);
-/// How long a cgroup directory's limits (cpuset, quota, memory limit) are reused: a changed
-/// limit (`docker update`) shows within this.
+/// How long a cgroup directory's limits (cpuset, quota, memory limit) are reused when the
+/// directory cannot be watched: a changed limit (`docker update`) shows within this. (A
+/// watched one's show at once, [`crate::cgroup::watch`].)
 pub const LIMITS_TTL: Duration = Duration::from_millis(50);
 /// How long a container's start time is reused when it is its pid namespace's init, whose start
 /// never changes.
@@ -104,11 +109,14 @@ pub struct Sampler {
     diskstats: Ttl<HostDiskstats>,
     last_pid: Ttl<u64>,
     /// Per directory: the cpuset, quota and memory limit it sets itself.
-    cpusets: TtlMap<PathBuf, Option<Vec<u32>>>,
-    quotas: TtlMap<PathBuf, Option<Option<Quota>>>,
-    mem_limits: TtlMap<PathBuf, Option<Option<u64>>>,
+    cpusets: LimitMap<PathBuf, Option<Vec<u32>>>,
+    quotas: LimitMap<PathBuf, Option<Option<Quota>>>,
+    mem_limits: LimitMap<PathBuf, Option<Option<u64>>>,
+    /// Per container: what its limits make of it, read again when they are.
+    visible: LimitMap<PassKey, Arc<Vec<u32>>>,
+    memory_limits: LimitMap<PathBuf, Option<(u64, PathBuf)>>,
+    keys: LimitMap<PathBuf, String>,
     /// Per container, one pass.
-    visible: TtlMap<PassKey, Arc<Vec<u32>>>,
     mem_stats: TtlMap<PathBuf, Arc<MemoryStats>>,
     accounts: TtlMap<PassKey, Option<Arc<CpuSample>>>,
     io: TtlMap<PathBuf, Arc<IoStats>>,
@@ -135,10 +143,12 @@ impl Sampler {
             stat: Ttl::new(host),
             diskstats: Ttl::new(host),
             last_pid: Ttl::new(host),
-            cpusets: TtlMap::new(LIMITS_TTL),
-            quotas: TtlMap::new(LIMITS_TTL),
-            mem_limits: TtlMap::new(LIMITS_TTL),
-            visible: TtlMap::new(PASS),
+            cpusets: LimitMap::new(LIMITS_TTL),
+            quotas: LimitMap::new(LIMITS_TTL),
+            mem_limits: LimitMap::new(LIMITS_TTL),
+            visible: LimitMap::new(PASS),
+            memory_limits: LimitMap::new(LIMITS_TTL),
+            keys: LimitMap::new(PASS),
             mem_stats: TtlMap::new(PASS),
             accounts: TtlMap::new(PASS),
             io: TtlMap::new(PASS),
@@ -188,28 +198,64 @@ impl Sampler {
         (c.init, first.into_iter().flatten().next().map(|d| d.path.clone()).unwrap_or_default())
     }
 
-    /// The host CPUs the container sees (once per pass).
+    /// The generation of the limits ([`crate::cgroup::watch`]): cached limits read at another
+    /// are read again.
+    fn generation(&self) -> u64 {
+        watch::watch().map_or(0, watch::Watch::generation)
+    }
+
+    /// Watches `dirs` (before they are read); whether all of them are.
+    fn watch<'a>(dirs: impl IntoIterator<Item = &'a std::path::Path>) -> bool {
+        watch::watch().is_some_and(|w| w.watch(dirs))
+    }
+
+    /// The host CPUs the container sees (read again when its limits or the online CPUs change).
     pub fn visible_cpus(&self, c: &Container) -> Result<Arc<Vec<u32>>> {
-        self.visible.get(Self::pass_key(c), || {
-            let l = self.cpu_limits(&c.cgroups)?;
-            Ok(Arc::new(visible_cpus(&l.online, l.cpuset.as_deref(), l.quota.map(|(q, _)| q), self.opts.cpu_count)))
-        })
+        // The online CPUs first: a change (hotplug) moves the generation.
+        self.host_online()?;
+        let g = self.generation();
+        let w = self.visible.get(Self::pass_key(c), g, || {
+            let (l, watched) = self.cpu_limits_at(&c.cgroups, g)?;
+            let cpus = visible_cpus(&l.online, l.cpuset.as_deref(), l.quota.map(|(q, _)| q), self.opts.cpu_count);
+            Ok(Watched { value: Arc::new(cpus), watched })
+        })?;
+        Ok(w.value)
     }
 
     /// What the visible CPUs are computed from.
     pub fn cpu_limits(&self, cg: &Cgroups) -> Result<CpuLimits> {
-        let online = self.online.get(|| host::online_cpus(&self.root))?;
+        self.cpu_limits_at(cg, self.generation()).map(|(l, _)| l)
+    }
+
+    /// [`Sampler::cpu_limits`] at generation `g`, with whether every directory they come from
+    /// is watched.
+    fn cpu_limits_at(&self, cg: &Cgroups, g: u64) -> Result<(CpuLimits, bool)> {
+        let online = self.host_online()?;
+        let mut watched = true;
         let cpuset = match &cg.cpuset {
-            Some(d) => self.cpusets.get(d.path.clone(), || effective_cpus(d))?,
-            None => None,
-        };
-        let quota = match &cg.cpu {
             Some(d) => {
-                tightest(d, |p| self.quotas.get(p.to_path_buf(), || crate::cgroup::cpu::quota_at(d.version, p)))?
+                // An effective cpuset follows its ancestors': the whole chain is watched.
+                let w = self.cpusets.get(d.path.clone(), g, || {
+                    let watched = Self::watch(d.chain());
+                    Ok(Watched { value: effective_cpus(d)?, watched })
+                })?;
+                watched &= w.watched;
+                w.value
             }
             None => None,
         };
-        Ok(CpuLimits { online, cpuset, quota })
+        let quota = match &cg.cpu {
+            Some(d) => tightest(d, |p| {
+                let w = self.quotas.get(p.to_path_buf(), g, || {
+                    let watched = Self::watch([p]);
+                    Ok(Watched { value: crate::cgroup::cpu::quota_at(d.version, p)?, watched })
+                })?;
+                watched &= w.watched;
+                Ok(w.value)
+            })?,
+            None => None,
+        };
+        Ok((CpuLimits { online, cpuset, quota }, watched))
     }
 
     /// The visible CPUs and what they come from, in words (`show --explain`).
@@ -235,13 +281,27 @@ impl Sampler {
     }
 
     /// The memory limit of the chain ending at `d` and the directory that sets it, from the
-    /// small limit files only (ancestors shared with every container below them).
+    /// small limit files only (ancestors shared with every container below them); read again
+    /// when a limit of the chain is written or the directory goes.
     pub fn memory_limit(&self, d: &CgroupDir) -> Result<Option<(u64, PathBuf)>> {
-        if !crate::cgroup::held::exists(&d.path) {
-            return Err(Error::Gone(d.path.clone()));
-        }
-        let name = limit_file(d.version);
-        lowest(d, |p| self.mem_limits.get(p.to_path_buf(), || limit_at(p, name)))
+        let g = self.generation();
+        let w = self.memory_limits.get(d.path.clone(), g, || {
+            let mut watched = Self::watch(d.chain());
+            if !crate::cgroup::held::exists(&d.path) {
+                return Err(Error::Gone(d.path.clone()));
+            }
+            let name = limit_file(d.version);
+            let value = lowest(d, |p| {
+                let w = self.mem_limits.get(p.to_path_buf(), g, || {
+                    let watched = Self::watch([p]);
+                    Ok(Watched { value: limit_at(p, name)?, watched })
+                })?;
+                watched &= w.watched;
+                Ok(w.value)
+            })?;
+            Ok(Watched { value, watched })
+        })?;
+        Ok(w.value)
     }
 
     /// The container's memory snapshot (once per pass); for an unlimited container (the
@@ -290,7 +350,13 @@ impl Sampler {
 
     /// The host's online CPUs, at most 1 s old.
     pub fn host_online(&self) -> Result<Arc<Vec<u32>>> {
-        self.online.get(|| host::online_cpus(&self.root))
+        self.online.get(|| {
+            let online = host::online_cpus(&self.root)?;
+            if let Some(w) = watch::watch() {
+                w.note(&online);
+            }
+            Ok(online)
+        })
     }
 
     /// The last pid allocated in the host's pid namespace (field 5 of the host's loadavg), at
@@ -329,8 +395,16 @@ impl Sampler {
     fn account_key(&self, cg: &Cgroups) -> Result<Option<String>> {
         match cg.cpu_accounting() {
             None => Ok(None),
-            // The directory could not be stat'ed: the cgroup is being removed.
-            Some(d) => state::key(cg).map(Some).ok_or_else(|| Error::Gone(d.path.clone())),
+            // Its inode changes only with the directory, which a watch sees go.
+            Some(d) => {
+                let w = self.keys.get(d.path.clone(), self.generation(), || {
+                    let watched = Self::watch([d.path.as_path()]);
+                    // The directory could not be stat'ed: the cgroup is being removed.
+                    let key = state::key(cg).ok_or_else(|| Error::Gone(d.path.clone()))?;
+                    Ok(Watched { value: key, watched })
+                })?;
+                Ok(Some(w.value))
+            }
         }
     }
 

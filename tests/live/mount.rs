@@ -507,7 +507,77 @@ fn kept_cgroup_directories_follow_changes_and_recreated_cgroups() {
     std::fs::create_dir(&dir).unwrap(); // for the cgroup's own clean-up
 }
 
+/// Limits stay cached until they are written (`cgroup::watch`): a write to a limit file, the
+/// container's own or an ancestor's, shows at the next read one sampling pass (5 ms) after it,
+/// where a limit cached for a time (50 ms before) would not; a process joining the cgroup (a
+/// write to `cgroup.procs`) changes nothing.
+fn a_written_limit_shows_one_pass_after_the_write() {
+    live_ready("a_written_limit_shows_one_pass_after_the_write");
+    let d = Daemon::start("watch");
+    let parent = TestCgroup::new("watch", &Limits { memory: Some(256 * MIB), ..Default::default() });
+    let child = parent.child("watch-child", &Limits { cpu: Some((100_000, 100_000)), ..Default::default() });
+    let find = |cg: &TestCgroup, names: [&str; 2]| {
+        cg.dirs.iter().flat_map(|(_, d)| names.map(|f| d.join(f))).find(|f| f.exists()).expect("a limit file")
+    };
+    let memory = find(&parent, ["memory.limit_in_bytes", "memory.max"]);
+    let quota = find(&child, ["cpu.cfs_quota_us", "cpu.max"]);
+    // The reader answers a line of stdin with what it reads then: no time passes between a
+    // write and the read after it but the round trip of a pipe.
+    let scratch = Scratch::new("watch");
+    let script = scratch.0.join("reader.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import sys\nfor _ in sys.stdin:\n    m = [l for l in open('{}') if l.startswith('MemTotal:')][0].split()[1]\n    \
+             print(m, open('{}').read().strip(), flush=True)\n",
+            d.path("proc/meminfo").display(),
+            d.path("sys/devices/system/cpu/online").display()
+        ),
+    )
+    .unwrap();
+    let mut reader = child
+        .command(&format!("python3 {}", script.display()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ask = reader.stdin.take().unwrap();
+    let mut answers = std::io::BufReader::new(reader.stdout.take().unwrap());
+    let mut read = || {
+        use std::io::BufRead;
+        ask.write_all(b"\n").unwrap();
+        let mut line = String::new();
+        answers.read_line(&mut line).unwrap();
+        line
+    };
+    // A write(2) with no truncation (runtimes open limit files without O_TRUNC).
+    let write = |f: &std::path::Path, v: String| {
+        std::fs::OpenOptions::new().write(true).open(f).unwrap().write_all(v.as_bytes()).unwrap()
+    };
+    let two = host_cpus() >= 2;
+    let mut seen = Vec::new();
+    for i in 0..12u64 {
+        let mib = 64 + 32 * (i % 3);
+        let cpus = if two { 1 + i % 2 } else { 1 };
+        write(&memory, (mib * MIB).to_string());
+        let q = (cpus * 100_000).to_string();
+        write(&quota, if quota.ends_with("cpu.max") { format!("{q} 100000") } else { q });
+        // A pass: the counters (and v1's hierarchical limit in memory.stat) read within one
+        // are shared by every read meanwhile.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let line = read();
+        let want = format!("{} {}", mib * 1024, if cpus == 1 { "0".to_string() } else { "0-1".to_string() });
+        assert_eq!(line.trim(), want, "round {i}: the limits just written");
+        seen.push(line);
+        // Read again without a write: the same.
+        assert_eq!(read(), seen[seen.len() - 1], "round {i}, unchanged");
+    }
+    drop(ask);
+    let _ = reader.wait();
+}
+
 crate::cgprocfs_tests!(
+    a_written_limit_shows_one_pass_after_the_write,
     kept_cgroup_directories_follow_changes_and_recreated_cgroups,
     memory_limit_is_memtotal,
     parent_limit_lower_than_child_wins,
