@@ -38,13 +38,21 @@ impl CpuUsage {
 
 /// Reads the CPU counters of a container. `None` when no hierarchy accounts its CPU time.
 pub fn read(cg: &Cgroups) -> Result<Option<CpuUsage>> {
-    let (user_ns, system_ns) = match cg.cpu_accounting() {
-        Some(d) if d.version == Version::V1 => v1_usage(d)?,
-        Some(d) => v2_usage(d)?,
-        None => return Ok(None),
+    let Some(acct) = cg.cpu_accounting() else { return Ok(None) };
+    // v2 keeps usage and throttling in one `cpu.stat`: read once when both come from it.
+    let mut v2_stat = None;
+    let (user_ns, system_ns) = match acct.version {
+        Version::V1 => v1_usage(acct)?,
+        Version::V2 => {
+            let p = acct.file("cpu.stat");
+            let t = read_file(&p)?;
+            let usage = v2_usage(&p, &t)?;
+            v2_stat = Some((acct.path.clone(), t));
+            usage
+        }
     };
     let throttled = match &cg.cpu {
-        Some(d) => throttled_ns(d)?,
+        Some(d) => throttled_ns(d, v2_stat.as_ref().filter(|(p, _)| *p == d.path).map(|(_, t)| t.as_str()))?,
         None => 0,
     };
     // PSI of the unified tree: on a hybrid host only when the container has its own v2 cgroup
@@ -56,10 +64,8 @@ pub fn read(cg: &Cgroups) -> Result<Option<CpuUsage>> {
     Ok(Some(CpuUsage { user_ns, system_ns, throttled_ns: throttled, psi_ns: psi, delay_ns: 0 }))
 }
 
-fn v2_usage(d: &CgroupDir) -> Result<(u64, u64)> {
-    let p = d.file("cpu.stat");
-    let t = read_file(&p)?;
-    let key = |k: &str| flat_keyed(&t).find(|(x, _)| *x == k).map(|(_, v)| v.saturating_mul(1000));
+fn v2_usage(p: &std::path::Path, t: &str) -> Result<(u64, u64)> {
+    let key = |k: &str| flat_keyed(t).find(|(x, _)| *x == k).map(|(_, v)| v.saturating_mul(1000));
     match (key("user_usec"), key("system_usec")) {
         (Some(u), Some(s)) => Ok((u, s)),
         _ => Err(Error::malformed(p, "no user_usec/system_usec")),
@@ -82,19 +88,20 @@ fn v1_usage(d: &CgroupDir) -> Result<(u64, u64)> {
 }
 
 /// Throttled time of the cgroup, including throttling by ancestors where the kernel reports
-/// it (`cpu.stat.local`, 6.6+), in ns.
-fn throttled_ns(d: &CgroupDir) -> Result<u64> {
-    let (key, scale) = match d.version {
-        Version::V2 => ("throttled_usec", 1000),
-        Version::V1 => ("throttled_time", 1),
+/// it (v2's `cpu.stat.local`, 6.6+; v1 has no such file), in ns. `stat` is the cgroup's
+/// `cpu.stat` when already read.
+fn throttled_ns(d: &CgroupDir, stat: Option<&str>) -> Result<u64> {
+    let (key, scale, names): (_, _, &[&str]) = match d.version {
+        Version::V2 => ("throttled_usec", 1000, &["cpu.stat.local", "cpu.stat"]),
+        Version::V1 => ("throttled_time", 1, &["cpu.stat"]),
     };
+    let value = |t: &str| flat_keyed(t).find(|(k, _)| *k == key).map_or(0, |(_, v)| v.saturating_mul(scale));
     let mut best = 0u64;
-    for name in ["cpu.stat.local", "cpu.stat"] {
-        if let Ok(t) = super::held::read(d.file(name)) {
-            if let Some((_, v)) = flat_keyed(&t).find(|(k, _)| *k == key) {
-                best = best.max(v.saturating_mul(scale));
-            }
-        }
+    for name in names {
+        best = best.max(match (*name, stat) {
+            ("cpu.stat", Some(t)) => value(t),
+            _ => super::held::read(d.file(name)).map_or(0, |t| value(&t)),
+        });
     }
     Ok(best)
 }

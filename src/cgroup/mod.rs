@@ -119,8 +119,9 @@ pub struct Cgroups {
 /// namespace when it has its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container {
-    /// Its cgroup directories.
-    pub cgroups: Cgroups,
+    /// Its cgroup directories (shared: a container is cloned into every cache and request
+    /// that resolves to it).
+    pub cgroups: std::sync::Arc<Cgroups>,
     /// Host pid of the init of its pid namespace, when it has its own.
     pub init: Option<u32>,
 }
@@ -128,7 +129,7 @@ pub struct Container {
 impl Container {
     /// No container: no cgroups, no pid namespace of its own (its files are the host's).
     pub fn nobody() -> Container {
-        Container { cgroups: Cgroups::default(), init: None }
+        Container { cgroups: Default::default(), init: None }
     }
 }
 

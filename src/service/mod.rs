@@ -99,7 +99,7 @@ impl Service {
         let start = std::fs::metadata(self.root().proc_pid(tid)).map_or(0, |m| m.ino());
         self.callers.get((tid, ns, start), || {
             let (pc, init): (ProcCgroup, Option<u32>) = self.resolver.container_of(tid, ns)?;
-            Ok(Container { cgroups: self.sampler.hierarchies().resolve(&pc), init })
+            Ok(Container { cgroups: Arc::new(self.sampler.hierarchies().resolve(&pc)), init })
         })
     }
 
