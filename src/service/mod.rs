@@ -34,7 +34,7 @@ pub const CALLER_TTL: Duration = Duration::from_secs(5);
 pub struct Service {
     sampler: Arc<Sampler>,
     resolver: Resolver,
-    callers: TtlMap<(u32, u64, u64), Container>,
+    callers: TtlMap<(u32, u64), Container>,
     /// Requests answered with the host's file.
     pub fallbacks: Fallbacks,
     /// Requests, latencies and fallbacks per file (`cgprocfs status`, the metrics file).
@@ -87,20 +87,24 @@ impl Service {
         }
     }
 
-    /// The container of caller `tid`. Cached for [`CALLER_TTL`] per (thread, pid namespace,
-    /// inode of `/proc/<tid>`): a thread's container changes rarely, and a thread id reused by
-    /// another process — of another container, or of the host — is another key (procfs gives a
-    /// new process's directory a new inode; a stat costs a third of reading the start time).
+    /// The container of caller `tid`. Cached for [`CALLER_TTL`] per (thread, inode of
+    /// `/proc/<tid>`): a thread's container changes rarely, and a thread id reused by another
+    /// process — of another container, or of the host — is another key (procfs gives a new
+    /// process's directory a new inode; a stat costs a third of reading the start time). A
+    /// process never changes its own pid namespace (`setns` moves only its future children),
+    /// so the namespace is looked up on a miss only.
     pub fn container_of(&self, tid: u32) -> Result<Container> {
         use std::os::unix::fs::MetadataExt;
-        let ns = self.resolver.pidns(tid)?;
-        // A thread whose directory cannot be read is keyed without it (it is vanishing, and
-        // the resolution below fails for it anyway).
-        let start = std::fs::metadata(self.root().proc_pid(tid)).map_or(0, |m| m.ino());
-        self.callers.get((tid, ns, start), || {
+        let resolve = || {
+            let ns = self.resolver.pidns(tid)?;
             let (pc, init): (ProcCgroup, Option<u32>) = self.resolver.container_of(tid, ns)?;
             Ok(Container { cgroups: Arc::new(self.sampler.hierarchies().resolve(&pc)), init })
-        })
+        };
+        match std::fs::metadata(self.root().proc_pid(tid)) {
+            Ok(m) => self.callers.get((tid, m.ino()), resolve),
+            // Vanishing (or not visible): resolved without a key, and it fails anyway.
+            Err(_) => resolve(),
+        }
     }
 
     /// The bytes `tid` reads from `view`. When the container's file cannot be computed the
