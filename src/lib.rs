@@ -72,9 +72,17 @@ impl Root {
 
     /// `<root>/proc/<pid>`.
     pub fn proc_pid(&self, pid: u32) -> PathBuf {
-        let mut p = self.proc();
-        p.push(pid.to_string());
-        p
+        use std::fmt::Write;
+        // Built in one allocation with room for a file name after it (`/stat`, `/schedstat`):
+        // it is made for every caller and every sampled thread.
+        let root = self.path.as_os_str();
+        let mut s = std::ffi::OsString::with_capacity(root.len() + 32);
+        s.push(root);
+        if !root.as_encoded_bytes().ends_with(b"/") {
+            s.push("/");
+        }
+        let _ = write!(s, "proc/{pid}");
+        PathBuf::from(s)
     }
 }
 
@@ -86,6 +94,15 @@ pub fn fnv(s: &[u8]) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn proc_pid_is_under_the_root() {
+        use std::path::Path;
+        assert_eq!(super::Root::new("/").proc_pid(7), Path::new("/proc/7"));
+        assert_eq!(super::Root::new("/srv/host").proc_pid(42), Path::new("/srv/host/proc/42"));
+        assert_eq!(super::Root::new("/srv/host/").proc_pid(42), Path::new("/srv/host/proc/42"));
+        assert_eq!(super::Root::new("/srv/host").proc_pid(42), super::Root::new("/srv/host").proc().join("42"));
+    }
+
     /// docs/architecture.md's module map names every source file, and only files that exist.
     #[test]
     fn the_module_map_matches_the_tree() {
