@@ -39,6 +39,7 @@ fn main() {
     let d = Daemon::start_with("scale", &extra);
     let worker = d.worker_pid();
     let rss0 = status_kib(worker, "VmRSS:");
+    let (fds0, slab0) = (open_fds(worker), status_kib_of("/proc/meminfo", "Slab:"));
     let t = Instant::now();
     let cgs: Vec<TestCgroup> =
         (0..n).map(|_| TestCgroup::new("scale", &Limits { memory: Some(64 << 20), ..Default::default() })).collect();
@@ -54,6 +55,10 @@ fn main() {
     eprintln!("{n} x {} files read in {:?}", files.len(), t.elapsed());
     let rss1 = status_kib(worker, "VmRSS:");
     let hwm = status_kib(worker, "VmHWM:");
+    // Kept cgroup files and directories are kernel memory, not RSS: their count, and the
+    // kernel's slab (the whole host's, so only roughly the worker's) before and after.
+    let fds1 = open_fds(worker);
+    let slab1 = status_kib_of("/proc/meminfo", "Slab:");
 
     // Sampler cost: nothing reads now; every container is registered and idle.
     let idle = if std::env::var_os("SCALE_SKIP_IDLE").is_some() { 0 } else { 30 };
@@ -118,6 +123,8 @@ fn main() {
     println!("\nworker footprint with {n} containers (each with its own memory limit and one process)");
     println!("RSS at start:                         {rss0} KiB");
     println!("RSS after every container read all:   {rss1} KiB (peak {hwm} KiB)");
+    println!("open fds at start / after:             {fds0} / {fds1} (kept cgroup directories and files)");
+    println!("host slab at start / after:            {slab0} / {slab1} KiB (the whole host's: cgroups created too)");
     println!("load sampling, {n} idle containers:  {cpu_pct:.2} % of one core over {secs:.0} s");
     if !rows.is_empty() {
         println!("agents: {n} containers x {} files each second for {AGENT_SECS} s, CPU of the serving process (sampler included)", AGENT_FILES.len());
@@ -147,6 +154,20 @@ fn init_of_own_pid_namespace() {
         }
         libc::_exit(if init > 0 && libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 1 });
     }
+}
+
+/// How many fds `pid` holds.
+fn open_fds(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// A `Key: value kB` line's value in a /proc file.
+fn status_kib_of(path: &str, key: &str) -> u64 {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// What a node agent reads from each container every second.

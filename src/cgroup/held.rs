@@ -4,9 +4,16 @@
 //! each `open(2)` (every component of `/sys/fs/cgroup/<ctrl>/kubepods/.../<container>/`,
 //! each a dentry lookup and a kernfs revalidation) cost more than the rest of the read. So
 //! each cgroup directory read from is kept open and its files are opened relative to it
-//! (`openat(2)`: one component to look up). Directories, not files: a kept cgroup file holds
-//! a seq_file buffer of a page or more in the kernel, ~14 of them per container, where a
-//! directory holds a few hundred bytes.
+//! (`openat(2)`: one component to look up).
+//!
+//! The files read again and again (a 1 Hz agent's `cpuacct.usage`, `memory.stat`, ...) are kept
+//! open too, and read with `pread(2)` from offset 0: a cgroup file is a seq_file, which
+//! generates its text afresh for a read at offset 0, so a kept file reads what a new open
+//! would, without the open and the close. A kept file costs the kernel its seq_file buffer (a
+//! page, more for a long file) where a directory costs a few hundred bytes, so at most
+//! [`FILE_BUDGET`] are kept (~40 MiB of kernel memory at most), and only files of kept
+//! directories. A removed cgroup's kept file fails its read (`ENODEV`): it is closed and the
+//! read goes the directory's way below.
 //!
 //! Only directories on a cgroup filesystem are kept (a fixture tree's plain directories may
 //! be replaced). A removed cgroup's kept directory has no files: an `openat` there fails, the
@@ -28,14 +35,25 @@ use std::time::{Duration, Instant};
 /// A kept directory no read wanted for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(10);
 
+/// At most this many cgroup files are kept open (each holds a page or more of kernel memory).
+pub const FILE_BUDGET: usize = 8192;
+
 struct Kept {
     dir: Arc<File>,
+    used: Instant,
+}
+
+/// A kept file. Its reads are serialized: a long (multi-record) seq_file continues from
+/// where the previous `pread` stopped, which another reader's read at 0 would reset.
+struct KeptFile {
+    file: Arc<Mutex<File>>,
     used: Instant,
 }
 
 #[derive(Default)]
 struct Table {
     dirs: HashMap<PathBuf, Kept>,
+    files: HashMap<PathBuf, KeptFile>,
     /// When idle directories were last looked for.
     swept: Option<Instant>,
 }
@@ -45,6 +63,7 @@ impl Table {
     fn sweep(&mut self, now: Instant) {
         self.swept = Some(now);
         self.dirs.retain(|_, k| now.duration_since(k.used) < IDLE);
+        self.files.retain(|_, k| now.duration_since(k.used) < IDLE);
     }
 }
 
@@ -65,21 +84,40 @@ pub fn is_kept(dir: &Path) -> bool {
     table().lock().dirs.contains_key(dir)
 }
 
+/// Whether file `path` is kept open now.
+pub fn is_file_kept(path: &Path) -> bool {
+    table().lock().files.contains_key(path)
+}
+
 /// The whole text of `path`, like `std::fs::read_to_string`, opened relative to its kept
 /// directory when there is one.
 pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
     let path = path.as_ref();
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return crate::sys::read_text(path) };
     let now = Instant::now();
-    let kept = {
+    let (file, kept) = {
         let mut t = table().lock();
-        t.dirs.get_mut(dir).map(|k| {
+        let file = t.files.get_mut(path).map(|k| {
+            k.used = now;
+            k.file.clone()
+        });
+        let kept = t.dirs.get_mut(dir).map(|k| {
             k.used = now;
             k.dir.clone()
-        })
+        });
+        (file, kept)
     };
+    if let Some(f) = file {
+        match read_from_start(&f.lock()) {
+            Ok(text) => return Ok(text),
+            // A removed cgroup (ENODEV), or anything else: closed, and read as below.
+            Err(_) => {
+                table().lock().files.remove(path);
+            }
+        }
+    }
     if let Some(d) = kept {
-        match open_in(&d, name).and_then(crate::sys::read_text_of) {
+        match open_in(&d, name).and_then(|f| keep_file(path, f, now)) {
             Ok(text) => return Ok(text),
             // An optional file this cgroup lacks (`cpu.stat.local`, swap files): the directory
             // stays kept.
@@ -132,6 +170,37 @@ fn live_kept(dir: &Path) -> Option<Arc<File>> {
 fn has_procs(d: &File) -> bool {
     // SAFETY: faccessat on a directory fd this function borrows and a NUL-terminated name.
     unsafe { libc::faccessat(d.as_raw_fd(), c"cgroup.procs".as_ptr(), libc::F_OK, 0) == 0 }
+}
+
+/// Reads `f`, just opened in a kept directory, and keeps it open when there is room.
+fn keep_file(path: &Path, f: File, now: Instant) -> io::Result<String> {
+    let text = read_from_start(&f)?;
+    let mut t = table().lock();
+    if t.files.len() < FILE_BUDGET {
+        t.files.insert(path.to_path_buf(), KeptFile { file: Arc::new(Mutex::new(f)), used: now });
+    }
+    Ok(text)
+}
+
+/// The whole text of `f` from offset 0, in `pread`s (a seq_file regenerates at offset 0).
+/// Invalid UTF-8 is `InvalidData`.
+fn read_from_start(f: &File) -> io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    loop {
+        if len == buf.len() {
+            buf.resize(buf.len() * 2, 0);
+        }
+        match f.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(len);
+    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
 fn open_in(dir: &File, name: &std::ffi::OsStr) -> io::Result<File> {
@@ -196,6 +265,7 @@ mod tests {
         std::fs::write(&p, &text).unwrap();
         assert_eq!(read(&p).unwrap(), text);
         assert!(!is_kept(&dir));
+        assert!(!is_file_kept(&p), "nor their files");
         // Replaced by rename: the new content, as a fixture tree's writer expects.
         let tmp = dir.join("t");
         std::fs::write(&tmp, "new").unwrap();

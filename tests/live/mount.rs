@@ -484,6 +484,11 @@ fn kept_cgroup_directories_follow_changes_and_recreated_cgroups() {
     assert!(held::is_kept(&dir), "a cgroup directory read from is kept open");
     std::fs::write(&file, (96 * MIB).to_string()).unwrap();
     assert_eq!(limit(&file), 96 * MIB);
+    // Read in the kept directory, the file is kept too, and a read at 0 regenerates it.
+    assert!(held::is_file_kept(&file), "a file read in a kept directory is kept open");
+    std::fs::write(&file, (80 * MIB).to_string()).unwrap();
+    assert_eq!(limit(&file), 80 * MIB, "a kept file reads the value written since");
+    assert!(held::is_file_kept(&file));
     // An optional file the cgroup lacks (cpu.stat.local before 6.6) keeps the directory.
     let missing = held::read(dir.join("cpu.stat.none")).unwrap_err();
     assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
@@ -500,6 +505,8 @@ fn kept_cgroup_directories_follow_changes_and_recreated_cgroups() {
     std::fs::write(&file, (32 * MIB).to_string()).unwrap();
     assert_eq!(limit(&file), 32 * MIB, "the recreated cgroup, not its predecessor");
     assert!(held::is_kept(&dir) && held::exists(&dir));
+    assert_eq!(limit(&file), 32 * MIB, "read again through the file kept anew");
+    assert!(held::is_file_kept(&file));
     std::fs::remove_dir(&dir).unwrap();
     assert!(!held::exists(&dir), "a removed cgroup is gone although its directory is held");
     assert!(held::read(&file).is_err(), "a removed cgroup's file is an error");
