@@ -164,10 +164,7 @@ fn open_fds(pid: i32) -> usize {
 /// A `Key: value kB` line's value in a /proc file.
 fn status_kib_of(path: &str, key: &str) -> u64 {
     let s = std::fs::read_to_string(path).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
 /// What a node agent reads from each container every second.

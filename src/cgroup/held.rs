@@ -35,7 +35,8 @@ use std::time::{Duration, Instant};
 /// A kept directory no read wanted for this long is closed.
 pub const IDLE: Duration = Duration::from_secs(10);
 
-/// At most this many cgroup files are kept open (each holds a page or more of kernel memory).
+/// At most this many cgroup files are kept open (each holds a page or more of kernel memory),
+/// and no more than [`budget`] allows.
 pub const FILE_BUDGET: usize = 8192;
 
 struct Kept {
@@ -176,7 +177,8 @@ fn has_procs(d: &File) -> bool {
 fn keep_file(path: &Path, f: File, now: Instant) -> io::Result<String> {
     let text = read_from_start(&f)?;
     let mut t = table().lock();
-    if t.files.len() < FILE_BUDGET {
+    // Within the fd share the directories have too: a low open-file limit keeps few.
+    if t.files.len() < FILE_BUDGET.min(budget()) {
         t.files.insert(path.to_path_buf(), KeptFile { file: Arc::new(Mutex::new(f)), used: now });
     }
     Ok(text)
