@@ -130,13 +130,19 @@ pub fn read_text(path: &Path) -> io::Result<String> {
 /// `InvalidData`, as from `read_to_string`.
 pub fn read_text_of(mut f: std::fs::File) -> io::Result<String> {
     use std::io::Read;
+    read_all(|buf, _| f.read(buf))
+}
+
+/// The text `read(buf, offset)` gives until it returns 0, read in page-sized steps at growing
+/// offsets (a `read` or a `pread`). Invalid UTF-8 is `InvalidData`.
+pub fn read_all(mut read: impl FnMut(&mut [u8], u64) -> io::Result<usize>) -> io::Result<String> {
     let mut buf = vec![0u8; 4096];
     let mut len = 0;
     loop {
         if len == buf.len() {
             buf.resize(buf.len() * 2, 0);
         }
-        match f.read(&mut buf[len..]) {
+        match read(&mut buf[len..], len as u64) {
             Ok(0) => break,
             Ok(n) => len += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

@@ -188,21 +188,7 @@ fn keep_file(path: &Path, f: File, now: Instant) -> io::Result<String> {
 /// Invalid UTF-8 is `InvalidData`.
 fn read_from_start(f: &File) -> io::Result<String> {
     use std::os::unix::fs::FileExt;
-    let mut buf = vec![0u8; 4096];
-    let mut len = 0;
-    loop {
-        if len == buf.len() {
-            buf.resize(buf.len() * 2, 0);
-        }
-        match f.read_at(&mut buf[len..], len as u64) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(len);
-    String::from_utf8(buf).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    crate::sys::read_all(|buf, at| f.read_at(buf, at))
 }
 
 fn open_in(dir: &File, name: &std::ffi::OsStr) -> io::Result<File> {
