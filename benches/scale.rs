@@ -39,7 +39,7 @@ fn main() {
     let d = Daemon::start_with("scale", &extra);
     let worker = d.worker_pid();
     let rss0 = status_kib(worker, "VmRSS:");
-    let (fds0, slab0) = (open_fds(worker), status_kib_of("/proc/meminfo", "Slab:"));
+    let (fds0, slab0) = (open_fds(worker), common::kib_of("/proc/meminfo", "Slab:"));
     let t = Instant::now();
     let cgs: Vec<TestCgroup> =
         (0..n).map(|_| TestCgroup::new("scale", &Limits { memory: Some(64 << 20), ..Default::default() })).collect();
@@ -58,7 +58,7 @@ fn main() {
     // Kept cgroup files and directories are kernel memory, not RSS: their count, and the
     // kernel's slab (the whole host's, so only roughly the worker's) before and after.
     let fds1 = open_fds(worker);
-    let slab1 = status_kib_of("/proc/meminfo", "Slab:");
+    let slab1 = common::kib_of("/proc/meminfo", "Slab:");
 
     // Sampler cost: nothing reads now; every container is registered and idle.
     let idle = if std::env::var_os("SCALE_SKIP_IDLE").is_some() { 0 } else { 30 };
@@ -159,12 +159,6 @@ fn init_of_own_pid_namespace() {
 /// How many fds `pid` holds.
 fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
-}
-
-/// A `Key: value kB` line's value in a /proc file.
-fn status_kib_of(path: &str, key: &str) -> u64 {
-    let s = std::fs::read_to_string(path).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
 /// What a node agent reads from each container every second.

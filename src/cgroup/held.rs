@@ -96,24 +96,31 @@ pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
     let path = path.as_ref();
     let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else { return crate::sys::read_text(path) };
     let now = Instant::now();
-    let (file, kept) = {
+    // One lookup: the kept file, or else the kept directory. The directory is touched either
+    // way, so that it stays kept while only its files are read.
+    let (file, mut kept) = {
         let mut t = table().lock();
-        let file = t.files.get_mut(path).map(|k| {
+        let Table { dirs, files, .. } = &mut *t;
+        let d = dirs.get_mut(dir).map(|k| {
             k.used = now;
-            k.file.clone()
+            &k.dir
         });
-        let kept = t.dirs.get_mut(dir).map(|k| {
-            k.used = now;
-            k.dir.clone()
-        });
-        (file, kept)
+        match files.get_mut(path) {
+            Some(k) => {
+                k.used = now;
+                (Some(k.file.clone()), None)
+            }
+            None => (None, d.cloned()),
+        }
     };
     if let Some(f) = file {
         match read_from_start(&f.lock()) {
             Ok(text) => return Ok(text),
             // A removed cgroup (ENODEV), or anything else: closed, and read as below.
             Err(_) => {
-                table().lock().files.remove(path);
+                let mut t = table().lock();
+                t.files.remove(path);
+                kept = t.dirs.get(dir).map(|k| k.dir.clone());
             }
         }
     }

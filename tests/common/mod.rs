@@ -46,7 +46,12 @@ pub fn programs_ready(test: &str, programs: &[&str]) {
 
 /// A `kB` field of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), 0 if unreadable.
 pub fn status_kib(pid: i32, key: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    kib_of(&format!("/proc/{pid}/status"), key)
+}
+
+/// A `Key: value kB` field of a /proc file (`/proc/meminfo`'s `Slab:`), 0 if unreadable.
+pub fn kib_of(path: &str, key: &str) -> u64 {
+    let s = std::fs::read_to_string(path).unwrap_or_default();
     s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
