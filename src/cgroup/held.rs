@@ -10,9 +10,9 @@
 //! open too, and read with `pread(2)` from offset 0: a cgroup file is a seq_file, which
 //! generates its text afresh for a read at offset 0, so a kept file reads what a new open
 //! would, without the open and the close. A kept file costs the kernel its seq_file buffer (a
-//! page, more for a long file) where a directory costs a few hundred bytes, so at most
-//! [`FILE_BUDGET`] are kept (~40 MiB of kernel memory at most), and only files of kept
-//! directories. A removed cgroup's kept file fails its read (`ENODEV`): it is closed and the
+//! page, more for a long file; ~4.5 KiB measured) where a directory costs a few hundred bytes,
+//! so only files of kept directories read twice within [`ADMIT`] are kept (a limit read once
+//! every 10 s is not worth a page), at most [`FILE_BUDGET`] (~72 MiB of kernel memory at most). A removed cgroup's kept file fails its read (`ENODEV`): it is closed and the
 //! read goes the directory's way below.
 //!
 //! Only directories on a cgroup filesystem are kept (a fixture tree's plain directories may
@@ -36,8 +36,12 @@ use std::time::{Duration, Instant};
 pub const IDLE: Duration = Duration::from_secs(10);
 
 /// At most this many cgroup files are kept open (each holds a page or more of kernel memory),
-/// and no more than [`budget`] allows.
-pub const FILE_BUDGET: usize = 8192;
+/// and no more than [`budget`] allows: room for the ~10 files a second that a 1 Hz agent's
+/// five files read in each of 1 600 containers.
+pub const FILE_BUDGET: usize = 16_384;
+
+/// A file of a kept directory is kept open when it is read again within this long.
+pub const ADMIT: Duration = Duration::from_secs(5);
 
 struct Kept {
     dir: Arc<File>,
@@ -55,6 +59,9 @@ struct KeptFile {
 struct Table {
     dirs: HashMap<PathBuf, Kept>,
     files: HashMap<PathBuf, KeptFile>,
+    /// Files of kept directories read once, not kept, and when: read again within [`ADMIT`],
+    /// they are kept.
+    seen: HashMap<PathBuf, Instant>,
     /// When idle directories were last looked for.
     swept: Option<Instant>,
 }
@@ -65,6 +72,7 @@ impl Table {
         self.swept = Some(now);
         self.dirs.retain(|_, k| now.duration_since(k.used) < IDLE);
         self.files.retain(|_, k| now.duration_since(k.used) < IDLE);
+        self.seen.retain(|_, t| now.duration_since(*t) < ADMIT);
     }
 }
 
@@ -180,13 +188,19 @@ fn has_procs(d: &File) -> bool {
     unsafe { libc::faccessat(d.as_raw_fd(), c"cgroup.procs".as_ptr(), libc::F_OK, 0) == 0 }
 }
 
-/// Reads `f`, just opened in a kept directory, and keeps it open when there is room.
+/// Reads `f`, just opened in a kept directory, and keeps it open when it was read within
+/// [`ADMIT`] before and there is room.
 fn keep_file(path: &Path, f: File, now: Instant) -> io::Result<String> {
     let text = read_from_start(&f)?;
     let mut t = table().lock();
+    let again = t.seen.remove(path).is_some_and(|s| now.duration_since(s) < ADMIT);
     // Within the fd share the directories have too: a low open-file limit keeps few.
-    if t.files.len() < FILE_BUDGET.min(budget()) {
+    let room = FILE_BUDGET.min(budget());
+    if again && t.files.len() < room {
         t.files.insert(path.to_path_buf(), KeptFile { file: Arc::new(Mutex::new(f)), used: now });
+    } else if t.seen.len() < room {
+        // (Bounded like the files: the sampler's sweep drops what is older than ADMIT.)
+        t.seen.insert(path.to_path_buf(), now);
     }
     Ok(text)
 }

@@ -13,6 +13,7 @@ pub mod memory;
 pub mod mounts;
 pub mod parse;
 pub mod tasks;
+pub mod thread_files;
 pub mod watch;
 
 pub use mounts::{Hierarchies, ProcCgroup};

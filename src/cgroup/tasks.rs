@@ -1,7 +1,9 @@
 //! The threads of a container and their scheduler states, for load averages and
 //! `procs_running`/`procs_blocked`: the cgroup's thread list (v2 `cgroup.threads`, v1 `tasks`)
-//! and every descendant's, then `/proc/<tid>/stat`.
+//! and every descendant's, then `/proc/<tid>/stat` (kept open between passes,
+//! [`thread_files`]).
 
+use super::thread_files::{self, Kind};
 use super::{CgroupDir, Version};
 use crate::Root;
 
@@ -65,8 +67,7 @@ pub fn count(root: &Root, dir: &CgroupDir, own_pidns: bool) -> TaskCounts {
     let mut c = TaskCounts { total, ..Default::default() };
     let mut seen = 0u64;
     for tid in &ids {
-        let p = root.proc_pid(*tid);
-        let Ok(stat) = crate::sys::read_text(&p.join("stat")) else { continue };
+        let Ok(stat) = thread_files::read(root, *tid, Kind::Stat) else { continue };
         seen += 1;
         match state_of(&stat) {
             Some('R') => c.running += 1,
@@ -74,9 +75,7 @@ pub fn count(root: &Root, dir: &CgroupDir, own_pidns: bool) -> TaskCounts {
             _ => {}
         }
         if own_pidns && seen <= 256 {
-            let status = crate::sys::read_text(&p.join("status")).unwrap_or_default();
-            let inner = crate::procfs::innermost_nspid(&status).and_then(|p| p.parse::<u64>().ok());
-            c.last_pid = c.last_pid.max(inner);
+            c.last_pid = c.last_pid.max(thread_files::innermost_nspid(root, *tid));
         }
     }
     if seen > 0 && total > seen {
@@ -96,7 +95,7 @@ pub fn run_delays(root: &Root, dir: &CgroupDir, limit: usize) -> (Vec<(u32, u64)
     let delays = ids
         .into_iter()
         .filter_map(|tid| {
-            let s = crate::sys::read_text(&root.proc_pid(tid).join("schedstat")).ok()?;
+            let s = thread_files::read(root, tid, Kind::Schedstat).ok()?;
             Some((tid, run_delay(&s)?))
         })
         .collect();

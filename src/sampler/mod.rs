@@ -186,6 +186,7 @@ impl Sampler {
             let now = host::boottime_ns();
             me.store.sample_delays(&me.root, now);
             crate::cgroup::held::close_idle();
+            crate::cgroup::thread_files::close_idle();
             if now >= next_load {
                 me.store.sample_all(&me.root, now);
             }
