@@ -36,6 +36,14 @@ fn main() {
     let extra = std::env::var("CGPROCFS_BENCH_ARGS").unwrap_or_default();
     let mut extra: Vec<&str> = extra.split_whitespace().collect();
     extra.push("--bench-floor");
+    // The open-file limit the systemd unit gives the daemon (LimitNOFILE=1048576): the kept
+    // directories' and files' share of it (`cgroup::held::budget`) is what a host has, not
+    // what this shell was started with.
+    let unit = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+    // SAFETY: setrlimit reads one rlimit this function owns.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &unit) } != 0 {
+        eprintln!("open-file limit not raised to the unit's: {}", std::io::Error::last_os_error());
+    }
     let d = Daemon::start_with("scale", &extra);
     let worker = d.worker_pid();
     let rss0 = status_kib(worker, "VmRSS:");
@@ -123,7 +131,7 @@ fn main() {
     println!("\nworker footprint with {n} containers (each with its own memory limit and one process)");
     println!("RSS at start:                         {rss0} KiB");
     println!("RSS after every container read all:   {rss1} KiB (peak {hwm} KiB)");
-    println!("open fds at start / after:             {fds0} / {fds1} (kept cgroup directories and files)");
+    println!("open fds at start / after:             {fds0} / {fds1} (kept cgroup directories and files; limit {})", fd_limit(worker));
     println!("host slab at start / after:            {slab0} / {slab1} KiB (the whole host's: cgroups created too)");
     println!("load sampling, {n} idle containers:  {cpu_pct:.2} % of one core over {secs:.0} s");
     if !rows.is_empty() {
@@ -154,6 +162,12 @@ fn init_of_own_pid_namespace() {
         }
         libc::_exit(if init > 0 && libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { 1 });
     }
+}
+
+/// The soft open-file limit of `pid`.
+fn fd_limit(pid: i32) -> String {
+    let l = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    l.lines().find(|l| l.starts_with("Max open files")).and_then(|l| l.split_whitespace().nth(3)).unwrap_or("?").to_string()
 }
 
 /// How many fds `pid` holds.

@@ -171,10 +171,10 @@ impl Hierarchies {
     }
 
     /// The controllers the unified hierarchy has enabled at its top (read once per resolve:
-    /// `docker update` can enable one at any time).
+    /// `docker update` can enable one at any time; kept open, [`super::held`]).
     fn v2_controllers(&self) -> String {
         let Some(m) = &self.v2 else { return String::new() };
-        std::fs::read_to_string(m.point.join("cgroup.controllers")).unwrap_or_default()
+        super::held::read(m.point.join("cgroup.controllers")).unwrap_or_default()
     }
 
     /// The cgroup directories of a process's membership, per controller. A controller comes
