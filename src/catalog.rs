@@ -34,12 +34,16 @@ pub struct Content {
     pub text: String,
     /// Whose figures they are.
     pub origin: Origin,
+    /// Until when (CLOCK_BOOTTIME ns) the content cannot change, when its inputs are sampled on
+    /// a schedule (the load file: at the next load pass); `None` for content that may change
+    /// at any time. The cached tree lets the kernel keep such a file's attributes until then.
+    pub until_ns: Option<u64>,
 }
 
 impl From<String> for Content {
     /// The container's own content.
     fn from(text: String) -> Content {
-        Content { text, origin: Origin::Container }
+        Content { text, origin: Origin::Container, until_ns: None }
     }
 }
 
@@ -258,7 +262,7 @@ fn pressure(s: &Sampler, c: &Container, view: Served) -> Result<Content> {
 
 /// The host's own file as the answer for a container that has no cgroup of its own for it.
 pub fn host_text(s: &Sampler, view: Served) -> Result<Content> {
-    Ok(Content { text: String::from_utf8_lossy(&s.host_file(view.path())?).into_owned(), origin: Origin::Host })
+    Ok(Content { text: String::from_utf8_lossy(&s.host_file(view.path())?).into_owned(), origin: Origin::Host, until_ns: None })
 }
 
 /// Whether the container has a unified cgroup of its own: where its pressure files (and
@@ -279,13 +283,16 @@ fn uptime_file(s: &Sampler, c: &Container) -> Result<Content> {
 }
 
 fn loadavg_file(s: &Sampler, c: &Container) -> Result<Content> {
-    let Some((load, tasks)) = s.load(c, crate::host::boottime_ns())? else { return host_text(s, Served::Loadavg) };
-    let last_pid = match (c.init, tasks.last_pid) {
-        (Some(_), Some(p)) => p,
-        // Same pid namespace as the host: the host's last pid is the container's.
-        _ => s.host_last_pid(),
+    let Some((load, tasks, sampled)) = s.load(c, crate::host::boottime_ns())? else {
+        return host_text(s, Served::Loadavg);
     };
-    Ok(loadavg::render(&load, &tasks, last_pid).into())
+    let (last_pid, until_ns) = match (c.init, tasks.last_pid) {
+        // Every figure is from the last load pass: unchanged until the next.
+        (Some(_), Some(p)) => (p, Some(crate::sampler::next_pass_ns(sampled))),
+        // Same pid namespace as the host: the host's last pid is the container's, at any time.
+        _ => (s.host_last_pid(), None),
+    };
+    Ok(Content { until_ns, ..loadavg::render(&load, &tasks, last_pid).into() })
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //!   (`fc->no_open`, `fc->no_flush`, `fs/fuse/file.c`) and opens every file with
 //!   `FOPEN_KEEP_CACHE`. That is why this is a connection of its own.
 //! - `FUSE_AUTO_INVAL_DATA` and an attribute timeout within the freshness bound ([`attr_timeout`]:
-//!   the bound less the age a rendering's inputs may have): on a read whose attributes are
+//!   the bound less the age a rendering's inputs may have; for the load file, whose figures
+//!   change only at a load pass, until the next pass, [`attr_ttl`]): on a read whose attributes are
 //!   older than that the kernel sends GETATTR
 //!   (`fuse_cache_read_iter` -> `fuse_update_attributes`); the reply gives the size of a new
 //!   rendering and, as mtime, the time its content last changed; a changed mtime or size makes
@@ -78,6 +79,20 @@ const JIFFY_MAX: Duration = Duration::from_millis(10);
 pub fn attr_timeout(fresh: Duration) -> Duration {
     fresh.saturating_sub(LIMITS_TTL + REUSE + JIFFY_MAX)
 }
+/// How long the kernel may keep a file's attributes: within the freshness bound
+/// ([`attr_timeout`]), or, for content that cannot change before a known time (the load file,
+/// until the next load pass), until that time: a reader once a second then asks once a pass
+/// instead of once a read. Capped at a pass, should a clock disagree.
+fn attr_ttl(fresh: Duration, until_ns: Option<u64>) -> Duration {
+    let bound = attr_timeout(fresh);
+    let Some(until) = until_ns else { return bound };
+    let left = Duration::from_nanos(until.saturating_sub(crate::host::boottime_ns()));
+    left.min(PASS).max(bound)
+}
+
+/// The longest time content can be known not to change: a load pass.
+const PASS: Duration = Duration::from_nanos(crate::state::load::LOAD_FREQ_NS);
+
 /// Snapshots are dropped when the kernel forgets their inode, or when this old (a read after
 /// that is preceded by a GETATTR anyway: the attributes expired long before).
 const SNAPSHOT_AGE: Duration = Duration::from_secs(60);
@@ -119,6 +134,8 @@ struct Snapshot {
     changed: Version,
     /// The journal generation it is recorded in (0: none).
     generation: u64,
+    /// Until when (CLOCK_BOOTTIME ns) its content cannot change, if known.
+    until_ns: Option<u64>,
 }
 
 /// The FUSE filesystem of the cached tree.
@@ -174,10 +191,11 @@ impl CachedFs {
                 }
             }
         }
-        // The kernel may hold a size for as long as the attribute timeout.
+        // The kernel may hold a size for as long as the longest attribute timeout (a load
+        // file's: up to a pass).
         let (journal, recorded) = match &dir {
             Some(d) => {
-                let (j, r) = Journal::open(d, fresh * 2 + Duration::from_secs(1));
+                let (j, r) = Journal::open(d, fresh * 2 + PASS + Duration::from_secs(1));
                 (Some(j), r)
             }
             None => (None, Recorded::new()),
@@ -222,21 +240,22 @@ impl CachedFs {
         view: Served,
         c: &Container,
         reuse_any: bool,
-    ) -> Result<(Arc<Vec<u8>>, Version), Errno> {
+    ) -> Result<(Arc<Vec<u8>>, Version, Option<u64>), Errno> {
         if let Some(s) = self.snapshots.lock().get(&node) {
             if reuse_any || s.taken.elapsed() < REUSE {
-                return Ok((s.bytes.clone(), s.changed));
+                return Ok((s.bytes.clone(), s.changed, s.until_ns));
             }
         }
         if reuse_any {
             if let Some(bytes) = self.predecessors(node) {
                 let bytes = Arc::new(bytes);
-                let s = Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed: (0, 0), generation: 0 };
+                let s = Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed: (0, 0), generation: 0, until_ns: None };
                 self.snapshots.lock().insert(node, s);
-                return Ok((bytes, (0, 0)));
+                return Ok((bytes, (0, 0), None));
             }
         }
-        let bytes = Arc::new(self.service.render_with(view, Ok(c.clone()))?);
+        let (bytes, until_ns) = self.service.render_until(view, Ok(c.clone()))?;
+        let bytes = Arc::new(bytes);
         let mut map = self.snapshots.lock();
         let old = map.get(&node).filter(|old| old.bytes == bytes);
         let changed = old.map_or_else(now_version, |old| old.changed);
@@ -263,8 +282,8 @@ impl CachedFs {
             std::mem::take(&mut *self.recorded.lock());
         }
         drop(pruned);
-        map.insert(node, Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed, generation: recorded });
-        Ok((bytes, changed))
+        map.insert(node, Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed, generation: recorded, until_ns });
+        Ok((bytes, changed, until_ns))
     }
 
     /// The bytes a previous worker last described for `node`: its journal's, or (a version
@@ -292,8 +311,8 @@ impl CachedFs {
         // Whoever asks (the container, or host root through /proc/<pid>/root) is told the
         // container's attributes: the inode is one for all, and any other size would make the
         // kernel cut the pages the container reads (an empty or short file for it).
-        let (bytes, (time, nsec)) = self.snapshot(node, view, &c, false)?;
-        Ok((Attr { size: bytes.len() as u64, time, nsec, ..empty }, attr_timeout(self.fresh)))
+        let (bytes, (time, nsec), until_ns) = self.snapshot(node, view, &c, false)?;
+        Ok((Attr { size: bytes.len() as u64, time, nsec, ..empty }, attr_ttl(self.fresh, until_ns)))
     }
 
     fn lookup(&self, h: &InHeader, name: &[u8]) -> Reply {
@@ -343,7 +362,7 @@ impl CachedFs {
             Err(e) => return Reply::Err(e),
         };
         match self.snapshot(h.nodeid, view, &c, true) {
-            Ok((bytes, _)) => Reply::slice(&bytes, offset, size),
+            Ok((bytes, ..)) => Reply::slice(&bytes, offset, size),
             Err(e) => Reply::Err(e),
         }
     }

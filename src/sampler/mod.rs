@@ -126,6 +126,12 @@ pub struct Sampler {
     pub store: Store,
 }
 
+/// When the load pass after time `ns` (CLOCK_BOOTTIME) runs: the 5-second boundaries of the
+/// boot clock, as the kernel's `calc_global_load` ticks.
+pub fn next_pass_ns(ns: u64) -> u64 {
+    (ns / state::load::LOAD_FREQ_NS + 1) * state::load::LOAD_FREQ_NS
+}
+
 impl Sampler {
     /// Discovers the cgroup hierarchies under `root`, keeping per-container state in
     /// `state_file` across restarts when one is given.
@@ -180,7 +186,7 @@ impl Sampler {
             }
             // Run delays every second (steal must follow a 1 s `top`), load every 5 s.
             let now = host::boottime_ns();
-            let next_load = (now / state::load::LOAD_FREQ_NS + 1) * state::load::LOAD_FREQ_NS;
+            let next_load = next_pass_ns(now);
             let next = next_load.min(now + DELAY_EVERY_NS);
             std::thread::sleep(Duration::from_nanos(next - now));
             let now = host::boottime_ns();
@@ -428,9 +434,10 @@ impl Sampler {
         self.store.load(&self.root, &acct.key, c.clone(), acct.now).1
     }
 
-    /// The container's load averages and task counts; `None` when it has no CPU cgroup of its
-    /// own.
-    pub fn load(&self, c: &Container, now: u64) -> Result<Option<(LoadAvg, TaskCounts)>> {
+    /// The container's load averages and task counts, and when they were sampled
+    /// (CLOCK_BOOTTIME ns: they change only at the next pass, [`next_pass_ns`]); `None` when it
+    /// has no CPU cgroup of its own.
+    pub fn load(&self, c: &Container, now: u64) -> Result<Option<(LoadAvg, TaskCounts, u64)>> {
         let Some(key) = self.account_key(&c.cgroups)? else { return Ok(None) };
         Ok(Some(self.store.load(&self.root, &key, c.clone(), now)))
     }

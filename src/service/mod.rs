@@ -120,11 +120,17 @@ impl Service {
     /// Like [`Service::render_for`] for a container already resolved (or the error of its
     /// resolution).
     pub fn render_with(&self, view: Served, c: Result<Container>) -> std::result::Result<Vec<u8>, Errno> {
+        self.render_until(view, c).map(|(bytes, _)| bytes)
+    }
+
+    /// Like [`Service::render_with`], with the time until which the content cannot change
+    /// ([`crate::catalog::Content::until_ns`]; `None` for the host's file).
+    pub fn render_until(&self, view: Served, c: Result<Container>) -> std::result::Result<(Vec<u8>, Option<u64>), Errno> {
         let t = Instant::now();
         let (key, err, resolved) = match c.map(|c| (view.make(&self.sampler, &c), c)) {
             Ok((Ok(s), c)) => {
                 self.stats.request(view, t.elapsed(), || c.cgroups.name());
-                return Ok(s.text.into_bytes());
+                return Ok((s.text.into_bytes(), s.until_ns));
             }
             Ok((Err(e), c)) => (c.cgroups.name(), e, true),
             Err(e) => ("<caller>".to_string(), e, false),
@@ -133,7 +139,7 @@ impl Service {
         self.stats.fallback(view, Reason::of(&err, resolved));
         let host = self.sampler.host_file(view.path()).map_err(|e| e.errno());
         self.stats.request(view, t.elapsed(), || key);
-        host
+        host.map(|bytes| (bytes, None))
     }
 
     /// Renders `view` for container `c`.
@@ -160,7 +166,7 @@ impl Service {
         }
         let now = host::boottime_ns();
         // None without a CPU cgroup of its own; an error for one being removed: the host's.
-        if let Ok(Some((load, tasks))) = sampler.load(c, now) {
+        if let Ok(Some((load, tasks, _))) = sampler.load(c, now) {
             s.set_uptime_ns(sampler.age_ns(c, now)?);
             s.set_loads(load.avenrun);
             s.procs = tasks.total.min(u64::from(u16::MAX)) as u16;

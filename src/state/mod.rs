@@ -35,6 +35,9 @@ struct Entry {
     cpu: Option<CpuAccount>,
     load: LoadAvg,
     tasks: Option<TaskCounts>,
+    /// When `tasks` was sampled (CLOCK_BOOTTIME ns): the load averages and task counts change
+    /// only at a sampling pass.
+    tasks_at_ns: u64,
     tracked: Option<Container>,
     last_read: Instant,
     /// The threads' folded run delay; sampled while the CPU files are read.
@@ -51,6 +54,7 @@ impl Entry {
             cpu: None,
             load: LoadAvg::default(),
             tasks: None,
+            tasks_at_ns: 0,
             tracked: None,
             last_read: Instant::now(),
             delay: DelayTracker::default(),
@@ -194,23 +198,25 @@ impl Store {
         out
     }
 
-    /// The load average and task counts of container `k`, registering it with the sampler.
-    /// A container never sampled is sampled now.
-    pub fn load(&self, root: &Root, k: &str, t: Container, now_ns: u64) -> (LoadAvg, TaskCounts) {
+    /// The load average and task counts of container `k`, and when they were sampled
+    /// (CLOCK_BOOTTIME ns), registering it with the sampler. A container never sampled is
+    /// sampled now.
+    pub fn load(&self, root: &Root, k: &str, t: Container, now_ns: u64) -> (LoadAvg, TaskCounts, u64) {
         let shared = self.entry(k);
         {
             let mut e = shared.lock();
             e.last_read = Instant::now();
             e.tracked = Some(t.clone());
             if let Some(c) = e.tasks {
-                return (e.load, c);
+                return (e.load, c, e.tasks_at_ns);
             }
         }
         let c = count(root, &t);
         let mut e = shared.lock();
         e.load.sample(now_ns, c.running + c.blocked);
         e.tasks = Some(c);
-        (e.load, c)
+        e.tasks_at_ns = now_ns;
+        (e.load, c, now_ns)
     }
 
     /// Samples the run delay of every container whose CPU files were read in the last
@@ -259,6 +265,7 @@ impl Store {
             let before = e.load.avenrun;
             e.load.sample(now_ns, c.running + c.blocked);
             e.tasks = Some(c);
+            e.tasks_at_ns = now_ns;
             changed |= e.load.avenrun != before;
         }
         // Idle containers' averages stay at 0: no need to rewrite the file for them (a

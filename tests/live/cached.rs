@@ -270,6 +270,88 @@ fn top_on_cached_files_shows_the_containers_cpu_use_and_steal() {
     assert!(value("us") + value("sy") > 5.0 && value("us") + value("sy") < 40.0, "{cpu}");
 }
 
+/// The load file's figures change only at a load pass (every 5 s of the boot clock), so the
+/// cached tree lets the kernel keep its attributes until the next pass: a reader once a second
+/// asks the daemon once a pass instead of once a read. Shown with the worker stopped: the
+/// load file of a container with its own pid namespace is still read (from the page cache)
+/// while meminfo, which may change at any time, waits for the worker; after the pass, the
+/// load file shows the pass's figures.
+fn the_cached_load_file_is_kept_until_the_next_pass_and_then_shows_it() {
+    live_ready("the_cached_load_file_is_kept_until_the_next_pass_and_then_shows_it");
+    let d = Daemon::start("cached-load");
+    let cg = TestCgroup::new("cached-load", &Limits { memory: Some(256 << 20), ..Default::default() });
+    let dir = Scratch::new("cached-load");
+    let flag = Flag(dir.0.join("go"));
+    // The init of its own pid namespace (the figures are then all the pass's, its last pid
+    // included), idle until the flag, then two spinners.
+    let script = format!(
+        "unshare -p -f --kill-child sh -c 'while [ ! -e {f} ]; do sleep 0.02; done; \
+         (while :; do :; done) & (while :; do :; done) & wait'",
+        f = flag.0.display()
+    );
+    let mut unshare = cg.command(&script).stderr(Stdio::piped()).spawn().unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let init: u32 = crate::mount::ns_init(&mut unshare).parse().unwrap();
+    let _reap = Reap(unshare);
+    let key = cgprocfs::fuse::cached::key_name(init).unwrap();
+    let (load, mem) = (d.cache().join(&key).join("proc/loadavg"), d.cache().join(&key).join("proc/meminfo"));
+    let period = Duration::from_secs(5);
+    let boot = || {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime writes one timespec this closure owns.
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    };
+    let into_period = || Duration::from_nanos((boot().as_nanos() % period.as_nanos()) as u64);
+    // Registered with the sampler and through a pass, then early in a period.
+    std::fs::read(&load).unwrap();
+    std::thread::sleep(period - into_period() + Duration::from_millis(300));
+    let running = |text: &str| -> u64 { text.split_whitespace().nth(3).and_then(|f| f.split('/').next()?.parse().ok()).unwrap() };
+    let first = std::fs::read_to_string(&load).unwrap();
+    std::fs::read(&mem).unwrap();
+    assert_eq!(running(&first), 1, "an idle container: {first}");
+    // Past meminfo's attribute timeout (the 100 ms bound), far from the load pass's.
+    flag.raise();
+    std::thread::sleep(Duration::from_millis(400));
+    let worker = d.worker_pid();
+    // SAFETY: the worker of the daemon this test started; continued below whatever happens.
+    unsafe { libc::kill(worker, libc::SIGSTOP) };
+    struct Cont(i32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            // SAFETY: as above.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    let cont = Cont(worker);
+    let in_thread = |p: std::path::PathBuf| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(std::fs::read_to_string(p));
+        });
+        rx
+    };
+    let (load_rx, mem_rx) = (in_thread(load.clone()), in_thread(mem.clone()));
+    let kept = load_rx.recv_timeout(Duration::from_secs(1));
+    let asked = mem_rx.recv_timeout(Duration::from_millis(500));
+    drop(cont);
+    let kept = kept.expect("the load file is read without the (stopped) worker until the next pass").unwrap();
+    assert_eq!(kept, first, "the same figures until the pass, although two spinners run");
+    assert!(asked.is_err(), "meminfo asks the worker once its 100 ms bound is past: {asked:?}");
+    assert!(mem_rx.recv_timeout(Duration::from_secs(10)).is_ok_and(|r| r.is_ok()), "and is answered once it runs");
+    // The next pass shows the spinners within the bound after it.
+    assert!(into_period() < Duration::from_secs(4), "still in the period (the test was too slow to tell)");
+    std::thread::sleep(period - into_period() + Duration::from_millis(300));
+    let after = std::fs::read_to_string(&load).unwrap();
+    assert!(running(&after) >= 2, "the pass's figures, within the bound after it: {after} (before: {first})");
+}
+
 /// Whether the running kernel is at least `major.minor`.
 fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -283,4 +365,5 @@ crate::cgprocfs_tests!(
     a_worker_killed_under_cached_readers_loses_and_mixes_nothing,
     a_cached_file_is_its_containers_whoever_reads_it,
     top_on_cached_files_shows_the_containers_cpu_use_and_steal,
+    the_cached_load_file_is_kept_until_the_next_pass_and_then_shows_it,
 );

@@ -207,7 +207,7 @@ fn containers_sharing_a_pid_namespace_read_their_own_limits() {
 
 /// The host pid of the init of the pid namespace `unshare -p -f` made (its child), waiting up
 /// to 10 s; fails with unshare's status and stderr (when piped) if it exited instead.
-fn ns_init(unshare: &mut std::process::Child) -> String {
+pub(crate) fn ns_init(unshare: &mut std::process::Child) -> String {
     let children = format!("/proc/{0}/task/{0}/children", unshare.id());
     let t = std::time::Instant::now();
     loop {
