@@ -285,7 +285,7 @@ fn the_cached_load_file_is_kept_until_the_next_pass_and_then_shows_it() {
     // The init of its own pid namespace (the figures are then all the pass's, its last pid
     // included), idle until the flag, then two spinners.
     let script = format!(
-        "unshare -p -f --kill-child sh -c 'while [ ! -e {f} ]; do sleep 0.02; done; \
+        "unshare -p -f sh -c 'while [ ! -e {f} ]; do sleep 0.02; done; \
          (while :; do :; done) & (while :; do :; done) & wait'",
         f = flag.0.display()
     );
