@@ -122,7 +122,7 @@ pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
         }
     };
     if let Some(f) = file {
-        match read_from_start(&f.lock()) {
+        match read_from_start(&f.lock(), name) {
             Ok(text) => return Ok(text),
             // A removed cgroup (ENODEV), or anything else: closed, and read as below.
             Err(_) => {
@@ -133,7 +133,7 @@ pub fn read(path: impl AsRef<Path>) -> io::Result<String> {
         }
     }
     if let Some(d) = kept {
-        match open_in(&d, name).and_then(|f| keep_file(path, f, now)) {
+        match open_in(&d, name).and_then(|f| keep_file(path, name, f, now)) {
             Ok(text) => return Ok(text),
             // An optional file this cgroup lacks (`cpu.stat.local`, swap files): the directory
             // stays kept.
@@ -190,8 +190,8 @@ fn has_procs(d: &File) -> bool {
 
 /// Reads `f`, just opened in a kept directory, and keeps it open when it was read within
 /// [`ADMIT`] before and there is room.
-fn keep_file(path: &Path, f: File, now: Instant) -> io::Result<String> {
-    let text = read_from_start(&f)?;
+fn keep_file(path: &Path, name: &std::ffi::OsStr, f: File, now: Instant) -> io::Result<String> {
+    let text = read_from_start(&f, name)?;
     let mut t = table().lock();
     let again = t.seen.remove(path).is_some_and(|s| now.duration_since(s) < ADMIT);
     // Within the fd share the directories have too: a low open-file limit keeps few.
@@ -205,11 +205,15 @@ fn keep_file(path: &Path, f: File, now: Instant) -> io::Result<String> {
     Ok(text)
 }
 
-/// The whole text of `f` from offset 0, in `pread`s (a seq_file regenerates at offset 0).
+/// The whole text of cgroup file `f` (named `name`) from offset 0, in `pread`s (a seq_file
+/// regenerates at offset 0). Every cgroup file but the process lists is one record (kernfs
+/// ends its seq_file after the first show, `kernfs_seq_next`): a short read is its end.
 /// Invalid UTF-8 is `InvalidData`.
-fn read_from_start(f: &File) -> io::Result<String> {
+fn read_from_start(f: &File, name: &std::ffi::OsStr) -> io::Result<String> {
     use std::os::unix::fs::FileExt;
-    crate::sys::read_all(|buf, at| f.read_at(buf, at))
+    let lists = ["cgroup.procs", "cgroup.threads", "tasks"];
+    let one_record = !lists.iter().any(|l| name == *l);
+    crate::sys::read_all(|buf, at| f.read_at(buf, at), one_record)
 }
 
 fn open_in(dir: &File, name: &std::ffi::OsStr) -> io::Result<File> {

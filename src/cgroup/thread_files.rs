@@ -126,9 +126,10 @@ pub fn close_idle() {
     table().lock().files.retain(|_, k| now.duration_since(k.used) < IDLE);
 }
 
+/// `stat` and `schedstat` are one-record seq_files: a short read is the whole text.
 fn read_from_start(f: &File) -> std::io::Result<String> {
     use std::os::unix::fs::FileExt;
-    crate::sys::read_all(|buf, at| f.read_at(buf, at))
+    crate::sys::read_all(|buf, at| f.read_at(buf, at), true)
 }
 
 fn on_procfs(f: &File) -> bool {
