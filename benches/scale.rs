@@ -131,7 +131,10 @@ fn main() {
     println!("\nworker footprint with {n} containers (each with its own memory limit and one process)");
     println!("RSS at start:                         {rss0} KiB");
     println!("RSS after every container read all:   {rss1} KiB (peak {hwm} KiB)");
-    println!("open fds at start / after:             {fds0} / {fds1} (kept cgroup directories and files; limit {})", fd_limit(worker));
+    println!(
+        "open fds at start / after:             {fds0} / {fds1} (kept cgroup directories and files; limit {})",
+        fd_limit(worker)
+    );
     println!("host slab at start / after:            {slab0} / {slab1} KiB (the whole host's: cgroups created too)");
     println!("load sampling, {n} idle containers:  {cpu_pct:.2} % of one core over {secs:.0} s");
     if !rows.is_empty() {
@@ -167,7 +170,11 @@ fn init_of_own_pid_namespace() {
 /// The soft open-file limit of `pid`.
 fn fd_limit(pid: i32) -> String {
     let l = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
-    l.lines().find(|l| l.starts_with("Max open files")).and_then(|l| l.split_whitespace().nth(3)).unwrap_or("?").to_string()
+    l.lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or("?")
+        .to_string()
 }
 
 /// How many fds `pid` holds.

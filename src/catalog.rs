@@ -262,7 +262,11 @@ fn pressure(s: &Sampler, c: &Container, view: Served) -> Result<Content> {
 
 /// The host's own file as the answer for a container that has no cgroup of its own for it.
 pub fn host_text(s: &Sampler, view: Served) -> Result<Content> {
-    Ok(Content { text: String::from_utf8_lossy(&s.host_file(view.path())?).into_owned(), origin: Origin::Host, until_ns: None })
+    Ok(Content {
+        text: String::from_utf8_lossy(&s.host_file(view.path())?).into_owned(),
+        origin: Origin::Host,
+        until_ns: None,
+    })
 }
 
 /// Whether the container has a unified cgroup of its own: where its pressure files (and

@@ -138,6 +138,14 @@ struct Snapshot {
     until_ns: Option<u64>,
 }
 
+/// What a snapshot tells the kernel: its bytes, when they last changed, and until when they
+/// cannot change (if known).
+struct Told {
+    bytes: Arc<Vec<u8>>,
+    changed: Version,
+    until_ns: Option<u64>,
+}
+
 /// The FUSE filesystem of the cached tree.
 pub struct CachedFs {
     tree: Tree,
@@ -234,24 +242,24 @@ impl CachedFs {
     /// The snapshot of file `node` (`view` of container `c`): the kept one if taken within
     /// [`REUSE`] (or, for a READ, `reuse_any`: the kept one, or the one a previous worker
     /// recorded), else a new rendering, recorded before the kernel hears of it.
-    fn snapshot(
-        &self,
-        node: u64,
-        view: Served,
-        c: &Container,
-        reuse_any: bool,
-    ) -> Result<(Arc<Vec<u8>>, Version, Option<u64>), Errno> {
+    fn snapshot(&self, node: u64, view: Served, c: &Container, reuse_any: bool) -> Result<Told, Errno> {
         if let Some(s) = self.snapshots.lock().get(&node) {
             if reuse_any || s.taken.elapsed() < REUSE {
-                return Ok((s.bytes.clone(), s.changed, s.until_ns));
+                return Ok(Told { bytes: s.bytes.clone(), changed: s.changed, until_ns: s.until_ns });
             }
         }
         if reuse_any {
             if let Some(bytes) = self.predecessors(node) {
                 let bytes = Arc::new(bytes);
-                let s = Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed: (0, 0), generation: 0, until_ns: None };
+                let s = Snapshot {
+                    bytes: bytes.clone(),
+                    taken: Instant::now(),
+                    changed: (0, 0),
+                    generation: 0,
+                    until_ns: None,
+                };
                 self.snapshots.lock().insert(node, s);
-                return Ok((bytes, (0, 0), None));
+                return Ok(Told { bytes, changed: (0, 0), until_ns: None });
             }
         }
         let (bytes, until_ns) = self.service.render_until(view, Ok(c.clone()))?;
@@ -282,8 +290,11 @@ impl CachedFs {
             std::mem::take(&mut *self.recorded.lock());
         }
         drop(pruned);
-        map.insert(node, Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed, generation: recorded, until_ns });
-        Ok((bytes, changed, until_ns))
+        map.insert(
+            node,
+            Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed, generation: recorded, until_ns },
+        );
+        Ok(Told { bytes, changed, until_ns })
     }
 
     /// The bytes a previous worker last described for `node`: its journal's, or (a version
@@ -311,7 +322,7 @@ impl CachedFs {
         // Whoever asks (the container, or host root through /proc/<pid>/root) is told the
         // container's attributes: the inode is one for all, and any other size would make the
         // kernel cut the pages the container reads (an empty or short file for it).
-        let (bytes, (time, nsec), until_ns) = self.snapshot(node, view, &c, false)?;
+        let Told { bytes, changed: (time, nsec), until_ns } = self.snapshot(node, view, &c, false)?;
         Ok((Attr { size: bytes.len() as u64, time, nsec, ..empty }, attr_ttl(self.fresh, until_ns)))
     }
 
@@ -362,7 +373,7 @@ impl CachedFs {
             Err(e) => return Reply::Err(e),
         };
         match self.snapshot(h.nodeid, view, &c, true) {
-            Ok((bytes, ..)) => Reply::slice(&bytes, offset, size),
+            Ok(told) => Reply::slice(&told.bytes, offset, size),
             Err(e) => Reply::Err(e),
         }
     }

@@ -125,7 +125,11 @@ impl Service {
 
     /// Like [`Service::render_with`], with the time until which the content cannot change
     /// ([`crate::catalog::Content::until_ns`]; `None` for the host's file).
-    pub fn render_until(&self, view: Served, c: Result<Container>) -> std::result::Result<(Vec<u8>, Option<u64>), Errno> {
+    pub fn render_until(
+        &self,
+        view: Served,
+        c: Result<Container>,
+    ) -> std::result::Result<(Vec<u8>, Option<u64>), Errno> {
         let t = Instant::now();
         let (key, err, resolved) = match c.map(|c| (view.make(&self.sampler, &c), c)) {
             Ok((Ok(s), c)) => {

@@ -312,7 +312,8 @@ fn the_cached_load_file_is_kept_until_the_next_pass_and_then_shows_it() {
     // Registered with the sampler and through a pass, then early in a period.
     std::fs::read(&load).unwrap();
     std::thread::sleep(period - into_period() + Duration::from_millis(300));
-    let running = |text: &str| -> u64 { text.split_whitespace().nth(3).and_then(|f| f.split('/').next()?.parse().ok()).unwrap() };
+    let running =
+        |text: &str| -> u64 { text.split_whitespace().nth(3).and_then(|f| f.split('/').next()?.parse().ok()).unwrap() };
     let first = std::fs::read_to_string(&load).unwrap();
     std::fs::read(&mem).unwrap();
     assert_eq!(running(&first), 1, "an idle container: {first}");
