@@ -163,6 +163,26 @@ pub fn is_mounted(p: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(&*p))
 }
 
+/// A process this test started, stopped (`SIGSTOP`) until the guard is dropped, whatever
+/// happens in between (`SIGCONT`).
+pub struct Stopped(i32);
+
+impl Stopped {
+    /// Stops `pid`, a process of the daemon this test started.
+    pub fn new(pid: i32) -> Stopped {
+        // SAFETY: kill(2) of a process this test started; continued on drop.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
 /// A file a waiting command polls for: created when the test says so, or when it ends however
 /// it ends (a failed assertion unwinds through it), so no command is left waiting forever.
 pub struct Flag(pub PathBuf);

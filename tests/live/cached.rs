@@ -320,17 +320,7 @@ fn the_cached_load_file_is_kept_until_the_next_pass_and_then_shows_it() {
     // Past meminfo's attribute timeout (the 100 ms bound), far from the load pass's.
     flag.raise();
     std::thread::sleep(Duration::from_millis(400));
-    let worker = d.worker_pid();
-    // SAFETY: the worker of the daemon this test started; continued below whatever happens.
-    unsafe { libc::kill(worker, libc::SIGSTOP) };
-    struct Cont(i32);
-    impl Drop for Cont {
-        fn drop(&mut self) {
-            // SAFETY: as above.
-            unsafe { libc::kill(self.0, libc::SIGCONT) };
-        }
-    }
-    let cont = Cont(worker);
+    let stopped = Stopped::new(d.worker_pid());
     let in_thread = |p: std::path::PathBuf| {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -341,7 +331,7 @@ fn the_cached_load_file_is_kept_until_the_next_pass_and_then_shows_it() {
     let (load_rx, mem_rx) = (in_thread(load.clone()), in_thread(mem.clone()));
     let kept = load_rx.recv_timeout(Duration::from_secs(1));
     let asked = mem_rx.recv_timeout(Duration::from_millis(500));
-    drop(cont);
+    drop(stopped);
     let kept = kept.expect("the load file is read without the (stopped) worker until the next pass").unwrap();
     assert_eq!(kept, first, "the same figures until the pass, although two spinners run");
     assert!(asked.is_err(), "meminfo asks the worker once its 100 ms bound is past: {asked:?}");

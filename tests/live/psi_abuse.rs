@@ -243,17 +243,7 @@ fn a_poll_on_the_main_mount_never_waits_on_the_daemon() {
     let mut first = String::new();
     out.read_line(&mut first).unwrap();
     assert!(first.starts_with("first"), "{first:?}");
-    let worker = d.worker_pid();
-    // SAFETY: the worker of the daemon this test started; continued below whatever happens.
-    unsafe { libc::kill(worker, libc::SIGSTOP) };
-    struct Cont(i32);
-    impl Drop for Cont {
-        fn drop(&mut self) {
-            // SAFETY: as above.
-            unsafe { libc::kill(self.0, libc::SIGCONT) };
-        }
-    }
-    let _cont = Cont(worker);
+    let _stopped = Stopped::new(d.worker_pid());
     writeln!(c.stdin.as_mut().unwrap()).unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
