@@ -7,6 +7,8 @@
 //! on that build's two trees, and on lxcfs (`-l`, its load average thread on) when installed.
 //! A floor row: the same agents reading the constant `.bench/floor` five times a second
 //! instead, the FUSE requests of as many reads with no rendering and no caller lookup.
+//! The agent rows run in rounds (`SCALE_ROUNDS`, 3 by default), interleaved, every daemon up
+//! throughout; each row's median is reported.
 //! `SCALE_SKIP_IDLE=1` leaves out the 30 s idle phase; `SCALE_ROWS=cached,shared` runs only those agent rows (of shared, cached, floor,
 //! baseline, lxcfs); `SCALE_SKIP_AGENTS=1` the agents (for
 //! the footprint at 10 000 containers: `SCALE_SKIP_AGENTS=1 cargo bench --bench scale -- 10000`); `CGPROCFS_BENCH_ARGS="--spin-us 50"` passes
@@ -77,49 +79,70 @@ fn main() {
     let cpu_pct = (c1 - c0) as f64 / 100.0 / secs * 100.0;
 
     // A monitoring agent per container, once a second, for AGENT_SECS: on the shared tree,
-    // then on each container's own cached files (its key: the agent itself, as a container's
-    // init is for the hook).
+    // on each container's own cached files (its key: the agent itself, as a container's init is
+    // for the hook), on the floor file, and on the baseline's and lxcfs's trees. Every daemon
+    // is up before the first row, a baseline read once by every container as this build was
+    // above, and the rows run in rounds, interleaved: each row runs beside the same background
+    // (every daemon's sampler), and its median over the rounds is what is reported.
     let skip = std::env::var_os("SCALE_SKIP_AGENTS").is_some();
-    let mut rows = Vec::new();
+    let mut rows: Vec<(&str, Vec<Run>)> = Vec::new();
     if !skip {
         // SCALE_ROWS=shared,cached,floor,baseline,lxcfs: only those rows (all when unset).
         let only = std::env::var("SCALE_ROWS").ok();
         let want = |row: &str| only.as_deref().is_none_or(|o| o.split(',').any(|r| r.trim() == row));
+        let baseline = want("baseline").then(|| peers::Baseline::start(common::unique("baseline"))).flatten();
+        let lxcfs = want("lxcfs").then(|| peers::Lxcfs::start(common::unique("lxcfs"), &["-l"])).flatten();
+        type Files<'a> = Box<dyn Fn(u32) -> Vec<std::path::PathBuf> + 'a>;
+        let own = |cache: std::path::PathBuf| -> Files {
+            Box::new(move |pid| {
+                let own = cache.join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
+                AGENT_FILES.iter().map(|f| own.join(f)).collect()
+            })
+        };
+        let mut plan: Vec<(&str, Files, i32)> = Vec::new();
         if want("shared") {
-            rows.push((
+            plan.push((
                 "this build, shared tree",
-                agents(&cgs, &|_| AGENT_FILES.iter().map(|f| d.path(f)).collect(), worker),
+                Box::new(|_| AGENT_FILES.iter().map(|f| d.path(f)).collect()),
+                worker,
             ));
         }
         if want("cached") {
-            let own = |pid| {
-                let own = d.cache().join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
-                AGENT_FILES.iter().map(|f| own.join(f)).collect()
-            };
-            rows.push(("this build, cached tree", agents(&cgs, &own, worker)));
+            plan.push(("this build, cached tree", own(d.cache()), worker));
         }
         if want("floor") {
-            let floor = |_| AGENT_FILES.iter().map(|_| d.path(".bench/floor")).collect();
-            rows.push(("floor, shared tree", agents(&cgs, &floor, worker)));
+            plan.push((
+                "floor, shared tree",
+                Box::new(|_| AGENT_FILES.iter().map(|_| d.path(".bench/floor")).collect()),
+                worker,
+            ));
         }
-        if let Some(b) = want("baseline").then(|| peers::Baseline::start(common::unique("baseline"))).flatten() {
-            if let Some(w) = b.worker_pid() {
-                let mnt = b.mnt();
-                rows.push((
-                    "baseline, shared tree",
-                    agents(&cgs, &|_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect(), w),
-                ));
-                let cache = b.cache();
-                let own = |pid| {
-                    let own = cache.join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
-                    AGENT_FILES.iter().map(|f| own.join(f)).collect()
-                };
-                rows.push(("baseline, cached tree", agents(&cgs, &own, w)));
+        if let Some((b, w)) = baseline.as_ref().and_then(|b| Some((b, b.worker_pid()?))) {
+            let mnt = b.mnt();
+            let all: Vec<String> =
+                cgprocfs::catalog::Served::ALL.iter().map(|v| mnt.join(v.path()).display().to_string()).collect();
+            let cmd = format!("cat {} > /dev/null 2>&1; true", all.join(" "));
+            for cg in &cgs {
+                cg.run(&cmd);
             }
+            plan.push((
+                "baseline, shared tree",
+                Box::new(move |_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect()),
+                w,
+            ));
+            plan.push(("baseline, cached tree", own(b.cache()), w));
         }
-        if let Some(l) = want("lxcfs").then(|| peers::Lxcfs::start(common::unique("lxcfs"), &["-l"])).flatten() {
+        if let Some(l) = &lxcfs {
             let mnt = l.mnt.clone();
-            rows.push(("lxcfs -l", agents(&cgs, &|_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect(), l.pid())));
+            plan.push(("lxcfs -l", Box::new(move |_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect()), l.pid()));
+        }
+        // SCALE_ROUNDS: how many times each row runs (3 when unset).
+        let rounds: usize = std::env::var("SCALE_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(3).max(1);
+        rows = plan.iter().map(|(name, ..)| (*name, Vec::new())).collect();
+        for _ in 0..rounds {
+            for (i, (_, files, w)) in plan.iter().enumerate() {
+                rows[i].1.push(agents(&cgs, files.as_ref(), *w));
+            }
         }
     }
 
@@ -140,8 +163,17 @@ fn main() {
     if !rows.is_empty() {
         println!("agents: {n} containers x {} files each second for {AGENT_SECS} s, CPU of the serving process (sampler included)", AGENT_FILES.len());
     }
-    for (name, (pct, reads, failed)) in rows {
-        println!("  {name:<26} {pct:>6.2} % of one core, {reads} reads, {failed} failed");
+    for (name, runs) in rows {
+        let mut pcts: Vec<f64> = runs.iter().map(|r| r.0).collect();
+        pcts.sort_by(f64::total_cmp);
+        let each: Vec<String> = runs.iter().map(|r| format!("{:.1}", r.0)).collect();
+        let (reads, failed) = runs.iter().fold((0, 0), |(r, f), x| (r + x.1, f + x.2));
+        println!(
+            "  {name:<26} {:>6.2} % of one core (median of {}: {}), {reads} reads, {failed} failed",
+            pcts[pcts.len() / 2],
+            runs.len(),
+            each.join(", ")
+        );
     }
 }
 
@@ -182,6 +214,10 @@ fn open_fds(pid: i32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
 }
 
+/// One run of agents: the serving process's CPU in % of one core, the reads done, those that
+/// failed.
+type Run = (f64, u64, u64);
+
 /// What a node agent reads from each container every second.
 const AGENT_FILES: [&str; 5] = ["proc/stat", "proc/meminfo", "proc/loadavg", "proc/uptime", "proc/diskstats"];
 /// How long the agents run.
@@ -190,7 +226,7 @@ const AGENT_SECS: u64 = 20;
 /// Runs one agent process in each cgroup, the init of its own pid namespace, for
 /// [`AGENT_SECS`], reading `files(its host pid)` once a second (spread over the second); returns the worker's CPU use in % of one core meanwhile,
 /// the reads done and those that failed.
-fn agents(cgs: &[TestCgroup], files: &dyn Fn(u32) -> Vec<std::path::PathBuf>, worker: i32) -> (f64, u64, u64) {
+fn agents(cgs: &[TestCgroup], files: &dyn Fn(u32) -> Vec<std::path::PathBuf>, worker: i32) -> Run {
     let dir = std::env::temp_dir().join(common::unique("agents"));
     std::fs::create_dir_all(&dir).unwrap();
     let (c0, t0) = (cpu_ticks(worker), Instant::now());
