@@ -91,9 +91,11 @@ pub fn read(root: &crate::Root, tid: u32, kind: Kind) -> std::io::Result<String>
     }
     let f = File::open(root.proc_pid(tid).join(kind.name()))?;
     let text = read_from_start(&f)?;
-    if on_procfs(&f) {
+    // Room first (and again once `fstatfs` is done): a full table costs no `fstatfs` per read.
+    let room = BUDGET.min(super::held::budget());
+    if table().lock().files.len() < room && on_procfs(&f) {
         let mut t = table().lock();
-        if t.files.len() < BUDGET.min(super::held::budget()) {
+        if t.files.len() < room {
             t.files.insert(key, Kept { file: Arc::new(Mutex::new(f)), used: now, nspid: None });
         }
     }
