@@ -119,6 +119,35 @@ pub fn spare_fds() -> usize {
     usize::try_from(soft).unwrap_or(usize::MAX).saturating_sub(1024)
 }
 
+/// The filesystem type (`f_type`: a `*_SUPER_MAGIC`) of open file `f`.
+pub fn fs_type(f: &std::fs::File) -> Option<i64> {
+    // SAFETY: an all-zero statfs is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fstatfs writes one statfs into `st` for an fd this function borrows.
+    let ok = unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } == 0;
+    #[allow(clippy::unnecessary_cast)] // c_long: i64 here, i32 on 32-bit targets
+    ok.then_some(st.f_type as i64)
+}
+
+/// The filesystem type of the file at `path` (not opened: a directory the caller may not read).
+pub fn fs_type_at(path: &Path) -> Option<i64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: an all-zero statfs is a valid value to be overwritten.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statfs of a NUL-terminated path into a local struct.
+    let ok = unsafe { libc::statfs(c.as_ptr(), &mut st) } == 0;
+    #[allow(clippy::unnecessary_cast)] // c_long: i64 here, i32 on 32-bit targets
+    ok.then_some(st.f_type as i64)
+}
+
+/// The whole text of seq_file `f` from offset 0, in `pread`s: a seq_file generates its text
+/// afresh for a read at offset 0, so a file kept open reads what a new open would. With
+/// `one_record`, a short read is the end ([`read_all`]).
+pub fn pread_all(f: &std::fs::File, one_record: bool) -> io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    read_all(|buf, at| f.read_at(buf, at), one_record)
+}
+
 /// The whole text of the file at `path`, like `std::fs::read_to_string` without the `fstat`
 /// it makes for a size hint: procfs and cgroupfs files say 0 or 4096 whatever they hold, and
 /// at thousands of reads a second the extra system call shows.

@@ -12,8 +12,9 @@
 //! would, without the open and the close. A kept file costs the kernel its seq_file buffer (a
 //! page, more for a long file; ~4.5 KiB measured) where a directory costs a few hundred bytes,
 //! so only files of kept directories read twice within [`ADMIT`] are kept (a limit read once
-//! every 10 s is not worth a page), at most [`FILE_BUDGET`] (~72 MiB of kernel memory at most). A removed cgroup's kept file fails its read (`ENODEV`): it is closed and the
-//! read goes the directory's way below.
+//! every 10 s is not worth a page), at most [`FILE_BUDGET`] (~72 MiB of kernel memory at
+//! most). A removed cgroup's kept file fails its read (`ENODEV`): it is closed and the read
+//! goes the directory's way below.
 //!
 //! Only directories on a cgroup filesystem are kept (a fixture tree's plain directories may
 //! be replaced). A removed cgroup's kept directory has no files: an `openat` there fails, the
@@ -196,7 +197,9 @@ fn keep_file(path: &Path, name: &std::ffi::OsStr, f: File, now: Instant) -> io::
     let again = t.seen.remove(path).is_some_and(|s| now.duration_since(s) < ADMIT);
     // Within the fd share the directories have too: a low open-file limit keeps few.
     let room = FILE_BUDGET.min(budget());
-    if again && t.files.len() < room {
+    if t.files.len() >= room {
+        // Full: nothing could be kept, so nothing is noted (no allocation per read).
+    } else if again {
         t.files.insert(path.to_path_buf(), KeptFile { file: Arc::new(Mutex::new(f)), used: now });
     } else if t.seen.len() < room {
         // (Bounded like the files: the sampler's sweep drops what is older than ADMIT.)
@@ -205,15 +208,12 @@ fn keep_file(path: &Path, name: &std::ffi::OsStr, f: File, now: Instant) -> io::
     Ok(text)
 }
 
-/// The whole text of cgroup file `f` (named `name`) from offset 0, in `pread`s (a seq_file
-/// regenerates at offset 0). Every cgroup file but the process lists is one record (kernfs
-/// ends its seq_file after the first show, `kernfs_seq_next`): a short read is its end.
-/// Invalid UTF-8 is `InvalidData`.
+/// The whole text of cgroup file `f` (named `name`) from offset 0 ([`crate::sys::pread_all`]).
+/// Every cgroup file but the process lists is one record (kernfs ends its seq_file after the
+/// first show, `kernfs_seq_next`): a short read is its end.
 fn read_from_start(f: &File, name: &std::ffi::OsStr) -> io::Result<String> {
-    use std::os::unix::fs::FileExt;
     let lists = ["cgroup.procs", "cgroup.threads", "tasks"];
-    let one_record = !lists.iter().any(|l| name == *l);
-    crate::sys::read_all(|buf, at| f.read_at(buf, at), one_record)
+    crate::sys::pread_all(f, !lists.iter().any(|l| name == *l))
 }
 
 fn open_in(dir: &File, name: &std::ffi::OsStr) -> io::Result<File> {
@@ -251,17 +251,13 @@ pub fn close_idle() {
 }
 
 fn on_cgroupfs(file: &File) -> bool {
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatfs writes one statfs into `st` for an fd this function borrows.
-    unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) == 0 && is_cgroupfs(&st) }
+    crate::sys::fs_type(file).is_some_and(is_cgroupfs)
 }
 
-/// Whether `st` describes a cgroup filesystem (v1 or v2).
-pub(crate) fn is_cgroupfs(st: &libc::statfs) -> bool {
+/// Whether filesystem type `t` ([`crate::sys::fs_type`]) is a cgroup filesystem (v1 or v2).
+pub(crate) fn is_cgroupfs(t: i64) -> bool {
     const CGROUP_SUPER_MAGIC: i64 = 0x0027_e0eb;
     const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-    #[allow(clippy::unnecessary_cast)] // c_long: i64 here, i32 on 32-bit targets
-    let t = st.f_type as i64;
     t == CGROUP_SUPER_MAGIC || t == CGROUP2_SUPER_MAGIC
 }
 

@@ -17,7 +17,6 @@
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -130,17 +129,12 @@ pub fn close_idle() {
 
 /// `stat` and `schedstat` are one-record seq_files: a short read is the whole text.
 fn read_from_start(f: &File) -> std::io::Result<String> {
-    use std::os::unix::fs::FileExt;
-    crate::sys::read_all(|buf, at| f.read_at(buf, at), true)
+    crate::sys::pread_all(f, true)
 }
 
 fn on_procfs(f: &File) -> bool {
     const PROC_SUPER_MAGIC: i64 = 0x9fa0;
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fstatfs writes one statfs into `st` for an fd this function borrows.
-    #[allow(clippy::unnecessary_cast)] // c_long: i64 here, i32 on 32-bit targets
-    let ok = unsafe { libc::fstatfs(f.as_raw_fd(), &mut st) } == 0 && st.f_type as i64 == PROC_SUPER_MAGIC;
-    ok
+    crate::sys::fs_type(f) == Some(PROC_SUPER_MAGIC)
 }
 
 #[cfg(test)]

@@ -163,9 +163,7 @@ impl Watch {
         let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
         // Only cgroup directories: a plain directory's files are replaced by rename, which is
         // not a write (fixture trees keep the time-to-live).
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        // SAFETY: statfs of a NUL-terminated path into a local struct.
-        if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 || !crate::cgroup::held::is_cgroupfs(&st) {
+        if !crate::sys::fs_type_at(dir).is_some_and(crate::cgroup::held::is_cgroupfs) {
             return None;
         }
         let mask =

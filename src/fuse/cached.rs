@@ -128,21 +128,19 @@ fn now_version() -> Version {
 
 /// One rendering of a file, as the kernel was last told about it.
 struct Snapshot {
-    bytes: Arc<Vec<u8>>,
+    told: Told,
     taken: Instant,
-    /// When its content last changed.
-    changed: Version,
     /// The journal generation it is recorded in (0: none).
     generation: u64,
-    /// Until when (CLOCK_BOOTTIME ns) its content cannot change, if known.
-    until_ns: Option<u64>,
 }
 
-/// What a snapshot tells the kernel: its bytes, when they last changed, and until when they
-/// cannot change (if known).
+/// What a snapshot tells the kernel.
+#[derive(Clone)]
 struct Told {
     bytes: Arc<Vec<u8>>,
+    /// When its content last changed.
     changed: Version,
+    /// Until when (CLOCK_BOOTTIME ns) its content cannot change, if known.
     until_ns: Option<u64>,
 }
 
@@ -245,28 +243,22 @@ impl CachedFs {
     fn snapshot(&self, node: u64, view: Served, c: &Container, reuse_any: bool) -> Result<Told, Errno> {
         if let Some(s) = self.snapshots.lock().get(&node) {
             if reuse_any || s.taken.elapsed() < REUSE {
-                return Ok(Told { bytes: s.bytes.clone(), changed: s.changed, until_ns: s.until_ns });
+                return Ok(s.told.clone());
             }
         }
         if reuse_any {
             if let Some(bytes) = self.predecessors(node) {
-                let bytes = Arc::new(bytes);
-                let s = Snapshot {
-                    bytes: bytes.clone(),
-                    taken: Instant::now(),
-                    changed: (0, 0),
-                    generation: 0,
-                    until_ns: None,
-                };
+                let told = Told { bytes: Arc::new(bytes), changed: (0, 0), until_ns: None };
+                let s = Snapshot { told: told.clone(), taken: Instant::now(), generation: 0 };
                 self.snapshots.lock().insert(node, s);
-                return Ok(Told { bytes, changed: (0, 0), until_ns: None });
+                return Ok(told);
             }
         }
         let (bytes, until_ns) = self.service.render_until(view, Ok(c.clone()))?;
         let bytes = Arc::new(bytes);
         let mut map = self.snapshots.lock();
-        let old = map.get(&node).filter(|old| old.bytes == bytes);
-        let changed = old.map_or_else(now_version, |old| old.changed);
+        let old = map.get(&node).filter(|old| old.told.bytes == bytes);
+        let changed = old.map_or_else(now_version, |old| old.told.changed);
         // Recorded again when new, or when its record is in a generation the journal may drop.
         let current = self.journal.as_ref().map_or(0, Journal::generation);
         let recorded = match (old, &self.journal) {
@@ -290,11 +282,9 @@ impl CachedFs {
             std::mem::take(&mut *self.recorded.lock());
         }
         drop(pruned);
-        map.insert(
-            node,
-            Snapshot { bytes: bytes.clone(), taken: Instant::now(), changed, generation: recorded, until_ns },
-        );
-        Ok(Told { bytes, changed, until_ns })
+        let told = Told { bytes, changed, until_ns };
+        map.insert(node, Snapshot { told: told.clone(), taken: Instant::now(), generation: recorded });
+        Ok(told)
     }
 
     /// The bytes a previous worker last described for `node`: its journal's, or (a version
@@ -364,7 +354,7 @@ impl CachedFs {
         // The snapshot the last GETATTR described: the bytes whose size the kernel holds, with
         // nothing to resolve (that GETATTR checked the key).
         if let Some(s) = self.snapshots.lock().get(&h.nodeid) {
-            return Reply::slice(&s.bytes, offset, size);
+            return Reply::slice(&s.told.bytes, offset, size);
         }
         let Some((key, idx)) = Key::of_node(h.nodeid) else { return Reply::err(libc::EISDIR) };
         let Some(view) = self.tree.view(idx) else { return Reply::err(libc::EISDIR) };

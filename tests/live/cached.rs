@@ -301,17 +301,14 @@ fn the_cached_load_file_is_kept_until_the_next_pass_and_then_shows_it() {
     let _reap = Reap(unshare);
     let key = cgprocfs::fuse::cached::key_name(init).unwrap();
     let (load, mem) = (d.cache().join(&key).join("proc/loadavg"), d.cache().join(&key).join("proc/meminfo"));
-    let period = Duration::from_secs(5);
-    let boot = || {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-        // SAFETY: clock_gettime writes one timespec this closure owns.
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    // The load passes: the 5-second boundaries of the boot clock.
+    let to_next_pass = || {
+        let now = cgprocfs::host::boottime_ns();
+        Duration::from_nanos(cgprocfs::sampler::next_pass_ns(now) - now)
     };
-    let into_period = || Duration::from_nanos((boot().as_nanos() % period.as_nanos()) as u64);
     // Registered with the sampler and through a pass, then early in a period.
     std::fs::read(&load).unwrap();
-    std::thread::sleep(period - into_period() + Duration::from_millis(300));
+    std::thread::sleep(to_next_pass() + Duration::from_millis(300));
     let running =
         |text: &str| -> u64 { text.split_whitespace().nth(3).and_then(|f| f.split('/').next()?.parse().ok()).unwrap() };
     let first = std::fs::read_to_string(&load).unwrap();
@@ -337,8 +334,8 @@ fn the_cached_load_file_is_kept_until_the_next_pass_and_then_shows_it() {
     assert!(asked.is_err(), "meminfo asks the worker once its 100 ms bound is past: {asked:?}");
     assert!(mem_rx.recv_timeout(Duration::from_secs(10)).is_ok_and(|r| r.is_ok()), "and is answered once it runs");
     // The next pass shows the spinners within the bound after it.
-    assert!(into_period() < Duration::from_secs(4), "still in the period (the test was too slow to tell)");
-    std::thread::sleep(period - into_period() + Duration::from_millis(300));
+    assert!(to_next_pass() > Duration::from_secs(1), "still in the period (the test was too slow to tell)");
+    std::thread::sleep(to_next_pass() + Duration::from_millis(300));
     let after = std::fs::read_to_string(&load).unwrap();
     assert!(running(&after) >= 2, "the pass's figures, within the bound after it: {after} (before: {first})");
 }
