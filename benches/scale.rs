@@ -5,12 +5,14 @@
 //! `diskstats` once a second, through the shared tree and through the cached tree.
 //! In the same run, with `CGPROCFS_BENCH_BASELINE=/path/to/an/older/cgprocfs`, the same agents
 //! on that build's two trees, and on lxcfs (`-l`, its load average thread on) when installed.
-//! A floor row: the same agents reading the constant `.bench/floor` five times a second
-//! instead, the FUSE requests of as many reads with no rendering and no caller lookup.
+//! Two floor rows: the same agents reading `.bench/floor` five times a second instead, the
+//! FUSE requests of as many reads with no rendering and no caller lookup: through the shared
+//! tree (OPEN, READ, READ at the end, RELEASE), and through the cached tree, which tells the
+//! kernel it changed at every GETATTR (GETATTR, READ: what a read of a changed file costs there).
 //! The agent rows run in rounds (`SCALE_ROUNDS`, 3 by default), interleaved, every daemon up
 //! throughout; each row's median is reported.
 //! `SCALE_SKIP_IDLE=1` leaves out the 30 s idle phase; `SCALE_ROWS=cached,shared` runs only those agent rows (of shared, cached, floor,
-//! baseline, lxcfs); `SCALE_SKIP_AGENTS=1` the agents (for
+//! floor-cached, baseline, lxcfs); `SCALE_SKIP_AGENTS=1` the agents (for
 //! the footprint at 10 000 containers: `SCALE_SKIP_AGENTS=1 cargo bench --bench scale -- 10000`); `CGPROCFS_BENCH_ARGS="--spin-us 50"` passes
 //! extra `serve` options to this build's daemon.
 //!   cargo bench --bench scale [-- CONTAINERS]
@@ -87,7 +89,8 @@ fn main() {
     let skip = std::env::var_os("SCALE_SKIP_AGENTS").is_some();
     let mut rows: Vec<(&str, Vec<Run>)> = Vec::new();
     if !skip {
-        // SCALE_ROWS=shared,cached,floor,baseline,lxcfs: only those rows (all when unset).
+        // SCALE_ROWS=shared,cached,floor,floor-cached,baseline,lxcfs: only those rows (all when
+        // unset).
         let only = std::env::var("SCALE_ROWS").ok();
         let want = |row: &str| only.as_deref().is_none_or(|o| o.split(',').any(|r| r.trim() == row));
         let baseline = want("baseline").then(|| peers::Baseline::start(common::unique("baseline"))).flatten();
@@ -114,6 +117,17 @@ fn main() {
             plan.push((
                 "floor, shared tree",
                 Box::new(|_| AGENT_FILES.iter().map(|_| d.path(".bench/floor")).collect()),
+                worker,
+            ));
+        }
+        if want("floor-cached") {
+            let cache = d.cache();
+            plan.push((
+                "floor, cached tree",
+                Box::new(move |pid| {
+                    let own = cache.join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
+                    cgprocfs::fuse::cached::FLOORS.iter().map(|f| own.join(f)).collect()
+                }),
                 worker,
             ));
         }

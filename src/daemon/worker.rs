@@ -70,7 +70,11 @@ pub fn worker(line: WorkerLine) -> io::Result<()> {
     start_report(report, svc.clone(), fs, started);
     if !cache.is_empty() {
         let fresh = Duration::from_millis(opts.fresh_ms);
-        spawn_workers(&cache, Arc::new(crate::fuse::cached::CachedFs::new(svc.clone(), fresh, snapshots)), spin)?;
+        spawn_workers(
+            &cache,
+            Arc::new(crate::fuse::cached::CachedFs::with_floor(svc.clone(), fresh, snapshots, opts.bench_floor)),
+            spin,
+        )?;
     }
     // Only now, with readers in place: requests a dead predecessor read are queued again.
     for fd in std::iter::once(first).chain(cache.first()).chain(psi.first()) {

@@ -167,7 +167,33 @@ pub struct CachedFs {
     start: u64,
 }
 
+/// The bench floor's files in each key directory (`serve --bench-floor`).
+pub const FLOORS: [&str; 5] = [".bench/floor", ".bench/floor-1", ".bench/floor-2", ".bench/floor-3", ".bench/floor-4"];
+
+/// Whether `view` is the bench floor, which the cached tree tells the kernel has changed at
+/// every GETATTR: each read then costs what a read of a file whose content changed costs (a
+/// GETATTR and a READ), with no rendering.
+fn always_changed(view: Served) -> bool {
+    view == Served::Floor
+}
+
 impl CachedFs {
+    /// Like [`CachedFs::new`], adding to each key, when `floor` is set (`serve
+    /// --bench-floor`), [`FLOORS`] copies of the bench floor: their bytes are constant and their
+    /// version new at every GETATTR, so that a bench reading them measures the round trips of
+    /// reads of changed files alone (several files, as an agent reads several: the kernel
+    /// keeps one file's attributes for the attribute timeout). They are numbered after every
+    /// served file, whose numbers they leave as they are.
+    pub fn with_floor(service: Arc<Service>, fresh: Duration, dir: Option<PathBuf>, floor: bool) -> Self {
+        let mut fs = Self::new(service, fresh, dir);
+        if floor {
+            for path in FLOORS {
+                fs.tree.add(path, Served::Floor);
+            }
+        }
+        fs
+    }
+
     /// Serves every view of `service`, each file fresh within `fresh`, keeping snapshots in
     /// `dir` across workers.
     pub fn new(service: Arc<Service>, fresh: Duration, dir: Option<PathBuf>) -> Self {
@@ -242,7 +268,7 @@ impl CachedFs {
     /// recorded), else a new rendering, recorded before the kernel hears of it.
     fn snapshot(&self, node: u64, view: Served, c: &Container, reuse_any: bool) -> Result<Told, Errno> {
         if let Some(s) = self.snapshots.lock().get(&node) {
-            if reuse_any || s.taken.elapsed() < REUSE {
+            if reuse_any || (s.taken.elapsed() < REUSE && !always_changed(view)) {
                 return Ok(s.told.clone());
             }
         }
@@ -257,7 +283,7 @@ impl CachedFs {
         let (bytes, until_ns) = self.service.render_until(view, Ok(c.clone()))?;
         let bytes = Arc::new(bytes);
         let mut map = self.snapshots.lock();
-        let old = map.get(&node).filter(|old| old.told.bytes == bytes);
+        let old = map.get(&node).filter(|old| old.told.bytes == bytes && !always_changed(view));
         let changed = old.map_or_else(now_version, |old| old.told.changed);
         // Recorded again when new, or when its record is in a generation the journal may drop.
         let current = self.journal.as_ref().map_or(0, Journal::generation);

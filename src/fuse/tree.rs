@@ -33,25 +33,31 @@ impl Tree {
     pub fn new(views: &[Served]) -> Self {
         let mut t = Tree { nodes: vec![Node { name: String::new(), parent: ROOT, kind: Kind::Dir(vec![]) }] };
         for &v in views {
-            let mut dir = ROOT;
-            let parts: Vec<&str> = v.path().split('/').collect();
-            for (i, part) in parts.iter().enumerate() {
-                let last = i + 1 == parts.len();
-                dir = match t.lookup(dir, part) {
-                    Some(ino) => ino,
-                    None => {
-                        let kind = if last { Kind::File(v) } else { Kind::Dir(vec![]) };
-                        t.nodes.push(Node { name: part.to_string(), parent: dir, kind });
-                        let ino = t.nodes.len() as u64;
-                        if let Some(Node { kind: Kind::Dir(c), .. }) = t.nodes.get_mut(dir as usize - 1) {
-                            c.push(ino);
-                        }
-                        ino
-                    }
-                };
-            }
+            t.add(v.path(), v);
         }
         t
+    }
+
+    /// Adds file `path` serving `v`, and the directories on its way; numbered after every
+    /// node already there.
+    pub(crate) fn add(&mut self, path: &str, v: Served) {
+        let mut dir = ROOT;
+        let parts: Vec<&str> = path.split('/').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let last = i + 1 == parts.len();
+            dir = match self.lookup(dir, part) {
+                Some(ino) => ino,
+                None => {
+                    let kind = if last { Kind::File(v) } else { Kind::Dir(vec![]) };
+                    self.nodes.push(Node { name: part.to_string(), parent: dir, kind });
+                    let ino = self.nodes.len() as u64;
+                    if let Some(Node { kind: Kind::Dir(c), .. }) = self.nodes.get_mut(dir as usize - 1) {
+                        c.push(ino);
+                    }
+                    ino
+                }
+            };
+        }
     }
 
     /// How many nodes the tree has.
