@@ -134,4 +134,21 @@ mod tests {
         assert_eq!(t.view(0), None);
         assert_eq!(t.view(u64::MAX), None, "numbers past the tree are nothing");
     }
+
+    #[test]
+    fn an_added_file_is_numbered_after_the_tree_and_moves_no_other() {
+        let mut t = Tree::new(Served::ALL);
+        let before: Vec<Option<Served>> = (1..=t.len() as u64).map(|i| t.view(i)).collect();
+        t.add(".bench/floor", Served::Floor);
+        t.add(".bench/floor-1", Served::Floor);
+        let after: Vec<Option<Served>> = (1..=before.len() as u64).map(|i| t.view(i)).collect();
+        assert_eq!(after, before, "every node keeps its number");
+        let bench = t.lookup(ROOT, ".bench").expect("the directory on the way");
+        assert_eq!(bench, before.len() as u64 + 1);
+        let (parent, children) = t.list(bench).expect("a directory");
+        assert_eq!(parent, ROOT);
+        let names: Vec<&str> = children.iter().map(|&(_, n, _)| n).collect();
+        assert_eq!(names, ["floor", "floor-1"], "one directory for both");
+        assert_eq!(t.lookup(bench, "floor-1").and_then(|i| t.view(i)), Some(Served::Floor));
+    }
 }

@@ -340,6 +340,46 @@ fn the_cached_load_file_is_kept_until_the_next_pass_and_then_shows_it() {
     assert!(running(&after) >= 2, "the pass's figures, within the bound after it: {after} (before: {first})");
 }
 
+/// The bench floor of the cached tree (`serve --bench-floor`, for `benches/scale.rs`): five
+/// files per key with constant bytes and a new version at every GETATTR, so that each read
+/// costs the round trips of a changed file (GETATTR and READ), where a constant served file
+/// keeps its version. Absent without the option.
+fn the_cached_bench_floor_is_new_at_every_getattr_and_only_with_the_option() {
+    live_ready("the_cached_bench_floor_is_new_at_every_getattr_and_only_with_the_option");
+    let d = Daemon::start_with("cached-floor", &["--bench-floor"]);
+    let cg = TestCgroup::new("cached-floor", &Limits { memory: Some(64 << 20), ..Default::default() });
+    let mut sleeper = cg.command("sleep 30").spawn().unwrap();
+    let key = d.cache().join(cgprocfs::fuse::cached::key_name(sleeper.id()).unwrap());
+    // The version the daemon gives now: statx forced to ask it, whatever the kernel keeps.
+    let mtime = |rel: &str| -> (i64, u32) {
+        let path = std::ffi::CString::new(key.join(rel).into_os_string().into_encoded_bytes()).unwrap();
+        // SAFETY: statx fills one statx struct this closure owns, from a NUL-terminated path.
+        let mut st: libc::statx = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::statx(libc::AT_FDCWD, path.as_ptr(), libc::AT_STATX_FORCE_SYNC, libc::STATX_MTIME, &mut st)
+        };
+        assert_eq!(rc, 0, "{rel}: {}", std::io::Error::last_os_error());
+        (st.stx_mtime.tv_sec, st.stx_mtime.tv_nsec)
+    };
+    for f in cgprocfs::fuse::cached::FLOORS {
+        let first = mtime(f);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_ne!(mtime(f), first, "{f}: a new version at every GETATTR");
+        assert_eq!(std::fs::read_to_string(key.join(f)).unwrap(), cgprocfs::catalog::floor_content(), "{f}");
+    }
+    let online = "sys/devices/system/cpu/online";
+    let first = mtime(online);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(mtime(online), first, "a served file that did not change keeps its version");
+    let plain = Daemon::start("cached-no-floor");
+    let key = plain.cache().join(cgprocfs::fuse::cached::key_name(sleeper.id()).unwrap());
+    let gone = std::fs::metadata(key.join(".bench/floor")).map(|_| ()).unwrap_err();
+    assert_eq!(gone.raw_os_error(), Some(libc::ENOENT), "no floor without --bench-floor");
+    assert!(std::fs::metadata(key.join(online)).is_ok(), "while the served files are there");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+}
+
 /// Whether the running kernel is at least `major.minor`.
 fn kernel_at_least(major: u32, minor: u32) -> bool {
     let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -354,4 +394,5 @@ crate::cgprocfs_tests!(
     a_cached_file_is_its_containers_whoever_reads_it,
     top_on_cached_files_shows_the_containers_cpu_use_and_steal,
     the_cached_load_file_is_kept_until_the_next_pass_and_then_shows_it,
+    the_cached_bench_floor_is_new_at_every_getattr_and_only_with_the_option,
 );
