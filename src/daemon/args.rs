@@ -44,7 +44,8 @@ pub struct ServeOptions {
     /// default) never polls: on hosts whose wake-ups are cheap polling only costs a CPU.
     #[arg(long, default_value_t = 0)]
     pub spin_us: u64,
-    /// Also serve `.bench/floor`, a constant file, for the benchmark's FUSE-floor figure.
+    /// Also serve `.bench/floor`, a constant file, for the benchmarks' FUSE-floor figures (and,
+    /// in each key directory of the cached tree, five copies told changed at every GETATTR).
     #[arg(long, hide = true)]
     pub bench_floor: bool,
     /// How many CPUs a container sees: `quota` = min(cpuset, ceil(quota/period)); `cpuset`
