@@ -74,10 +74,10 @@ const DIR_TTL: Duration = Duration::from_secs(3600);
 const JIFFY_MAX: Duration = Duration::from_millis(10);
 
 /// The attribute timeout that keeps a file within `fresh` of the kernel's files: the bound,
-/// less the oldest input a rendering may use (a limit, [`LIMITS_TTL`]), a reused snapshot's
-/// age and the kernel's rounding.
+/// less the oldest input a rendering may use (a limit, [`LIMITS_TTL`]), a reused rendering's
+/// age (a pass, `service::texts`), a reused snapshot's age and the kernel's rounding.
 pub fn attr_timeout(fresh: Duration) -> Duration {
-    fresh.saturating_sub(LIMITS_TTL + REUSE + JIFFY_MAX)
+    fresh.saturating_sub(LIMITS_TTL + crate::sampler::PASS + REUSE + JIFFY_MAX)
 }
 /// How long the kernel may keep a file's attributes: within the freshness bound
 /// ([`attr_timeout`]), or, for content that cannot change before a known time (the load file,

@@ -207,7 +207,7 @@ impl Sampler {
 
     /// The generation of the limits ([`crate::cgroup::watch`]): cached limits read at another
     /// are read again.
-    fn generation(&self) -> u64 {
+    pub(crate) fn generation(&self) -> u64 {
         watch::watch().map_or(0, watch::Watch::generation)
     }
 
