@@ -55,7 +55,16 @@ pub(crate) type Rendering = (Vec<u8>, Option<u64>);
 /// The renderings of the current pass.
 #[derive(Default)]
 pub(crate) struct Texts {
-    map: Mutex<HashMap<Key, Kept>>,
+    map: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    kept: HashMap<Key, Kept>,
+    /// When a full table was last swept: at most once a pass, so that a container whose many
+    /// threads fill it costs the other containers' reads no sweep each (they are then only
+    /// not kept).
+    swept: Option<Instant>,
 }
 
 /// A kept rendering: when its inputs were asked for, at which generation of the limits.
@@ -77,7 +86,7 @@ impl Texts {
     ) -> Result<Rendering, E> {
         let key = Key { view, cgroups: Arc::clone(&c.cgroups), init: c.init };
         let valid = |k: &Kept| k.generation == generation && k.at.elapsed() < PASS;
-        if let Some(k) = self.map.lock().get(&key).filter(|k| valid(k)) {
+        if let Some(k) = self.map.lock().kept.get(&key).filter(|k| valid(k)) {
             return Ok(k.rendering.clone());
         }
         // Aged from when its inputs were asked for; a rendering begun later (a concurrent
@@ -85,9 +94,11 @@ impl Texts {
         // older than one before it did.
         let at = Instant::now();
         let rendering = make()?;
-        let mut map = self.map.lock();
-        if map.len() >= MAX {
+        let mut t = self.map.lock();
+        let Table { kept: map, swept } = &mut *t;
+        if map.len() >= MAX && swept.is_none_or(|s| s.elapsed() >= PASS) {
             map.retain(|_, k| valid(k));
+            *swept = Some(Instant::now());
         }
         match map.get(&key) {
             Some(k) if k.at > at => {}
@@ -163,9 +174,9 @@ mod tests {
         for c in &cs {
             t.get(Served::Meminfo, c, 0, || Ok::<_, ()>((vec![1], None))).unwrap();
         }
-        assert_eq!(t.map.lock().len(), MAX, "bounded");
+        assert_eq!(t.map.lock().kept.len(), MAX, "bounded");
         std::thread::sleep(PASS + std::time::Duration::from_millis(1));
         t.get(Served::Meminfo, &cs[0], 0, || Ok::<_, ()>((vec![2], None))).unwrap();
-        assert_eq!(t.map.lock().len(), 1, "a full table drops what a pass made old");
+        assert_eq!(t.map.lock().kept.len(), 1, "a full table drops what a pass made old");
     }
 }
