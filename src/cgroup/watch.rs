@@ -112,6 +112,12 @@ impl Watch {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// The generation as last counted, without asking for new events (no system call): never
+    /// newer than [`Watch::generation`], so a value stored with it is at worst read again.
+    pub fn known(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// Makes every later [`Watch::generation`] differ from the ones before.
     pub fn bump(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);

@@ -211,6 +211,12 @@ impl Sampler {
         watch::watch().map_or(0, watch::Watch::generation)
     }
 
+    /// The generation of the limits as last counted, without a system call
+    /// ([`watch::Watch::known`]).
+    pub(crate) fn known_generation(&self) -> u64 {
+        watch::watch().map_or(0, watch::Watch::known)
+    }
+
     /// Watches `dirs` (before they are read); whether all of them are.
     fn watch<'a>(dirs: impl IntoIterator<Item = &'a std::path::Path>) -> bool {
         watch::watch().is_some_and(|w| w.watch(dirs))

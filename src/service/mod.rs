@@ -141,7 +141,7 @@ impl Service {
             if view == Served::Floor {
                 make()
             } else {
-                self.texts.get(view, c, self.sampler.generation(), make)
+                self.texts.get(view, c, self.sampler.known_generation(), || self.sampler.generation(), make)
             }
         };
         let (key, err, resolved) = match c.map(|c| (made(&c), c)) {

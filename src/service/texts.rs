@@ -75,19 +75,26 @@ struct Kept {
 }
 
 impl Texts {
-    /// `view` for `c` at limits' generation `generation`: the rendering of this pass if there
-    /// is one, else `make`'s, kept.
+    /// `view` for `c`: the rendering of this pass if there is one and no limit was written
+    /// since (`generation`: the watch's generation now), else `make`'s, kept with `known` (the
+    /// generation as last counted, read before `make`: never newer than the one its inputs
+    /// were read at, so it is at worst rendered again). A read whose kept rendering is a pass
+    /// old — every read of a once-a-second reader — costs no `generation` call.
     pub(crate) fn get<E>(
         &self,
         view: Served,
         c: &Container,
-        generation: u64,
+        known: u64,
+        generation: impl FnOnce() -> u64,
         make: impl FnOnce() -> Result<Rendering, E>,
     ) -> Result<Rendering, E> {
         let key = Key { view, cgroups: Arc::clone(&c.cgroups), init: c.init };
-        let valid = |k: &Kept| k.generation == generation && k.at.elapsed() < PASS;
-        if let Some(k) = self.map.lock().kept.get(&key).filter(|k| valid(k)) {
-            return Ok(k.rendering.clone());
+        let fresh = |k: &Kept| k.at.elapsed() < PASS;
+        let kept = self.map.lock().kept.get(&key).filter(|k| fresh(k)).map(|k| (k.generation, k.rendering.clone()));
+        if let Some((g, rendering)) = kept {
+            if g == generation() {
+                return Ok(rendering);
+            }
         }
         // Aged from when its inputs were asked for; a rendering begun later (a concurrent
         // request's) is not replaced by this one, so a reader after both never sees counters
@@ -97,13 +104,13 @@ impl Texts {
         let mut t = self.map.lock();
         let Table { kept: map, swept } = &mut *t;
         if map.len() >= MAX && swept.is_none_or(|s| s.elapsed() >= PASS) {
-            map.retain(|_, k| valid(k));
+            map.retain(|_, k| fresh(k));
             *swept = Some(Instant::now());
         }
         match map.get(&key) {
             Some(k) if k.at > at => {}
             old if old.is_some() || map.len() < MAX => {
-                map.insert(key, Kept { at, generation, rendering: rendering.clone() });
+                map.insert(key, Kept { at, generation: known, rendering: rendering.clone() });
             }
             _ => {}
         }
@@ -134,20 +141,23 @@ mod tests {
             Ok::<_, ()>((text.as_bytes().to_vec(), None))
         };
         let (a, b) = (container("/sys/fs/cgroup/a"), container("/sys/fs/cgroup/a"));
-        assert_eq!(t.get(Served::Meminfo, &a, 0, || make("a")).unwrap().0, b"a");
-        assert_eq!(t.get(Served::Meminfo, &a.clone(), 0, || make("again")).unwrap().0, b"a", "same pass");
+        assert_eq!(t.get(Served::Meminfo, &a, 0, || 0, || make("a")).unwrap().0, b"a");
+        assert_eq!(t.get(Served::Meminfo, &a.clone(), 0, || 0, || make("again")).unwrap().0, b"a", "same pass");
         assert_eq!(made.get(), 1);
         // Equal paths resolved apart are another entry (a container is its resolution), and
         // another file of the same container is its own.
-        assert_eq!(t.get(Served::Meminfo, &b, 0, || make("b")).unwrap().0, b"b");
-        assert_eq!(t.get(Served::Stat, &a, 0, || make("stat")).unwrap().0, b"stat");
+        assert_eq!(t.get(Served::Meminfo, &b, 0, || 0, || make("b")).unwrap().0, b"b");
+        assert_eq!(t.get(Served::Stat, &a, 0, || 0, || make("stat")).unwrap().0, b"stat");
         assert_eq!(made.get(), 3);
         std::thread::sleep(PASS + std::time::Duration::from_millis(1));
-        assert_eq!(t.get(Served::Meminfo, &a, 0, || make("next")).unwrap().0, b"next", "a pass later");
-        assert_eq!(t.get(Served::Meminfo, &a, 1, || make("written")).unwrap().0, b"written", "a limit written");
+        assert_eq!(t.get(Served::Meminfo, &a, 0, || 0, || make("next")).unwrap().0, b"next", "a pass later");
+        assert_eq!(t.get(Served::Meminfo, &a, 1, || 1, || make("written")).unwrap().0, b"written", "a limit written");
+        // Kept with the generation last counted (1), asked against the current one.
+        assert_eq!(t.get(Served::Meminfo, &a, 1, || 1, || make("no")).unwrap().0, b"written");
+        assert_eq!(t.get(Served::Meminfo, &a, 1, || 2, || make("2")).unwrap().0, b"2", "written again since");
         // Errors are not kept.
-        assert_eq!(t.get(Served::Uptime, &a, 0, || Err::<Rendering, _>("gone")), Err("gone"));
-        assert_eq!(t.get(Served::Uptime, &a, 0, || make("up")).unwrap().0, b"up");
+        assert_eq!(t.get(Served::Uptime, &a, 0, || 0, || Err::<Rendering, _>("gone")), Err("gone"));
+        assert_eq!(t.get(Served::Uptime, &a, 0, || 0, || make("up")).unwrap().0, b"up");
     }
 
     #[test]
@@ -156,14 +166,20 @@ mod tests {
         let a = container("/sys/fs/cgroup/a");
         // The outer rendering begins first; the inner (a concurrent request's) begins and ends
         // while it runs.
-        let outer = t.get(Served::Stat, &a, 0, || {
-            std::thread::sleep(std::time::Duration::from_micros(100));
-            let inner = t.get(Served::Stat, &a, 0, || Ok::<_, ()>((b"newer".to_vec(), None)));
-            assert_eq!(inner.unwrap().0, b"newer");
-            Ok::<_, ()>((b"older".to_vec(), None))
-        });
+        let outer = t.get(
+            Served::Stat,
+            &a,
+            0,
+            || 0,
+            || {
+                std::thread::sleep(std::time::Duration::from_micros(100));
+                let inner = t.get(Served::Stat, &a, 0, || 0, || Ok::<_, ()>((b"newer".to_vec(), None)));
+                assert_eq!(inner.unwrap().0, b"newer");
+                Ok::<_, ()>((b"older".to_vec(), None))
+            },
+        );
         assert_eq!(outer.unwrap().0, b"older", "each request gets its own rendering");
-        let next = t.get(Served::Stat, &a, 0, || Ok::<_, ()>((b"made again".to_vec(), None)));
+        let next = t.get(Served::Stat, &a, 0, || 0, || Ok::<_, ()>((b"made again".to_vec(), None)));
         assert_eq!(next.unwrap().0, b"newer", "the later one is what the pass keeps");
     }
 
@@ -172,11 +188,11 @@ mod tests {
         let t = Texts::default();
         let cs: Vec<Container> = (0..MAX + 10).map(|i| container(&format!("/sys/fs/cgroup/c{i}"))).collect();
         for c in &cs {
-            t.get(Served::Meminfo, c, 0, || Ok::<_, ()>((vec![1], None))).unwrap();
+            t.get(Served::Meminfo, c, 0, || 0, || Ok::<_, ()>((vec![1], None))).unwrap();
         }
         assert_eq!(t.map.lock().kept.len(), MAX, "bounded");
         std::thread::sleep(PASS + std::time::Duration::from_millis(1));
-        t.get(Served::Meminfo, &cs[0], 0, || Ok::<_, ()>((vec![2], None))).unwrap();
+        t.get(Served::Meminfo, &cs[0], 0, || 0, || Ok::<_, ()>((vec![2], None))).unwrap();
         assert_eq!(t.map.lock().kept.len(), 1, "a full table drops what a pass made old");
     }
 }
