@@ -138,6 +138,18 @@ impl Served {
         self.row().1
     }
 
+    /// Whether a rendering may be reused for a pass (`service::texts`): every container input
+    /// of the file is one the sampler keeps for a pass or longer (memory counters, the CPU
+    /// account, I/O counters, the visible CPUs, the load pass). Not slabinfo and the pressure
+    /// files, whose cgroup file is read at each rendering, nor the bench floor.
+    pub fn reusable(self) -> bool {
+        use Served::*;
+        matches!(
+            self,
+            Meminfo | Cpuinfo | Stat | Uptime | Loadavg | Diskstats | Swaps | CpuOnline | CpuPossible | CpuPresent
+        )
+    }
+
     /// Where its content comes from: the row's doc comment, on one line.
     pub fn about(self) -> String {
         self.row().3.split_whitespace().collect::<Vec<_>>().join(" ")
@@ -302,6 +314,15 @@ fn loadavg_file(s: &Sampler, c: &Container) -> Result<Content> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_files_read_afresh_at_each_rendering_are_never_reused() {
+        for &v in Served::ALL {
+            let afresh = v == Served::Slabinfo || v.pressure_file().is_some();
+            assert_eq!(v.reusable(), !afresh, "{}", v.path());
+        }
+        assert!(!Served::Floor.reusable());
+    }
 
     #[test]
     fn rows_follow_the_variants() {

@@ -137,11 +137,10 @@ impl Service {
         let t = Instant::now();
         let made = |c: &Container| {
             let make = || view.make(&self.sampler, c).map(|s| (s.text.into_bytes(), s.until_ns));
-            // The bench floor measures FUSE alone (and its container is a new one each time).
-            if view == Served::Floor {
-                make()
-            } else {
+            if view.reusable() {
                 self.texts.get(view, c, self.sampler.known_generation(), || self.sampler.generation(), make)
+            } else {
+                make()
             }
         };
         let (key, err, resolved) = match c.map(|c| (made(&c), c)) {
