@@ -96,10 +96,11 @@ fn main() {
         let baseline = want("baseline").then(|| peers::Baseline::start(common::unique("baseline"))).flatten();
         let lxcfs = want("lxcfs").then(|| peers::Lxcfs::start(common::unique("lxcfs"), &["-l"])).flatten();
         type Files<'a> = Box<dyn Fn(u32) -> Vec<std::path::PathBuf> + 'a>;
-        let own = |cache: std::path::PathBuf| -> Files {
+        // `names` in the cached tree's key directory of the agent's container.
+        let own = |cache: std::path::PathBuf, names: &'static [&'static str]| -> Files {
             Box::new(move |pid| {
                 let own = cache.join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
-                AGENT_FILES.iter().map(|f| own.join(f)).collect()
+                names.iter().map(|f| own.join(f)).collect()
             })
         };
         let mut plan: Vec<(&str, Files, i32)> = Vec::new();
@@ -111,7 +112,7 @@ fn main() {
             ));
         }
         if want("cached") {
-            plan.push(("this build, cached tree", own(d.cache()), worker));
+            plan.push(("this build, cached tree", own(d.cache(), &AGENT_FILES), worker));
         }
         if want("floor") {
             plan.push((
@@ -121,15 +122,7 @@ fn main() {
             ));
         }
         if want("floor-cached") {
-            let cache = d.cache();
-            plan.push((
-                "floor, cached tree",
-                Box::new(move |pid| {
-                    let own = cache.join(cgprocfs::fuse::cached::key_name(pid).unwrap_or_default());
-                    cgprocfs::fuse::cached::FLOORS.iter().map(|f| own.join(f)).collect()
-                }),
-                worker,
-            ));
+            plan.push(("floor, cached tree", own(d.cache(), &cgprocfs::fuse::cached::FLOORS), worker));
         }
         if let Some((b, w)) = baseline.as_ref().and_then(|b| Some((b, b.worker_pid()?))) {
             let mnt = b.mnt();
@@ -144,7 +137,7 @@ fn main() {
                 Box::new(move |_| AGENT_FILES.iter().map(|f| mnt.join(f)).collect()),
                 w,
             ));
-            plan.push(("baseline, cached tree", own(b.cache()), w));
+            plan.push(("baseline, cached tree", own(b.cache(), &AGENT_FILES), w));
         }
         if let Some(l) = &lxcfs {
             let mnt = l.mnt.clone();

@@ -1,8 +1,9 @@
 //! Renderings reused within one pass.
 //!
 //! A file's inputs are already read once per [`PASS`] for every file that asks (the
-//! sampler's caches; only such files are reused: `Served::reusable`), so two renderings of the same file for the same container within a pass
-//! are the same bytes: the second one only formats them again. Several threads of one process
+//! sampler's caches; only such files are reused: `Served::reusable`), so two renderings of
+//! the same file for the same container within a pass are the same bytes: the second one only
+//! formats them again. Several threads of one process
 //! reading `/proc/meminfo` in a loop, or `top` and an agent in one container, then pay one
 //! rendering per pass, not per read. The bytes are at most a pass older than their inputs,
 //! which every freshness bound counts (`fuse::cached::attr_timeout`, docs/formulas.md), and a
